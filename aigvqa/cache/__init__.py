@@ -1,0 +1,1 @@
+"""The HDF5 feature store: schema, atomic shard writer, merge, reader."""

@@ -1,0 +1,1 @@
+"""Stage-two estimators: deep fusion heads (torch) and classical regressors, all sklearn-style."""

@@ -1,0 +1,1 @@
+"""Manifests, stage-one orchestration on Dask, evaluation, ablation, scoring, the CLI."""
