@@ -1,0 +1,1 @@
+"""Decoding, views and the frozen backbones of stage one (knows nothing of HDF5)."""

@@ -1,0 +1,89 @@
+"""The X every head takes: named ragged sequences padded to [N, T, D] plus lengths.
+
+Slicing by row index returns another FeatureSet, and ``shape`` / ``__len__`` make it
+indexable by scikit-learn's cross-validation utilities, so ``fit(X[train], y[train])``,
+``cross_val_predict`` and ``GridSearchCV`` work on deep and classical heads alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+class FeatureSet:
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        lengths: Mapping[str, np.ndarray] | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> None:
+        if not arrays:
+            raise ValueError("a FeatureSet needs at least one named array")
+        self.arrays: dict[str, np.ndarray] = {}
+        n = None
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            if a.ndim == 2:  # [N, D] -> [N, 1, D]: every feature is a sequence
+                a = a[:, None, :]
+            if a.ndim != 3:
+                raise ValueError(f"feature {name!r} must be [N, T, D] or [N, D], got {a.shape}")
+            if n is not None and a.shape[0] != n:
+                raise ValueError(f"feature {name!r} has {a.shape[0]} rows, expected {n}")
+            n = a.shape[0]
+            self.arrays[name] = a
+        self.lengths: dict[str, np.ndarray] = {}
+        for name, a in self.arrays.items():
+            given = None if lengths is None else lengths.get(name)
+            if given is None:
+                given = np.full(a.shape[0], a.shape[1], dtype=np.int64)
+            given = np.asarray(given, dtype=np.int64)
+            if given.shape != (a.shape[0],) or (given > a.shape[1]).any() or (given < 0).any():
+                raise ValueError(f"lengths of {name!r} must be [N] ints in [0, {a.shape[1]}]")
+            self.lengths[name] = given
+        self.ids = (
+            np.asarray(list(ids), dtype=object) if ids is not None else np.arange(n).astype(str).astype(object)
+        )
+        if len(self.ids) != n:
+            raise ValueError(f"{len(self.ids)} ids for {n} rows")
+
+    # -- container protocol ----------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.arrays)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.ids),)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index) -> FeatureSet:
+        if isinstance(index, str):
+            raise TypeError("use fs.arrays[name] for a named array; fs[rows] slices rows")
+        idx = np.arange(len(self))[index]
+        idx = np.atleast_1d(idx)
+        return FeatureSet(
+            {k: v[idx] for k, v in self.arrays.items()},
+            {k: v[idx] for k, v in self.lengths.items()},
+            self.ids[idx],
+        )
+
+    def select(self, names: Iterable[str]) -> FeatureSet:
+        """A FeatureSet with only the named features (for feature-subset ablations)."""
+        names = list(names)
+        missing = [n for n in names if n not in self.arrays]
+        if missing:
+            raise KeyError(f"features {missing} not in this set (have {self.names})")
+        return FeatureSet({k: self.arrays[k] for k in names}, {k: self.lengths[k] for k in names}, self.ids)
+
+    def mask(self, name: str) -> np.ndarray:
+        """[N, T] boolean: True where a time step holds data."""
+        t = self.arrays[name].shape[1]
+        return np.arange(t)[None, :] < self.lengths[name][:, None]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}{tuple(v.shape[1:])}" for k, v in self.arrays.items())
+        return f"FeatureSet(n={len(self)}, {parts})"

@@ -1,0 +1,37 @@
+"""The unit every manifest reader produces and every stage-one task consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset.
+
+    ``labels`` maps a MOS name to its value (``{"mos": 3.2}`` or FETV's
+    ``{"static_quality": .., "temporal_quality": .., "alignment": ..}``); ``groups`` holds
+    the grouping keys the evaluation protocols split on: ``prompt`` (a prompt id shared by
+    every video generated from the same text) and ``generator`` (the T2V model).
+    """
+
+    video_id: str
+    path: Path
+    prompt: str | None = None
+    labels: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prompt_id(self) -> str | None:
+        """Key of the prompt's text features in the cache (prompt texts are encoded once)."""
+        if "prompt" in self.groups:
+            return self.groups["prompt"]
+        return None if self.prompt is None else prompt_key(self.prompt)
+
+
+def prompt_key(text: str) -> str:
+    """A stable id for a prompt text when the manifest gives none."""
+    import hashlib
+
+    return "p-" + hashlib.sha1(text.strip().encode("utf-8")).hexdigest()[:16]
