@@ -25,6 +25,7 @@ names and hashes), or ``RANDOM_INIT`` after ``announce_random_init``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -106,6 +107,7 @@ def resolve_weights(
     cache_candidates: Iterable[Candidate] = (),
     folder: bool = False,
     how_to_get: str = "",
+    env_folders: Sequence[str] | None = None,
 ) -> Path:
     """Find the checkpoint of extractor ``name``; see the module docstring for the order.
 
@@ -114,6 +116,8 @@ def resolve_weights(
     ``folder=True``: the weights are a folder (HF ``save_pretrained`` layout); a folder
     counts when it holds one of ``filenames`` (e.g. ``config.json``) and is returned itself.
     ``how_to_get``: one line on where the real checkpoint comes from, added to the error.
+    ``env_folders``: sub-folders of ``$AIGVQA_WEIGHTS`` searched in order (default
+    ``(name,)``); clip-text also searches ``clip-frames`` because both use one checkpoint.
     """
     searched: list[str] = []
     if explicit is not None and str(explicit) != "":
@@ -134,14 +138,15 @@ def resolve_weights(
         raise WeightsNotFoundError(_not_found_message(name, searched, filenames, folder, how_to_get, explicit=True))
 
     root = weights_root()
-    if root is None:
-        searched.append(f"${WEIGHTS_ENV}/{name}/ (${WEIGHTS_ENV} is not set)")
-    else:
-        env_dir = root / name
+    for sub in env_folders or (name,):
+        if root is None:
+            searched.append(f"${WEIGHTS_ENV}/{sub}/ (${WEIGHTS_ENV} is not set)")
+            continue
+        env_dir = root / sub
         found = _file_in_folder(env_dir, filenames) if filenames else None
         if found is not None:
             return env_dir if folder else found
-        expected = " or ".join(filenames) if filenames else "(the checkpoint folder)"
+        expected = "{" + ", ".join(filenames) + "}" if filenames else "(the checkpoint folder)"
         searched.append(f"{env_dir}/{expected}")
 
     for candidate in cache_candidates:
@@ -222,6 +227,18 @@ def announce_random_init(name: str) -> str:
     logger.warning(message)
     print(message, file=sys.stderr, flush=True)
     return RANDOM_INIT
+
+
+@contextlib.contextmanager
+def random_init_context(seed: int = 0):
+    """Build random-init models inside this: torch's global RNG is seeded with ``seed``
+    and restored afterwards, so every worker process gets the same random weights (and
+    the same RANDOM-INIT features) without disturbing the caller's RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 # -- loading ---------------------------------------------------------------------------
