@@ -311,12 +311,12 @@ def load_state_dict_strict(model, state_dict: Mapping[str, Any], source: str | o
     )
     if missing or unexpected or shapes:
         raise CheckpointMismatchError(
-            _mismatch_message(type(model).__name__, source, missing, unexpected, shapes)
+            format_checkpoint_mismatch(type(model).__name__, source, missing, unexpected, shapes)
         )
     model.load_state_dict(state_dict, strict=True)
 
 
-def _mismatch_message(model_name: str, source, missing, unexpected, shapes, limit: int = 12) -> str:
+def format_checkpoint_mismatch(model_name: str, source, missing, unexpected, shapes, limit: int = 12) -> str:
     def listing(title: str, items: list[str]) -> list[str]:
         if not items:
             return []
