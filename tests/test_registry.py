@@ -14,8 +14,8 @@ from aigvqa.extractors import (
     get_extractor_class,
     list_extractors,
     register_extractor,
+    registry,
 )
-from aigvqa.extractors import registry
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.registry import ConfiguredExtractor, TorchExtractor
 

@@ -21,12 +21,12 @@ flicker_mean_abs_diff       mean |luma(t+1) - luma(t)| / 255
 luminance_change            |mean luma(t+1) - mean luma(t)| / 255 (global flicker)
 flow_mag_mean, flow_mag_std dense optical flow t -> t+1 magnitude on the lumas averaged
                             over 2x2 blocks, in pixels of that half resolution: OpenCV
-                            Farneback, or a numpy block Lucas-Kanade (8x8 blocks) when
-                            OpenCV is missing
+                            Farneback, or numpy block matching (8x8 blocks, +-4 pixels)
+                            when OpenCV is missing
 ==========================  =================================================================
 
 The flow method is part of the configuration (``flow_method``: "auto" resolves to
-"farneback" when OpenCV imports, else "numpy-lk", and ``config()`` records the resolved
+"farneback" when OpenCV imports, else "numpy-bm", and ``config()`` records the resolved
 name), so caches made with different methods are never mixed.
 """
 
@@ -64,7 +64,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "flow_mag_std",
 )
 WEIGHTS_IDENTITY = "none: handcrafted"
-FLOW_METHODS = ("farneback", "numpy-lk")
+FLOW_METHODS = ("farneback", "numpy-bm")
 
 _LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32)
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
@@ -145,32 +145,28 @@ def farneback_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     )
 
 
-def block_lucas_kanade_flow(prev: np.ndarray, cur: np.ndarray, block: int = 8) -> np.ndarray:
-    """One Lucas-Kanade step per ``block`` x ``block`` block: [H//block, W//block, 2].
-
-    Solves [sum IxIx, sum IxIy; sum IxIy, sum IyIy] v = -[sum IxIt, sum IyIt] per block
-    (Tikhonov-regularised so flat blocks give ~0). Small-motion only, but monotone in
-    motion and dependency-free.
+def block_matching_flow(prev: np.ndarray, cur: np.ndarray, block: int = 8, radius: int = 4) -> np.ndarray:
+    """Integer motion of each ``block`` x ``block`` block of ``prev`` found in ``cur`` by
+    exhaustive search within +-``radius`` pixels (sum of absolute differences; a tiny
+    penalty on the displacement makes flat blocks report 0): [H//block, W//block, 2].
+    Coarser than Farneback but dependency-free and monotone in motion up to ``radius``.
     """
     prev = prev.astype(np.float32)
     cur = cur.astype(np.float32)
-    mean = 0.5 * (prev + cur)
-    iy, ix = np.gradient(mean)
-    it = cur - prev
-    rows, cols = mean.shape[0] // block, mean.shape[1] // block
+    rows, cols = prev.shape[0] // block, prev.shape[1] // block
     if rows == 0 or cols == 0:
         return np.zeros((1, 1, 2), dtype=np.float32)
-
-    def block_sum(a: np.ndarray) -> np.ndarray:
-        return a[: rows * block, : cols * block].reshape(rows, block, cols, block).sum(axis=(1, 3))
-
-    sxx, sxy, syy = block_sum(ix * ix), block_sum(ix * iy), block_sum(iy * iy)
-    sxt, syt = block_sum(ix * it), block_sum(iy * it)
-    reg = 1e-2 * block * block
-    det = (sxx + reg) * (syy + reg) - sxy * sxy
-    u = (-(syy + reg) * sxt + sxy * syt) / det
-    v = (sxy * sxt - (sxx + reg) * syt) / det
-    return np.stack([u, v], axis=-1).astype(np.float32)
+    height, width = rows * block, cols * block
+    padded = np.pad(cur, radius, mode="edge")
+    shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    costs = np.empty((len(shifts), rows, cols), dtype=np.float32)
+    for k, (dy, dx) in enumerate(shifts):
+        moved = padded[radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+        sad = np.abs(moved - prev[:height, :width]).reshape(rows, block, cols, block).sum(axis=(1, 3))
+        costs[k] = sad * (1.0 + 1e-3 * np.hypot(dy, dx))
+    best = costs.argmin(axis=0)
+    table = np.asarray(shifts, dtype=np.float32)[:, ::-1]  # (dx, dy) like OpenCV's flow
+    return table[best]
 
 
 def half_size(gray: np.ndarray) -> np.ndarray:
@@ -192,7 +188,7 @@ def pair_features(prev: np.ndarray, cur: np.ndarray, flow_method: str = "farneba
     flow = (
         farneback_flow(half_prev, half_cur)
         if flow_method == "farneback"
-        else block_lucas_kanade_flow(half_prev, half_cur)
+        else block_matching_flow(half_prev, half_cur)
     )
     magnitude = np.hypot(flow[..., 0], flow[..., 1])
     row = (
@@ -224,7 +220,7 @@ class Handcrafted(ConfiguredExtractor):
 
     def __init__(self, **config: Any) -> None:
         if config.get("flow_method", "auto") == "auto":
-            config["flow_method"] = "farneback" if cv2 is not None else "numpy-lk"
+            config["flow_method"] = "farneback" if cv2 is not None else "numpy-bm"
         super().__init__(**config)
 
     def validate_config(self) -> None:
@@ -237,7 +233,7 @@ class Handcrafted(ConfiguredExtractor):
         if self["flow_method"] == "farneback" and cv2 is None:
             raise ExtractorConfigError(
                 "extractor 'handcrafted': flow_method='farneback' needs OpenCV "
-                "(pip install opencv-python-headless) or use flow_method='numpy-lk'"
+                "(pip install opencv-python-headless) or use flow_method='numpy-bm'"
             )
 
     def view(self):
