@@ -2,29 +2,41 @@
 
 Layout of ``model/``::
 
-    bundle.json          what the model is: format version, head name and parameters,
-                         feature names, label names, the provenance of every cache group
-                         it was trained on (extractor, config, view, weights identity), the
-                         package versions that trained it, and how its state is stored
-    weights.safetensors  deep (torch) heads: the state dict, as safetensors
-    model.skops          classical (scikit-learn) heads: the fitted estimator, in skops format
-    lightgbm-<i>.txt     LightGBM boosters, in LightGBM's own text model format
+    bundle.json            what the model is: format version, head name and parameters,
+                           feature names, label names, the provenance of every cache group
+                           it was trained on (extractor, config, view, weights identity),
+                           the package versions that trained it, and how its state is stored
+    weights.safetensors    deep (torch) heads: JSON config in bundle.json + tensors
+    model.skops            classical (scikit-learn) heads: the fitted estimator, skops format
+    lightgbm-<i>.txt       LightGBM boosters, in LightGBM's own text model format
+    part-<i>.safetensors   deep heads nested in another head (e.g. a stacking blend)
 
-No file in a bundle is a pickle. Loading reads JSON, safetensors (plain tensors),
-LightGBM text models (parsed by LightGBM, no code) and skops files; skops rebuilds only
-the types it trusts by default (numpy, scipy, scikit-learn) plus the explicit list
-``TRUSTED_PREFIXES`` (this package's heads), and ``load_bundle`` refuses a file that holds
-any other type, naming it. A deep head is rebuilt from its JSON config and its tensors
-(``TorchHead.from_state``); a sklearn head nested in a deep one, or a deep head inside a
-blend, is stored part by part the same way.
+Formats, and why nothing is unpickled:
+
+- **deep heads**: ``TorchHead.get_state()`` gives a JSON config (stored in bundle.json) and
+  a dict of tensors (stored with safetensors); loading rebuilds the module from the config
+  and loads the tensors into it (``TorchHead.from_state``).
+- **scikit-learn heads** (SVR, ElasticNet, the LightGBM head's pipeline): skops
+  (``skops.io.dump`` / ``load``). skops refuses every type that is neither one it trusts
+  by default (numpy, scipy, scikit-learn) nor in an explicit list: here
+  ``TRUSTED_PREFIXES`` (this package's heads) and ``TRUSTED_TYPES`` (LightGBM's
+  scikit-learn wrapper, ``collections.OrderedDict``). ``load_bundle`` asks skops which
+  untrusted types a file holds first and refuses the bundle, naming them, if any is outside
+  that list.
+- **LightGBM boosters** are taken out of the estimator before skops sees it and written with
+  ``Booster.model_to_string()`` (LightGBM's text model); a deep head nested in a
+  classical one is written as ``part-<i>.safetensors``. The skops file keeps a marker
+  string in their place, and loading puts the rebuilt parts back.
 
 A bundle remembers the features it was trained on: ``Bundle.check_provenance`` compares
 the provenance of the cache groups it is about to read against the recorded one and
-refuses features made by another extractor, config or weights, naming every difference.
+refuses features made by another extractor, config or weights, naming every difference
+(only where an extractor ran -- ``config.device``, ``batch_size`` -- may differ).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import platform
@@ -42,7 +54,13 @@ BUNDLE_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 
 TRUSTED_PREFIXES = ("aigvqa.heads.",)
-"""Types (module-qualified names) a skops file in a bundle may hold beyond skops' defaults."""
+"""Modules whose types a skops file in a bundle may hold beyond skops' defaults."""
+TRUSTED_TYPES = ("lightgbm.sklearn.LGBMRegressor", "collections.OrderedDict")
+"""Further types trusted by exact name: LightGBM's scikit-learn wrapper (its booster is
+stored apart, as a text model) and a plain ordered dict."""
+
+PART_MARKER = "aigvqa-bundle-part:"
+_KEEP = object()
 
 # Configuration keys that say where / how fast an extractor ran, not what it computed:
 # a model trained on GPU-extracted features may score CPU-extracted ones.
@@ -84,27 +102,33 @@ class Bundle:
         ``FeatureCache.group_info(name)`` reports). Raises ``ProvenanceMismatchError`` listing
         every group that is missing or differs, and how.
         """
-        from aigvqa.cache.schema import describe_differences
-
-        problems = []
-        for group, expected in self.provenance.items():
-            if group not in cache_provenance:
-                problems.append(f"group {group!r} is missing (have {sorted(cache_provenance)})")
-                continue
-            diffs = [
-                d for d in describe_differences(expected, cache_provenance[group])
-                if not d.startswith(RUNTIME_KEYS)
-            ]
-            if diffs:
-                problems.append(f"group {group!r}: " + "; ".join(f"{d} (model vs features)" for d in diffs))
+        problems = provenance_problems(self.provenance, cache_provenance)
         if problems:
             where = self.path or "the model"
             raise ProvenanceMismatchError(
                 f"{where} was trained on other features than {source} holds: "
                 + " | ".join(problems)
-                + ". Extract features with the model's extractor configs (aigvqa score does this "
+                + " (model vs features). Extract features with the model's extractor configs (aigvqa score does this "
                 "when given no --cache) or retrain the model on these features."
             )
+
+
+def provenance_problems(
+    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """What differs between two {cache group: provenance} maps, one line per group; runtime
+    options (``RUNTIME_KEYS``) are ignored. Empty when every expected group matches."""
+    from aigvqa.cache.schema import describe_differences
+
+    problems = []
+    for group, want in expected.items():
+        if group not in actual:
+            problems.append(f"group {group!r} is missing (have {sorted(actual)})")
+            continue
+        diffs = [d for d in describe_differences(want, actual[group]) if not d.startswith(RUNTIME_KEYS)]
+        if diffs:
+            problems.append(f"group {group!r}: " + "; ".join(diffs))
+    return problems
 
 
 # -- save ---------------------------------------------------------------------------------
@@ -153,10 +177,10 @@ def save_bundle(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    for old in list(path.glob("*.safetensors")) + list(path.glob("*.skops")) + list(path.glob("lightgbm-*.txt")):
+    for old in [*path.glob("*.safetensors"), *path.glob("*.skops"), *path.glob("lightgbm-*.txt")]:
         old.unlink()
     name = head_name or _registered_name(head)
-    state = _save_state(head, path, prefix="")
+    state = _save_state(head, path)
     meta = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -189,58 +213,92 @@ def _is_estimator_list(value: Any) -> bool:
 
 
 def _registered_name(head: Any) -> str:
-    from aigvqa.heads.registry import _HEADS, list_heads
+    from aigvqa.heads.registry import head_name
 
-    list_heads()
-    for name, cls in _HEADS.items():
-        if type(head) is cls:
-            return name
-    return f"{type(head).__module__}.{type(head).__qualname__}"
+    return head_name(type(head))
 
 
 def _class_path(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _save_state(head: Any, folder: Path, prefix: str) -> dict[str, Any]:
-    """Store a head's fitted state in ``folder``; returns the JSON that describes how."""
-    if hasattr(head, "get_state") and hasattr(type(head), "from_state"):
-        from safetensors.numpy import save_file
+def _is_torch_head(obj: Any) -> bool:
+    return hasattr(obj, "get_state") and hasattr(type(obj), "from_state")
 
-        config, tensors = head.get_state()
-        arrays = {k: _to_numpy(v) for k, v in tensors.items()}
-        file = f"{prefix}weights.safetensors"
-        save_file(arrays, str(folder / file))
-        return {"kind": "torch", "class": _class_path(head), "config": _jsonable(config), "file": file}
-    boosters = _lightgbm_boosters(head)
-    if boosters is not None:
-        files = []
-        for i, booster in enumerate(boosters):
-            file = f"lightgbm-{prefix}{i}.txt"
-            (folder / file).write_text(booster.model_to_string())
-            files.append(file)
-        return {"kind": "lightgbm", "class": _class_path(head), "files": files}
+
+def _is_booster(obj: Any) -> bool:
+    return type(obj).__module__ == "lightgbm.basic" and type(obj).__name__ == "Booster"
+
+
+def _part_marker(i: int) -> str:
+    return f"{PART_MARKER}{i}"
+
+
+def _map_estimators(obj: Any, fn) -> Any:
+    """A copy of ``obj`` where ``fn(x)`` replaced every x it does not return ``_KEEP`` for.
+
+    Descends into lists, tuples, dicts and the attributes of scikit-learn estimators (heads,
+    pipelines, regressors): where the fitted objects of a head live. Copies are shallow,
+    so ``obj`` itself is never modified.
+    """
+    from sklearn.base import BaseEstimator
+
+    replaced = fn(obj)
+    if replaced is not _KEEP:
+        return replaced
+    if isinstance(obj, list):
+        return [_map_estimators(x, fn) for x in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_map_estimators(x, fn) for x in obj)
+    if isinstance(obj, dict):
+        new = copy.copy(obj)  # keeps the dict's type (defaultdict, OrderedDict) and factory
+        new.update((k, _map_estimators(v, fn)) for k, v in obj.items())
+        return new
+    if isinstance(obj, BaseEstimator):
+        new = copy.copy(obj)
+        new.__dict__ = {k: _map_estimators(v, fn) for k, v in obj.__dict__.items()}
+        return new
+    return obj
+
+
+def _save_torch(head: Any, folder: Path, file: str) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    config, tensors = head.get_state()
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / file))
+    return {"kind": "torch", "class": _class_path(head), "config": _jsonable(config), "file": file}
+
+
+def _save_state(head: Any, folder: Path) -> dict[str, Any]:
+    """Store a head's fitted state in ``folder``; returns the JSON that describes how.
+
+    A deep head is (config, safetensors). Anything else goes to skops, except the parts
+    skops should not hold: LightGBM boosters (written as LightGBM text models) and deep
+    heads nested in it (a blend), written as safetensors; the skops file keeps a marker
+    string where each part was.
+    """
+    if _is_torch_head(head):
+        return _save_torch(head, folder, "weights.safetensors")
     import skops.io
 
-    file = f"{prefix}model.skops"
-    skops.io.dump(head, folder / file)
-    return {"kind": "skops", "class": _class_path(head), "file": file}
+    parts: list[dict[str, Any]] = []
 
+    def detach(obj: Any) -> Any:
+        if obj is head:
+            return _KEEP
+        if _is_torch_head(obj):
+            parts.append(_save_torch(obj, folder, f"part-{len(parts)}.safetensors"))
+            return _part_marker(len(parts) - 1)
+        if _is_booster(obj):
+            file = f"lightgbm-{len(parts)}.txt"
+            (folder / file).write_text(obj.model_to_string())
+            parts.append({"kind": "lightgbm", "file": file})
+            return _part_marker(len(parts) - 1)
+        return _KEEP
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    return np.ascontiguousarray(value)
-
-
-def _lightgbm_boosters(head: Any) -> list | None:
-    """LightGBM heads expose ``boosters_()`` / ``from_boosters``; other heads return None."""
-    if hasattr(head, "get_boosters") and hasattr(type(head), "from_boosters"):
-        return head.get_boosters()
-    return None
+    stripped = _map_estimators(head, detach)
+    skops.io.dump(stripped, folder / "model.skops")
+    return {"kind": "skops", "class": _class_path(head), "file": "model.skops", "parts": parts}
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -289,24 +347,37 @@ def _trusted_class(class_path: str, where: Path) -> type:
     return cls
 
 
+def _load_torch(part: Mapping[str, Any], folder: Path) -> Any:
+    from safetensors.torch import load_file
+
+    cls = _trusted_class(part["class"], folder / BUNDLE_JSON)
+    return cls.from_state(part["config"], load_file(str(_member(folder, part["file"]))))
+
+
 def _load_state(state: Mapping[str, Any], folder: Path) -> Any:
     kind = state.get("kind")
-    where = folder / BUNDLE_JSON
     if kind == "torch":
-        from safetensors.numpy import load_file
+        return _load_torch(state, folder)
+    if kind != "skops":
+        raise BundleError(f"{folder / BUNDLE_JSON}: unknown state kind {kind!r}; written by a newer aigvqa?")
+    import lightgbm
 
-        cls = _trusted_class(state["class"], where)
-        tensors = load_file(str(_member(folder, state["file"])))
-        return cls.from_state(state["config"], tensors)
-    if kind == "lightgbm":
-        import lightgbm
+    parts = []
+    for part in state.get("parts", []):
+        if part["kind"] == "torch":
+            parts.append(_load_torch(part, folder))
+        elif part["kind"] == "lightgbm":
+            parts.append(lightgbm.Booster(model_str=_member(folder, part["file"]).read_text()))
+        else:
+            raise BundleError(f"{folder / BUNDLE_JSON}: unknown part kind {part['kind']!r}")
+    stripped = _load_skops(_member(folder, state["file"]))
 
-        cls = _trusted_class(state["class"], where)
-        boosters = [lightgbm.Booster(model_str=_member(folder, f).read_text()) for f in state["files"]]
-        return cls.from_boosters(boosters, state.get("config", {}))
-    if kind == "skops":
-        return _load_skops(_member(folder, state["file"]))
-    raise BundleError(f"{where}: unknown state kind {kind!r}; written by a newer aigvqa?")
+    def attach(obj: Any) -> Any:
+        if isinstance(obj, str) and obj.startswith(PART_MARKER):
+            return parts[int(obj[len(PART_MARKER):])]
+        return _KEEP
+
+    return _map_estimators(stripped, attach)
 
 
 def _member(folder: Path, name: str) -> Path:
@@ -327,7 +398,7 @@ def trusted_types(file: Path) -> list[str]:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(file=file)
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    refused = [t for t in untrusted if not (t.startswith(TRUSTED_PREFIXES) or t in TRUSTED_TYPES)]
     if refused:
         raise BundleError(
             f"{file}: holds types that are not trusted: {', '.join(refused)}; refusing to load it. "

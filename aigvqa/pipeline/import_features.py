@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,3 +250,85 @@ def load_foreign_features(
         feats.values = np.where(bad, 0.0, feats.values)
         feats.replaced_nonfinite = int(bad.sum())
     return feats
+
+
+@dataclass
+class ImportReport:
+    cache: Path
+    group: str
+    rows: int
+    dim: int
+    steps: int
+    labels: list[str]
+    replaced_nonfinite: int
+    merge: object  # aigvqa.cache.MergeReport
+
+    def summary(self) -> str:
+        text = (
+            f"imported {self.rows} videos x {self.steps} step(s) x {self.dim} features into group "
+            f"{self.group!r} of {self.cache}"
+        )
+        if self.labels:
+            text += f"; labels: {', '.join(self.labels)}"
+        if self.replaced_nonfinite:
+            text += f"; {self.replaced_nonfinite} NaN/Inf values replaced by 0"
+        return text + f"\n{self.merge}"
+
+
+def import_features(
+    file: str | Path,
+    cache: str | Path,
+    group: str,
+    *,
+    variable: str | None = None,
+    ids_from: str | Path | None = None,
+    id_column: str | None = None,
+    feature_columns: list[str] | None = None,
+    label_columns: list[str] = (),
+    group_columns: list[str] = (),
+    nan: str = "zero",
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> ImportReport:
+    """Import a foreign feature file into cache group ``group`` (see the module docstring).
+
+    Labels and groups go to the cache's videos table. A video the cache already knows
+    keeps its path, prompt and other labels: imported labels are added to them.
+    Re-importing the same file is a no-op (ids already cached are skipped) unless
+    ``overwrite``; importing a *different* file into an existing group is refused by the
+    cache (its provenance differs) unless ``overwrite``.
+    """
+    from aigvqa.cache import FeatureCache, GroupData, merge_shards, write_shard
+
+    cache = Path(cache)
+    feats = load_foreign_features(
+        file, variable=variable, ids_from=ids_from, id_column=id_column, feature_columns=feature_columns,
+        label_columns=list(label_columns), group_columns=list(group_columns), nan=nan,
+    )
+    known = {v["video_id"]: v for v in FeatureCache(cache).videos()} if cache.exists() else {}
+    videos = []
+    for i, vid in enumerate(feats.ids):
+        row = dict(known.get(vid, {"video_id": vid}))
+        labels = dict(row.get("labels", {}))
+        labels.update({k: float(v[i]) for k, v in feats.labels.items() if np.isfinite(v[i])})
+        groups = dict(row.get("groups", {}))
+        groups.update({k: v[i] for k, v in feats.groups.items()})
+        row.update(labels=labels, groups=groups)
+        if "prompt" in groups and not row.get("prompt_id"):
+            row["prompt_id"] = groups["prompt"]
+        videos.append(row)
+    data = GroupData(
+        name=group,
+        keyed_by="video",
+        ids=list(feats.ids),
+        values=[np.asarray(v, dtype=np.float32) for v in feats.values],
+        provenance=feats.provenance(),
+    )
+    shard = cache.with_name(f".{cache.name}.import-{feats.sha256[:12]}.h5")
+    write_shard(shard, [data], videos=videos, dtype=dtype)
+    try:
+        merge = merge_shards(cache, [shard], overwrite=overwrite, remove_shards=True)
+    finally:
+        shard.unlink(missing_ok=True)
+    return ImportReport(cache, group, len(feats.ids), feats.values.shape[2], feats.values.shape[1],
+                        sorted(feats.labels), feats.replaced_nonfinite, merge)

@@ -170,3 +170,48 @@ def _num(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+
+
+def pooled_predictions(result, label: str, color_by: np.ndarray | None = None):
+    """(MOS, prediction, colour groups or None) of every tested row over a result's trials."""
+    mos, pred = result.predictions(label)
+    colors = None
+    if color_by is not None:
+        colors = np.concatenate([np.asarray(color_by, dtype=object)[t.test] for t in result.trials])
+    return mos, pred, colors
+
+
+def evaluation_plots(
+    results: Sequence[Any],
+    folder: str | Path,
+    *,
+    color_by: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+) -> list[Path]:
+    """PNG plots of ``EvaluationResult`` objects: one predicted-vs-MOS scatter (pooled test
+    predictions, fitted logistic) per result and dimension, and one SRCC / PLCC bar chart.
+
+    ``color_by`` colours the scatter by a per-row group of the evaluated data (e.g. generator).
+    """
+    folder = Path(folder)
+    paths = []
+    rows = []
+    for result in results:
+        for label in labels or result.label_names:
+            mos, pred, colors = pooled_predictions(result, label, color_by)
+            name = f"scatter-{_slug(result.head)}-{_slug(label)}.png"
+            paths.append(scatter_with_fit(
+                mos, pred, folder / name, groups=colors,
+                title=f"{result.head} · {label} · {result.split} ({len(result.trials)} trials, test rows pooled)",
+            ))
+        for row in result.rows():
+            if labels is None or row["dimension"] in labels:
+                rows.append({**row, "model": f"{row['head']} · {row['dimension']}"})
+    if rows:
+        paths.append(metric_bars(rows, folder / "srcc-plcc.png", title=title or f"median over trials, split {results[0].split}"))
+    return paths

@@ -1,0 +1,135 @@
+"""Model bundles: round trips give identical predictions, loading never unpickles, and a
+bundle refuses features of another origin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aigvqa.errors import ProvenanceMismatchError
+from aigvqa.heads.classical import LightGBMHead, SVRHead
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.mlp import PooledMLPHead
+from aigvqa.pipeline.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+
+PROVENANCE = {
+    "handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32, "device": "cpu"}, "view": None,
+                    "weights": None},
+    "clip-frames": {"extractor": "clip-frames", "config": {"arch": "ViT-B-32", "device": "cpu"},
+                    "view": {"n": 8}, "weights": "RANDOM-INIT"},
+}
+PICKLE_MAGIC = b"\x80"  # every pickle protocol >= 2 starts with PROTO 0x80
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = FeatureSet(
+        {"handcrafted": rng.normal(size=(48, 6, 5)).astype(np.float32),
+         "clip-frames": rng.normal(size=(48, 4, 8)).astype(np.float32)},
+        {"handcrafted": rng.integers(1, 7, 48), "clip-frames": np.full(48, 4)},
+        [f"v{i}" for i in range(48)],
+    )
+    y = np.column_stack([X.arrays["handcrafted"][:, 0, :2].sum(1), rng.normal(size=48)])
+    return X, y
+
+
+def _round_trip(head, X, y, tmp_path):
+    head.fit(X, y)
+    path = save_bundle(head, tmp_path / "model", PROVENANCE, X.names, ["mos", "alignment"])
+    bundle = load_bundle(path)
+    np.testing.assert_array_equal(bundle.predict(X), head.predict(X).reshape(len(X), -1))
+    assert bundle.feature_names == X.names
+    assert bundle.label_names == ["mos", "alignment"]
+    assert bundle.provenance == json.loads(json.dumps(PROVENANCE))
+    for file in path.iterdir():  # no file of a bundle is a pickle
+        assert not file.read_bytes().startswith(PICKLE_MAGIC), file
+        assert file.suffix in (".json", ".safetensors", ".skops", ".txt"), file
+    return path, bundle
+
+
+def test_deep_head_round_trip_is_exact_and_stored_as_safetensors(data, tmp_path):
+    X, y = data
+    path, bundle = _round_trip(PooledMLPHead(epochs=3, hidden=16), X, y, tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == [BUNDLE_JSON, "weights.safetensors"]
+    assert bundle.head_name == "mlp"
+    assert json.loads((path / BUNDLE_JSON).read_text())["state"]["kind"] == "torch"
+
+
+def test_svr_round_trip_is_exact_and_stored_with_skops(data, tmp_path):
+    X, y = data
+    path, bundle = _round_trip(SVRHead(C=4.0), X, y, tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == [BUNDLE_JSON, "model.skops"]
+    assert bundle.params["C"] == 4.0
+
+
+def test_lightgbm_boosters_are_stored_as_text_models(data, tmp_path):
+    X, y = data
+    path, _ = _round_trip(LightGBMHead(n_estimators=15), X, y, tmp_path)
+    texts = sorted(path.glob("lightgbm-*.txt"))
+    assert len(texts) == 2  # one booster per MOS column
+    assert texts[0].read_text().startswith("tree")  # LightGBM's text model format
+    import skops.io
+
+    # the skops file no longer holds a booster: only the sklearn wrapper around it
+    assert "lightgbm.basic.Booster" not in skops.io.get_untrusted_types(file=path / "model.skops")
+
+
+def test_loading_refuses_untrusted_types_in_a_skops_file(data, tmp_path):
+    import os
+
+    import skops.io
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y[:, 0]), tmp_path / "model", PROVENANCE, X.names, ["mos"])
+    # A hostile bundle: the estimator would call os.system on predict.
+    skops.io.dump(make_pipeline(FunctionTransformer(os.system)), path / "model.skops")
+    with pytest.raises(BundleError, match="not trusted.*system"):
+        load_bundle(path)
+
+
+def test_loading_refuses_classes_outside_the_heads_package(data, tmp_path):
+    X, y = data
+    path = save_bundle(PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "model", PROVENANCE, X.names, ["a", "b"])
+    meta = json.loads((path / BUNDLE_JSON).read_text())
+    meta["state"]["class"] = "subprocess.Popen"
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="subprocess.Popen.*trusted"):
+        load_bundle(path)
+    meta["state"]["class"] = "aigvqa.heads.mlp.PooledMLPHead"
+    meta["state"]["file"] = "../weights.safetensors"
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(path)
+
+
+def test_missing_folder_says_how_to_make_one(tmp_path):
+    with pytest.raises(BundleError, match="aigvqa train"):
+        load_bundle(tmp_path / "nothing")
+
+
+def test_provenance_mismatch_is_refused_naming_what_differs(data, tmp_path):
+    X, y = data
+    bundle = _round_trip(SVRHead(), X, y[:, 0], tmp_path)[1]
+    same = json.loads(json.dumps(PROVENANCE))
+    bundle.check_provenance(same)  # identical: accepted
+
+    moved = json.loads(json.dumps(PROVENANCE))
+    moved["clip-frames"]["config"]["device"] = "cuda:0"  # where it ran does not matter
+    bundle.check_provenance(moved)
+
+    other = json.loads(json.dumps(PROVENANCE))
+    other["clip-frames"]["weights"] = "sha256:0123abcd"
+    other["clip-frames"]["config"]["arch"] = "ViT-L-14"
+    with pytest.raises(ProvenanceMismatchError) as err:
+        bundle.check_provenance(other)
+    message = str(err.value)
+    assert "clip-frames" in message and "weights" in message and "ViT-L-14" in message
+    assert "handcrafted" not in message.split("|")[0].split(":")[0]
+
+    with pytest.raises(ProvenanceMismatchError, match="'handcrafted' is missing"):
+        bundle.check_provenance({"clip-frames": PROVENANCE["clip-frames"]})
