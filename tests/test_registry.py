@@ -28,7 +28,8 @@ def scratch_registry(monkeypatch):
 
 def test_importing_the_package_registers_every_family():
     names = list_extractors()
-    for name in ("clip-frames", "clip-text", "handcrafted", "vit-keyframes", "convnext-frames"):
+    for name in ("clip-frames", "clip-text", "handcrafted", "slowfast", "swin-fragments",
+                 "vit-keyframes", "convnext-frames"):
         assert name in names
     assert names == sorted(names)
     assert list_extractors("clip-*") == ["clip-frames", "clip-text"]

@@ -23,7 +23,13 @@ from aigvqa.extractors.registry import (
 from aigvqa.extractors.runner import encode_prompts, extract_video, run_stats
 
 # Family modules: importing one registers its extractors (timm-style, one file per family).
-from aigvqa.extractors import clip, handcrafted, timm_frames  # noqa: E402,F401  isort: skip
+from aigvqa.extractors import (  # noqa: E402,F401  isort: skip
+    clip,
+    handcrafted,
+    slowfast,
+    swin,
+    timm_frames,
+)
 
 __all__ = [
     "ExtractorConfigError",
