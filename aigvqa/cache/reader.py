@@ -187,6 +187,8 @@ def take_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return np.zeros((0, *ds.shape[1:]), dtype=ds.dtype)
+    if rows.size == ds.shape[0] and (rows == np.arange(rows.size)).all():
+        return ds[()]
     unique, inverse = np.unique(rows, return_inverse=True)
     if unique.size * 4 >= ds.shape[0]:  # a large share: one sequential read beats a hyperslab list
         return ds[()][rows]
