@@ -44,9 +44,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -448,10 +450,19 @@ def run_video_chunk(
 def _extract_one(record: VideoRecord, models: list[Extractor]):
     """(outputs, errors) of one video: every model in one decode; isolate failures."""
     from aigvqa.errors import DecodeError
+    from aigvqa.extractors.decode import probe
     from aigvqa.extractors.runner import extract_video
 
     try:
-        outputs = extract_video(record.path, models)
+        info = probe(record.path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = extract_video(record.path, models, info=info)
+        for w in caught:  # keep them visible in the worker's log
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        truncated = _truncation(caught, info.num_frames)
+        if truncated:
+            return {}, {ALL_EXTRACTORS: f"TruncatedVideo: {record.path}: {truncated}"}
     except DecodeError as err:  # the file itself is bad: one row for the whole video
         return {}, {ALL_EXTRACTORS: _error_text(err)}
     except Exception as err:  # noqa: BLE001 - one bad video must never stop the run
@@ -470,12 +481,38 @@ def _extract_one(record: VideoRecord, models: list[Extractor]):
         if array is None:
             errors[model.name] = f"extract_video returned no output for {model.name}"
         elif len(array) == 0:
+            view = model.view()
             errors[model.name] = (
                 f"{model.name} produced no items for this video (view "
-                f"{model.view().key if model.view() is not None else '?'}): it is too short "
-                "for this extractor (e.g. one frame where frame pairs are needed)"
+                f"{view.key if view is not None else '?'}, {info.num_frames} frame(s)): the "
+                "video is too short for this extractor"
             )
     return {k: v for k, v in outputs.items() if k not in errors}, errors
+
+
+MIN_DECODED_FRACTION = 0.9
+"""A video that decodes fewer than this share of the frames its header promises is a
+failure (a truncated download: the decoder would pad the missing part with copies of the
+last frame, features of a frozen video that is not there). A few frames short (rounded
+metadata, a damaged tail) keeps its features; the decoder's warning stays in the log."""
+
+_SHORT_FILE = re.compile(r"ends after (\d+) frames? but frames up to (\d+) were expected")
+
+
+def _truncation(caught, num_frames: int) -> str | None:
+    """A failure message when the decoder reported a file much shorter than promised."""
+    for w in caught:
+        match = _SHORT_FILE.search(str(w.message))
+        if match is None:
+            continue
+        decoded = int(match.group(1))
+        expected = max(num_frames, int(match.group(2)) + 1)
+        if decoded < MIN_DECODED_FRACTION * expected:
+            return (
+                f"only {decoded} of {expected} frames decode (the file is truncated); "
+                "re-download or re-export it"
+            )
+    return None
 
 
 def _error_text(err: BaseException) -> str:
@@ -624,6 +661,9 @@ class _Run:
         from aigvqa.cache.schema import describe_differences
         from aigvqa.cache.store import FeatureCache
 
+        # A shard write killed midway leaves only its hidden temp file: nothing to keep.
+        for partial in self.shard_dir.glob(".shard-*.partial"):
+            partial.unlink(missing_ok=True)
         leftovers = sorted(self.shard_dir.glob(SHARD_GLOB))
         if not leftovers:
             return

@@ -1,0 +1,336 @@
+"""Stage one on Dask: features, failure rows, resume, provenance refusal, prompts, CLI.
+
+One LocalCluster of 2 worker processes is shared by the module (starting one costs a few
+seconds). Test-only extractors are defined here and shipped to the workers by value
+(cloudpickle), so they need no registry entry; they count their calls in files because
+the work happens in other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from aigvqa.cache.store import FeatureCache
+from aigvqa.errors import AigvqaError, ProvenanceMismatchError
+from aigvqa.extractors.base import Extractor
+from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.synthetic import moving_pattern
+from aigvqa.pipeline.extract import (
+    ALL_EXTRACTORS,
+    ExtractError,
+    extract,
+    resolve_extractors,
+    shard_dir_for,
+    shard_name,
+)
+from aigvqa.pipeline.records import VideoRecord
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# -- test extractors ------------------------------------------------------------------------
+class MeanColour(Extractor):
+    """Mean RGB of each of ``n`` key frames; appends one line per forward call to ``log``."""
+
+    name = "mean-colour"
+
+    def __init__(self, n: int = 4, log: str | None = None) -> None:
+        super().__init__(n=n, log=log)
+
+    def output_dims(self):
+        return {"values": 3}
+
+    def view(self):
+        from aigvqa.extractors.views import KeyFramesView
+
+        return KeyFramesView(n=self._config["n"], size=32)
+
+    def load(self, device="cpu"):
+        self.weights_identity = "none"
+
+    def forward(self, items):
+        if self._config["log"]:
+            with open(self._config["log"], "a") as fh:
+                fh.write(f"{len(items)}\n")
+        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
+
+    def provenance(self):  # the log path is bookkeeping, not part of the features' origin
+        prov = super().provenance()
+        prov["config"] = {"n": self._config["n"]}
+        return prov
+
+
+class PromptLength(Extractor):
+    """A text extractor: pooled = [len(prompt), words]; logs every prompt it encodes."""
+
+    name = "prompt-length"
+    modality = "text"
+
+    def __init__(self, log: str | None = None) -> None:
+        super().__init__(log=log)
+
+    def output_dims(self):
+        return {"pooled": 2, "tokens": 2}
+
+    def load(self, device="cpu"):
+        self.weights_identity = "none"
+
+    def encode_text(self, prompts):
+        if self._config["log"]:
+            with open(self._config["log"], "a") as fh:
+                fh.writelines(p + "\n" for p in prompts)
+        pooled = np.array([[len(p), len(p.split())] for p in prompts], dtype=np.float32)
+        tokens = np.zeros((len(prompts), 4, 2), dtype=np.float32)
+        mask = np.zeros((len(prompts), 4), dtype=bool)
+        for i, p in enumerate(prompts):
+            words = p.split()[:4]
+            mask[i, : len(words)] = True
+            tokens[i, : len(words)] = [[len(w), j] for j, w in enumerate(words)]
+        return {"pooled": pooled, "tokens": tokens, "mask": mask}
+
+    def provenance(self):
+        prov = super().provenance()
+        prov["config"] = {}
+        return prov
+
+
+def calls(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    """Three good clips, a truncated copy, a zero-byte file, a text file named .mp4 and a
+    one-frame clip."""
+    folder = tmp_path_factory.mktemp("videos")
+    paths = {}
+    for i in range(3):
+        paths[f"good{i}"] = write_video(folder / f"good{i}.mp4", moving_pattern(12, 48, 64, seed=i), 8)
+    data = paths["good0"].read_bytes()
+    paths["truncated"] = folder / "truncated.mp4"
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    paths["empty"] = folder / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["text"] = folder / "text.mp4"
+    paths["text"].write_text("this is a text file, not a video\n" * 40)
+    paths["one-frame"] = write_video(folder / "one-frame.mp4", moving_pattern(1, 48, 64, seed=9), 8)
+    return paths
+
+
+def records_of(videos, ids, prompt=None):
+    return [
+        VideoRecord(i, videos[i], prompt=None if prompt is None else prompt(i), labels={"mos": float(n)})
+        for n, i in enumerate(ids)
+    ]
+
+
+GOOD = ["good0", "good1", "good2", "one-frame"]
+BAD = ["truncated", "empty", "text"]
+
+
+# -- behaviour ------------------------------------------------------------------------------
+def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(client, videos, tmp_path):
+    cache = tmp_path / "feats.h5"
+    extractors = resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}}) + [MeanColour()]
+    report = extract(records_of(videos, GOOD + BAD), extractors, cache, client=client,
+                     chunk_size=2, progress=False)
+
+    reader = FeatureCache(cache)
+    for group in ("handcrafted", "mean-colour"):
+        assert sorted(reader.ids(group)) == sorted(GOOD)
+    failures = reader.failures()
+    assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
+    assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
+    errors = {f.id: f.error for f in failures}
+    assert "truncated" in errors["truncated"]
+    assert "empty" in errors["empty"]
+    assert "not a readable video" in errors["text"]
+    assert (report.succeeded, report.failed, report.skipped) == (4, 3, 0)
+    assert "4 succeeded, 3 failed, 0 skipped" in report.summary()
+    # The one-frame clip is a success: key frames repeat its frame, handcrafted has one pair.
+    data = reader.read(["handcrafted", "mean-colour"], ids=["one-frame"])
+    assert data.lengths["handcrafted"][0] == 1 and data.lengths["mean-colour"][0] == 4
+    assert data.labels["mos"][0] == GOOD.index("one-frame")
+    assert not shard_dir_for(cache).exists()  # every shard merged and removed
+
+
+def test_rerun_skips_cached_ids_retries_failures_and_overwrite_recomputes(client, videos, tmp_path):
+    cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
+    recs = records_of(videos, GOOD + ["empty"])
+    first = extract(recs, [MeanColour(log=str(log))], cache, client=client, progress=False)
+    assert (first.succeeded, first.failed) == (4, 1) and calls(log) == 4
+    stored = FeatureCache(cache).read("mean-colour")
+
+    again = extract(recs, [MeanColour(log=str(log))], cache, client=client, progress=False)
+    assert (again.succeeded, again.failed, again.skipped) == (0, 1, 4)
+    assert calls(log) == 4  # nothing recomputed
+    assert len(FeatureCache(cache).failures()) == 1  # the retried failure replaced its row
+
+    forced = extract(recs, [MeanColour(log=str(log))], cache, client=client, progress=False,
+                     overwrite=True)
+    assert forced.succeeded == 4 and calls(log) == 8
+    after = FeatureCache(cache).read("mean-colour")
+    assert after.ids == stored.ids and len(after.ids) == 4
+    np.testing.assert_array_equal(after.arrays["mean-colour"], stored.arrays["mean-colour"])
+
+
+def test_new_ids_and_new_extractors_compute_only_what_is_missing(client, videos, tmp_path):
+    cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
+    extract(records_of(videos, ["good0"]), [MeanColour(log=str(log))], cache, client=client,
+            progress=False)
+    report = extract(records_of(videos, ["good0", "good1"]), [MeanColour(log=str(log))], cache,
+                     client=client, progress=False)
+    assert (report.succeeded, report.skipped) == (1, 1) and calls(log) == 2
+    both = extract(records_of(videos, ["good0", "good1"]),
+                   resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}})
+                   + [MeanColour(log=str(log))],
+                   cache, client=client, progress=False)
+    assert both.succeeded == 2 and calls(log) == 2  # mean-colour was cached for both
+    assert sorted(FeatureCache(cache).ids("handcrafted")) == ["good0", "good1"]
+
+
+def test_config_change_is_refused_before_any_video_is_processed(client, videos, tmp_path):
+    cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
+    recs = records_of(videos, ["good0", "good1"])
+    extract(recs[:1], [MeanColour(n=4, log=str(log))], cache, client=client, progress=False)
+    with pytest.raises(ProvenanceMismatchError, match=r"config\.n: 4 vs 5"):
+        extract(recs, [MeanColour(n=5, log=str(log))], cache, client=client, progress=False)
+    assert calls(log) == 1
+    assert FeatureCache(cache).ids("mean-colour") == ["good0"]
+
+
+def test_prompts_are_encoded_once_per_distinct_prompt(client, videos, tmp_path):
+    cache, log = tmp_path / "feats.h5", tmp_path / "prompts.log"
+    texts = {"good0": "a red fox", "good1": "a red fox", "good2": "two cats dancing", "one-frame": None}
+    recs = records_of(videos, list(texts), prompt=texts.get)
+    report = extract(recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client,
+                     progress=False)
+    assert sorted(log.read_text().splitlines()) == ["a red fox", "two cats dancing"]
+    reader = FeatureCache(cache)
+    assert len(reader.ids("prompt-length")) == 2  # keyed by prompt id
+    data = reader.read(["mean-colour", "prompt-length"])
+    assert data.ids == ["good0", "good1", "good2"]
+    np.testing.assert_array_equal(data.extras["prompt-length/pooled"][:, 0], [9, 9, 16])
+    assert list(data.lengths["prompt-length"]) == [3, 3, 3]
+    # the video without a prompt: one row for the text extractor, video features kept
+    assert [(f.id, f.extractor) for f in reader.failures()] == [("one-frame", "prompt-length")]
+    assert "one-frame" in reader.ids("mean-colour")
+    assert (report.prompts_encoded, report.failed) == (2, 1)
+
+    extract(recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client, progress=False)
+    assert len(log.read_text().splitlines()) == 2  # cached prompts are not encoded again
+
+
+def test_leftover_shards_of_a_killed_run_are_merged_not_recomputed(client, videos, tmp_path):
+    """A shard that landed before the client died is merged by the next run."""
+    cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
+    other = tmp_path / "other.h5"
+    recs = records_of(videos, ["good0", "good1"])
+    extract(recs[:1], [MeanColour(log=str(other.with_suffix(".log")))], other, client=client,
+            progress=False)
+    # What a killed run leaves: a complete shard under <cache>.shards/, no cache yet.
+    shard_dir_for(cache).mkdir()
+    (shard_dir_for(cache) / "shard-video-leftover.h5").write_bytes(other.read_bytes())
+    report = extract(recs, [MeanColour(log=str(log))], cache, client=client, progress=False)
+    assert (report.resumed, report.succeeded) == (1, 1)
+    assert calls(log) == 1
+    assert sorted(FeatureCache(cache).ids("mean-colour")) == ["good0", "good1"]
+
+
+def test_shard_names_are_deterministic_and_config_dependent():
+    prov = [{"extractor": "x", "config": {"n": 4}, "weights": "none"}]
+    assert shard_name("video", ["a", "b"], prov) == shard_name("video", ["a", "b"], prov)
+    assert shard_name("video", ["a", "b"], prov) != shard_name("video", ["a", "c"], prov)
+    changed = [{"extractor": "x", "config": {"n": 5}, "weights": "none"}]
+    assert shard_name("video", ["a", "b"], prov) != shard_name("video", ["a", "b"], changed)
+
+
+@pytest.fixture
+def fake_torch_extractors(monkeypatch):
+    """Two registered torch-style extractors (weights / random_init options) that import
+    nothing heavy; the registry entries are removed after the test."""
+    from aigvqa.extractors import registry
+
+    class FakeTorch(registry.TorchExtractor):
+        def output_dims(self):
+            return {"values": 1}
+
+        def load(self, device="cpu"):
+            self.weights_identity = "none"
+
+    for name in ("fake-a", "fake-b"):
+        monkeypatch.setitem(registry._REGISTRY, name, type(name, (FakeTorch,), {"name": name}))
+
+
+def test_resolve_extractors_applies_random_init_and_weights_only_where_accepted(fake_torch_extractors):
+    built = resolve_extractors(["handcrafted", "fake-a"], random_init=True)
+    by_name = {e.name: e.config() for e in built}
+    assert by_name["fake-a"]["random_init"] is True
+    assert "random_init" not in by_name["handcrafted"]
+    with_weights = resolve_extractors(["handcrafted", "fake-a"], weights="ckpt.pt")
+    assert {e.name: e.config().get("weights") for e in with_weights}["fake-a"] == "ckpt.pt"
+    with pytest.raises(ExtractError, match="requested twice"):
+        resolve_extractors([MeanColour(), MeanColour(n=5)])
+    with pytest.raises(ExtractError, match="2 requested extractors take weights"):
+        resolve_extractors(["fake-a", "fake-b"], weights="ckpt.pt")
+    with pytest.raises(ExtractError, match="not a requested extractor"):
+        resolve_extractors(["fake-a"], weights={"fake-b": "x.pt"})
+
+
+def test_duplicate_video_ids_are_refused(videos, tmp_path):
+    recs = records_of(videos, ["good0"]) * 2
+    with pytest.raises(ExtractError, match="unique"):
+        extract(recs, [MeanColour()], tmp_path / "c.h5")
+
+
+def test_gpus_without_dask_cuda_names_the_fix(videos, tmp_path):
+    pytest.importorskip("distributed")
+    import importlib.util
+
+    if importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed here; the missing-package message cannot be shown")
+    with pytest.raises(AigvqaError, match=r"pip install 'aigvqa\[cuda\]'"):
+        extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5", gpus=True)
+
+
+# -- command line ---------------------------------------------------------------------------
+def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos, tmp_path, capsys):
+    from aigvqa.pipeline.cli import main
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"video_id": i, "path": str(videos[i]), "prompt": "a red fox", "mos": 3.0}) + "\n"
+        for i in ["good0", "good1", "empty"]
+    ))
+    config = tmp_path / "extractors.toml"
+    config.write_text('[handcrafted]\nsize = 32\nmax_frames = 3\n')
+    cache = tmp_path / "feats.h5"
+    code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(config),
+                 "--cache", str(cache), "--scheduler", client.scheduler.address, "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "2 succeeded, 1 failed, 0 skipped" in out.out
+    info = FeatureCache(cache).group_info("handcrafted")
+    assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[clip-frames]\narch = 'ViT-B-16'\n")
+    code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(bad),
+                 "--cache", str(cache)])
+    assert code == 2 and "does not request" in capsys.readouterr().err
