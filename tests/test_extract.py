@@ -283,6 +283,8 @@ def test_resolve_extractors_applies_random_init_and_weights_only_where_accepted(
     by_name = {e.name: e.config() for e in built}
     assert by_name["fake-a"]["random_init"] is True
     assert "random_init" not in by_name["handcrafted"]
+    on_gpu = {e.name: e.config()["device"] for e in resolve_extractors(["handcrafted", "fake-a"], device="cuda")}
+    assert on_gpu == {"handcrafted": "cpu", "fake-a": "cuda"}  # handcrafted computes on the CPU
     with_weights = resolve_extractors(["handcrafted", "fake-a"], weights="ckpt.pt")
     assert {e.name: e.config().get("weights") for e in with_weights}["fake-a"] == "ckpt.pt"
     with pytest.raises(ExtractError, match="requested twice"):

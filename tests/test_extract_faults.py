@@ -114,7 +114,6 @@ def test_a_worker_dying_mid_run_is_retried_and_every_id_lands_once(client, recor
     assert (report.succeeded, report.failed) == (6, 0)
 
 
-@pytest.mark.slow  # four worker deaths and restarts
 def test_a_video_that_kills_every_worker_fails_alone(client, records, tmp_path):
     black = write_video(tmp_path / "black.mp4", np.zeros((6, 32, 48, 3), np.uint8), 8)
     recs = records[:3] + [VideoRecord("black", black)]
@@ -147,7 +146,6 @@ def landed_ids(cache: Path) -> set[str]:
     return found
 
 
-@pytest.mark.slow  # a subprocess with its own cluster
 def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(client, records, tmp_path):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     video_dir = records[0].path.parent

@@ -192,7 +192,8 @@ def extract(
     if chunk_size < 1:
         raise ExtractError(f"chunk_size must be at least 1, got {chunk_size}")
     records = _as_records(manifest_or_records)
-    wanted = resolve_extractors(extractors, random_init=random_init, weights=weights)
+    wanted = resolve_extractors(extractors, random_init=random_init, weights=weights,
+                                device="cuda" if gpus else None)
     cache_path = Path(cache).resolve()
     _check_cache_path(cache_path)
     spec = ClusterSpec(
@@ -205,11 +206,11 @@ def extract(
     )
     if client is not None:
         report = _Run(client, records, wanted, cache_path, spec, chunk_size, overwrite,
-                      progress, gpus, merge_every).go()
+                      progress, merge_every).go()
     else:
         with open_cluster(spec) as own_client:
             report = _Run(own_client, records, wanted, cache_path, spec, chunk_size,
-                          overwrite, progress, gpus, merge_every).go()
+                          overwrite, progress, merge_every).go()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -258,8 +259,13 @@ def resolve_extractors(
     *,
     random_init: bool = False,
     weights=None,
+    device: str | None = None,
 ) -> list[Extractor]:
-    """Names / name->config mapping / instances -> configured, unloaded extractors."""
+    """Names / name->config mapping / instances -> configured, unloaded extractors.
+
+    ``random_init``, ``weights`` and ``device`` fill the options of the extractors that
+    accept them (never overriding a value given per extractor); instances are used as
+    configured."""
     from aigvqa.extractors.registry import create_extractor
 
     if isinstance(extractors, str):
@@ -282,6 +288,8 @@ def resolve_extractors(
         accepts = _accepted_options(name)
         if random_init and "random_init" in accepts:
             cfg.setdefault("random_init", True)
+        if device and _runs_on_device(name):
+            cfg.setdefault("device", device)
         if "weights" in accepts:
             torch_names.append(name)
         built.append((name, cfg))  # type: ignore[arg-type]
@@ -309,6 +317,14 @@ def _accepted_options(name: str) -> set[str]:
     cls = get_extractor_class(name)
     defaults = getattr(cls, "all_defaults", None)
     return set(defaults()) if callable(defaults) else set()
+
+
+def _runs_on_device(name: str) -> bool:
+    # Torch backbones move to the GPU; others (handcrafted) accept ``device`` for a
+    # uniform config but compute on the CPU, and their provenance should say so.
+    from aigvqa.extractors.registry import TorchExtractor, get_extractor_class
+
+    return issubclass(get_extractor_class(name), TorchExtractor)
 
 
 def _weights_map(weights, torch_names: list[str]) -> dict[str, str]:
@@ -373,32 +389,27 @@ _LOADED: dict[str, Extractor] = {}
 process for its whole life, so models load once per worker, not once per task."""
 
 
-def _loaded(extractor: Extractor, device: str | None) -> Extractor:
-    key = extractor_key(extractor) + f"@{device}"
+def _loaded(extractor: Extractor) -> Extractor:
+    """The loaded twin of ``extractor`` in this process (loaded on first use).
+
+    The device is the extractor's own ``device`` option, so the provenance the cache
+    stores says where features were computed (``gpus=True`` sets it to "cuda"; under
+    dask-cuda each worker sees its one GPU as cuda:0)."""
+    key = extractor_key(extractor)
     model = _LOADED.get(key)
     if model is None:
         model = extractor
-        model.load(device=device or _configured_device(extractor))
+        model.load(str(extractor.config().get("device", "cpu") or "cpu"))
         _LOADED[key] = model
     return model
 
 
-def _configured_device(extractor: Extractor) -> str:
-    return str(extractor.config().get("device", "cpu") or "cpu")
-
-
-def _worker_device(gpus: bool) -> str | None:
-    # dask-cuda pins one GPU per worker through CUDA_VISIBLE_DEVICES: it is cuda:0 there.
-    return "cuda" if gpus else None
-
-
-def describe_extractors(extractors: list[Extractor], gpus: bool = False) -> list[dict[str, Any]]:
+def describe_extractors(extractors: list[Extractor]) -> list[dict[str, Any]]:
     """Worker task: load every extractor (kept for later tasks) and return its provenance.
 
     Provenance needs the weights' identity, known only once weights are resolved, which
     is why this runs on a worker and not on the client."""
-    device = _worker_device(gpus)
-    return [_loaded(e, device).provenance() for e in extractors]
+    return [_loaded(e).provenance() for e in extractors]
 
 
 @dataclass
@@ -416,15 +427,13 @@ def run_video_chunk(
     records: list[VideoRecord],
     extractors: list[Extractor],
     shard_path: str,
-    gpus: bool = False,
 ) -> ChunkResult:
     """Worker task: features of ``records`` for ``extractors`` into one shard file."""
     if os.path.exists(shard_path):
         return _result_from_shard(shard_path, "video")
     from aigvqa.cache.store import Failure, GroupData, write_shard
 
-    device = _worker_device(gpus)
-    models = [_loaded(e, device) for e in extractors]
+    models = [_loaded(e) for e in extractors]
     kept: dict[str, tuple[list[str], list[Any]]] = {m.name: ([], []) for m in models}
     failures: list[tuple[str, str, str]] = []
     for record in records:
@@ -523,7 +532,6 @@ def run_prompt_chunk(
     prompts: dict[str, str],
     extractor: Extractor,
     shard_path: str,
-    gpus: bool = False,
 ) -> ChunkResult:
     """Worker task: encode distinct prompts (prompt id -> text) into one prompt-keyed shard."""
     if os.path.exists(shard_path):
@@ -531,7 +539,7 @@ def run_prompt_chunk(
     from aigvqa.cache.store import Failure, write_shard
     from aigvqa.extractors.runner import encode_prompts
 
-    model = _loaded(extractor, _worker_device(gpus))
+    model = _loaded(extractor)
     ids = list(prompts)
     failures: list[tuple[str, str, str]] = []
     try:
@@ -596,7 +604,7 @@ class _Run:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
     def __init__(self, client, records, extractors, cache, spec, chunk_size, overwrite,
-                 progress, gpus, merge_every):
+                 progress, merge_every):
         self.client = client
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
@@ -608,7 +616,6 @@ class _Run:
         self.chunk_size = chunk_size
         self.overwrite = overwrite
         self.progress = progress
-        self.gpus = gpus
         self.merge_every = merge_every
         local = getattr(client, "cluster", None) is not None
         self.report = ExtractReport(
@@ -650,7 +657,7 @@ class _Run:
         """Provenance of every extractor (weights identity included), checked against the
         cache before any video is touched."""
         everything = self.video_exts + self.text_exts
-        future = self.client.submit(describe_extractors, everything, self.gpus, pure=False,
+        future = self.client.submit(describe_extractors, everything, pure=False,
                                     key=f"describe-extractors-{self.token}")
         self.provenance = {e.name: p for e, p in zip(everything, future.result())}
         if not self.overwrite:  # --overwrite replaces a group whose settings changed
@@ -658,7 +665,7 @@ class _Run:
 
     def _recover_leftovers(self) -> None:
         """Merge the complete shards an interrupted run left behind (never recomputed)."""
-        from aigvqa.cache.schema import describe_differences
+        from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
         from aigvqa.cache.store import FeatureCache
 
         # A shard write killed midway leaves only its hidden temp file: nothing to keep.
@@ -678,7 +685,8 @@ class _Run:
             for group in shard.groups():
                 info = shard.group_info(group)
                 if group in self.provenance:
-                    diffs = describe_differences(info.provenance, self.provenance[group])
+                    diffs = describe_differences(info.provenance, self.provenance[group],
+                                                 ignore=RUNTIME_KEYS)
                     if diffs:
                         raise ProvenanceMismatchError(
                             f"{path} (left by an interrupted run) holds {group!r} features made "
@@ -744,7 +752,7 @@ class _Run:
         exts = [self.by_name[n] for n in names]
         name = shard_name("video", [r.video_id for r in chunk], [self.provenance[n] for n in names])
         return self.client.submit(
-            run_video_chunk, chunk, exts, str(self.shard_dir / name), self.gpus,
+            run_video_chunk, chunk, exts, str(self.shard_dir / name),
             key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}",
             retries=TASK_RETRIES, pure=False,
         ), ("video", chunk, exts)
@@ -753,7 +761,7 @@ class _Run:
         name = shard_name("prompt", list(part), [self.provenance[ext_name]])
         ext = self.by_name[ext_name]
         return self.client.submit(
-            run_prompt_chunk, part, ext, str(self.shard_dir / name), self.gpus,
+            run_prompt_chunk, part, ext, str(self.shard_dir / name),
             key=f"prompt-chunk-{name[len('shard-prompt-'):-3]}-{self.token}",
             retries=TASK_RETRIES, pure=False, priority=10,  # small: run them first
         ), ("prompt", list(part), [ext])
@@ -904,7 +912,7 @@ def check_provenance(cache: Path, provenance: Mapping[str, Mapping[str, Any]]) -
     config fails in seconds instead of after computing a whole dataset."""
     if not cache.exists():
         return
-    from aigvqa.cache.schema import describe_differences
+    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
     from aigvqa.cache.store import FeatureCache
 
     reader = FeatureCache(cache)
@@ -912,7 +920,8 @@ def check_provenance(cache: Path, provenance: Mapping[str, Mapping[str, Any]]) -
     problems = []
     for name, prov in provenance.items():
         if name in present:
-            diffs = describe_differences(reader.group_info(name).provenance, prov)
+            diffs = describe_differences(reader.group_info(name).provenance, prov,
+                                         ignore=RUNTIME_KEYS)
             if diffs:
                 problems.append(f"  {name} (cache vs this run): " + "; ".join(diffs))
     if problems:
