@@ -1,0 +1,116 @@
+"""`aigvqa dump`: npy and csv exports keyed by video id, prompt groups expanded."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aigvqa.cache.store import Failure, GroupData, merge_shards, write_shard
+from aigvqa.errors import AigvqaError
+from aigvqa.pipeline.dump import dump
+
+RNG = np.random.default_rng(0)
+VIDEO_IDS = ["b", "a", "c"]  # stored out of order on purpose: exports sort by id
+LENGTHS = {"b": 3, "a": 1, "c": 2}
+FRAMES = {v: RNG.normal(size=(LENGTHS[v], 4)).astype(np.float32) for v in VIDEO_IDS}
+PROMPTS = {"p1": RNG.normal(size=(2, 3)).astype(np.float32), "p2": RNG.normal(size=(1, 3)).astype(np.float32)}
+POOLED = {"p1": np.array([1.0, 2.0], np.float32), "p2": np.array([3.0, 4.0], np.float32)}
+PROMPT_OF = {"a": "p1", "b": "p1", "c": "p2"}
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    """A cache with a video group (ragged [T, 4]), a prompt group with a pooled extra, the
+    videos table and one failure."""
+    shard = write_shard(
+        tmp_path / "shard.h5",
+        [
+            GroupData("frames", "video", VIDEO_IDS, [FRAMES[v] for v in VIDEO_IDS],
+                      provenance={"extractor": "frames"}),
+            GroupData("text", "prompt", list(PROMPTS), list(PROMPTS.values()),
+                      extras={"pooled": list(POOLED.values())}, provenance={"extractor": "text"}),
+        ],
+        [Failure("d", "*", "DecodeError: d.mp4: the file is empty")],
+        [{"video_id": v, "path": f"{v}.mp4", "prompt": f"text {PROMPT_OF[v]}",
+          "prompt_id": PROMPT_OF[v], "labels": {"mos": i + 0.5}, "groups": {"generator": "g"}}
+         for i, v in enumerate(VIDEO_IDS)],
+        dtype="float32",
+    )
+    path = tmp_path / "feats.h5"
+    merge_shards(path, [shard])
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_npy_dump_writes_values_lengths_ids_and_extras_per_group(cache, tmp_path):
+    out = tmp_path / "out"
+    report = dump(cache, out, format="npy", chunk_rows=2)  # several chunks per group
+    assert report.rows == {"frames": 3, "text": 3}
+
+    ids = np.load(out / "frames.ids.npy")
+    assert list(ids) == ["a", "b", "c"]
+    values, lengths = np.load(out / "frames.values.npy"), np.load(out / "frames.lengths.npy")
+    assert values.shape == (3, 3, 4) and values.dtype == np.float32
+    for row, video in enumerate(ids):
+        assert lengths[row] == LENGTHS[video]
+        np.testing.assert_array_equal(values[row, : lengths[row]], FRAMES[video])
+        assert not values[row, lengths[row]:].any()  # zero padding
+
+    # prompt-keyed group: one row per video, through the videos table
+    assert list(np.load(out / "text.ids.npy")) == ["a", "b", "c"]
+    pooled = np.load(out / "text.pooled.npy")
+    np.testing.assert_array_equal(pooled, [POOLED[PROMPT_OF[v]] for v in "abc"])
+    text_values = np.load(out / "text.values.npy")
+    np.testing.assert_array_equal(text_values[2, :1], PROMPTS["p2"])
+
+    videos = read_csv(out / "videos.csv")
+    assert [v["video_id"] for v in videos] == ["a", "b", "c"]
+    assert videos[0]["label.mos"] == "1.5" and videos[0]["group.generator"] == "g"
+    assert read_csv(out / "failures.csv")[0]["id"] == "d"
+
+
+def test_csv_dump_mean_pools_valid_steps_and_flatten_leaves_padding_empty(cache, tmp_path):
+    dump(cache, tmp_path / "mean", format="csv", groups=["frames"])
+    rows = read_csv(tmp_path / "mean" / "frames.csv")
+    assert [r["video_id"] for r in rows] == ["a", "b", "c"]
+    assert list(rows[0]) == ["video_id", "frames.0", "frames.1", "frames.2", "frames.3"]
+    for r in rows:
+        got = np.array([float(r[f"frames.{d}"]) for d in range(4)], dtype=np.float32)
+        np.testing.assert_array_equal(got, FRAMES[r["video_id"]].mean(axis=0))
+    assert not (tmp_path / "mean" / "text.csv").exists()  # only the groups asked for
+
+    dump(cache, tmp_path / "flat", format="csv", groups=["frames"], pool="flatten")
+    flat = {r["video_id"]: r for r in read_csv(tmp_path / "flat" / "frames.csv")}
+    assert len(flat["a"]) == 1 + 3 * 4
+    assert float(flat["b"]["frames.t2.3"]) == FRAMES["b"][2, 3]  # exact float32 round trip
+    assert flat["a"]["frames.t1.0"] == ""  # past a's length of 1
+
+
+def test_dump_refuses_unknown_groups_formats_and_file_outputs(cache, tmp_path):
+    with pytest.raises(AigvqaError, match="has no group.*nope.*frames, text"):
+        dump(cache, tmp_path / "o", groups=["nope"])
+    with pytest.raises(AigvqaError, match="unknown dump format"):
+        dump(cache, tmp_path / "o", format="parquet")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(AigvqaError, match="not a folder"):
+        dump(cache, a_file)
+
+
+def test_cli_dump(cache, tmp_path, capsys):
+    from aigvqa.pipeline.cli import main
+
+    assert main(["dump", str(cache), "--format", "npy", "--out", str(tmp_path / "o"),
+                 "--groups", "text"]) == 0
+    assert "text (3 rows)" in capsys.readouterr().out
+    assert (tmp_path / "o" / "text.values.npy").exists()
+    assert not (tmp_path / "o" / "frames.values.npy").exists()
+    assert main(["dump", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
