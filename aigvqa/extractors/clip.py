@@ -54,6 +54,7 @@ clip-frames and clip-text built on the same checkpoint share one model.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -247,6 +248,8 @@ class _ClipFamily(TorchExtractor):
 
     def image_size(self) -> int:
         """The model's input resolution (known without building the model)."""
+        if getattr(self, "towers_", None) is not None:
+            return self.towers_.image_size
         if self["backend"] == "open_clip":
             import open_clip
 
@@ -277,6 +280,27 @@ def _read_open_clip_state_dict(path: Path) -> dict[str, Any]:
     return load_state_dict_file(path)
 
 
+class _DropOpenClipRandomNotice(logging.Filter):
+    """open_clip logs "Model initialized randomly" whenever it builds without weights; we
+    load the weights ourselves right after (and announce real random init loudly), so
+    that notice would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+def _create_open_clip(arch: str, quick_gelu: bool):
+    import open_clip
+
+    notice_filter = _DropOpenClipRandomNotice()
+    root = logging.getLogger()
+    root.addFilter(notice_filter)
+    try:
+        return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        root.removeFilter(notice_filter)
+
+
 def _build_open_clip(extractor: _ClipFamily, weights: Path | None) -> ClipTowers:
     import open_clip
     from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict
@@ -285,10 +309,10 @@ def _build_open_clip(extractor: _ClipFamily, weights: Path | None) -> ClipTowers
     quick_gelu = extractor._quick_gelu()
     if weights is None:
         with random_init_context():
-            model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+            model = _create_open_clip(arch, quick_gelu)
         identity = RANDOM_INIT
     else:
-        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+        model = _create_open_clip(arch, quick_gelu)
         state = _read_open_clip_state_dict(weights)
         state = convert_state_dict(model, state)
         if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
