@@ -68,6 +68,14 @@ def get_head_class(name: str) -> type:
     return _HEADS[name]
 
 
+def head_name(cls: type) -> str:
+    """The name ``cls`` was registered under (bundles store it to rebuild the head)."""
+    for name, known in _HEADS.items():
+        if known is cls:
+            return name
+    raise UnknownHeadError(f"{cls.__module__}.{cls.__qualname__} is not registered; decorate it with @register_head(name)")
+
+
 def create_head(name: str, **params):
     """An unfitted estimator of the named head; ``params`` go to its ``__init__``."""
     return get_head_class(name)(**params)
