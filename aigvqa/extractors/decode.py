@@ -29,7 +29,21 @@ DEFAULT_FPS = 25.0
 MAX_FPS = 240.0
 """Rates above this are container artefacts (e.g. a 1/90000 time base), not frame rates."""
 
-__all__ = ["DEFAULT_FPS", "iter_frames", "probe", "write_video"]
+__all__ = ["DEFAULT_FPS", "TruncatedVideoWarning", "iter_frames", "probe", "write_video"]
+
+
+class TruncatedVideoWarning(RuntimeWarning):
+    """The file ended before frames the caller asked for (``iter_frames(pad_missing=True)``).
+
+    ``decoded``: frames the file really holds; ``expected``: one past the largest index
+    asked for. Callers that must reject short files check these, not the message text.
+    """
+
+    def __init__(self, message: str, path: str, decoded: int, expected: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.decoded = decoded
+        self.expected = expected
 
 
 def _open(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
@@ -177,7 +191,7 @@ def iter_frames(
     A file can hold fewer frames than ``probe`` said (truncated download) and can contain
     damaged packets (skipped, as FFmpeg does). With ``pad_missing=True`` every wanted index
     past the real end is still yielded, as a copy of the last decoded frame (a
-    ``RuntimeWarning`` says how many); otherwise the iteration just ends early. A file with
+    ``TruncatedVideoWarning`` says how many); otherwise the iteration just ends early. A file with
     no decodable frame raises DecodeError.
 
     ``threads``: decoder threads (0 = FFmpeg picks, one per core).
@@ -224,11 +238,13 @@ def iter_frames(
             )
         if targets is not None and cursor < targets.size and pad_missing:
             missing = targets[cursor:]
-            warnings.warn(
+            message = (
                 f"{path}: the file ends after {index + 1} frames but frames up to "
                 f"{int(missing[-1])} were expected; {missing.size} missing frame(s) repeat "
-                "the last decoded frame (the file may be truncated)",
-                RuntimeWarning,
+                "the last decoded frame (the file may be truncated)"
+            )
+            warnings.warn(
+                TruncatedVideoWarning(message, str(path), index + 1, int(missing[-1]) + 1),
                 stacklevel=2,
             )
             padding = last.to_ndarray(format="rgb24")

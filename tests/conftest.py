@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic video files made on the fly (no network, no ../shared).
+
+    def test_something(video_factory):
+        path = video_factory("clip", n_frames=24, fps=8, size=(48, 64), fmt="mp4")
+
+``video_factory`` writes ``aigvqa.extractors.synthetic.moving_pattern`` frames (moving
+shapes over a drifting texture, so consecutive frames differ) with
+``aigvqa.extractors.decode.write_video`` into the test's ``tmp_path`` and returns the
+file's Path. Formats: mp4 (H.264), avi (MPEG-4), webm (VP9) and gif; mp4, avi and webm
+need an even height and width. Same arguments + seed = same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.synthetic import moving_pattern
+
+VideoFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def video_factory(tmp_path: Path) -> VideoFactory:
+    """A function ``(name="clip", n_frames=16, fps=8.0, size=(48, 64), fmt="mp4", seed=0) -> Path``."""
+
+    def make(
+        name: str = "clip",
+        n_frames: int = 16,
+        fps: float = 8.0,
+        size: tuple[int, int] = (48, 64),
+        fmt: str = "mp4",
+        seed: int = 0,
+    ) -> Path:
+        height, width = size
+        path = tmp_path / f"{name}.{fmt.lstrip('.')}"
+        return write_video(path, moving_pattern(n_frames, height, width, seed=seed), fps=fps)
+
+    return make
