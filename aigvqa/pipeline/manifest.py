@@ -309,7 +309,7 @@ def _records(
             first_line[video_id] = row.line
         resolved = Path(os.path.expanduser(raw_path)) if raw_path else None
         if resolved is not None and not resolved.is_absolute():
-            resolved = video_dir / resolved
+            resolved = Path(os.path.normpath(video_dir / resolved))
         if resolved is None:
             reasons.append("empty path")
         elif check_files and not resolved.is_file():
