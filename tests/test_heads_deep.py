@@ -1,0 +1,353 @@
+"""Deep heads (UGVQ, MSA-VQA, branch-sum, pooled MLP): sklearn contract, learning known
+signals on synthetic feature sets, SCMA / SMA against the pooled-MLP baseline,
+determinism, padding invariance, multi-output, export and errors.
+
+All data is synthetic and small; torch runs on one thread (these models are tiny and the
+test machine's cores are shared, where extra threads only add contention).
+"""
+
+import copy
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from scipy.stats import spearmanr
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from aigvqa.errors import AigvqaError, CheckpointMismatchError
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.branchsum import BranchSumHead
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.mlp import PooledMLPHead
+from aigvqa.heads.msavqa import MSAVQAHead
+from aigvqa.heads.registry import UnknownHeadError, create_head, list_heads
+from aigvqa.heads.ugvq import UGVQHead
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------
+# synthetic feature sets
+# --------------------------------------------------------------------------------------
+def all_features(n, seed=0):
+    """Every role of every head, random values, ragged lengths; y mixes a few of them."""
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "vit-keyframes": (8, 12), "slowfast": (4, 20), "clip-text-tokens": (6, 16), "clip-text": (1, 16),
+        "clip-frames": (10, 16), "swin-fragments": (3, 12), "convnext-frames": (8, 12),
+    }
+    arrays = {k: rng.normal(size=(n, *s)).astype(np.float16) for k, s in shapes.items()}
+    lengths = {
+        "clip-text-tokens": rng.integers(1, 7, size=n),
+        "clip-frames": rng.integers(4, 11, size=n),
+        "convnext-frames": rng.integers(2, 9, size=n),
+    }
+    for name, lens in lengths.items():  # padding is zeros, as the cache writes it
+        arrays[name][np.arange(arrays[name].shape[1])[None, :] >= lens[:, None]] = 0
+    fs = FeatureSet(arrays, lengths, ids=[f"v{i}" for i in range(n)])
+    y = arrays["vit-keyframes"][:, :, 0].astype(float).mean(1) + arrays["clip-frames"][:, :3, 1].astype(float).mean(1)
+    return fs, y
+
+
+def selected_frame_task(n, seed, d=16, t=8, quality_dims=4, noise=0.1):
+    """Needs cross-attention: each video shows t contents (one per key frame, a permutation
+    of t fixed contents) with a random quality each; the prompt names one of them and the
+    target is that frame's quality minus the mean quality. Contents and quality use
+    disjoint dimensions, so mean/std pooling only sees the mean and spread of quality,
+    not which frame the prompt names."""
+    rng = np.random.default_rng(seed)
+    dc = d - quality_dims
+    contents = np.zeros((t, d))
+    contents[:, :dc] = rng.normal(size=(t, dc)) * 3 / np.sqrt(dc)
+    quality_dir = np.zeros(d)
+    quality_dir[dc:] = rng.normal(size=quality_dims)
+    quality_dir /= np.linalg.norm(quality_dir)
+    frames, text, y = np.zeros((n, t, d)), np.zeros((n, 1, d)), np.zeros(n)
+    for i in range(n):
+        order, quality, named = rng.permutation(t), rng.normal(size=t), rng.integers(t)
+        frames[i] = contents[order] + quality[:, None] * quality_dir + noise * rng.normal(size=(t, d))
+        text[i, 0] = contents[order[named]] + noise * rng.normal(size=d)
+        y[i] = quality[named] - quality.mean()
+    motion = rng.normal(size=(n, 4, 8))
+    arrays = {"vit-keyframes": frames, "slowfast": motion, "clip-text-tokens": text}
+    return FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}), y
+
+
+def _switching_sequence(rng, t, switches):
+    """0/1 sequence of length t, t/2 ones, exactly ``switches`` changes of value."""
+    runs = switches + 1
+
+    def composition(total, parts):
+        cuts = np.sort(rng.choice(np.arange(1, total), size=parts - 1, replace=False))
+        return np.diff(np.concatenate([[0], cuts, [total]]))
+
+    sizes_a, sizes_b = composition(t // 2, (runs + 1) // 2), composition(t // 2, runs // 2)
+    first = rng.integers(2)
+    seq = []
+    for r in range(runs):
+        value, sizes = (first, sizes_a) if r % 2 == 0 else (1 - first, sizes_b)
+        seq += [value] * int(sizes[r // 2])
+    return np.array(seq)
+
+
+def mutation_task(n, seed, d=16, t=16, max_switches=7, noise=0.1):
+    """Needs mutation detection: every video shows content A for t/2 frames and content B
+    for t/2 frames; the target is minus the number of sudden swaps between them. Mean and
+    std over time are the same whatever the number of swaps."""
+    rng = np.random.default_rng(seed)
+    frames, y = np.zeros((n, t, d)), np.zeros(n)
+    for i in range(n):
+        switches = rng.integers(1, max_switches + 1)
+        a, b = rng.normal(size=(2, d))
+        seq = _switching_sequence(rng, t, switches)
+        frames[i] = np.where(seq[:, None] == 1, b, a) + noise * rng.normal(size=(t, d))
+        y[i] = -switches + 0.3 * rng.normal()
+    text = rng.normal(size=(n, 1, d))
+    return FeatureSet({"clip-frames": frames.astype(np.float16), "clip-text": text.astype(np.float16)}), y
+
+
+def alignment_task(n, seed, d=16, t=8):
+    """Target = how much the frames agree with the prompt (frames = a * text + rest)."""
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(n, 1, d))
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+    agreement = rng.uniform(0, 1, size=n)
+    other = rng.normal(size=(n, t, d))
+    other -= (other * text).sum(-1, keepdims=True) * text
+    other /= np.linalg.norm(other, axis=-1, keepdims=True)
+    frames = agreement[:, None, None] * text + np.sqrt(1 - agreement[:, None, None] ** 2) * other
+    arrays = {
+        "clip-frames": frames, "clip-text": text,
+        "swin-fragments": rng.normal(size=(n, 2, 12)), "convnext-frames": rng.normal(size=(n, 4, 12)),
+    }
+    return FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}), agreement
+
+
+def pooled_task(n, seed, d=12, t=6):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, t, d))
+    w = rng.normal(size=d)
+    y = x.mean(1) @ w + x.std(1)[:, 0]
+    return FeatureSet({"feat": x.astype(np.float16)}), y
+
+
+# --------------------------------------------------------------------------------------
+# small heads for contract tests
+# --------------------------------------------------------------------------------------
+def tiny(name, **params):
+    base = {
+        "ugvq": dict(preset="small", d_model=16, encoder_ffn=32, scma_ffn=32, mlp_hidden=16),
+        "msavqa": dict(preset="small", d_model=16, adapter_dim=8, mlp_hidden=16),
+        "branchsum": dict(d_model=16, mlp_hidden=16),
+        "mlp": dict(hidden=16, features=["vit-keyframes", "clip-frames"]),
+    }[name]
+    base.update(epochs=2, batch_size=16)
+    base.update(params)
+    return create_head(name, **base)
+
+
+DEEP = ["ugvq", "msavqa", "branchsum", "mlp"]
+
+
+def test_registry_builds_every_deep_head_by_name():
+    assert set(DEEP) <= set(list_heads())
+    assert isinstance(create_head("ugvq", preset="small"), UGVQHead)
+    assert isinstance(create_head("msavqa"), MSAVQAHead)
+    assert isinstance(create_head("branchsum"), BranchSumHead)
+    assert isinstance(create_head("mlp"), PooledMLPHead)
+    with pytest.raises(UnknownHeadError, match="available heads"):
+        create_head("no-such-head")
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_clone_keeps_parameters_and_drops_fitted_state(name):
+    X, y = all_features(40)
+    head = tiny(name, lr=3e-3).fit(X, y)
+    copy_ = clone(head)
+    assert copy_.get_params() == head.get_params()
+    assert not hasattr(copy_, "module_")
+    assert copy_.set_params(lr=1e-2).lr == 1e-2
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_grid_search_on_a_feature_set(name):
+    X, y = all_features(48)
+    search = GridSearchCV(tiny(name), {"lr": [1e-3, 3e-3]}, cv=2).fit(X, y)
+    assert search.best_params_["lr"] in (1e-3, 3e-3)
+    assert search.predict(X[:5]).shape == (5,)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_multi_output_targets(name):
+    X, y = all_features(40)
+    y2 = np.column_stack([y, -2 * y + 1, y**2])
+    pred = tiny(name).fit(X, y2).predict(X)
+    assert pred.shape == (40, 3) and np.isfinite(pred).all()
+    assert tiny(name).fit(X, y).predict(X).shape == (40,)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_same_seed_same_predictions(name):
+    X, y = all_features(40)
+    a = tiny(name, seed=3).fit(X, y).predict(X)
+    b = tiny(name, seed=3).fit(X, y).predict(X)
+    c = tiny(name, seed=4).fit(X, y).predict(X)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_padded_steps_do_not_change_predictions(name):
+    X, y = all_features(32)
+    head = tiny(name).fit(X, y)
+    rng = np.random.default_rng(1)
+    padded_arrays = {}
+    for k, a in X.arrays.items():
+        extra = rng.normal(size=(a.shape[0], 5, a.shape[2])).astype(a.dtype)  # garbage, not even zeros
+        inner = a.copy()
+        inner[~X.mask(k)] = rng.normal(size=inner[~X.mask(k)].shape)
+        padded_arrays[k] = np.concatenate([inner, extra], axis=1)
+    padded = FeatureSet(padded_arrays, X.lengths, X.ids)
+    np.testing.assert_allclose(head.predict(padded), head.predict(X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_pickle_deepcopy_and_state_export_roundtrip(name, tmp_path):
+    X, y = all_features(32)
+    head = tiny(name).fit(X, np.column_stack([y, y**2]))
+    expected = head.predict(X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(head)).predict(X), expected)
+    np.testing.assert_array_equal(copy.deepcopy(head).predict(X), expected)
+
+    config, tensors = head.get_state()
+    (tmp_path / "head.json").write_text(json.dumps(config))
+    save_file(tensors, tmp_path / "head.safetensors")
+    restored = TorchHead.from_state(json.loads((tmp_path / "head.json").read_text()), load_file(tmp_path / "head.safetensors"))
+    assert type(restored) is type(head)
+    np.testing.assert_allclose(restored.predict(X), expected, rtol=1e-6, atol=1e-6)
+
+    broken = {k: v for k, v in tensors.items() if not k.startswith("module.") or not k.endswith("bias")}
+    with pytest.raises(CheckpointMismatchError):
+        TorchHead.from_state(config, broken)
+
+
+def test_validation_split_early_stopping_keeps_the_best_epoch():
+    X, y = all_features(60)
+    head = tiny("ugvq", epochs=12, val_fraction=0.25, patience=2, lr=3e-2).fit(X, y)
+    losses = [r["val_loss"] for r in head.history_]
+    assert len(losses) <= 12
+    assert head.best_epoch_ == int(np.argmin(losses))
+    assert len(losses) == 12 or len(losses) - 1 - head.best_epoch_ == 2
+
+
+def test_fgm_option_changes_training():
+    X, y = all_features(40)
+    plain = tiny("ugvq").fit(X, y).predict(X)
+    adversarial = tiny("ugvq", fgm_epsilon=0.5).fit(X, y).predict(X)
+    assert np.isfinite(adversarial).all()
+    assert not np.allclose(plain, adversarial)
+
+
+def test_msavqa_ensemble_weights_are_non_negative_per_output():
+    X, y = all_features(40)
+    head = tiny("msavqa", frame_loss="fcl", val_fraction=0.25).fit(X, np.column_stack([y, -y]))
+    assert head.ensemble_weights_.shape == (2, 3)
+    assert (head.ensemble_weights_ >= 0).all()
+    assert head.level_predictions(X).shape == (40, 3, 2)
+
+
+def test_branchsum_calibrates_scale_free_plcc_output_to_mos_scale():
+    X, y = alignment_task(200, 0)
+    y = 20 + 60 * y  # MOS on a 0-100 scale
+    pred = create_head("branchsum", epochs=15).fit(X, y).predict(X)
+    assert abs(pred.mean() - y.mean()) < 5
+    assert 0.5 < pred.std() / y.std() < 1.5
+
+
+def test_errors_name_the_missing_feature_and_the_fix():
+    X, y = all_features(20)
+    with pytest.raises(AigvqaError, match="vit-keyframes.*features="):
+        tiny("ugvq").fit(X.select(["slowfast", "clip-text-tokens"]), y)
+    head = tiny("ugvq").fit(X, y)
+    narrow = FeatureSet({**X.arrays, "slowfast": X.arrays["slowfast"][:, :, :8]}, X.lengths, X.ids)
+    with pytest.raises(AigvqaError, match="width 8"):
+        head.predict(narrow)
+    with pytest.raises(TypeError, match="FeatureSet"):
+        head.predict(X.arrays["slowfast"])
+    with pytest.raises(ValueError, match="no feature roles"):
+        tiny("ugvq", features={"audio": "x"}).fit(X, y)
+    # remapping a role to another feature works
+    assert tiny("ugvq", features={"text": "clip-text"}).fit(X, y).feature_names_["text"] == "clip-text"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    X, y = all_features(20)
+    with pytest.raises(AigvqaError, match="device='cpu'"):
+        tiny("mlp", device="cuda").fit(X, y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", DEEP)
+def test_cuda_fit_matches_cpu_closely(name):
+    X, y = all_features(40)
+    cpu = tiny(name).fit(X, y).predict(X)
+    gpu_head = tiny(name, device="cuda").fit(X, y)
+    gpu = gpu_head.predict(X)
+    assert next(gpu_head.module_.parameters()).device.type == "cpu"  # fitted state kept on CPU
+    assert spearmanr(cpu, gpu)[0] > 0.95
+    assert np.isfinite(tiny(name, device="cuda", amp=True).fit(X, y).predict(X)).all()
+
+
+# --------------------------------------------------------------------------------------
+# learning known signals
+# --------------------------------------------------------------------------------------
+def held_out_srcc(head, X, y, n_train, shuffle_seed=None):
+    y_fit = y[:n_train] if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(y[:n_train])
+    pred = clone(head).fit(X[:n_train], y_fit).predict(X[n_train:])
+    return spearmanr(pred, y[n_train:])[0]
+
+
+LEARNING_CASES = {
+    "ugvq": (lambda: selected_frame_task(600, 0), lambda: UGVQHead(preset="small", epochs=15), 480),
+    "msavqa": (lambda: mutation_task(500, 0), lambda: MSAVQAHead(preset="small", epochs=15), 400),
+    "branchsum": (lambda: alignment_task(300, 0), lambda: BranchSumHead(epochs=15), 240),
+    "mlp": (lambda: pooled_task(300, 0), lambda: PooledMLPHead(epochs=30), 240),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(LEARNING_CASES))
+def test_each_deep_head_learns_its_signal_beyond_a_shuffled_label_control(name):
+    make_data, make_head, n_train = LEARNING_CASES[name]
+    X, y = make_data()
+    learned = held_out_srcc(make_head(), X, y, n_train)
+    control = held_out_srcc(make_head(), X, y, n_train, shuffle_seed=0)
+    assert learned > 0.7, (learned, control)
+    assert abs(control) < 0.3, (learned, control)
+
+
+@pytest.mark.slow
+def test_scma_beats_pooled_mlp_when_the_prompt_selects_a_frame():
+    X, y = selected_frame_task(600, 1)
+    scma = held_out_srcc(UGVQHead(preset="small", epochs=15, seed=1), X, y, 480)
+    pooled = held_out_srcc(PooledMLPHead(seed=1), X, y, 480)
+    assert scma > 0.7 and scma - pooled > 0.4, (scma, pooled)
+
+
+@pytest.mark.slow
+def test_sma_beats_pooled_mlp_on_content_mutations():
+    X, y = mutation_task(500, 1)
+    sma = held_out_srcc(MSAVQAHead(preset="small", epochs=15, seed=1), X, y, 400)
+    pooled = held_out_srcc(PooledMLPHead(seed=1), X, y, 400)
+    assert sma > 0.7 and sma - pooled > 0.4, (sma, pooled)
