@@ -336,3 +336,18 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(bad),
                  "--cache", str(cache)])
     assert code == 2 and "does not request" in capsys.readouterr().err
+
+
+def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails():
+    import warnings
+
+    from aigvqa.extractors.decode import TruncatedVideoWarning
+    from aigvqa.pipeline.extract import _truncation
+
+    def caught(decoded, expected):
+        message = TruncatedVideoWarning("short", "x.mp4", decoded, expected)
+        return [warnings.WarningMessage(message, TruncatedVideoWarning, "f.py", 1)]
+
+    assert _truncation(caught(95, 100), num_frames=100) is None  # rounded metadata
+    assert "only 50 of 100 frames" in _truncation(caught(50, 100), num_frames=100)
+    assert _truncation([], num_frames=100) is None

@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 import uuid
@@ -505,17 +504,15 @@ failure (a truncated download: the decoder would pad the missing part with copie
 last frame, features of a frozen video that is not there). A few frames short (rounded
 metadata, a damaged tail) keeps its features; the decoder's warning stays in the log."""
 
-_SHORT_FILE = re.compile(r"ends after (\d+) frames? but frames up to (\d+) were expected")
-
-
 def _truncation(caught, num_frames: int) -> str | None:
     """A failure message when the decoder reported a file much shorter than promised."""
+    from aigvqa.extractors.decode import TruncatedVideoWarning
+
     for w in caught:
-        match = _SHORT_FILE.search(str(w.message))
-        if match is None:
+        if not isinstance(w.message, TruncatedVideoWarning):
             continue
-        decoded = int(match.group(1))
-        expected = max(num_frames, int(match.group(2)) + 1)
+        decoded = w.message.decoded
+        expected = max(num_frames, w.message.expected)
         if decoded < MIN_DECODED_FRACTION * expected:
             return (
                 f"only {decoded} of {expected} frames decode (the file is truncated); "

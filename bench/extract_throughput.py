@@ -1,0 +1,259 @@
+"""Stage-one throughput and memory (prints measured numbers; nothing is asserted).
+
+    python bench/extract_throughput.py                      # 40 clips, 720p, 2 s; RSS 10 s vs 120 s 1080p
+    python bench/extract_throughput.py --videos 16 --no-rss # quicker
+
+On N generated clips and one extractor mix (random-init backbones: same compute as real
+weights), it times, each after a warm-up that loads the models:
+
+  (a) peer-style script: for each extractor, for each video, decode the whole video to
+      RGB again (OpenCV, as research scripts do), build that extractor's view from the
+      decoded array and run the forward pass; one process, sequential;
+  (b) ``aigvqa.pipeline.extract`` on a LocalCluster of 1 worker (decode once per video,
+      every extractor, shards, merge);
+  (c) the same with 2 workers;
+  (d) the pure forward time of the same extractors on views decoded beforehand (the
+      compute floor of (b)).
+
+Every run uses one torch thread per worker/process. Ratios are throughputs (videos/s):
+targets (b)/(a) >= 2, (b)/(d) >= 0.9, (c)/(b) >= 1.7. Then the peak RSS of a fresh
+worker running the pipeline on one 1080p clip of 10 s and one of 120 s (it should be
+flat: the decoder streams and views keep only the frames of unfinished items).
+
+The numbers depend on the machine and on what else runs on it: on a shared 2-core box
+(c)/(b) cannot show more than the free cores allow. The script prints the core count and
+load average next to the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aigvqa.extractors import create_extractor
+from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.synthetic import moving_pattern
+from aigvqa.extractors.views import build_views, views_from_array
+from aigvqa.pipeline.records import VideoRecord
+
+MIX = {
+    # light backbones on HD input: the mix where decoding matters
+    "clip-frames": {"n_frames": 8, "random_init": True, "batch_size": 8},
+    "vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 8},
+    "handcrafted": {"max_frames": 16, "size": 128},
+}
+FPS = 24
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def make_clip(path: Path, seconds: float, height: int, width: int, seed: int) -> Path:
+    """A synthetic clip; 24 distinct frames cycled (computing HD patterns is the slow part)."""
+    if path.exists():
+        return path
+    import cv2
+
+    base = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+            for f in moving_pattern(24, max(2, height // 4), max(2, width // 4), seed=seed)]
+    n = int(round(seconds * FPS))
+    tmp = path.with_suffix(".tmp.mp4")
+    write_video(tmp, (base[i % len(base)] for i in range(n)), FPS)
+    tmp.replace(path)
+    return path
+
+
+def loop_clip(source: Path, path: Path, times: int) -> Path:
+    """``source`` repeated ``times`` times by remuxing packets (no re-encode: fast)."""
+    if path.exists():
+        return path
+    import av
+
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(source)) as src, av.open(str(tmp), "w") as dst:
+        in_stream = src.streams.video[0]
+        out_stream = dst.add_stream_from_template(in_stream)
+        packets = [p for p in src.demux(in_stream) if p.size]
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + packets[1].duration
+        for k in range(times):
+            for p in packets:
+                p.stream = out_stream
+                p.pts += span if k else 0
+                p.dts += span if k else 0
+                dst.mux(p)
+    tmp.replace(path)
+    return path
+
+
+# -- (a) and (d): in-process, one torch thread ------------------------------------------------
+def load_models(mix):
+    import torch
+
+    torch.set_num_threads(1)
+    models = [create_extractor(name, **cfg) for name, cfg in mix.items()]
+    for m in models:
+        m.load(m.config().get("device", "cpu"))
+    return models
+
+
+def forward_all(model, items: list[np.ndarray]) -> np.ndarray:
+    batch = int(model.config().get("batch_size", 16))
+    out = [model.forward(np.stack(items[i : i + batch])) for i in range(0, len(items), batch)]
+    return np.concatenate(out)
+
+
+def decode_all_opencv(path: Path) -> np.ndarray:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+def peer_style(models, paths) -> float:
+    started = time.perf_counter()
+    for model in models:
+        view = model.view()
+        for path in paths:
+            video = decode_all_opencv(path)  # decoded again for every extractor
+            items = views_from_array(video, [view], fps=FPS)[view.key]
+            del video
+            forward_all(model, items)
+    return time.perf_counter() - started
+
+
+def pure_forward(models, paths) -> float:
+    views = [m.view() for m in models]
+    decoded = [build_views(p, views) for p in paths]  # not timed
+    started = time.perf_counter()
+    for per_video in decoded:
+        for model in models:
+            forward_all(model, per_video[model.view().key])
+    return time.perf_counter() - started
+
+
+# -- (b), (c): the pipeline -------------------------------------------------------------------
+def pipeline(paths, n_workers: int, workdir: Path) -> float:
+    from distributed import Client, LocalCluster
+
+    from aigvqa.pipeline import extract as ex
+
+    records = [VideoRecord(p.stem, p) for p in paths]
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        extractors = ex.resolve_extractors(MIX)
+        client.run(lambda: [ex._loaded(e) for e in extractors])  # load models everywhere
+        started = time.perf_counter()
+        report = ex.extract(records, MIX, workdir / f"pipeline-{n_workers}.h5", client=client,
+                            progress=False)
+        seconds = time.perf_counter() - started
+    assert report.succeeded == len(paths), report.summary()
+    return seconds
+
+
+def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
+    """(MiB after loading the models, peak MiB after extracting ``path``) of a fresh worker."""
+    from distributed import Client, LocalCluster
+
+    from aigvqa.pipeline import extract as ex
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        extractors = ex.resolve_extractors(MIX)
+        client.run(lambda: [ex._loaded(e) for e in extractors])
+        (loaded,) = client.run(peak_mib).values()
+        ex.extract([VideoRecord(tag, path)], MIX, workdir / f"rss-{tag}.h5", client=client,
+                   progress=False)
+        (peak,) = client.run(peak_mib).values()
+    return loaded, peak
+
+
+# -- main -------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each clip")
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--data-dir", type=Path, help="keep generated clips here between runs")
+    parser.add_argument("--no-rss", action="store_true", help="skip the 10 s vs 120 s 1080p memory check")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data = args.data_dir or workdir
+        data.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        paths = [
+            make_clip(data / f"clip{args.height}p-{args.seconds:g}s-{i:03d}.mp4", args.seconds,
+                      args.height, args.width, seed=i)
+            for i in range(args.videos)
+        ]
+        print(f"{len(paths)} clips {args.width}x{args.height}, {args.seconds:g} s at {FPS} fps "
+              f"(made in {time.perf_counter() - started:.0f} s); extractors: "
+              + ", ".join(f"{k} {v}" for k, v in MIX.items()), flush=True)
+
+        models = load_models(MIX)
+        peer_style(models, paths[:1])  # warm-up (allocators, lazy imports)
+        times = {}
+        times["a"] = peer_style(models, paths)
+        print(f"(a) peer-style: {times['a']:.1f} s", flush=True)
+        times["d"] = pure_forward(models, paths)
+        print(f"(d) pure forward: {times['d']:.1f} s", flush=True)
+        del models
+        times["b"] = pipeline(paths, 1, workdir)
+        print(f"(b) pipeline, 1 worker: {times['b']:.1f} s", flush=True)
+        times["c"] = pipeline(paths, 2, workdir)
+        print(f"(c) pipeline, 2 workers: {times['c']:.1f} s", flush=True)
+
+        n = len(paths)
+        rows = [
+            ("(a) peer-style: decode per extractor, sequential", "a"),
+            ("(b) aigvqa extract, 1 worker", "b"),
+            ("(c) aigvqa extract, 2 workers", "c"),
+            ("(d) pure forward on pre-decoded views", "d"),
+        ]
+        print()
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
+              "(other processes share these cores)")
+        print()
+        print("| run | seconds | videos/s | throughput vs (a) |")
+        print("|---|---:|---:|---:|")
+        for label, key in rows:
+            print(f"| {label} | {times[key]:.1f} | {n / times[key]:.2f} | {times['a'] / times[key]:.2f}x |")
+        print()
+        ratios = [
+            ("(b)/(a) decode once vs per extractor", times["a"] / times["b"], 2.0),
+            ("(b)/(d) pipeline vs pure forward", times["d"] / times["b"], 0.9),
+            ("(c)/(b) 2 workers vs 1", times["b"] / times["c"], 1.7),
+        ]
+        for label, value, target in ratios:
+            print(f"{label}: {value:.2f} (target >= {target}) {'met' if value >= target else 'NOT met'}")
+
+        if not args.no_rss:
+            print()
+            short = make_clip(data / "rss-1080p-10s.mp4", 10, 1080, 1920, seed=99)
+            long = loop_clip(short, data / "rss-1080p-120s.mp4", 12)
+            print("| input (1080p, 24 fps) | worker RSS after loading models (MiB) | peak worker RSS (MiB) |")
+            print("|---|---:|---:|")
+            for label, path in (("10 s", short), ("120 s", long)):
+                loaded, peak = worker_peak_rss(path, workdir, label.replace(" ", ""))
+                print(f"| {label} | {loaded:.0f} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
