@@ -245,9 +245,9 @@ class TorchExtractor(ConfiguredExtractor):
             shape = (1, 3, 1, 1, 1)
         else:
             raise ValueError(f"expected [B,H,W,3] or [B,T,H,W,3] items, got {tuple(tensor.shape)}")
-        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=tensor.device).view(shape)
-        std_t = torch.as_tensor(std, dtype=torch.float32, device=tensor.device).view(shape)
-        tensor = (tensor.float().div_(255.0) - mean_t).div_(std_t)
         if not (self.on_cuda and self._config["channels_last"]):
-            tensor = tensor.contiguous()
-        return tensor
+            tensor = tensor.contiguous()  # reorder the 1-byte values, not the float ones
+        # (x / 255 - mean) / std  ==  x * (1 / (255 std)) - mean / std: one fused pass
+        std_t = torch.as_tensor(std, dtype=torch.float32, device=tensor.device).view(shape)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=tensor.device).view(shape)
+        return torch.addcmul(-mean_t / std_t, tensor.float(), 1.0 / (255.0 * std_t))
