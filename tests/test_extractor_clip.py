@@ -170,6 +170,16 @@ def test_default_vit_b_32_random_init_shapes(video):
     assert frames_ex.towers_.model is text.towers_.model
 
 
+@pytest.mark.slow
+def test_hf_random_init_builds_the_default_clip_config(video):
+    frames_ex = create_extractor("clip-frames", backend="hf", random_init=True, n_frames=2)
+    assert frames_ex.view().config()["size"] == 224 and frames_ex.output_dims() == {"values": 512}
+    assert extract_video(video, [frames_ex])["clip-frames"].shape == (2, 512)
+    assert frames_ex.provenance()["weights"] == RANDOM_INIT
+    out = encode_prompts(create_extractor("clip-text", backend="hf", random_init=True), PROMPTS[:1])
+    assert out["tokens"].shape == (1, 77, 512) and out["mask"][0].sum() == 10
+
+
 # -- open_clip checkpoints through the public resolution path ------------------------------
 @pytest.mark.parametrize("filename", [f"{TINY}.bin", f"{TINY}.safetensors"])
 def test_open_clip_checkpoint_explicit_path_gives_the_saved_models_features(tmp_path, frames, filename):
