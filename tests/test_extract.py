@@ -339,14 +339,11 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
 
 
 def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails():
-    import warnings
-
     from aigvqa.extractors.decode import TruncatedVideoWarning
     from aigvqa.pipeline.extract import _truncation
 
     def caught(decoded, expected):
-        message = TruncatedVideoWarning("short", "x.mp4", decoded, expected)
-        return [warnings.WarningMessage(message, TruncatedVideoWarning, "f.py", 1)]
+        return [TruncatedVideoWarning("short", "x.mp4", decoded, expected)]
 
     assert _truncation(caught(95, 100), num_frames=100) is None  # rounded metadata
     assert "only 50 of 100 frames" in _truncation(caught(50, 100), num_frames=100)

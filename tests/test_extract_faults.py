@@ -146,6 +146,7 @@ def landed_ids(cache: Path) -> set[str]:
     return found
 
 
+@pytest.mark.slow  # a subprocess starting its own cluster: 6-12 s
 def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(client, records, tmp_path):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     video_dir = records[0].path.parent

@@ -41,10 +41,12 @@ repeats the frame).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -66,6 +68,9 @@ DEFAULT_CHUNK_SIZE = 16
 """Videos per task and per shard: big enough that the per-shard cost (an HDF5 file, a
 merge) is noise, small enough that a worker that dies loses little and the last tasks
 balance across workers."""
+
+TASKS_PER_WORKER = 4
+"""Below chunk_size x workers x this many videos, chunks shrink to balance the workers."""
 
 PROMPT_CHUNK_SIZE = 256
 """Distinct prompts per text task (a text tower encodes hundreds of prompts per second)."""
@@ -162,6 +167,7 @@ def extract(
     client=None,
     dashboard_address: str | None = ":8787",
     merge_every: int | None = None,
+    videos_in_flight: int = 2,
 ) -> ExtractReport:
     """Run stage one: features of every record for every extractor into ``cache`` (HDF5).
 
@@ -178,6 +184,9 @@ def extract(
     ``torch_threads`` torch threads each. An existing ``distributed.Client`` can be passed
     as ``client`` instead (it is used as is and not closed).
 
+    ``videos_in_flight`` (per task): videos decoded concurrently so that decoding the
+    next one overlaps the forward passes of the current one (1: strictly sequential).
+
     Re-running skips ids already cached; ``overwrite=True`` recomputes them. A config or
     weights change against a group already in the cache raises ProvenanceMismatchError
     before any video is processed. Scripts calling this must guard their entry point with
@@ -188,8 +197,10 @@ def extract(
     from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
 
     started = time.perf_counter()
-    if chunk_size < 1:
-        raise ExtractError(f"chunk_size must be at least 1, got {chunk_size}")
+    if chunk_size < 1 or videos_in_flight < 1:
+        raise ExtractError(
+            f"chunk_size and videos_in_flight must be at least 1, got {chunk_size}, {videos_in_flight}"
+        )
     records = _as_records(manifest_or_records)
     wanted = resolve_extractors(extractors, random_init=random_init, weights=weights,
                                 device="cuda" if gpus else None)
@@ -205,11 +216,11 @@ def extract(
     )
     if client is not None:
         report = _Run(client, records, wanted, cache_path, spec, chunk_size, overwrite,
-                      progress, merge_every).go()
+                      progress, merge_every, videos_in_flight).go()
     else:
         with open_cluster(spec) as own_client:
             report = _Run(own_client, records, wanted, cache_path, spec, chunk_size,
-                          overwrite, progress, merge_every).go()
+                          overwrite, progress, merge_every, videos_in_flight).go()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -426,17 +437,34 @@ def run_video_chunk(
     records: list[VideoRecord],
     extractors: list[Extractor],
     shard_path: str,
+    videos_in_flight: int = 2,
 ) -> ChunkResult:
-    """Worker task: features of ``records`` for ``extractors`` into one shard file."""
+    """Worker task: features of ``records`` for ``extractors`` into one shard file.
+
+    ``videos_in_flight`` videos are processed at once by threads that share the loaded
+    models, while a lock lets only one of them run a forward pass at a time: the next
+    video decodes (FFmpeg, OpenCV resizes: the GIL is released) while the current one
+    computes, so a worker's compute stays busy and still uses ``torch_threads`` cores.
+    Memory holds the streaming buffers of that many videos, whatever their length.
+    """
     if os.path.exists(shard_path):
         return _result_from_shard(shard_path, "video")
+    from concurrent.futures import ThreadPoolExecutor
+
     from aigvqa.cache.store import Failure, GroupData, write_shard
 
     models = [_loaded(e) for e in extractors]
+    lock = threading.Lock()
+    shared = [_OneForwardAtATime(m, lock) for m in models]
+    if videos_in_flight > 1 and len(records) > 1:
+        with ThreadPoolExecutor(videos_in_flight, thread_name_prefix="aigvqa-video") as pool:
+            results = list(pool.map(lambda r: _extract_one(r, shared), records))
+    else:
+        results = [_extract_one(r, models) for r in records]
+
     kept: dict[str, tuple[list[str], list[Any]]] = {m.name: ([], []) for m in models}
     failures: list[tuple[str, str, str]] = []
-    for record in records:
-        outputs, errors = _extract_one(record, models)
+    for record, (outputs, errors) in zip(records, results):
         for name, array in outputs.items():
             kept[name][0].append(record.video_id)
             kept[name][1].append(array)
@@ -455,6 +483,23 @@ def run_video_chunk(
     return ChunkResult(shard_path, "video", {m.name: kept[m.name][0] for m in models}, failures)
 
 
+class _OneForwardAtATime:
+    """A loaded extractor seen through a lock: threads sharing ``lock`` may decode at the
+    same time, but their forward passes never overlap (one compute stream per task, as
+    many cores as ``torch_threads``). Everything else is the extractor's own."""
+
+    def __init__(self, model: Extractor, lock: threading.Lock) -> None:
+        self._model = model
+        self._lock = lock
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def forward(self, items):
+        with self._lock:
+            return self._model.forward(items)
+
+
 def _extract_one(record: VideoRecord, models: list[Extractor]):
     """(outputs, errors) of one video: every model in one decode; isolate failures."""
     from aigvqa.errors import DecodeError
@@ -463,11 +508,8 @@ def _extract_one(record: VideoRecord, models: list[Extractor]):
 
     try:
         info = probe(record.path)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with _truncation_warnings() as caught:
             outputs = extract_video(record.path, models, info=info)
-        for w in caught:  # keep them visible in the worker's log
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         truncated = _truncation(caught, info.num_frames)
         if truncated:
             return {}, {ALL_EXTRACTORS: f"TruncatedVideo: {record.path}: {truncated}"}
@@ -498,6 +540,48 @@ def _extract_one(record: VideoRecord, models: list[Extractor]):
     return {k: v for k, v in outputs.items() if k not in errors}, errors
 
 
+# -- truncation warnings, per thread ----------------------------------------------------
+# warnings.catch_warnings swaps process-global state and is unsafe with several videos
+# in flight, so each worker process installs one hook that hands TruncatedVideoWarning
+# to the thread that raised it (and still shows every warning in the worker's log).
+_COLLECTING = threading.local()
+_HOOK_LOCK = threading.Lock()
+_HOOKED = False
+
+
+def _install_truncation_hook() -> None:
+    global _HOOKED
+    with _HOOK_LOCK:
+        if _HOOKED:
+            return
+        from aigvqa.extractors.decode import TruncatedVideoWarning
+
+        # "always": the default filter shows a warning once per code location, so the
+        # second truncated video of a process would go unnoticed.
+        warnings.filterwarnings("always", category=TruncatedVideoWarning)
+        shown = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            bucket = getattr(_COLLECTING, "bucket", None)
+            if bucket is not None and issubclass(category, TruncatedVideoWarning):
+                bucket.append(message)
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        _HOOKED = True
+
+
+@contextlib.contextmanager
+def _truncation_warnings():
+    """Collect the TruncatedVideoWarnings this thread raises inside the block."""
+    _install_truncation_hook()
+    _COLLECTING.bucket = bucket = []
+    try:
+        yield bucket
+    finally:
+        _COLLECTING.bucket = None
+
+
 MIN_DECODED_FRACTION = 0.9
 """A video that decodes fewer than this share of the frames its header promises is a
 failure (a truncated download: the decoder would pad the missing part with copies of the
@@ -506,13 +590,9 @@ metadata, a damaged tail) keeps its features; the decoder's warning stays in the
 
 def _truncation(caught, num_frames: int) -> str | None:
     """A failure message when the decoder reported a file much shorter than promised."""
-    from aigvqa.extractors.decode import TruncatedVideoWarning
-
-    for w in caught:
-        if not isinstance(w.message, TruncatedVideoWarning):
-            continue
-        decoded = w.message.decoded
-        expected = max(num_frames, w.message.expected)
+    for warning in caught:
+        decoded = warning.decoded
+        expected = max(num_frames, warning.expected)
         if decoded < MIN_DECODED_FRACTION * expected:
             return (
                 f"only {decoded} of {expected} frames decode (the file is truncated); "
@@ -601,7 +681,7 @@ class _Run:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
     def __init__(self, client, records, extractors, cache, spec, chunk_size, overwrite,
-                 progress, merge_every):
+                 progress, merge_every, videos_in_flight=2):
         self.client = client
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
@@ -614,6 +694,7 @@ class _Run:
         self.overwrite = overwrite
         self.progress = progress
         self.merge_every = merge_every
+        self.videos_in_flight = videos_in_flight
         local = getattr(client, "cluster", None) is not None
         self.report = ExtractReport(
             cache=cache,
@@ -740,8 +821,10 @@ class _Run:
 
     def _chunks(self, records: list[VideoRecord]) -> list[list[VideoRecord]]:
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        # Fewer videos than workers x chunk: smaller chunks, so every worker gets work.
-        size = max(1, min(self.chunk_size, -(-len(records) // n_workers)))
+        # A small run gets smaller chunks, at least TASKS_PER_WORKER per worker, so that
+        # the last tasks do not leave workers idle (40 videos on 2 workers as chunks of
+        # 16, 16, 8 would keep one worker busy 50 % longer than the other).
+        size = max(1, min(self.chunk_size, -(-len(records) // (TASKS_PER_WORKER * n_workers))))
         return [records[i : i + size] for i in range(0, len(records), size)]
 
     # -- submission -----------------------------------------------------------------
@@ -749,7 +832,7 @@ class _Run:
         exts = [self.by_name[n] for n in names]
         name = shard_name("video", [r.video_id for r in chunk], [self.provenance[n] for n in names])
         return self.client.submit(
-            run_video_chunk, chunk, exts, str(self.shard_dir / name),
+            run_video_chunk, chunk, exts, str(self.shard_dir / name), self.videos_in_flight,
             key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}",
             retries=TASK_RETRIES, pure=False,
         ), ("video", chunk, exts)
