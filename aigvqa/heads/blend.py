@@ -1,0 +1,158 @@
+"""Out-of-fold stacking of any heads, deep or classical.
+
+    stack = StackingHead([("svr", SVRHead(search="standard")), ("lgbm", LightGBMHead()),
+                          ("ugvq", create_head("ugvq", preset="small"))], meta="nnls", cv=5)
+    stack.fit(X_train, y_train).predict(X_test)
+
+How ``fit`` keeps every prediction honest:
+
+1. The training rows are cut into ``cv`` folds. For each fold and base head, a fresh clone is
+   fit on the other folds and predicts the held-out fold, so each row's out-of-fold (OOF)
+   prediction comes from models that never saw that row (``oof_predictions_``).
+2. The meta-learner is fit on the OOF predictions only: ``"linear"`` (least squares with
+   intercept) or ``"nnls"`` (non-negative weights, free intercept). A head that memorises its
+   training rows predicts nothing useful out of fold, so it earns no weight.
+3. Each base head is then refit on all training rows (``estimators_``) for ``predict``.
+
+Base heads whose ``fit`` takes ``X_val, y_val`` get the validation rows given to ``fit``
+(those rows are never training rows). Base heads are given as ``(name, estimator)`` pairs or
+``(name, "registered-head-name")``; nested parameters read ``<name>__<param>``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy.optimize import nnls
+from sklearn.base import RegressorMixin, clone
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import KFold
+from sklearn.utils.metaestimators import _BaseComposition
+from sklearn.utils.validation import check_is_fitted
+
+from aigvqa.heads.classical import HeadParameterError
+from aigvqa.heads.registry import create_head, register_head
+
+META_LEARNERS = ("linear", "nnls")
+
+
+def _accepts_validation(estimator) -> bool:
+    params = inspect.signature(estimator.fit).parameters
+    return "X_val" in params and "y_val" in params
+
+
+def _fit(estimator, X, y, X_val, y_val):
+    model = clone(estimator)
+    if X_val is not None and _accepts_validation(model):
+        return model.fit(X, y, X_val=X_val, y_val=y_val)
+    return model.fit(X, y)
+
+
+def _fit_predict_fold(estimator, X, y, train, held_out, X_val, y_val) -> np.ndarray:
+    model = _fit(estimator, X[train], y[train], X_val, y_val)
+    return np.asarray(model.predict(X[held_out]), dtype=np.float64).reshape(len(held_out), -1)
+
+
+def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float]:
+    """(weights [m], intercept) mapping base predictions P [N, m] to y [N]."""
+    if meta == "linear":
+        lr = LinearRegression().fit(P, y)
+        return lr.coef_.astype(np.float64), float(lr.intercept_)
+    # Non-negative least squares with a free intercept: for any weights the best intercept is
+    # mean(y - P w), so centring P and y makes plain NNLS solve the full problem exactly.
+    p_mean, y_mean = P.mean(axis=0), y.mean()
+    w, _ = nnls(P - p_mean, y - y_mean)
+    return w, float(y_mean - p_mean @ w)
+
+
+@register_head("stack")
+class StackingHead(RegressorMixin, _BaseComposition):
+    """Out-of-fold stacking (see the module docstring).
+
+    Parameters: ``estimators`` list of (name, head or registered head name); ``meta``
+    "nnls" | "linear"; ``cv`` fold count or an sklearn splitter; ``random_state`` shuffles
+    the folds; ``n_jobs`` fits (fold, head) pairs in parallel.
+    Fitted: ``estimators_``, ``named_estimators_``, ``oof_predictions_`` [N, m] (or
+    [N, m, k]), ``coef_`` [m] (or [k, m]), ``intercept_``.
+    """
+
+    def __init__(self, estimators, *, meta="nnls", cv=5, random_state=0, n_jobs=1):
+        self.estimators = estimators
+        self.meta = meta
+        self.cv = cv
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    # nested parameters (<name>__<param>) like sklearn's own StackingRegressor
+    def get_params(self, deep=True):
+        return self._get_params("estimators", deep=deep)
+
+    def set_params(self, **params):
+        self._set_params("estimators", **params)
+        return self
+
+    def _bases(self) -> list[tuple[str, object]]:
+        if not self.estimators:
+            raise HeadParameterError("StackingHead needs at least one (name, head) in estimators")
+        names = [name for name, _ in self.estimators]
+        if len(set(names)) != len(names):
+            raise HeadParameterError(f"StackingHead estimator names must be unique, got {names}")
+        return [(name, create_head(est) if isinstance(est, str) else est) for name, est in self.estimators]
+
+    def _folds(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        rows = np.arange(n)
+        if isinstance(self.cv, (int, np.integer)):
+            folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(rows))
+        else:
+            folds = list(self.cv.split(rows))
+        covered = np.concatenate([held for _, held in folds])
+        if covered.size != n or np.unique(covered).size != n:
+            raise HeadParameterError("StackingHead cv must hold out every training row exactly once (a K-fold splitter)")
+        for train, held in folds:
+            if np.intersect1d(train, held).size:
+                raise HeadParameterError("StackingHead cv yields a fold whose held-out rows are also training rows")
+        return folds
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        if self.meta not in META_LEARNERS:
+            raise HeadParameterError(f"meta={self.meta!r}: use one of {META_LEARNERS}")
+        y = np.asarray(y, dtype=np.float64)
+        single = y.ndim == 1
+        Y = y[:, None] if single else y
+        bases = self._bases()
+        folds = self._folds(len(Y))
+        jobs = [(f, m) for f in range(len(folds)) for m in range(len(bases))]
+        parallel = Parallel(n_jobs=self.n_jobs)
+        fold_preds = parallel(
+            delayed(_fit_predict_fold)(bases[m][1], X, y, folds[f][0], folds[f][1], X_val, y_val) for f, m in jobs
+        )
+        oof = np.full((len(Y), len(bases), Y.shape[1]), np.nan)
+        for (f, m), pred in zip(jobs, fold_preds):
+            oof[folds[f][1], m, :] = pred
+        weights = [fit_meta(oof[:, :, j], Y[:, j], self.meta) for j in range(Y.shape[1])]
+        self.estimators_ = parallel(delayed(_fit)(est, X, y, X_val, y_val) for _, est in bases)
+        self.named_estimators_ = {name: est for (name, _), est in zip(bases, self.estimators_)}
+        self.oof_predictions_ = oof[:, :, 0] if single else oof
+        coef = np.stack([w for w, _ in weights])
+        intercept = np.array([b for _, b in weights])
+        self.coef_ = coef[0] if single else coef
+        self.intercept_ = float(intercept[0]) if single else intercept
+        self.single_output_ = single
+        self.n_outputs_ = Y.shape[1]
+        return self
+
+    def base_predictions(self, X) -> np.ndarray:
+        """[N, m, k] predictions of the refit base heads."""
+        check_is_fitted(self, "estimators_")
+        return np.stack(
+            [np.asarray(est.predict(X), dtype=np.float64).reshape(len(X), -1) for est in self.estimators_], axis=1
+        )
+
+    def predict(self, X) -> np.ndarray:
+        P = self.base_predictions(X)
+        coef = np.atleast_2d(self.coef_)
+        intercept = np.atleast_1d(self.intercept_)
+        pred = np.einsum("nmk,km->nk", P, coef) + intercept[None, :]
+        return pred[:, 0] if self.single_output_ else pred

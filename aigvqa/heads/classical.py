@@ -1,0 +1,389 @@
+"""Classical heads: pooled sequence statistics -> scaling -> optional PCA -> SVR / ElasticNet /
+LightGBM, as scikit-learn estimators on a FeatureSet.
+
+All three share one base class, ``PooledHead``; a subclass only declares its
+hyper-parameters and builds its regressor. What they share:
+
+* **Pooling** (``pool_sequences``): per named feature, the mean and std over the valid time
+  steps (``lengths`` masks padding), optionally min / max and percentiles. A feature that is
+  one vector per video (T = 1, e.g. imported VIDEVAL features) is passed through unchanged.
+* **Scaling**: ``"minmax"`` (VIDEVAL), ``"standard"`` or None; then optional PCA
+  (``pca=`` components as an int, or a variance fraction in (0, 1)).
+* **Hyper-parameter search inside the training rows only**: ``search={"C": [...], ...}``
+  (any of the head's own parameters; a list of such dicts, or ``"standard"`` for the head's
+  standard grid). Candidates are fit on an inner split of the rows given to ``fit``
+  (``inner_split=0.2`` -> one 80/20 ``train_test_split`` seeded by ``random_state``, as
+  VIDEVAL; an int k -> k-fold) and ranked by RMSE (or SRCC); if ``fit`` gets a validation set
+  (``X_val, y_val``), candidates are ranked on it instead. The winner is refit on all rows
+  given to ``fit``; ``best_params_`` and ``search_results_`` say what was chosen and why.
+* **Multi-output**: y [N, k] fits one model (and one search) per column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy import stats
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.decomposition import PCA
+from sklearn.linear_model import ElasticNet
+from sklearn.model_selection import KFold, ParameterGrid, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.svm import SVR
+from sklearn.utils.validation import check_is_fitted
+
+from aigvqa.errors import AigvqaError
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.registry import register_head
+
+POOL_STATS = ("mean", "std", "min", "max")
+SCALERS = {"minmax": MinMaxScaler, "standard": StandardScaler}
+# Parameters that change the pooled matrix (the rest only change the fitted pipeline).
+_POOL_PARAMS = ("features", "pooling", "percentiles")
+
+
+class HeadParameterError(AigvqaError, ValueError):
+    """A head hyper-parameter (e.g. from a head config file) is invalid."""
+
+
+class FeatureValueError(AigvqaError, ValueError):
+    """Features hold NaN or infinite values that a classical head cannot use."""
+
+
+# -- pooling ----------------------------------------------------------------------------
+
+
+def as_featureset(X) -> FeatureSet:
+    """A FeatureSet as is; a plain [N, D] or [N, T, D] array as the single feature ``"x"``."""
+    if isinstance(X, FeatureSet):
+        return X
+    return FeatureSet({"x": np.asarray(X)})
+
+
+def pool_sequences(
+    X: FeatureSet,
+    stats: Sequence[str] = ("mean", "std"),
+    percentiles: Sequence[float] = (),
+    features: Sequence[str] | None = None,
+    chunk_rows: int = 1024,
+) -> tuple[np.ndarray, list[str]]:
+    """[N, F] float64 statistics over each feature's valid time steps, and the column names.
+
+    Columns are grouped by feature (in ``features`` order), then statistic, then dimension.
+    Rows with length 0 get zeros. Features with T = 1 give their D values once (every
+    statistic of one step is that step, or 0 for std). Rows are processed ``chunk_rows`` at a
+    time so float16 caches of long token sequences are not expanded to float64 all at once.
+    """
+    X = as_featureset(X)
+    stats = tuple(stats)
+    unknown = [s for s in stats if s not in POOL_STATS]
+    if unknown:
+        raise HeadParameterError(f"unknown pooling statistics {unknown}; choose from {POOL_STATS}")
+    names = list(X.names if features is None else features)
+    missing = [n for n in names if n not in X.arrays]
+    if missing:
+        raise HeadParameterError(f"features {missing} are not in the feature set (it has {X.names})")
+    blocks, columns = [], []
+    for name in names:
+        a, lengths = X.arrays[name], X.lengths[name]
+        t, d = a.shape[1], a.shape[2]
+        if t == 1:
+            one = np.where(lengths[:, None] > 0, a[:, 0, :].astype(np.float64), 0.0)
+            blocks.append(one)
+            columns += [f"{name}[{i}]" for i in range(d)]
+            continue
+        parts = [_pool_chunk(a[r:r + chunk_rows], lengths[r:r + chunk_rows], stats, percentiles)
+                 for r in range(0, len(X), chunk_rows)]
+        blocks.append(np.concatenate(parts, axis=0) if parts else np.zeros((0, d * (len(stats) + len(percentiles)))))
+        labels = list(stats) + [f"p{q:g}" for q in percentiles]
+        columns += [f"{name}.{s}[{i}]" for s in labels for i in range(d)]
+    return np.concatenate(blocks, axis=1), columns
+
+
+def _pool_chunk(a: np.ndarray, lengths: np.ndarray, stats, percentiles) -> np.ndarray:
+    a = a.astype(np.float64)
+    valid = (np.arange(a.shape[1])[None, :] < lengths[:, None])[..., None]  # [n, T, 1]
+    count = np.maximum(lengths, 1)[:, None].astype(np.float64)
+    empty = (lengths == 0)[:, None]
+    zeroed = np.where(valid, a, 0.0)  # where(), not a product: NaN in padding must not leak
+    mean = zeroed.sum(axis=1) / count
+    out = []
+    for s in stats:
+        if s == "mean":
+            out.append(mean)
+        elif s == "std":
+            out.append(np.sqrt((np.where(valid, a - mean[:, None, :], 0.0) ** 2).sum(axis=1) / count))
+        elif s == "min":
+            out.append(np.where(empty, 0.0, np.min(a, axis=1, where=valid, initial=np.inf)))
+        else:
+            out.append(np.where(empty, 0.0, np.max(a, axis=1, where=valid, initial=-np.inf)))
+    if len(percentiles):
+        masked = np.where(valid, a, np.nan)
+        masked[lengths == 0, 0, :] = 0.0  # an empty row pools to zeros, without all-NaN warnings
+        q = np.nanpercentile(masked, list(percentiles), axis=1)  # [P, n, D]
+        out.extend(q)
+    return np.concatenate(out, axis=1)
+
+
+# -- the shared estimator ---------------------------------------------------------------
+
+
+def _store_params(estimator, params: Mapping) -> None:
+    """``__init__`` body of every classical head: store the arguments, nothing else."""
+    for key, value in params.items():
+        if key not in ("self", "__class__"):
+            setattr(estimator, key, value)
+
+
+def _as_2d(y) -> tuple[np.ndarray, bool]:
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 1:
+        return y[:, None], True
+    if y.ndim == 2:
+        return y, False
+    raise ValueError(f"y must be [N] or [N, k], got shape {y.shape}")
+
+
+def _search_loss(scoring: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Lower is better: RMSE, or -SRCC (VIDEVAL ranks by RMSE)."""
+    if scoring == "rmse":
+        return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    rho = stats.spearmanr(y_true, y_pred)[0] if np.ptp(y_pred) > 0 else np.nan
+    return float(-rho) if np.isfinite(rho) else np.inf
+
+
+class PooledHead(RegressorMixin, BaseEstimator):
+    """Base of the classical heads (see the module docstring). Subclasses declare their
+    parameters in ``__init__`` and implement ``_make_regressor``."""
+
+    #: the grid ``search="standard"`` stands for
+    standard_search: ClassVar[dict] = {}
+
+    def _make_regressor(self, params: dict, n_jobs: int):
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+    def _grid(self) -> list[dict]:
+        search = self.search
+        if search is None:
+            return []
+        if isinstance(search, str):
+            if search != "standard":
+                raise HeadParameterError(f"search={search!r}: use None, 'standard' or a dict of lists")
+            search = self.standard_search
+        grid = list(ParameterGrid(search))
+        allowed = set(self.get_params(deep=False)) - {"search", "n_jobs", "inner_split", "search_scoring"}
+        bad = sorted({k for cand in grid for k in cand} - allowed)
+        if bad:
+            raise HeadParameterError(
+                f"{type(self).__name__} search over unknown parameters {bad}; searchable: {sorted(allowed)}"
+            )
+        return grid
+
+    def _params(self, overrides: Mapping) -> dict:
+        params = self.get_params(deep=False)
+        params.update(overrides)
+        if params["scaler"] is not None and params["scaler"] not in SCALERS:
+            raise HeadParameterError(f"scaler={params['scaler']!r}: use 'minmax', 'standard' or None")
+        if params["features"] is None:
+            params["features"] = self.features_used_
+        return params
+
+    def _pool(self, X: FeatureSet, params: dict, cache: dict) -> np.ndarray:
+        key = repr([params[k] for k in _POOL_PARAMS])
+        if key not in cache:
+            Z, _ = pool_sequences(X, params["pooling"], params["percentiles"], params["features"])
+            if not np.isfinite(Z).all():
+                cols = np.flatnonzero(~np.isfinite(Z).all(axis=0))
+                raise FeatureValueError(
+                    f"{len(cols)} pooled feature columns hold NaN or inf (first: column {cols[0]}); "
+                    "replace them when importing the features (VIDEVAL sets them to 0)"
+                )
+            cache[key] = Z
+        return cache[key]
+
+    def _build(self, params: dict, n_jobs: int):
+        steps = []
+        if params["scaler"] is not None:
+            steps.append(("scale", SCALERS[params["scaler"]]()))
+        if params["pca"] is not None:
+            steps.append(("pca", PCA(n_components=params["pca"], random_state=params["random_state"])))
+        steps.append(("regressor", self._make_regressor(params, n_jobs)))
+        model = Pipeline(steps)
+        if params["scale_target"]:
+            model = TransformedTargetRegressor(regressor=model, transformer=StandardScaler())
+        return model
+
+    def _inner_folds(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        split = self.inner_split
+        rows = np.arange(n)
+        if isinstance(split, (int, np.integer)) and not isinstance(split, bool) and split >= 2:
+            return list(KFold(int(split), shuffle=True, random_state=self.random_state).split(rows))
+        if isinstance(split, float) and 0.0 < split < 1.0:
+            # same call as VIDEVAL's inner split, on row indices (identical rows and order)
+            return [tuple(train_test_split(rows, test_size=split, random_state=self.random_state))]
+        raise HeadParameterError(f"inner_split={split!r}: use a fraction in (0, 1) or a fold count >= 2")
+
+    def _score_candidate(self, params, Z_fit, y_fit, Z_eval, y_eval) -> float:
+        losses = []
+        for (zf, yf), (ze, ye) in zip(zip(Z_fit, y_fit), zip(Z_eval, y_eval)):
+            model = self._build(params, n_jobs=1).fit(zf, yf)
+            losses.append(_search_loss(self.search_scoring, ye, model.predict(ze)))
+        return float(np.mean(losses))
+
+    def _search(self, grid, X, y, X_val, y_val, cache, val_cache) -> tuple[dict, list[dict]]:
+        """Best overrides for one target column, by inner split / folds or by the val set."""
+        folds = None if X_val is not None else self._inner_folds(len(y))
+        tasks = []
+        for cand in grid:
+            params = self._params(cand)
+            Z = self._pool(X, params, cache)
+            if X_val is not None:
+                Z_fit, y_fit, Z_eval, y_eval = [Z], [y], [self._pool(X_val, params, val_cache)], [y_val]
+            else:
+                Z_fit, y_fit = [Z[tr] for tr, _ in folds], [y[tr] for tr, _ in folds]
+                Z_eval, y_eval = [Z[va] for _, va in folds], [y[va] for _, va in folds]
+            tasks.append(delayed(self._score_candidate)(params, Z_fit, y_fit, Z_eval, y_eval))
+        losses = Parallel(n_jobs=self.n_jobs)(tasks)
+        results = [{"params": cand, self.search_scoring: (-loss if self.search_scoring == "srcc" else loss)}
+                   for cand, loss in zip(grid, losses)]
+        return dict(grid[int(np.argmin(losses))]), results
+
+    # -- estimator API --------------------------------------------------------------------
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Fit one pipeline per target column; search hyper-parameters on these rows only.
+
+        ``X_val, y_val`` (optional, disjoint rows): used to rank search candidates instead of
+        an inner split; the final model is still fit on ``X`` only.
+        """
+        X = as_featureset(X)
+        Y, single = _as_2d(y)
+        if len(Y) != len(X):
+            raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
+        if self.search_scoring not in ("rmse", "srcc"):
+            raise HeadParameterError(f"search_scoring={self.search_scoring!r}: use 'rmse' or 'srcc'")
+        Y_val = None
+        if X_val is not None:
+            X_val = as_featureset(X_val)
+            Y_val, _ = _as_2d(y_val)
+        self.features_used_ = list(X.names if self.features is None else self.features)
+        grid = self._grid()
+        cache, val_cache = {}, {}
+        best, results = [], []
+        for j in range(Y.shape[1]):
+            if grid:
+                b, r = self._search(grid, X, Y[:, j], X_val, None if Y_val is None else Y_val[:, j], cache, val_cache)
+            else:
+                b, r = {}, []
+            best.append(b)
+            results.append(r)
+        self.target_params_ = [self._params(b) for b in best]
+        self.models_ = [self._build(p, self.n_jobs).fit(self._pool(X, p, cache), Y[:, j])
+                        for j, p in enumerate(self.target_params_)]
+        self.single_output_ = single
+        self.n_outputs_ = Y.shape[1]
+        self.best_params_ = best[0] if single else best
+        self.search_results_ = results[0] if single else results
+        self.pooled_feature_names_ = pool_sequences(X[:1], self.target_params_[0]["pooling"],
+                                                    self.target_params_[0]["percentiles"],
+                                                    self.target_params_[0]["features"])[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """[N] predictions (or [N, k] when fit on [N, k] targets)."""
+        check_is_fitted(self, "models_")
+        X = as_featureset(X)
+        cache: dict = {}
+        pred = np.column_stack([m.predict(self._pool(X, p, cache)) for m, p in zip(self.models_, self.target_params_)])
+        return pred[:, 0] if self.single_output_ else pred
+
+
+# Parameters every classical head has, with their defaults, documented once here:
+#   features      names of FeatureSet arrays to use (None: all, in the set's order)
+#   pooling       statistics over time: any of "mean", "std", "min", "max"
+#   percentiles   extra percentiles over time, e.g. (10, 50, 90)
+#   scaler        "minmax" | "standard" | None, fit on the training rows
+#   pca           None, n components (int) or explained-variance fraction (float)
+#   scale_target  standardise y for the fit (predictions are mapped back)
+#   search        None | {param: [values]} | [dicts] | "standard" (inner search, see above)
+#   inner_split   fraction held out for the search (0.2 = VIDEVAL), or a fold count
+#   search_scoring  "rmse" (VIDEVAL) or "srcc"
+#   random_state  seeds the inner split, PCA and the regressor where it is random
+#   n_jobs        parallel search candidates (and LightGBM threads for the final fit)
+
+
+@register_head("svr")
+class SVRHead(PooledHead):
+    """RBF support-vector regression on pooled features (VIDEVAL's regressor).
+
+    ``search="standard"`` is VIDEVAL's grid: C in 2^1..2^10, gamma in 2^-8..2^1.
+    """
+
+    standard_search: ClassVar[dict] = {
+        "C": list(np.logspace(1, 10, 10, base=2)),
+        "gamma": list(np.logspace(-8, 1, 10, base=2)),
+    }
+
+    def __init__(self, *, C=1.0, gamma="scale", epsilon=0.1, features=None, pooling=("mean", "std"),
+                 percentiles=(), scaler="minmax", pca=None, scale_target=False, search=None,
+                 inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
+        _store_params(self, locals())
+
+    def _make_regressor(self, params, n_jobs):
+        return SVR(kernel="rbf", C=params["C"], gamma=params["gamma"], epsilon=params["epsilon"])
+
+
+@register_head("elasticnet")
+class ElasticNetHead(PooledHead):
+    """Linear regression with L1 + L2 penalties on standardised pooled features."""
+
+    standard_search: ClassVar[dict] = {
+        "alpha": list(np.logspace(-4, 1, 11)),
+        "l1_ratio": [0.1, 0.5, 0.9, 1.0],
+    }
+
+    def __init__(self, *, alpha=0.01, l1_ratio=0.5, max_iter=10000, features=None, pooling=("mean", "std"),
+                 percentiles=(), scaler="standard", pca=None, scale_target=False, search=None,
+                 inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
+        _store_params(self, locals())
+
+    def _make_regressor(self, params, n_jobs):
+        return ElasticNet(alpha=params["alpha"], l1_ratio=params["l1_ratio"], max_iter=params["max_iter"],
+                          random_state=params["random_state"])
+
+
+@register_head("lightgbm")
+class LightGBMHead(PooledHead):
+    """Gradient-boosted trees (LightGBM) on pooled features; deterministic for a seed."""
+
+    standard_search: ClassVar[dict] = {
+        "num_leaves": [7, 15, 31],
+        "learning_rate": [0.02, 0.05, 0.1],
+        "min_child_samples": [5, 20],
+    }
+
+    def __init__(self, *, n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=10,
+                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, features=None, pooling=("mean", "std"),
+                 percentiles=(), scaler=None, pca=None, scale_target=False, search=None, inner_split=0.2,
+                 search_scoring="rmse", random_state=0, n_jobs=1):
+        _store_params(self, locals())
+
+    def _make_regressor(self, params, n_jobs):
+        from lightgbm import LGBMRegressor  # imported on use: a heavy import most runs do not need
+
+        return LGBMRegressor(
+            n_estimators=params["n_estimators"], learning_rate=params["learning_rate"],
+            num_leaves=params["num_leaves"], min_child_samples=params["min_child_samples"],
+            subsample=params["subsample"], subsample_freq=1 if params["subsample"] < 1 else 0,
+            colsample_bytree=params["colsample_bytree"], reg_lambda=params["reg_lambda"],
+            random_state=params["random_state"], n_jobs=n_jobs, deterministic=True, force_row_wise=True,
+            verbose=-1,
+        )
+
+
+CLASSICAL_HEADS = {"svr": SVRHead, "elasticnet": ElasticNetHead, "lightgbm": LightGBMHead}

@@ -1,0 +1,355 @@
+"""Evaluate a head under the field's protocols: repeated splits, metrics per MOS dimension,
+median and std over trials, model-level (per generator) correlation.
+
+    result = evaluate(create_head("svr", search="standard"), X, y, groups={"prompt": p, "generator": g},
+                      split="prompt-disjoint", trials=10)
+    print(result.table())            # markdown: median ± std per metric and dimension
+    result.to_csv("results.csv")     # one row per dimension (per_trial=True: per trial too)
+    result.median("srcc")            # a number, for notebooks and tests
+
+Each trial fits a fresh ``sklearn.base.clone`` of the head, seeded with the split's seed
+(its ``random_state`` or ``seed`` parameter), on the training rows only. Protocols with a
+validation part (``random-7:1:2``) hand it to heads whose ``fit`` accepts ``X_val, y_val``
+(the classical heads rank their search candidates on it); other heads do not see it.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.pipeline.metrics import METRIC_NAMES, all_metrics, model_level_correlation
+from aigvqa.pipeline.splits import Split, make_splits
+
+MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc")
+FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
+# Columns of the markdown table, and their headers.
+TABLE_METRICS = {
+    "srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)",
+    "plcc_poly3": "PLCC (poly3)", "rmse": "RMSE", "ntire": "NTIRE", "model_srcc": "model SRCC",
+    "model_plcc": "model PLCC",
+}
+
+
+@dataclass
+class TrialResult:
+    """One fitted-and-tested trial; ``test`` indexes rows of ``EvaluationResult.y_true``."""
+
+    name: str
+    seed: int
+    train: np.ndarray
+    val: np.ndarray | None
+    test: np.ndarray
+    y_pred: np.ndarray  # [n_test, k]
+    metrics: dict[str, dict[str, Any]]  # label -> all_metrics (+ model_srcc / model_plcc)
+    fit_seconds: float
+    best_params: Any = None  # the head's best_params_ after fit, when it has one
+
+
+@dataclass
+class EvaluationResult:
+    head: str
+    split: str
+    label_names: list[str]
+    y_true: np.ndarray  # [N, k] targets of the rows trials were tested on
+    trials: list[TrialResult]
+    # Model-level correlation from the pooled test predictions, when every row was tested
+    # exactly once (leave-one-generator-out): label -> model_level_correlation output.
+    pooled_model_level: dict[str, dict] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # -- numbers ----------------------------------------------------------------------
+    def _label(self, label: str | None) -> str:
+        if label is None:
+            if len(self.label_names) != 1:
+                raise ValueError(f"several MOS dimensions {self.label_names}: name one with label=")
+            return self.label_names[0]
+        if label not in self.label_names:
+            raise KeyError(f"no dimension {label!r}; have {self.label_names}")
+        return label
+
+    def metric_names(self) -> list[str]:
+        present = set(self.trials[0].metrics[self.label_names[0]]) if self.trials else set()
+        return [m for m in (*METRIC_NAMES, *MODEL_LEVEL_NAMES) if m in present]
+
+    def values(self, metric: str, label: str | None = None) -> np.ndarray:
+        """Per-trial values of one metric for one dimension."""
+        label = self._label(label)
+        return np.array([float(t.metrics[label][metric]) for t in self.trials])
+
+    def median(self, metric: str, label: str | None = None) -> float:
+        v = self.values(metric, label)
+        return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+
+    def std(self, metric: str, label: str | None = None) -> float:
+        v = self.values(metric, label)
+        return float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+
+    def fallbacks(self, label: str | None = None) -> dict[str, int]:
+        """How many trials' logistic / poly3 fits fell back to raw predictions."""
+        label = self._label(label)
+        return {f: sum(bool(t.metrics[label][f]) for t in self.trials) for f in FALLBACK_NAMES}
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """label -> metric -> {"median", "std"} over trials."""
+        return {
+            label: {m: {"median": self.median(m, label), "std": self.std(m, label)} for m in self.metric_names()}
+            for label in self.label_names
+        }
+
+    # -- tables and files ---------------------------------------------------------------
+    def table(self, metrics: Sequence[str] | None = None, digits: int = 4) -> str:
+        """Markdown: one row per MOS dimension, "median ± std" per metric."""
+        names = [m for m in (metrics or TABLE_METRICS) if m in self.metric_names()]
+        head = ["dimension", *[TABLE_METRICS.get(m, m) for m in names]]
+        lines = [
+            f"**{self.head}** · split `{self.split}` · {len(self.trials)} trials · median ± std",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for label in self.label_names:
+            cells = [f"{self.median(m, label):.{digits}f} ± {self.std(m, label):.{digits}f}" for m in names]
+            lines.append("| " + " | ".join([label, *cells]) + " |")
+        if self.pooled_model_level:
+            for label, ml in self.pooled_model_level.items():
+                lines.append(
+                    f"\nModel level, {label}, pooled over folds ({ml['n_models']} generators): "
+                    f"SRCC {ml['srcc']:.{digits}f}, PLCC {ml['plcc']:.{digits}f}"
+                )
+        for label in self.label_names:
+            fb = self.fallbacks(label)
+            if any(fb.values()):
+                lines.append(f"\n{label}: mapping fits fell back to raw predictions in "
+                             f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials")
+        lines += [f"\n{n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def rows(self, per_trial: bool = False) -> list[dict[str, Any]]:
+        """Flat dicts for CSV: one per dimension (median and std columns), or one per trial
+        and dimension with that trial's values."""
+        out = []
+        if per_trial:
+            for t in self.trials:
+                for label in self.label_names:
+                    row = {"head": self.head, "split": self.split, "trial": t.name, "seed": t.seed,
+                           "dimension": label, "n_train": len(t.train), "n_test": len(t.test),
+                           "fit_seconds": round(t.fit_seconds, 4)}
+                    row.update({m: t.metrics[label][m] for m in (*self.metric_names(), *FALLBACK_NAMES)})
+                    out.append(row)
+            return out
+        for label in self.label_names:
+            row = {"head": self.head, "split": self.split, "trials": len(self.trials), "dimension": label}
+            for m in self.metric_names():
+                row[f"{m}_median"] = self.median(m, label)
+                row[f"{m}_std"] = self.std(m, label)
+            row.update({f"n_{k}": v for k, v in self.fallbacks(label).items()})
+            out.append(row)
+        return out
+
+    def to_csv(self, path, per_trial: bool = False) -> None:
+        rows = self.rows(per_trial)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def to_frame(self, per_trial: bool = False):
+        """``rows`` as a pandas DataFrame (needs pandas, which aigvqa does not depend on)."""
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError("to_frame needs pandas (pip install pandas); rows() / to_csv() do not") from err
+        return pd.DataFrame(self.rows(per_trial))
+
+    def predictions(self, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(MOS, prediction) of every tested row over all trials, for scatter plots."""
+        j = self.label_names.index(self._label(label))
+        mos = np.concatenate([self.y_true[t.test, j] for t in self.trials])
+        pred = np.concatenate([t.y_pred[:, j] for t in self.trials])
+        return mos, pred
+
+    def __repr__(self) -> str:
+        return f"EvaluationResult({self.head!r}, split={self.split!r}, trials={len(self.trials)}, labels={self.label_names})"
+
+
+# -- running trials ---------------------------------------------------------------------------
+
+
+def accepts_validation(head) -> bool:
+    """Whether ``head.fit`` takes ``X_val, y_val`` (the optional validation hook)."""
+    params = inspect.signature(head.fit).parameters
+    return "X_val" in params and "y_val" in params
+
+
+def seeded(head, seed: int):
+    """``head`` with its ``random_state`` / ``seed`` parameter set to ``seed`` (when it has one)."""
+    params = head.get_params(deep=False)
+    for key in ("random_state", "seed"):
+        if key in params:
+            head.set_params(**{key: seed})
+    return head
+
+
+def _as_2d(y) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 1:
+        return y[:, None]
+    if y.ndim != 2:
+        raise ValueError(f"y must be [N] or [N, k], got shape {y.shape}")
+    return y
+
+
+def _labels(label_names, k: int) -> list[str]:
+    if label_names is None:
+        return ["mos"] if k == 1 else [f"mos{j}" for j in range(k)]
+    label_names = list(label_names)
+    if len(label_names) != k:
+        raise ValueError(f"{len(label_names)} label names for {k} MOS dimensions")
+    return label_names
+
+
+def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators) -> dict:
+    metrics = {}
+    for j, label in enumerate(labels):
+        m = all_metrics(Y_test[:, j], pred[:, j])
+        if generators is not None:
+            if np.unique(generators).size >= 3:
+                ml = model_level_correlation(pred[:, j], Y_test[:, j], generators)
+                m["model_srcc"], m["model_plcc"] = ml["srcc"], ml["plcc"]
+            else:  # a fold of one or two generators has no model-level correlation
+                m["model_srcc"] = m["model_plcc"] = float("nan")
+        metrics[label] = m
+    return metrics
+
+
+def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int):
+    model = seeded(clone(head), seed)
+    y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
+    start = time.perf_counter()
+    if X_val is not None and accepts_validation(model):
+        y_v = y_val[:, 0] if y_val.shape[1] == 1 else y_val
+        model.fit(X_train, y_fit, X_val=X_val, y_val=y_v)
+    else:
+        model.fit(X_train, y_fit)
+    seconds = time.perf_counter() - start
+    pred = np.asarray(model.predict(X_test), dtype=np.float64).reshape(len(X_test), -1)
+    return pred, seconds, getattr(model, "best_params_", None)
+
+
+def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators) -> TrialResult:
+    has_val = split.val is not None and len(split.val) > 0
+    pred, seconds, best = _fit_predict(
+        head, X[split.train], Y[split.train],
+        X[split.val] if has_val else None, Y[split.val] if has_val else None,
+        X[split.test], split.seed,
+    )
+    gen = None if generators is None else generators[split.test]
+    return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
+                       _score(Y[split.test], pred, labels, gen), seconds, best)
+
+
+def _head_label(head) -> str:
+    try:
+        from aigvqa.heads.registry import head_name
+
+        return head_name(type(head))
+    except (ImportError, ValueError):  # an unregistered estimator (e.g. a plain sklearn one)
+        return type(head).__name__
+
+
+def evaluate(
+    head,
+    X: FeatureSet,
+    y,
+    groups: Mapping[str, Sequence] | None = None,
+    split: str | Sequence[Split] = "random-8:2",
+    trials: int = 10,
+    seed: int = 0,
+    label_names: Sequence[str] | None = None,
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Fit and test clones of ``head`` on every split of a protocol (see ``splits``).
+
+    ``groups``: per-row "prompt" / "generator" labels (needed by prompt-disjoint and
+    leave-one-generator-out; a "generator" group also adds model-level correlation).
+    ``split``: a protocol name or a list of ``Split`` objects. ``n_jobs`` runs trials in
+    parallel processes; results do not depend on it.
+    """
+    Y = _as_2d(y)
+    if len(Y) != len(X):
+        raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
+    labels = _labels(label_names, Y.shape[1])
+    generators = None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    if isinstance(split, str):
+        splits, split_name = make_splits(split, len(Y), groups, trials, seed), split
+    else:
+        splits, split_name = list(split), "custom"
+    name = _head_label(head)
+
+    bar = tqdm(total=len(splits), desc=f"evaluate {name} ({split_name})", disable=not progress, unit="trial")
+    results: list[TrialResult | None] = [None] * len(splits)
+    if n_jobs == 1:
+        for i, s in enumerate(splits):
+            results[i] = _run_trial(head, X, Y, s, labels, generators)
+            bar.update()
+    else:
+        def indexed(i, s):
+            return i, _run_trial(head, X, Y, s, labels, generators)
+
+        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        for i, r in runner(delayed(indexed)(i, s) for i, s in enumerate(splits)):
+            results[i] = r
+            bar.update()
+    bar.close()
+
+    result = EvaluationResult(name, split_name, labels, Y, results)
+    tested = np.concatenate([s.test for s in splits])
+    if generators is not None and tested.size == len(Y) and np.unique(tested).size == len(Y):
+        # every row predicted once by a model that never saw its generator (or its row)
+        order = np.argsort(tested)
+        result.pooled_model_level = {}
+        for j, label in enumerate(labels):
+            pred = np.concatenate([t.y_pred[:, j] for t in results])[order]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                result.pooled_model_level[label] = model_level_correlation(pred, Y[:, j], generators)
+    return result
+
+
+def cross_dataset(
+    head,
+    X_a: FeatureSet,
+    y_a,
+    X_b: FeatureSet,
+    y_b,
+    groups_b: Mapping[str, Sequence] | None = None,
+    label_names: Sequence[str] | None = None,
+    seed: int = 0,
+    name: str = "A->B",
+) -> EvaluationResult:
+    """Train on all of dataset A, test on all of dataset B (one trial).
+
+    Trial ``train`` indexes A's rows and ``test`` B's rows; ``y_true`` is B's MOS.
+    """
+    Y_a, Y_b = _as_2d(y_a), _as_2d(y_b)
+    if Y_a.shape[1] != Y_b.shape[1]:
+        raise ValueError(f"A has {Y_a.shape[1]} MOS dimensions, B {Y_b.shape[1]}")
+    labels = _labels(label_names, Y_b.shape[1])
+    pred, seconds, best = _fit_predict(head, X_a, Y_a, None, None, X_b, seed)
+    gen = None if not groups_b or "generator" not in groups_b else np.asarray(groups_b["generator"]).ravel()
+    trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
+                        _score(Y_b, pred, labels, gen), seconds, best)
+    return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])

@@ -1,0 +1,206 @@
+"""Correlation metrics of the VQA field, as the seed papers compute them.
+
+* SRCC / KRCC / PLCC / RMSE on raw predictions.
+* PLCC and RMSE after a 4-parameter logistic fit of predictions to MOS (VQEG, SimpleVQA,
+  VIDEVAL: ``y = b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))``).
+* PLCC after a 3rd-order polynomial fit (NTIRE 2024 AIGC video challenge).
+* NTIRE main score ``(|SRCC| + |PLCC_poly3|) / 2``.
+* Model-level correlation: mean prediction vs mean MOS per generator.
+
+A mapping fit that does not converge never raises: it warns (``MappingFitWarning``), falls
+back to the raw predictions and says so in its ``MappingFit.fell_back`` flag, which
+``all_metrics`` reports as ``logistic_fallback`` / ``poly3_fallback``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from scipy.optimize import OptimizeWarning, curve_fit
+
+
+class MappingFitWarning(UserWarning):
+    """A logistic / polynomial mapping fit failed and the raw predictions were used instead."""
+
+
+def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values, y_pred {y_pred.size}")
+    return y_true, y_pred
+
+
+def _constant(a: np.ndarray) -> bool:
+    return a.size < 2 or bool(np.all(a == a[0]))
+
+
+def _correlation(fn, y_true, y_pred) -> float:
+    """scipy correlation, nan (no warning) when either side is constant or has < 2 values:
+    an undefined correlation is reported as nan, not as a crash or a warning per trial."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    if _constant(y_true) or _constant(y_pred):
+        return float("nan")
+    return float(fn(y_true, y_pred)[0])
+
+
+def srcc(y_true, y_pred) -> float:
+    """Spearman rank-order correlation."""
+    return _correlation(stats.spearmanr, y_true, y_pred)
+
+
+def krcc(y_true, y_pred) -> float:
+    """Kendall rank-order correlation (tau-b, scipy's default)."""
+    return _correlation(stats.kendalltau, y_true, y_pred)
+
+
+def plcc(y_true, y_pred) -> float:
+    """Pearson linear correlation on raw predictions."""
+    return _correlation(stats.pearsonr, y_true, y_pred)
+
+
+def rmse(y_true, y_pred) -> float:
+    y_true, y_pred = _pair(y_true, y_pred)
+    return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+
+
+def logistic_4(x, b1, b2, b3, b4):
+    """VQEG's 4-parameter logistic, in VIDEVAL's parametrisation (b4 enters as |b4|)."""
+    return b2 + (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4)))
+
+
+@dataclass(frozen=True)
+class MappingFit:
+    """Predictions mapped onto the MOS scale, and how the mapping went."""
+
+    mapped: np.ndarray
+    params: np.ndarray | None  # logistic (b1..b4) or polynomial coefficients, highest first
+    fell_back: bool  # True: the fit failed and ``mapped`` are the raw predictions
+    reason: str = ""
+
+
+def _fall_back(kind: str, y_pred: np.ndarray, reason: str) -> MappingFit:
+    warnings.warn(
+        f"{kind} fit of predictions to MOS failed ({reason}); using raw predictions instead",
+        MappingFitWarning,
+        stacklevel=3,
+    )
+    return MappingFit(y_pred.copy(), None, True, reason)
+
+
+def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
+    """Least-squares 4-parameter logistic from predictions to MOS (VIDEVAL's compute_metrics).
+
+    The initial guess is VIDEVAL's ``[max(y), min(y), mean(pred), 0.5]`` except that the
+    slope starts at the predictions' std, so the fit does not depend on the score scale.
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    if _constant(y_pred) or _constant(y_true):
+        return _fall_back("logistic", y_pred, "constant predictions or MOS")
+    p0 = [y_true.max(), y_true.min(), y_pred.mean(), y_pred.std()]
+    try:
+        with warnings.catch_warnings():
+            # "covariance could not be estimated" and overflow in exp are not failures of the
+            # fitted curve itself; the finiteness check below catches real ones.
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            params, _ = curve_fit(logistic_4, y_pred, y_true, p0=p0, maxfev=maxfev)
+            mapped = logistic_4(y_pred, *params)
+    except (RuntimeError, ValueError, FloatingPointError) as err:
+        return _fall_back("logistic", y_pred, str(err).splitlines()[0])
+    if not np.all(np.isfinite(mapped)):
+        return _fall_back("logistic", y_pred, "non-finite mapped values")
+    return MappingFit(mapped, params, False)
+
+
+def fit_poly3(y_true, y_pred) -> MappingFit:
+    """Least-squares 3rd-order polynomial from predictions to MOS (NTIRE 2024)."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    if np.unique(y_pred).size < 4:
+        return _fall_back("poly3", y_pred, "fewer than 4 distinct predictions")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", np.exceptions.RankWarning)
+            coefs = np.polyfit(y_pred, y_true, 3)
+    except (np.exceptions.RankWarning, np.linalg.LinAlgError, ValueError) as err:
+        return _fall_back("poly3", y_pred, str(err).splitlines()[0])
+    mapped = np.polyval(coefs, y_pred)
+    if not np.all(np.isfinite(mapped)):
+        return _fall_back("poly3", y_pred, "non-finite mapped values")
+    return MappingFit(mapped, coefs, False)
+
+
+def plcc_logistic(y_true, y_pred) -> float:
+    """PLCC after the 4-parameter logistic mapping (raw PLCC, with a warning, if it fails)."""
+    return plcc(y_true, fit_logistic(y_true, y_pred).mapped)
+
+
+def plcc_poly3(y_true, y_pred) -> float:
+    """PLCC after the 3rd-order polynomial mapping (raw PLCC, with a warning, if it fails)."""
+    return plcc(y_true, fit_poly3(y_true, y_pred).mapped)
+
+
+def ntire_score(srcc_value: float, plcc_value: float) -> float:
+    """NTIRE 2024 main score: (|SRCC| + |PLCC|) / 2."""
+    return (abs(srcc_value) + abs(plcc_value)) / 2.0
+
+
+# Names and order of the numeric entries of ``all_metrics``; the evaluation tables use them.
+METRIC_NAMES = ("srcc", "krcc", "plcc", "plcc_logistic", "plcc_poly3", "rmse", "rmse_logistic", "ntire")
+
+
+def all_metrics(y_true, y_pred) -> dict:
+    """Every metric for one MOS dimension.
+
+    Numeric keys are ``METRIC_NAMES``; ``ntire`` uses the poly3 PLCC; ``rmse_logistic`` is
+    VIDEVAL's RMSE (after the logistic). ``logistic_fallback`` / ``poly3_fallback`` are True
+    when that fit failed and its entries were computed on raw predictions.
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    logistic = fit_logistic(y_true, y_pred)
+    poly = fit_poly3(y_true, y_pred)
+    out = {
+        "srcc": srcc(y_true, y_pred),
+        "krcc": krcc(y_true, y_pred),
+        "plcc": plcc(y_true, y_pred),
+        "plcc_logistic": plcc(y_true, logistic.mapped),
+        "plcc_poly3": plcc(y_true, poly.mapped),
+        "rmse": rmse(y_true, y_pred),
+        "rmse_logistic": rmse(y_true, logistic.mapped),
+    }
+    out["ntire"] = ntire_score(out["srcc"], out["plcc_poly3"])
+    out["logistic_fallback"] = logistic.fell_back
+    out["poly3_fallback"] = poly.fell_back
+    return out
+
+
+def model_level_correlation(pred, mos, generator, min_models: int = 3) -> dict:
+    """Correlation of per-generator means: mean prediction vs mean MOS of each generator.
+
+    Returns ``{"srcc", "krcc", "plcc", "n_models"}``; the correlations are nan (with a
+    warning) when fewer than ``min_models`` generators are present.
+    """
+    pred, mos = _pair(pred, mos)
+    generator = np.asarray(generator).ravel()
+    if generator.shape != pred.shape:
+        raise ValueError(f"{generator.size} generator labels for {pred.size} predictions")
+    names, inverse = np.unique(generator, return_inverse=True)
+    counts = np.bincount(inverse)
+    mean_pred = np.bincount(inverse, weights=pred) / counts
+    mean_mos = np.bincount(inverse, weights=mos) / counts
+    out = {"n_models": int(names.size)}
+    if names.size < min_models:
+        warnings.warn(
+            f"model-level correlation needs at least {min_models} generators, got {names.size}; reporting nan",
+            UserWarning,
+            stacklevel=2,
+        )
+        out.update(srcc=float("nan"), krcc=float("nan"), plcc=float("nan"))
+        return out
+    out.update(
+        srcc=srcc(mean_mos, mean_pred), krcc=krcc(mean_mos, mean_pred), plcc=plcc(mean_mos, mean_pred)
+    )
+    return out
