@@ -4,7 +4,8 @@
 ``view.key``), walks ``views.stream_views`` once (one decoder pass whatever the number of
 extractors), hands every finished item to each extractor of its view, and runs a forward
 pass whenever an extractor's batch is full. Memory holds one batch per extractor plus
-the frames of items still being assembled.
+the frames of items still being assembled. Extractors sharing a view receive the same
+item arrays, so ``forward`` must not modify its input in place.
 
 ``run_stats`` counts videos, forward calls, items and encoded prompts per extractor in
 this process: tests (and the pipeline's resume test) assert on it to prove that work
