@@ -75,6 +75,9 @@ class SlowFastFeatures(TorchExtractor):
 
     defaults: ClassVar[dict[str, Any]] = {
         "batch_size": 4,
+        # 3D convs: torch's channels_last is 2-D only, and channels_last_3d measured no
+        # faster on an H100 (4 clips, bf16: 25.3 ms with it, 18.4 ms without)
+        "channels_last": False,
         "clip_len": 32,
         "alpha": 4,
         "size": 224,
