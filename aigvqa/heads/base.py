@@ -210,7 +210,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
         """
         if getattr(self, "loss", None) not in self.SCALE_FREE_LOSSES:
             return
-        raw = self._raw_predict(X[rows])
+        raw = self._run(X, self._predict_outputs, rows)
         for c in range(raw.shape[1]):
             a, b = np.polyfit(raw[:, c], y_scaled[rows, c], 1) if raw[:, c].std() > 0 else (0.0, y_scaled[rows, c].mean())
             self.output_scale_[c], self.output_shift_[c] = a, b
@@ -264,6 +264,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(X))
         n_val = int(round(self.val_fraction * len(X))) if self.val_fraction else 0
+        if self.patience is not None and not n_val:
+            raise ValueError("patience (early stopping) needs a validation split: set val_fraction > 0")
         if n_val and (n_val < 2 or len(X) - n_val < 2):
             raise ValueError(f"val_fraction={self.val_fraction} leaves too few rows of {len(X)} for training or validation")
         val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
@@ -336,20 +338,18 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return max(int(self._hp("batch_size")), 256)
 
     # -- predict --------------------------------------------------------------------------
-    def _raw_predict(self, X: FeatureSet) -> np.ndarray:
-        """[N, k] in scaled target space, before calibration."""
-        return self._run(X, self._predict_outputs)
-
     @torch.no_grad()
-    def _run(self, X: FeatureSet, take) -> np.ndarray:
-        """The fitted module over X in eval mode, batched; ``take(outputs)`` -> [B, ...] per batch."""
+    def _run(self, X: FeatureSet, take, rows: np.ndarray | None = None) -> np.ndarray:
+        """The fitted module over ``rows`` of X (default: all) in eval mode, batched, without
+        copying X; ``take(outputs)`` -> [B, ...] per batch, concatenated."""
         device = self._device()
         module = self.module_.to(device).eval()
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
         parts = []
         try:
-            for rows in np.array_split(np.arange(len(X)), max(1, math.ceil(len(X) / self._predict_batch_size()))):
-                if len(rows):
-                    out = self._forward(module, self._make_batch(X, rows, device), device)
+            for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._predict_batch_size()))):
+                if len(part):
+                    out = self._forward(module, self._make_batch(X, part, device), device)
                     parts.append(take(out).cpu().numpy().astype(np.float64))
         finally:
             self.module_ = module.cpu()  # fitted state stays on CPU: picklable anywhere
@@ -370,7 +370,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
                     f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was fitted on "
                     f"{self.feature_dims_[role]}: the cache was made with a different backbone config"
                 )
-        pred = self._unscale_targets(self._raw_predict(X) * self.output_scale_ + self.output_shift_)
+        raw = self._run(X, self._predict_outputs)
+        pred = self._unscale_targets(raw * self.output_scale_ + self.output_shift_)
         return pred[:, 0] if self.single_output_ else pred
 
     # -- export ---------------------------------------------------------------------------

@@ -209,12 +209,12 @@ class MSAVQAHead(TorchHead):
         b = torch.as_tensor(self.ensemble_bias_, dtype=w.dtype, device=w.device)
         return (outputs["levels"] * w[None]).sum(1) + b  # [B, k]
 
-    def level_predictions(self, X: FeatureSet) -> np.ndarray:
+    def level_predictions(self, X: FeatureSet, rows: np.ndarray | None = None) -> np.ndarray:
         """[N, 3, k] sigmoid outputs of the frame, segment and video levels (scaled space)."""
-        return self._run(X, lambda out: out["levels"])
+        return self._run(X, lambda out: out["levels"], rows)
 
     def _after_training(self, X, y_scaled, rows):
-        levels = self.level_predictions(X[rows])  # [n, 3, k]
+        levels = self.level_predictions(X, rows)  # [n, 3, k]
         k = y_scaled.shape[1]
         self.ensemble_weights_ = np.zeros((k, len(LEVELS)))
         self.ensemble_bias_ = np.zeros(k)
