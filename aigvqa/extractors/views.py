@@ -547,8 +547,13 @@ def stream_views_from_frames(
     before ``info.num_frames`` (a truncated file), the missing ones are taken to be the last
     frame seen, so every item is still produced. Views with equal keys run once.
     """
-    name = source or info.path
     plans = [_Plan(view, info) for view in _unique_views(views)]
+    return _run(plans, frames, source or info.path)
+
+
+def _run(
+    plans: list[_Plan], frames: Iterable[tuple[int, np.ndarray]], name: str
+) -> Iterator[tuple[str, int, np.ndarray]]:
     last: tuple[int, np.ndarray] | None = None
     for index, frame in frames:
         last = (index, frame)
@@ -579,16 +584,13 @@ def stream_views(
     Only the union of the frames the views need is converted to RGB, decoding stops after
     the last one, and memory holds the prepared frames of incomplete items only (bounded by
     the views' item spans, not by the video's length). Frames missing from a truncated file
-    are replaced by the last decoded frame (with a RuntimeWarning); a file with no
+    are replaced by the last decoded frame (with a ``TruncatedVideoWarning``); a file with no
     decodable frame raises DecodeError.
     """
     info = probe(path) if info is None else info
-    wanted: set[int] = set()
-    for view in _unique_views(views):
-        for indices in view.items(info):
-            wanted.update(np.asarray(indices, dtype=np.int64).ravel().tolist())
-    frames = iter_frames(path, wanted, pad_missing=True)
-    yield from stream_views_from_frames(frames, info, views, source=str(path))
+    plans = [_Plan(view, info) for view in _unique_views(views)]
+    wanted = set().union(*(plan.uses for plan in plans))
+    yield from _run(plans, iter_frames(path, wanted, pad_missing=True), str(path))
 
 
 def _collect(stream: Iterable[tuple[str, int, np.ndarray]], views: Sequence[View]) -> dict:
