@@ -31,7 +31,8 @@ Formats, and why nothing is unpickled:
 A bundle remembers the features it was trained on: ``Bundle.check_provenance`` compares
 the provenance of the cache groups it is about to read against the recorded one and
 refuses features made by another extractor, config or weights, naming every difference
-(only where an extractor ran -- ``config.device``, ``batch_size`` -- may differ).
+(options that change only the speed, such as ``batch_size``, may differ; the device may
+not: CUDA runs use autocast, so their features differ from CPU ones).
 """
 
 from __future__ import annotations
@@ -62,9 +63,6 @@ stored apart, as a text model) and a plain ordered dict."""
 PART_MARKER = "aigvqa-bundle-part:"
 _KEEP = object()
 
-# Configuration keys that say where / how fast an extractor ran, not what it computed:
-# a model trained on GPU-extracted features may score CPU-extracted ones.
-RUNTIME_KEYS = ("config.device", "config.batch_size", "config.channels_last")
 
 
 class BundleError(AigvqaError, ValueError):
@@ -117,15 +115,16 @@ def provenance_problems(
     expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
     """What differs between two {cache group: provenance} maps, one line per group; runtime
-    options (``RUNTIME_KEYS``) are ignored. Empty when every expected group matches."""
-    from aigvqa.cache.schema import describe_differences
+    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
+    Empty when every expected group matches."""
+    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
 
     problems = []
     for group, want in expected.items():
         if group not in actual:
             problems.append(f"group {group!r} is missing (have {sorted(actual)})")
             continue
-        diffs = [d for d in describe_differences(want, actual[group]) if not d.startswith(RUNTIME_KEYS)]
+        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
         if diffs:
             problems.append(f"group {group!r}: " + "; ".join(diffs))
     return problems

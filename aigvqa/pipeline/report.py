@@ -139,7 +139,7 @@ def metric_bars(
     labels = [str(r[label_key]) for r in rows]
     n = len(rows)
     height = 0.8 / max(len(metrics), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * n * len(metrics)), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 1.4 + 0.3 * n * len(metrics)), dpi=120)
     y = np.arange(n)
     for j, metric in enumerate(metrics):
         med = np.array([_num(r.get(f"{metric}_median")) for r in rows])
@@ -153,7 +153,7 @@ def metric_bars(
     ax.set_xlabel("median over trials (bars: std)")
     lo = min(0.0, float(np.nanmin([_num(r.get(f"{m}_median")) for r in rows for m in metrics] + [0.0])) - 0.1)
     ax.set_xlim(lo, 1.0)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)

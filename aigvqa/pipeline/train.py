@@ -3,11 +3,11 @@
 ``load_training_data`` turns cache groups into the ``FeatureSet`` every head takes. Names of
 the feature arrays (what heads' ``features`` parameters refer to):
 
-- a group's values are named after the group (``handcrafted``, ``clip-frames``, ``videval``);
-- a text group, recognised by its ``pooled`` extra (``clip-text``), gives its token
-  sequence as ``<group>-tokens`` and its pooled vector as ``<group>-pooled``;
-- every other floating-point extra ``e`` of group ``g`` becomes ``g-e``; boolean extras
-  (token masks) are not features: the lengths already carry them.
+- a group's values are named after the group (``handcrafted``, ``clip-frames``, ``videval``;
+  for ``clip-text`` they are the token sequence, its lengths the valid tokens);
+- every floating-point extra ``e`` of group ``g`` becomes ``g-e`` (``clip-text-pooled``,
+  one vector per video); boolean extras (token masks) are not features: the lengths
+  already carry them.
 
 Head hyper-parameters come from a TOML file (``--config head.toml``): top-level keys are
 passed to the head's constructor; an optional ``head = "svr"`` names the head::
@@ -82,9 +82,7 @@ def featureset_from_cache(data) -> FeatureSet:
     arrays: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for group, values in data.arrays.items():
-        text = f"{group}/pooled" in data.extras
-        name = f"{group}-tokens" if text else group
-        arrays[name], lengths[name] = values, data.lengths[group]
+        arrays[group], lengths[group] = values, data.lengths[group]
     for key, values in data.extras.items():
         group, _, extra = key.partition("/")
         if not np.issubdtype(values.dtype, np.floating):
