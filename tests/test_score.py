@@ -1,0 +1,155 @@
+"""`aigvqa score`: one row per video with failures marked, features reused from a cache when
+they match the model, and an interrupted run resumes without redoing finished videos."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from aigvqa.errors import ProvenanceMismatchError
+from aigvqa.pipeline import score as score_module
+from aigvqa.pipeline.bundle import Bundle
+from aigvqa.pipeline.demo import make_demo_dataset
+from aigvqa.pipeline.extract import extract
+from aigvqa.pipeline.score import ScoreError, score
+from aigvqa.pipeline.train import train
+
+EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, client):
+    """Six labelled videos with their cache and an SVR bundle; eight videos to score, two bad."""
+    root = tmp_path_factory.mktemp("score")
+    _, videos = make_demo_dataset(root / "train", 6, size=32, seconds=1.0, progress=False)
+    train_cache = root / "train.h5"
+    extract([v.record(root / "train") for v in videos], EXTRACTORS, train_cache, client=client, progress=False)
+    model, _ = train(train_cache, "svr", root / "model", labels="overall,alignment")
+
+    _, new = make_demo_dataset(root / "new", 6, size=32, seconds=1.0, seed=1, progress=False)
+    records = [v.record(root / "new") for v in new]
+    broken = root / "new" / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    records.append(replace(records[0], video_id="broken", path=broken))
+    records.append(replace(records[0], video_id="missing", path=root / "new" / "missing.mp4"))
+    return root, model, train_cache, records
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class Counters:
+    def __init__(self, monkeypatch, fail_on_predict_call: int | None = None):
+        self.extracted: list[str] = []
+        self.predicted: list[str] = []
+        self.predict_calls = 0
+        real_extract, real_predict = score_module.extract, Bundle.predict
+        counters = self
+
+        def spy_extract(records, *args, **kwargs):
+            counters.extracted += [r.video_id for r in records]
+            return real_extract(records, *args, **kwargs)
+
+        def spy_predict(bundle, X):
+            counters.predict_calls += 1
+            if counters.predict_calls == fail_on_predict_call:
+                raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of the run
+            counters.predicted += list(X.ids)
+            return real_predict(bundle, X)
+
+        monkeypatch.setattr(score_module, "extract", spy_extract)
+        monkeypatch.setattr(Bundle, "predict", spy_predict)
+
+
+def test_interrupted_run_resumes_without_rescoring(setup, client, tmp_path, monkeypatch):
+    _, model, _, records = setup
+    out = tmp_path / "scores.csv"
+    first = Counters(monkeypatch, fail_on_predict_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        score(records, model, out, batch_size=3, client=client, progress=False)
+    done = [r["video_id"] for r in _rows(out)]
+    assert done == [r.video_id for r in records[:3]]  # the first batch landed, flushed
+    assert first.predicted == done
+
+    monkeypatch.undo()
+    second = Counters(monkeypatch)
+    report = score(records, model, out, batch_size=3, client=client, progress=False)
+    rest = [r.video_id for r in records[3:]]
+    assert second.extracted == rest  # nothing of the finished batch extracted again
+    assert sorted(second.predicted) == sorted(r for r in rest if r not in ("broken", "missing"))
+    assert report.already_done == 3 and report.scored == 3 and report.failed == 2
+
+    rows = _rows(out)
+    assert [r["video_id"] for r in rows] == [r.video_id for r in records]  # one row per video
+    status = {r["video_id"]: r for r in rows}
+    for bad in ("broken", "missing"):
+        assert status[bad]["status"] == "failed" and status[bad]["error"] and status[bad]["overall"] == ""
+    good = [r for r in rows if r["status"] == "ok"]
+    assert len(good) == 6 and all(float(r["overall"]) > 0 and r["alignment"] for r in good)
+
+    monkeypatch.undo()
+    third = Counters(monkeypatch)
+    report = score(records, model, out, client=client, progress=False)
+    assert third.extracted == [] and third.predicted == [] and report.already_done == len(records)
+
+
+def test_retry_failed_tries_failed_videos_again(setup, client, tmp_path, monkeypatch):
+    _, model, _, records = setup
+    out = tmp_path / "scores.csv"
+    score(records, model, out, client=client, progress=False)
+    counters = Counters(monkeypatch)
+    score(records, model, out, client=client, progress=False, retry_failed=True)
+    assert sorted(counters.extracted) == ["broken", "missing"]
+    rows = _rows(out)
+    assert sorted(r["video_id"] for r in rows) == sorted(r.video_id for r in records)
+
+
+def test_matching_cache_is_used_without_extracting(setup, client, tmp_path, monkeypatch):
+    root, model, train_cache, _ = setup
+    from aigvqa.pipeline.manifest import read_manifest
+
+    records = read_manifest(root / "train" / "manifest.csv")
+    counters = Counters(monkeypatch)
+    report = score(records, model, tmp_path / "s.csv", cache=train_cache, client=client, progress=False)
+    assert counters.extracted == [] and report.from_cache == len(records) and report.scored == len(records)
+
+
+def test_cache_of_other_features_is_refused(setup, client, tmp_path):
+    root, model, _, records = setup
+    other = tmp_path / "other.h5"
+    extract(records[:2], {"handcrafted": {"max_frames": 4, "size": 32}}, other, client=client, progress=False)
+    with pytest.raises(ProvenanceMismatchError, match="max_frames"):
+        score(records, model, tmp_path / "s.csv", cache=other, client=client, progress=False)
+
+
+def test_output_of_another_model_is_not_appended_to(setup, client, tmp_path):
+    _, model, _, records = setup
+    out = tmp_path / "s.csv"
+    out.write_text("video_id,path,status,mos,error\nx,x.mp4,ok,3.0,\n")
+    with pytest.raises(ScoreError, match="another model"):
+        score(records, model, out, client=client, progress=False)
+
+
+def test_cli_scores_a_manifest_from_a_cache(setup, tmp_path, capsys):
+    from aigvqa.pipeline.cli import main
+
+    root, model, train_cache, _ = setup
+    out = tmp_path / "s.csv"
+    code = main(["score", str(root / "train" / "manifest.csv"), "--model", str(model), "--out", str(out),
+                 "--cache", str(train_cache), "--no-progress"])
+    assert code == 0
+    assert "6 scored" in capsys.readouterr().out
+    assert len(_rows(out)) == 6
