@@ -1,0 +1,139 @@
+"""`aigvqa import-features`: .mat / .npy / .csv feature matrices into a cache group, with ids,
+labels and a provenance naming the source file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from aigvqa.cache import FeatureCache
+from aigvqa.errors import ProvenanceMismatchError
+from aigvqa.pipeline.cli import main
+from aigvqa.pipeline.import_features import ImportFeaturesError, file_sha256, import_features
+
+N, D = 7, 5
+
+
+@pytest.fixture
+def feats():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(N, D)), [f"vid{i}" for i in range(N)], rng.uniform(1, 5, N)
+
+
+def _metadata(path: Path, ids, mos) -> Path:
+    lines = ["name,mos,width"] + [f"{i},{float(m)!r},960" for i, m in zip(ids, mos)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _check(cache: Path, group: str, values, ids, mos, source: Path):
+    store = FeatureCache(cache)
+    data = store.read(group, ids=ids)
+    np.testing.assert_allclose(data.arrays[group][:, 0, :], values, rtol=1e-6)
+    np.testing.assert_allclose(data.labels["mos"], mos)
+    prov = store.group_info(group).provenance
+    assert prov["extractor"] == "imported" and prov["sha256"] == file_sha256(source)
+    assert source.name in prov["weights"] and "sha256" in prov["weights"]
+
+
+def test_mat_with_ids_from_metadata_via_cli(feats, tmp_path, capsys):
+    values, ids, mos = feats
+    mat = tmp_path / "FEATS.mat"
+    scipy.io.savemat(mat, {"feats_mat": values})
+    meta = _metadata(tmp_path / "meta.csv", ids, mos)
+    cache = tmp_path / "c.h5"
+    code = main(["import-features", str(mat), "--cache", str(cache), "--group", "videval", "--ids-from", str(meta),
+                 "--id-column", "name", "--label-columns", "mos"])
+    assert code == 0
+    assert f"imported {N} videos" in capsys.readouterr().out
+    _check(cache, "videval", values, ids, mos, mat)
+
+
+def test_npy_and_a_second_group_keep_the_labels(feats, tmp_path):
+    values, ids, mos = feats
+    meta = _metadata(tmp_path / "meta.csv", ids, mos)
+    cache = tmp_path / "c.h5"
+    npy = tmp_path / "a.npy"
+    np.save(npy, values)
+    import_features(npy, cache, "a", ids_from=meta, id_column="name", label_columns=["mos"])
+    seq = tmp_path / "b.npy"  # [N, T, D] sequences are accepted too
+    np.save(seq, np.repeat(values[:, None, :], 3, axis=1))
+    import_features(seq, cache, "b", ids_from=meta, id_column="name")  # no labels this time
+    _check(cache, "a", values, ids, mos, npy)
+    data = FeatureCache(cache).read(["a", "b"], ids=ids)
+    assert data.arrays["b"].shape == (N, 3, D)
+    np.testing.assert_allclose(data.labels["mos"], mos)  # still there after importing b
+
+
+def test_csv_with_id_and_label_columns_in_the_file(feats, tmp_path):
+    values, ids, mos = feats
+    path = tmp_path / "f.csv"
+    header = "video," + ",".join(f"f{j}" for j in range(D)) + ",mos"
+    rows = [f"{i}," + ",".join(repr(float(x)) for x in row) + f",{float(m)!r}" for i, row, m in zip(ids, values, mos)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    cache = tmp_path / "c.h5"
+    report = import_features(path, cache, "csvfeats", id_column="video", label_columns=["mos"])
+    assert (report.rows, report.dim) == (N, D)  # the label column is not a feature
+    _check(cache, "csvfeats", values, ids, mos, path)
+
+
+def test_nan_values_are_replaced_and_counted_or_refused(feats, tmp_path):
+    values, ids, mos = feats
+    values = values.copy()
+    values[2, 1] = np.nan
+    values[4, 0] = np.inf
+    npy = tmp_path / "nan.npy"
+    np.save(npy, values)
+    meta = _metadata(tmp_path / "meta.csv", ids, mos)
+    with pytest.raises(ImportFeaturesError, match="2 NaN/Inf values in rows \\[2, 4\\]"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=meta, nan="error")
+    report = import_features(npy, tmp_path / "c.h5", "g", ids_from=meta)
+    assert report.replaced_nonfinite == 2 and "2 NaN/Inf values replaced by 0" in report.summary()
+    stored = FeatureCache(tmp_path / "c.h5").read("g", ids=ids).arrays["g"][:, 0, :]
+    assert stored[2, 1] == 0 and stored[4, 0] == 0
+
+
+def test_user_errors_name_the_file_and_the_fix(feats, tmp_path):
+    values, ids, mos = feats
+    npy = tmp_path / "a.npy"
+    np.save(npy, values)
+    with pytest.raises(ImportFeaturesError, match="--ids-from"):
+        import_features(npy, tmp_path / "c.h5", "g")
+    short = _metadata(tmp_path / "short.csv", ids[:-1], mos[:-1])
+    with pytest.raises(ImportFeaturesError, match=f"has {N - 1} rows but .* has {N}"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=short)
+    mat = tmp_path / "two.mat"
+    scipy.io.savemat(mat, {"x": values, "y": values})
+    with pytest.raises(ImportFeaturesError, match="--variable"):
+        import_features(mat, tmp_path / "c.h5", "g", ids_from=_metadata(tmp_path / "m.csv", ids, mos))
+    with pytest.raises(ImportFeaturesError, match="column 'mos2'"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=tmp_path / "m.csv", label_columns=["mos2"])
+
+
+def test_a_different_file_into_the_same_group_is_refused(feats, tmp_path):
+    values, ids, mos = feats
+    meta = _metadata(tmp_path / "meta.csv", ids, mos)
+    first, second = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(first, values)
+    np.save(second, values + 1)
+    import_features(first, tmp_path / "c.h5", "g", ids_from=meta)
+    import_features(first, tmp_path / "c.h5", "g", ids_from=meta)  # the same file again: a no-op
+    with pytest.raises(ProvenanceMismatchError, match="sha256"):
+        import_features(second, tmp_path / "c.h5", "g", ids_from=meta)
+
+
+def test_videval_konvid_features(tmp_path):
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc" / "features"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent (shared real data)")
+    cache = tmp_path / "konvid.h5"
+    report = import_features(data / "KONVID_1K_VIDEVAL_feats.mat", cache, "videval",
+                             ids_from=data / "KONVID_1K_metadata.csv", id_column="flickr_id",
+                             label_columns=["mos"])
+    assert (report.rows, report.dim, report.replaced_nonfinite) == (1200, 60, 2)
+    loaded = FeatureCache(cache).read("videval")
+    assert len(loaded.ids) == 1200 and np.isfinite(loaded.arrays["videval"]).all()
+    assert loaded.labels["mos"].min() >= 1 and loaded.labels["mos"].max() <= 5
