@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--rows", type=int, default=None, help="time deep epochs on this many rows and scale (default: all)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="deep heads under bfloat16 autocast")
+    parser.add_argument("--batch-size", type=int, default=None, help="deep heads' batch size (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--heads", default="ugvq,msavqa,svr,elasticnet,lightgbm")
     parser.add_argument("--classical-jobs", type=int, default=1, help="n_jobs of the classical heads (LightGBM threads)")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = min(args.rows or n, n)
     heads = [h for h in args.heads.split(",") if h]
     print(
-        f"aigvqa heads bench: {n} videos, deep heads on {args.device}"
+        f"aigvqa heads bench: {n} videos, deep heads on {args.device}{' with bf16 autocast' if args.amp else ''}"
         f"{' (' + torch.cuda.get_device_name(0) + ')' if args.device.startswith('cuda') else ''}, "
         f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
     )
@@ -144,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     per, total, where = load_backbone_ms(args.extractors_json, args.backbone_ms_per_video)
     print(f"backbone forward ms per video from {where}")
 
-    deep_configs = {
-        "ugvq": dict(preset="paper", device=args.device),
-        "msavqa": dict(preset="default", device=args.device),
-    }
+    deep_common = dict(device=args.device, amp=args.amp, batch_size=args.batch_size)
+    deep_configs = {"ugvq": dict(preset="paper", **deep_common), "msavqa": dict(preset="default", **deep_common)}
     classical_features = [f for f in SHAPES if f != "clip-text-tokens"]
     results = []
     for name in heads:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             row["kind"] = "epoch"
             row["seconds"] = row["epoch_s"]
             note = "" if rows == n else f" (measured on {rows} rows, scaled x{n / rows:g})"
-            print(f"  {row['epoch_s']:.1f} s/epoch{note}; {row['params'] / 1e6:.1f} M parameters; "
+            print(f"  {row['epoch_s']:.1f} s/epoch{note} at batch size {head._hp('batch_size')}; {row['params'] / 1e6:.1f} M parameters; "
                   f"predict {row['predict_ms_per_video']:.3f} ms/video", flush=True)
         else:
             head = create_head(name, features=classical_features, n_jobs=args.classical_jobs)

@@ -248,6 +248,8 @@ def test_validation_split_early_stopping_keeps_the_best_epoch():
     assert len(losses) <= 12
     assert head.best_epoch_ == int(np.argmin(losses))
     assert len(losses) == 12 or len(losses) - 1 - head.best_epoch_ == 2
+    with pytest.raises(ValueError, match="val_fraction"):
+        tiny("mlp", patience=2).fit(X, y)
 
 
 def test_fgm_option_changes_training():
