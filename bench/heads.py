@@ -9,7 +9,7 @@ over the same videos (prints measured numbers; not a test).
 
 The "cache" is built in memory from RANDOM float16 arrays with the real widths (no videos,
 no HDF5): clip-frames 16 x 512, slowfast 4 x 2304, swin-fragments 1 x 768,
-vit-keyframes 8 x 768, clip-text-tokens 77 x 512 (lengths 8..77), clip-text 1 x 512, and a
+vit-keyframes 8 x 768, clip-text tokens 77 x 512 (lengths 8..77), clip-text-pooled 1 x 512, and a
 random MOS. Random values cost the same compute as real features.
 
 Deep heads: UGVQ at the paper preset (8-layer encoder, d 768, batch 16) and MSA-VQA at its
@@ -44,10 +44,10 @@ SHAPES = {  # name: (T, D) -- the real widths of the cached features
     "slowfast": (4, 2304),
     "swin-fragments": (1, 768),
     "vit-keyframes": (8, 768),
-    "clip-text-tokens": (77, 512),
-    "clip-text": (1, 512),
+    "clip-text": (77, 512),
+    "clip-text-pooled": (1, 512),
 }
-TOKEN_FEATURES = {"clip-text-tokens": "clip-text", "clip-text": "clip-text"}  # feature -> extractor
+TEXT_FEATURES = {"clip-text": "clip-text", "clip-text-pooled": "clip-text"}  # feature -> extractor
 TARGET_RATIO = 1000.0
 
 
@@ -59,12 +59,12 @@ def synthetic_cache(n: int, seed: int = 0) -> tuple[FeatureSet, np.ndarray]:
         for start in range(0, n, 1000):  # fill in chunks: no float64 copy of the whole cache
             a[start:start + 1000] = rng.standard_normal((min(1000, n - start), t, d), dtype=np.float32)
         arrays[name] = a
-    lengths = {"clip-text-tokens": rng.integers(8, 78, size=n)}
+    lengths = {"clip-text": rng.integers(8, 78, size=n)}
     return FeatureSet(arrays, lengths), rng.normal(50, 10, size=n)
 
 
 def extractor_of(feature: str) -> str:
-    return TOKEN_FEATURES.get(feature, feature)
+    return TEXT_FEATURES.get(feature, feature)
 
 
 def load_backbone_ms(path: Path, flag: float | None) -> tuple[dict[str, float] | None, float | None, str]:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     deep_common = dict(device=args.device, amp=args.amp, batch_size=args.batch_size)
     deep_configs = {"ugvq": dict(preset="paper", **deep_common), "msavqa": dict(preset="default", **deep_common)}
-    classical_features = [f for f in SHAPES if f != "clip-text-tokens"]
+    classical_features = [f for f in SHAPES if f != "clip-text"]
     results = []
     for name in heads:
         if name in deep_configs:

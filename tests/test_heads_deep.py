@@ -43,12 +43,12 @@ def all_features(n, seed=0):
     """Every role of every head, random values, ragged lengths; y mixes a few of them."""
     rng = np.random.default_rng(seed)
     shapes = {
-        "vit-keyframes": (8, 12), "slowfast": (4, 20), "clip-text-tokens": (6, 16), "clip-text": (1, 16),
+        "vit-keyframes": (8, 12), "slowfast": (4, 20), "clip-text": (6, 16), "clip-text-pooled": (1, 16),
         "clip-frames": (10, 16), "swin-fragments": (3, 12), "convnext-frames": (8, 12),
     }
     arrays = {k: rng.normal(size=(n, *s)).astype(np.float16) for k, s in shapes.items()}
     lengths = {
-        "clip-text-tokens": rng.integers(1, 7, size=n),
+        "clip-text": rng.integers(1, 7, size=n),
         "clip-frames": rng.integers(4, 11, size=n),
         "convnext-frames": rng.integers(2, 9, size=n),
     }
@@ -79,7 +79,7 @@ def selected_frame_task(n, seed, d=16, t=8, quality_dims=4, noise=0.1):
         text[i, 0] = contents[order[named]] + noise * rng.normal(size=d)
         y[i] = quality[named] - quality.mean()
     motion = rng.normal(size=(n, 4, 8))
-    arrays = {"vit-keyframes": frames, "slowfast": motion, "clip-text-tokens": text}
+    arrays = {"vit-keyframes": frames, "slowfast": motion, "clip-text": text}
     return FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}), y
 
 
@@ -113,7 +113,7 @@ def mutation_task(n, seed, d=16, t=16, max_switches=7, noise=0.1):
         frames[i] = np.where(seq[:, None] == 1, b, a) + noise * rng.normal(size=(t, d))
         y[i] = -switches + 0.3 * rng.normal()
     text = rng.normal(size=(n, 1, d))
-    return FeatureSet({"clip-frames": frames.astype(np.float16), "clip-text": text.astype(np.float16)}), y
+    return FeatureSet({"clip-frames": frames.astype(np.float16), "clip-text-pooled": text.astype(np.float16)}), y
 
 
 def alignment_task(n, seed, d=16, t=8):
@@ -127,7 +127,7 @@ def alignment_task(n, seed, d=16, t=8):
     other /= np.linalg.norm(other, axis=-1, keepdims=True)
     frames = agreement[:, None, None] * text + np.sqrt(1 - agreement[:, None, None] ** 2) * other
     arrays = {
-        "clip-frames": frames, "clip-text": text,
+        "clip-frames": frames, "clip-text-pooled": text,
         "swin-fragments": rng.normal(size=(n, 2, 12)), "convnext-frames": rng.normal(size=(n, 4, 12)),
     }
     return FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}), agreement
@@ -279,7 +279,7 @@ def test_branchsum_calibrates_scale_free_plcc_output_to_mos_scale():
 def test_errors_name_the_missing_feature_and_the_fix():
     X, y = all_features(20)
     with pytest.raises(AigvqaError, match="vit-keyframes.*features="):
-        tiny("ugvq").fit(X.select(["slowfast", "clip-text-tokens"]), y)
+        tiny("ugvq").fit(X.select(["slowfast", "clip-text"]), y)
     head = tiny("ugvq").fit(X, y)
     narrow = FeatureSet({**X.arrays, "slowfast": X.arrays["slowfast"][:, :, :8]}, X.lengths, X.ids)
     with pytest.raises(AigvqaError, match="width 8"):
@@ -289,7 +289,7 @@ def test_errors_name_the_missing_feature_and_the_fix():
     with pytest.raises(ValueError, match="no feature roles"):
         tiny("ugvq", features={"audio": "x"}).fit(X, y)
     # remapping a role to another feature works
-    assert tiny("ugvq", features={"text": "clip-text"}).fit(X, y).feature_names_["text"] == "clip-text"
+    assert tiny("ugvq", features={"text": "clip-text-pooled"}).fit(X, y).feature_names_["text"] == "clip-text-pooled"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; this machine has CUDA")

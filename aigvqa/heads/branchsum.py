@@ -64,7 +64,7 @@ class BranchSumHead(TorchHead):
     """Technical + aesthetic + alignment branch scores, summed. Roles: ``technical``,
     ``aesthetic``, ``frames`` (CLIP frame embeddings), ``text`` (CLIP prompt embedding)."""
 
-    DEFAULT_FEATURES = {"technical": "swin-fragments", "aesthetic": "convnext-frames", "frames": "clip-frames", "text": "clip-text"}
+    DEFAULT_FEATURES = {"technical": "swin-fragments", "aesthetic": "convnext-frames", "frames": "clip-frames", "text": "clip-text-pooled"}
     PRESETS = {
         "default": dict(d_model=128, mlp_hidden=128, dropout=0.1, epochs=30, batch_size=32, lr=1e-3, lr_step=10, lr_gamma=0.3),
     }

@@ -132,7 +132,7 @@ class MSAVQAHead(TorchHead):
     """MSA-VQA head. Roles: ``frames`` (per-frame CLIP image embeddings) and ``text`` (CLIP
     prompt embedding, pooled [1, D] or tokens [L, D])."""
 
-    DEFAULT_FEATURES = {"frames": "clip-frames", "text": "clip-text"}
+    DEFAULT_FEATURES = {"frames": "clip-frames", "text": "clip-text-pooled"}
     PRESETS = {
         "default": dict(d_model=256, adapter_dim=64, heads=4, queries=1, segments=4, mlp_hidden=256,
                         dropout=0.1, epochs=30, batch_size=32, lr=1e-4, lr_step=10, lr_gamma=0.3),

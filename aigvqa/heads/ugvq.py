@@ -88,7 +88,7 @@ class UGVQHead(TorchHead):
     """UGVQ fusion head. Roles: ``spatial`` (key-frame features), ``temporal`` (motion
     features), ``text`` (prompt tokens or pooled prompt feature)."""
 
-    DEFAULT_FEATURES = {"spatial": "vit-keyframes", "temporal": "slowfast", "text": "clip-text-tokens"}
+    DEFAULT_FEATURES = {"spatial": "vit-keyframes", "temporal": "slowfast", "text": "clip-text"}
     PRESETS = {
         "paper": dict(d_model=768, encoder_layers=8, encoder_heads=2, encoder_ffn=2048, scma_heads=4,
                       scma_ffn=1536, mlp_hidden=512, dropout=0.1, epochs=30, batch_size=16, lr=1e-5,
