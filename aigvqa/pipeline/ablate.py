@@ -11,9 +11,10 @@ is a commented example)::
     trials = 10                        # splits per cell (median and std are reported)
     seeds = [0]                        # every cell is run once per seed
     features = [["handcrafted"], ["handcrafted", "clip-frames"]]   # default subsets
-    # test_cache = "other.h5"          # cross-dataset: train on cache, test on this one
+    # test_cache = "other.h5"          # cross-dataset: train on all of cache, test on this
+                                       # one (then split, trials and seeds' splits do not apply)
 
-    [cluster]                          # the options of `aigvqa extract`
+    [cluster]                          # the options of `aigvqa extract`: workers,
     workers = 2                        # scheduler = "tcp://host:8786", torch_threads = 1
 
     [[head]]                           # one table per head family
@@ -33,6 +34,7 @@ that read them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -48,7 +50,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-SPLITS = ("prompt-disjoint", "random-8:2", "random-7:1:2", "leave-one-generator-out")
 
 
 class GridError(AigvqaError, ValueError):
@@ -154,8 +155,8 @@ def load_grid(path: str | Path) -> AblationGrid:
         if "features" in head:
             head["features"] = _feature_subsets(head["features"], where)
     split = raw.get("split", "prompt-disjoint")
-    if split not in SPLITS:
-        raise GridError(f"{path}: split {split!r} is not one of {', '.join(SPLITS)}")
+    if not isinstance(split, str):
+        raise GridError(f"{path}: `split` must be a split name such as \"prompt-disjoint\", got {split!r}")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise GridError(f"{path}: `seeds` must be a non-empty list of integers, got {seeds!r}")
@@ -199,3 +200,240 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
+
+
+CLUSTER_KEYS = {"workers": "n_workers", "scheduler": "scheduler", "torch_threads": "torch_threads", "gpus": "gpus"}
+MAX_STORED_PREDICTIONS = 20000
+"""Pooled test predictions kept per cell and dimension (for the best model's scatter plot)."""
+
+
+# -- one cell, on a worker --------------------------------------------------------------------
+
+_DATA: dict[tuple, Any] = {}  # per worker process: loaded training data, reused across cells
+
+
+def _training_data(cache: str, features: tuple[str, ...], labels: tuple[str, ...] | None):
+    from aigvqa.pipeline.train import load_training_data
+
+    key = (cache, os.stat(cache).st_mtime_ns, features, labels)
+    if key not in _DATA:
+        if len(_DATA) > 8:  # a worker walks through subsets; keep memory bounded
+            _DATA.clear()
+        _DATA[key] = load_training_data(cache, list(features), list(labels) if labels else None)
+    return _DATA[key]
+
+
+def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate one cell (a ``Cell.as_dict()``) as the grid says; returns the JSON to store."""
+    import time
+    import warnings
+
+    from aigvqa.pipeline.evaluate import cross_dataset, evaluate
+    from aigvqa.pipeline.metrics import MappingFitWarning
+    from aigvqa.pipeline.train import build_head
+
+    started = time.perf_counter()
+    labels = tuple(spec["labels"]) if spec["labels"] else None
+    data = _training_data(spec["cache"], tuple(cell["features"]), labels)
+    _, head = build_head(cell["head"], params=cell["params"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MappingFitWarning)
+        if spec["test_cache"]:
+            test = _training_data(spec["test_cache"], tuple(cell["features"]), tuple(data.label_names))
+            result = cross_dataset(head, data.X, data.y, test.X, test.y, test.groups,
+                                   label_names=data.label_names, seed=cell["seed"])
+        else:
+            result = evaluate(head, data.X, data.y, data.groups, split=spec["split"], trials=spec["trials"],
+                              seed=cell["seed"], label_names=data.label_names, progress=False)
+    predictions = {}
+    for label in result.label_names:
+        mos, pred = result.predictions(label)
+        predictions[label] = {"mos": mos[:MAX_STORED_PREDICTIONS].round(6).tolist(),
+                              "pred": pred[:MAX_STORED_PREDICTIONS].round(6).tolist()}
+    return {
+        "cell": cell,
+        "rows": result.rows(),
+        "table": result.table(),
+        "predictions": predictions,
+        "fit_warnings": len([w for w in caught if issubclass(w.category, MappingFitWarning)]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# -- the grid, on the client ------------------------------------------------------------------
+
+
+@dataclass
+class AblationResults:
+    grid: AblationGrid
+    cells: list[dict[str, Any]]  # stored cell results, in grid order
+    computed: int
+    loaded: int
+    files: list[Path]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per cell and MOS dimension."""
+        out = []
+        for stored in self.cells:
+            cell = Cell(stored["cell"]["head"], stored["cell"]["params"], tuple(stored["cell"]["features"]),
+                        stored["cell"]["seed"])
+            for row in stored["rows"]:
+                out.append({
+                    "key": stored["key"], "model": cell.label(), "head": cell.head,
+                    "params": json.dumps(cell.params, sort_keys=True), "features": "+".join(cell.features),
+                    "seed": cell.seed, **{k: v for k, v in row.items() if k != "head"},
+                })
+        return out
+
+    def summary(self) -> str:
+        return (f"{len(self.cells)} cells: {self.computed} computed, {self.loaded} loaded from "
+                f"{self.grid.out / 'cells'} (finished earlier)\n" + "\n".join(f"wrote {p}" for p in self.files))
+
+
+def _fingerprint(cache: Path, groups: tuple[str, ...], labels: list[str] | None) -> str:
+    """Hash of what a cell reads from a cache: group provenance, ids, labels and groups."""
+    from aigvqa.cache import FeatureCache
+
+    store = FeatureCache(cache)
+    have = store.groups()
+    missing = [g for g in groups if g not in have]
+    if missing:
+        raise GridError(f"{cache} has no group(s) {', '.join(missing)} (it has {', '.join(have)}); fix the grid's `features`")
+    digest = hashlib.sha256()
+    for g in groups:
+        info = store.group_info(g)
+        digest.update(json.dumps([g, info.provenance, info.n, info.dim], sort_keys=True, default=str).encode())
+        digest.update("\n".join(store.ids(g)).encode())
+    videos = sorted(store.videos(), key=lambda v: v["video_id"])
+    digest.update(json.dumps([[v["video_id"], v["labels"] if labels is None else {k: v["labels"].get(k) for k in labels},
+                               v["groups"], v["prompt_id"]] for v in videos], sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def run_ablation(
+    grid: AblationGrid,
+    *,
+    client=None,
+    cluster: dict[str, Any] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> AblationResults:
+    """Run every unfinished cell of ``grid`` on Dask and write the results (module docstring).
+
+    ``client``: an existing ``distributed.Client``; otherwise a cluster is started from the
+    grid's ``[cluster]`` table, overridden by ``cluster`` (same keys), only if some cell
+    still has to run.
+    """
+    from aigvqa.cache import FeatureCache
+
+    if not grid.cache.exists():
+        raise GridError(f"{grid.source}: cache {grid.cache} does not exist; make it with `aigvqa extract` "
+                        "(or `aigvqa demo` for the example grid)")
+    cells = grid.cells(FeatureCache(grid.cache).groups())
+    cell_dir = grid.out / "cells"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"cache": str(grid.cache), "test_cache": str(grid.test_cache) if grid.test_cache else None,
+            "labels": grid.labels, "split": grid.split, "trials": grid.trials}
+    fingerprints: dict[tuple[str, ...], str] = {}
+    keyed = []
+    for cell in cells:
+        if cell.features not in fingerprints:
+            fp = _fingerprint(grid.cache, cell.features, grid.labels)
+            if grid.test_cache is not None:
+                fp += _fingerprint(grid.test_cache, cell.features, grid.labels)
+            fingerprints[cell.features] = fp
+        context = {"features_fingerprint": fingerprints[cell.features], "labels": grid.labels,
+                   "split": None if grid.test_cache else grid.split,
+                   "trials": None if grid.test_cache else grid.trials, "cross_dataset": bool(grid.test_cache)}
+        keyed.append((cell_key(cell, context), cell))
+    stored: dict[str, dict[str, Any]] = {}
+    for key, _ in keyed:
+        path = cell_dir / f"{key}.json"
+        if path.exists():
+            stored[key] = json.loads(path.read_text())
+    pending = [(k, c) for k, c in keyed if k not in stored]
+    pending = list({k: c for k, c in pending}.items())  # a cell listed twice runs once
+    echo(f"{len(keyed)} cells: {len(keyed) - len(pending)} already finished, {len(pending)} to run")
+    if pending:
+        _run_pending(pending, spec, stored, cell_dir, client, {**grid.cluster, **(cluster or {})}, progress, echo)
+    results = AblationResults(grid, [], computed=len(pending), loaded=len(keyed) - len(pending), files=[])
+    results.cells = [{**stored[k], "key": k} for k, _ in keyed]
+    results.files = write_ablation_report(results)
+    return results
+
+
+def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
+    from tqdm.auto import tqdm
+
+    from aigvqa.pipeline.cluster import ClusterSpec, open_cluster, set_worker_torch_threads
+
+    unknown = sorted(set(cluster) - set(CLUSTER_KEYS))
+    if unknown:
+        raise GridError(f"[cluster] has unknown keys {unknown}; allowed: {sorted(CLUSTER_KEYS)}")
+    options = {CLUSTER_KEYS[k]: v for k, v in cluster.items() if v is not None}
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            spec_ = ClusterSpec(dashboard_address=None, **options)
+            echo(f"running on {spec_.describe()}")
+            client = stack.enter_context(open_cluster(spec_))
+            set_worker_torch_threads(client, spec_.torch_threads)
+        from distributed import as_completed
+
+        futures = {client.submit(run_cell, cell.as_dict(), spec, key=f"ablate-cell-{key}", pure=False): key
+                   for key, cell in pending}
+        bar = tqdm(total=len(futures), desc="ablate", unit="cell", disable=not progress)
+        try:
+            for future in as_completed(futures):
+                key = futures[future]
+                result = future.result()  # a failing cell stops the grid: its error is the user's to fix
+                write_json_atomic(cell_dir / f"{key}.json", result)
+                stored[key] = result
+                bar.update()
+        finally:
+            bar.close()
+            for future in futures:
+                future.cancel()
+
+
+# -- results files ------------------------------------------------------------------------------
+
+MD_METRICS = (("srcc", "SRCC"), ("plcc_logistic", "PLCC (logistic)"), ("krcc", "KRCC"), ("rmse", "RMSE"))
+
+
+def write_ablation_report(results: AblationResults) -> list[Path]:
+    """results.csv, results.md and plots/*.png under the grid's ``out`` folder."""
+    import numpy as np
+
+    from aigvqa.pipeline.report import metric_bars, scatter_with_fit, write_csv
+
+    out = results.grid.out
+    rows = results.rows()
+    files = [write_csv(rows, out / "results.csv")]
+    labels = list(dict.fromkeys(r["dimension"] for r in rows))
+    protocol = "cross-dataset" if results.grid.test_cache else f"{results.grid.split}, {results.grid.trials} trials"
+    md = [f"# Ablation: {results.grid.source.name if results.grid.source else ''}", "",
+          f"cache `{results.grid.cache.name}`, {protocol}, seeds {results.grid.seeds}; "
+          "median ± std over trials; sorted by median SRCC.", ""]
+    for label in labels:
+        mine = sorted((r for r in rows if r["dimension"] == label),
+                      key=lambda r: -np.nan_to_num(r.get("srcc_median", np.nan), nan=-9.0))
+        md += [f"## {label}", "",
+               "| rank | head | params | features | seed | " + " | ".join(h for _, h in MD_METRICS) + " |",
+               "|---|---|---|---|---|" + "---|" * len(MD_METRICS)]
+        for rank, r in enumerate(mine, 1):
+            cells = [f"{r.get(f'{m}_median', np.nan):.4f} ± {r.get(f'{m}_std', np.nan):.4f}" for m, _ in MD_METRICS]
+            md.append(f"| {rank} | {r['head']} | `{r['params']}` | {r['features']} | {r['seed']} | " + " | ".join(cells) + " |")
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        bars = metric_bars([{**r, "model": f"{r['model']} s{r['seed']}"} for r in mine], out / "plots" / f"srcc-plcc-{slug}.png",
+                           title=f"{label}: median over trials (bars: std)")
+        best = mine[0]
+        stored = next(c for c in results.cells if c["key"] == best["key"])
+        pred = stored["predictions"][label]
+        scatter = scatter_with_fit(np.asarray(pred["mos"]), np.asarray(pred["pred"]), out / "plots" / f"best-{slug}.png",
+                                   title=f"best for {label}: {best['model']} seed {best['seed']}")
+        files += [bars, scatter]
+        md += ["", f"![{bars.stem}](plots/{bars.name})", f"![{scatter.stem}](plots/{scatter.name})", ""]
+    path = out / "results.md"
+    path.write_text("\n".join(md) + "\n")
+    files.append(path)
+    return files

@@ -1,0 +1,157 @@
+"""`aigvqa ablate`: the grid file format, a grid run on Dask writing results.csv / markdown /
+PNG plots, and a re-run that loads finished cells instead of recomputing them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from test_cli_train_evaluate import make_cache
+
+from aigvqa.pipeline import ablate
+from aigvqa.pipeline.ablate import GridError, load_grid, run_ablation
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ablate-demo.toml"
+
+GRID = """
+cache = "feats.h5"
+out = "ablation"
+labels = ["mos", "alignment"]
+split = "prompt-disjoint"
+trials = 2
+seeds = [0]
+features = [["a"], ["a", "b"]]
+
+[[head]]
+name = "svr"
+params = { scaler = "standard" }
+grid = { C = [0.5, 4.0] }
+
+[[head]]
+name = "elasticnet"
+features = [["b"]]
+"""
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+class CallLog:
+    """Counts run_cell calls through a file: Dask serialises the task function, so an
+    in-memory list in a closure would be a copy."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def wrap(self, run_cell):
+        path = self.path
+
+        def counting(cell, spec):
+            with open(path, "a") as fh:
+                fh.write(json.dumps(cell) + "\n")
+            return run_cell(cell, spec)
+
+        return counting
+
+    def cells(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _write_grid(folder: Path, text: str = GRID) -> Path:
+    path = folder / "grid.toml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_lists_every_combination(tmp_path):
+    grid = load_grid(_write_grid(tmp_path))
+    cells = grid.cells()
+    assert len(cells) == 2 * 2 + 1  # svr: 2 C values x 2 subsets; elasticnet: its own subset
+    assert {c.params["C"] for c in cells if c.head == "svr"} == {0.5, 4.0}
+    assert all(c.params["scaler"] == "standard" for c in cells if c.head == "svr")
+    assert [c.features for c in cells if c.head == "elasticnet"] == [("b",)]
+    assert grid.cache == tmp_path / "feats.h5"  # relative to the grid file
+
+
+def test_example_grid_parses():
+    grid = load_grid(EXAMPLE)
+    assert len(grid.cells()) == (4 * 2 + 2 * 2 + 2 * 1) * 2
+    assert grid.cluster == {"workers": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GRID.replace('name = "elasticnet"', ""), "needs a `name`"),
+        (GRID + "\nsplitt = 1\n", "unknown keys \\['splitt'\\]"),
+        (GRID.replace("C = [0.5, 4.0]", "C = 0.5"), "grid.C must be a non-empty list"),
+        (GRID.replace('features = [["a"], ["a", "b"]]', 'features = ["a"]'), "list of lists"),
+        (GRID.replace('cache = "feats.h5"', ""), "missing top-level key `cache`"),
+        ("cache = [", "not valid TOML"),
+    ],
+)
+def test_malformed_grids_are_refused_naming_the_file(tmp_path, text, message):
+    path = _write_grid(tmp_path, text)
+    with pytest.raises(GridError, match=message) as err:
+        load_grid(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.slow
+def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path, client, monkeypatch):
+    make_cache(tmp_path / "feats.h5")
+    grid = load_grid(_write_grid(tmp_path))
+    calls = CallLog(tmp_path / "calls.jsonl")
+    monkeypatch.setattr(ablate, "run_cell", calls.wrap(ablate.run_cell))
+    first = run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
+    assert len(calls.cells()) == 5 and (first.computed, first.loaded) == (5, 0)
+
+    out = tmp_path / "ablation"
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 * 2  # one row per cell and MOS dimension
+    assert {r["head"] for r in rows} == {"svr", "elasticnet"}
+    assert {r["features"] for r in rows} == {"a", "a+b", "b"}
+    assert all(r["srcc_median"] and r["plcc_logistic_std"] for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "## mos" in markdown and "## alignment" in markdown and '`{"C": 4.0, "scaler": "standard"}`' in markdown
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs == ["best-alignment.png", "best-mos.png", "srcc-plcc-alignment.png", "srcc-plcc-mos.png"]
+    for name in pngs:
+        assert (out / "plots" / name).read_bytes().startswith(PNG_MAGIC)
+        assert f"(plots/{name})" in markdown
+    stored = sorted((out / "cells").glob("*.json"))
+    assert len(stored) == 5
+
+    calls.clear()
+    again = run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
+    assert calls.cells() == [] and (again.computed, again.loaded) == (0, 5)
+    assert again.rows() == first.rows()
+
+    grid.seeds = [0, 1]  # a grown grid runs only its new cells
+    grown = run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
+    assert len(calls.cells()) == 5 and all(c["seed"] == 1 for c in calls.cells())
+    assert (grown.computed, grown.loaded) == (5, 5)
+
+
+def test_changed_cache_contents_recompute_the_cells_that_read_them(tmp_path, client, monkeypatch):
+    make_cache(tmp_path / "feats.h5")
+    grid = load_grid(_write_grid(tmp_path, GRID.replace('features = [["a"], ["a", "b"]]', 'features = [["a"]]')))
+    run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
+    (tmp_path / "feats.h5").unlink()
+    make_cache(tmp_path / "feats.h5", seed=5)  # same groups and provenance, other videos' values
+    calls = CallLog(tmp_path / "calls.jsonl")
+    monkeypatch.setattr(ablate, "run_cell", calls.wrap(ablate.run_cell))
+    run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
+    assert len(calls.cells()) == 3
