@@ -25,6 +25,7 @@ BUILTIN_HEAD_MODULES = (
     "aigvqa.heads.msavqa",
     "aigvqa.heads.branchsum",
     "aigvqa.heads.classical",
+    "aigvqa.heads.blend",
 )
 
 _HEADS: dict[str, type] = {}
