@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import expit
 
 
 class MappingFitWarning(UserWarning):
@@ -68,8 +69,18 @@ def rmse(y_true, y_pred) -> float:
 
 
 def logistic_4(x, b1, b2, b3, b4):
-    """VQEG's 4-parameter logistic, in VIDEVAL's parametrisation (b4 enters as |b4|)."""
-    return b2 + (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4)))
+    """VQEG's 4-parameter logistic, in VIDEVAL's parametrisation (b4 enters as |b4|):
+    ``b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))``, computed without overflow."""
+    return b2 + (b1 - b2) * expit((np.asarray(x, dtype=np.float64) - b3) / np.abs(b4))
+
+
+def _logistic_4_jacobian(x, b1, b2, b3, b4):
+    # Analytic derivatives: MINPACK's finite differences scale their step by |parameter|, so
+    # a centre b3 starting at ~0 (zero-mean predictions) would get a zero derivative and
+    # never move.
+    s = expit((x - b3) / np.abs(b4))
+    ds = s * (1.0 - s) * (b1 - b2)
+    return np.column_stack([s, 1.0 - s, -ds / np.abs(b4), -ds * (x - b3) * np.sign(b4) / b4**2])
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
             # fitted curve itself; the finiteness check below catches real ones.
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            params, _ = curve_fit(logistic_4, y_pred, y_true, p0=p0, maxfev=maxfev)
+            params, _ = curve_fit(logistic_4, y_pred, y_true, p0=p0, jac=_logistic_4_jacobian, maxfev=maxfev)
             mapped = logistic_4(y_pred, *params)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return _fall_back("logistic", y_pred, str(err).splitlines()[0])

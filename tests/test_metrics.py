@@ -1,0 +1,126 @@
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from aigvqa.pipeline import metrics as M
+
+
+def _noisy_pair(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(1, 5, n)
+    pred = np.round(y + rng.normal(0, 0.6, n), 1)  # rounding makes ties, as real scores have
+    return y, pred
+
+
+def test_correlations_and_rmse_match_scipy_and_numpy():
+    y, pred = _noisy_pair()
+    assert M.srcc(y, pred) == pytest.approx(stats.spearmanr(y, pred)[0], abs=1e-12)
+    assert M.krcc(y, pred) == pytest.approx(stats.kendalltau(y, pred)[0], abs=1e-12)
+    assert M.plcc(y, pred) == pytest.approx(stats.pearsonr(y, pred)[0], abs=1e-12)
+    assert M.rmse(y, pred) == pytest.approx(np.sqrt(np.mean((y - pred) ** 2)), abs=1e-12)
+    # a hand-computable case: perfectly reversed ranks
+    assert M.srcc([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+    assert M.krcc([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+
+
+def test_correlation_of_constant_input_is_nan_not_an_error():
+    assert np.isnan(M.srcc([1, 2, 3], [2, 2, 2]))
+    assert np.isnan(M.plcc([1, 2, 3], [2, 2, 2]))
+
+
+def test_logistic_fit_recovers_a_known_4_parameter_curve():
+    x = np.linspace(-2, 2, 120)
+    true = (4.5, 1.2, 0.3, 0.4)  # b1 (top), b2 (bottom), b3 (centre), b4 (slope)
+    y = M.logistic_4(x, *true)
+    fit = M.fit_logistic(y, x)
+    assert not fit.fell_back
+    assert fit.params[:3] == pytest.approx(true[:3], abs=1e-4)
+    assert abs(fit.params[3]) == pytest.approx(true[3], abs=1e-4)
+    raw = M.plcc(y, x)
+    assert raw < 0.97  # the curve is far from linear ...
+    assert M.plcc_logistic(y, x) == pytest.approx(1.0, abs=1e-9)  # ... and the fit undoes it
+    # hand check of one value of the curve: x = b3 sits halfway between b1 and b2
+    assert M.logistic_4(0.3, *true) == pytest.approx((4.5 + 1.2) / 2)
+
+
+def test_logistic_fit_handles_decreasing_relations_and_other_scales():
+    x = np.linspace(0, 100, 80)
+    y = M.logistic_4(x, 1.0, 5.0, 50.0, 8.0)  # decreasing, predictions on a 0-100 scale
+    assert M.plcc_logistic(y, x) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_poly3_fit_maps_a_cubic_exactly():
+    x = np.linspace(-1, 1, 50)
+    coefs = (0.8, -0.2, 0.3, 3.0)
+    y = np.polyval(coefs, x)
+    fit = M.fit_poly3(y, x)
+    assert not fit.fell_back
+    assert fit.params == pytest.approx(coefs, abs=1e-8)
+    assert M.plcc(y, x) < 0.99
+    assert M.plcc_poly3(y, x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_failed_logistic_fit_falls_back_to_raw_with_a_warning_and_a_flag():
+    x = np.linspace(-2, 2, 60)
+    y = M.logistic_4(x, 4.5, 1.2, 0.3, 0.4)
+    with pytest.warns(M.MappingFitWarning, match="logistic"):
+        fit = M.fit_logistic(y, x, maxfev=1)  # the optimiser runs out of evaluations
+    assert fit.fell_back and fit.params is None and "maxfev" in fit.reason
+    np.testing.assert_array_equal(fit.mapped, x)
+
+
+def test_all_metrics_never_crashes_on_constant_predictions_and_flags_the_fallbacks():
+    y = np.linspace(1, 5, 30)
+    with pytest.warns(M.MappingFitWarning):
+        out = M.all_metrics(y, np.full(30, 3.0))
+    assert out["logistic_fallback"] and out["poly3_fallback"]
+    assert np.isnan(out["srcc"]) and np.isnan(out["plcc_logistic"])
+    assert out["rmse"] == pytest.approx(np.sqrt(np.mean((y - 3.0) ** 2)))
+
+
+def test_all_metrics_entries_and_ntire_score():
+    y, pred = _noisy_pair()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", M.MappingFitWarning)  # a good fit must not fall back
+        out = M.all_metrics(y, pred)
+    assert set(M.METRIC_NAMES) <= set(out)
+    assert out["logistic_fallback"] is False and out["poly3_fallback"] is False
+    assert out["srcc"] == pytest.approx(stats.spearmanr(y, pred)[0])
+    assert out["plcc_logistic"] == pytest.approx(M.plcc(y, M.fit_logistic(y, pred).mapped))
+    assert out["ntire"] == pytest.approx((abs(out["srcc"]) + abs(out["plcc_poly3"])) / 2)
+    assert M.ntire_score(-0.6, 0.8) == pytest.approx(0.7)
+
+
+def test_model_level_correlation_uses_per_generator_means():
+    generator = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    mos = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 3.0, 4.5])  # means: a 2, b 2, c 4, d 4.5
+    pred = np.array([0.1, 0.3, 0.0, 0.6, 0.9, 0.9, 0.2])  # means: a .2, b .3, c .9, d .2
+    out = M.model_level_correlation(pred, mos, generator)
+    mean_mos, mean_pred = [2.0, 2.0, 4.0, 4.5], [0.2, 0.3, 0.9, 0.2]
+    assert out["n_models"] == 4
+    assert out["srcc"] == pytest.approx(stats.spearmanr(mean_mos, mean_pred)[0])
+    assert out["plcc"] == pytest.approx(stats.pearsonr(mean_mos, mean_pred)[0])
+
+
+def test_model_level_correlation_with_too_few_generators_is_nan_with_a_warning():
+    with pytest.warns(UserWarning, match="at least 3 generators"):
+        out = M.model_level_correlation([1, 2, 3, 4], [1, 2, 3, 5], ["a", "a", "b", "b"])
+    assert out["n_models"] == 2 and np.isnan(out["srcc"])
+
+
+def test_logistic_plcc_matches_videvals_reference_computation():
+    """VIDEVAL's compute_metrics, written out: curve_fit of its logistic from its initial guess."""
+    from scipy.optimize import curve_fit
+
+    def videval_logistic(x, b1, b2, b3, b4):
+        return b2 + np.divide(b1 - b2, 1 + np.exp(np.negative(np.divide(x - b3, np.abs(b4)))))
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(1, 5, 240)
+    pred = 3 + 0.8 * np.tanh(y - 3) + rng.normal(0, 0.3, y.size)
+    popt, _ = curve_fit(videval_logistic, pred, y, p0=[y.max(), y.min(), pred.mean(), 0.5], maxfev=100000)
+    reference = stats.pearsonr(y, videval_logistic(pred, *popt))[0]
+    assert M.plcc_logistic(y, pred) == pytest.approx(reference, abs=1e-6)
+    assert M.plcc_logistic(y, pred) > M.plcc(y, pred)
