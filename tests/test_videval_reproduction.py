@@ -5,10 +5,12 @@ splits. Protocol: MinMax scaling, RBF SVR, C in 2^1..2^10 x gamma in 2^-8..2^1 c
 on an inner 80/20 split of each training set (random_state=ceil(6.6*i)), outer splits
 train_test_split(random_state=ceil(8.8*i)), PLCC after the 4-parameter logistic, SRCC raw.
 
-The full 100 splits take about 7 minutes on 2 free cores, so the default run uses the first
-20 splits (their medians, 0.7836 / 0.7763, are as close to the published numbers as the
-100-split medians, 0.7825 / 0.7795; see bench/videval_heads.py). Set
-AIGVQA_VIDEVAL_SPLITS=100 to run the whole protocol.
+One split costs about 11 s of CPU (100 SVR fits of the grid, most of it in the large-C
+fits), so the full 100 splits take about 9 minutes on 2 free cores. The default run uses the
+first 20 splits (about 2 minutes): their medians, 0.7836 / 0.7763, are as close to the
+published numbers as the 100-split medians, 0.7825 / 0.7795 (bench/videval_heads.py; every
+first-N median for N = 10..100 is within 0.01). Set AIGVQA_VIDEVAL_SPLITS=100 to run the
+whole protocol.
 """
 
 import csv

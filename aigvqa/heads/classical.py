@@ -268,6 +268,8 @@ class PooledHead(RegressorMixin, BaseEstimator):
         if self.search_scoring not in ("rmse", "srcc"):
             raise HeadParameterError(f"search_scoring={self.search_scoring!r}: use 'rmse' or 'srcc'")
         Y_val = None
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither")
         if X_val is not None:
             X_val = as_featureset(X_val)
             Y_val, _ = _as_2d(y_val)
