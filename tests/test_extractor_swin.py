@@ -13,9 +13,7 @@ import torch
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import create_extractor, extract_video
 from aigvqa.extractors.base import RANDOM_INIT
-from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.swin import SWIN3D_T_FILENAME
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.extractors.weights import sha256_of
 
 SMALL = {"grid": 2, "patch": 32, "clip_len": 8}
@@ -32,12 +30,10 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    """96 frames at 24 fps, 48 x 64."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    write_video(path, moving_pattern(96, 48, 64, seed=4), fps=24)
-    return path
+@pytest.fixture
+def video(video_factory):
+    """96 frames at 24 fps (4 s), 48 x 64: SimpleVQA would cut it into 4 one-second clips."""
+    return video_factory("clip", n_frames=96, fps=24, size=(48, 64), seed=4)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import torch
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import create_extractor, extract_video
 from aigvqa.extractors.base import RANDOM_INIT
-from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.extractors.weights import sha256_of
 
 TINY_VIT = "vit_tiny_patch16_224"
@@ -32,12 +30,10 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    """96 frames at 24 fps (4 s), 48 x 64."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    write_video(path, moving_pattern(96, 48, 64, seed=5), fps=24)
-    return path
+@pytest.fixture
+def video(video_factory):
+    """96 frames at 24 fps (4 s), 48 x 64: SimpleVQA would cut it into 4 one-second clips."""
+    return video_factory("clip", n_frames=96, fps=24, size=(48, 64), seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +155,11 @@ def test_explicit_safetensors_gives_the_saved_models_features(tiny_vit_checkpoin
 
 
 @pytest.mark.parametrize("fmt", ["train-checkpoint", "state-dict"])
-def test_torch_checkpoints_load_too(tmp_path, frames, fmt):
-    reference = loaded("convnext-frames", random_init=True)
+def test_torch_checkpoints_load_too(tmp_path, fmt):
+    frames = np.random.default_rng(1).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    reference = loaded("convnext-frames", random_init=True, size=64)
     path = save_timm_checkpoint(reference, tmp_path / "convnext.pth", fmt=fmt)
-    extractor = loaded("convnext-frames", weights=str(path))
+    extractor = loaded("convnext-frames", weights=str(path), size=64)
     np.testing.assert_array_equal(extractor.forward(frames), reference.forward(frames))
 
 
