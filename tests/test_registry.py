@@ -138,3 +138,19 @@ def test_torch_base_runtime_helpers_on_cpu(scratch_registry):
     assert tuple(clips.shape) == (1, 3, 6, 4, 5)
     with toy.autocast():  # a no-op on CPU: fp32 stays fp32
         assert toy.module_(torch.ones(1, 3)).dtype == torch.float32
+
+
+def test_channels_last_format_fits_2d_and_3d_nets():
+    import torch
+
+    from aigvqa.extractors.registry import channels_last_format
+
+    net2d = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    net3d = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.Linear(4, 2))
+    assert channels_last_format(net2d) is torch.channels_last
+    assert channels_last_format(net3d) is torch.channels_last_3d
+    # the chosen format converts the weights without the rank error torch raises otherwise
+    converted = net3d.to(memory_format=channels_last_format(net3d))
+    assert converted[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(RuntimeError):
+        net3d.to(memory_format=torch.channels_last)

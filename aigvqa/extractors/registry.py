@@ -141,6 +141,18 @@ class ConfiguredExtractor(Extractor):
 _AUTOCAST_DTYPES = ("bf16", "fp16", "fp32")
 
 
+def channels_last_format(module):
+    """The channels-last memory format that fits ``module``'s weights.
+
+    torch's ``channels_last`` applies to 4-D weights only (a 3-D conv net such as SlowFast
+    or Video Swin fails with "required rank 4 tensor"); 5-D weights need ``channels_last_3d``.
+    """
+    import torch
+
+    has_5d = any(p.dim() == 5 for p in module.parameters())
+    return torch.channels_last_3d if has_5d else torch.channels_last
+
+
 class TorchExtractor(ConfiguredExtractor):
     """Base of the torch backbones: common options and the CUDA/CPU runtime.
 
@@ -217,11 +229,10 @@ class TorchExtractor(ConfiguredExtractor):
 
     def prepare_module(self, module):
         """Move a built module to the device, eval mode, frozen; channels-last on CUDA."""
-        import torch
 
         module = module.eval().requires_grad_(False).to(self.device_)
         if self.on_cuda and self._config["channels_last"]:
-            module = module.to(memory_format=torch.channels_last)
+            module = module.to(memory_format=channels_last_format(module))
         return module
 
     def images_to_tensor(self, items, mean, std):

@@ -224,8 +224,11 @@ def announce_random_init(name: str) -> str:
         "(random_init=True). Its features are meaningless except for tests and "
         f"benchmarks; the cache stamps them {RANDOM_INIT}. ***"
     )
-    logger.warning(message)
+    # stderr always (a worker may have no logging configured); the log only when it has a
+    # handler of its own, so the banner is not printed twice by logging's last resort.
     print(message, file=sys.stderr, flush=True)
+    if logger.hasHandlers():
+        logger.warning(message)
     return RANDOM_INIT
 
 
