@@ -69,9 +69,10 @@ class Cell:
         params = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{self.head}({params}) on {'+'.join(self.features)} seed {self.seed}"
 
-    def label(self) -> str:
-        """Short text for plot axes: head, the grid values, features."""
-        params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+    def label(self, keys: list[str] | None = None) -> str:
+        """Short text for plot axes: head, the values of ``keys`` (default: all params), features."""
+        shown = self.params if keys is None else {k: self.params.get(k) for k in keys}
+        params = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
         return f"{self.head}[{params}] {'+'.join(self.features)}" if params else f"{self.head} {'+'.join(self.features)}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -167,18 +168,23 @@ def load_grid(path: str | Path) -> AblationGrid:
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         raise GridError(f"{path}: `labels` must be a list of label names, got {labels!r}")
     return AblationGrid(
-        cache=base / need("cache", str),
-        out=base / raw.get("out", path.stem),
+        cache=_under(base, need("cache", str)),
+        out=_under(base, raw.get("out", path.stem)),
         heads=heads,
         features=_feature_subsets(raw["features"], str(path)) if "features" in raw else None,
         labels=labels,
         split=split,
         trials=trials,
         seeds=seeds,
-        test_cache=base / raw["test_cache"] if "test_cache" in raw else None,
+        test_cache=_under(base, raw["test_cache"]) if "test_cache" in raw else None,
         cluster=dict(raw.get("cluster", {})),
         source=path,
     )
+
+
+def _under(base: Path, relative: str) -> Path:
+    """``relative`` against the grid file's folder, with ``..`` folded (paths users read)."""
+    return Path(os.path.normpath(base / relative))
 
 
 def _feature_subsets(value: Any, where: str) -> list[tuple[str, ...]]:
@@ -272,14 +278,20 @@ class AblationResults:
     files: list[Path]
 
     def rows(self) -> list[dict[str, Any]]:
-        """One flat row per cell and MOS dimension."""
+        """One flat row per cell and MOS dimension; ``model`` names the cell by the
+        hyper-parameters that vary among that head's cells."""
+        cells = [Cell(s["cell"]["head"], s["cell"]["params"], tuple(s["cell"]["features"]), s["cell"]["seed"])
+                 for s in self.cells]
+        varying: dict[str, list[str]] = {}
+        for head in {c.head for c in cells}:
+            mine = [c for c in cells if c.head == head]
+            keys = sorted({k for c in mine for k in c.params})
+            varying[head] = [k for k in keys if len({json.dumps(c.params.get(k), default=str) for c in mine}) > 1]
         out = []
-        for stored in self.cells:
-            cell = Cell(stored["cell"]["head"], stored["cell"]["params"], tuple(stored["cell"]["features"]),
-                        stored["cell"]["seed"])
+        for stored, cell in zip(self.cells, cells):
             for row in stored["rows"]:
                 out.append({
-                    "key": stored["key"], "model": cell.label(), "head": cell.head,
+                    "key": stored["key"], "model": cell.label(varying[cell.head]), "head": cell.head,
                     "params": json.dumps(cell.params, sort_keys=True), "features": "+".join(cell.features),
                     "seed": cell.seed, **{k: v for k, v in row.items() if k != "head"},
                 })

@@ -139,7 +139,9 @@ def metric_bars(
     labels = [str(r[label_key]) for r in rows]
     n = len(rows)
     height = 0.8 / max(len(metrics), 1)
-    fig, ax = plt.subplots(figsize=(8.5, 1.4 + 0.3 * n * len(metrics)), dpi=120)
+    # room for the labels on the left, so long cell names do not squeeze the bars
+    width = 6.5 + 0.075 * max((len(s) for s in labels), default=0)
+    fig, ax = plt.subplots(figsize=(width, 1.4 + 0.3 * n * len(metrics)), dpi=120)
     y = np.arange(n)
     for j, metric in enumerate(metrics):
         med = np.array([_num(r.get(f"{metric}_median")) for r in rows])
