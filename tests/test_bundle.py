@@ -38,11 +38,12 @@ def data():
 
 def _round_trip(head, X, y, tmp_path):
     head.fit(X, y)
-    path = save_bundle(head, tmp_path / "model", PROVENANCE, X.names, ["mos", "alignment"])
+    labels = ["mos", "alignment"][: 1 if y.ndim == 1 else y.shape[1]]
+    path = save_bundle(head, tmp_path / "model", PROVENANCE, X.names, labels)
     bundle = load_bundle(path)
     np.testing.assert_array_equal(bundle.predict(X), head.predict(X).reshape(len(X), -1))
     assert bundle.feature_names == X.names
-    assert bundle.label_names == ["mos", "alignment"]
+    assert bundle.label_names == labels
     assert bundle.provenance == json.loads(json.dumps(PROVENANCE))
     for file in path.iterdir():  # no file of a bundle is a pickle
         assert not file.read_bytes().startswith(PICKLE_MAGIC), file
@@ -133,3 +134,15 @@ def test_provenance_mismatch_is_refused_naming_what_differs(data, tmp_path):
 
     with pytest.raises(ProvenanceMismatchError, match="'handcrafted' is missing"):
         bundle.check_provenance({"clip-frames": PROVENANCE["clip-frames"]})
+
+
+def test_blend_of_deep_and_classical_heads_round_trips(data, tmp_path):
+    from aigvqa.heads.registry import create_head
+
+    X, y = data
+    stack = create_head("stack", estimators=[("svr", "svr"), ("lgb", LightGBMHead(n_estimators=10)),
+                                             ("mlp", PooledMLPHead(epochs=2, hidden=8))], cv=3)
+    path, _ = _round_trip(stack, X, y[:, 0], tmp_path)
+    names = sorted(p.name for p in path.iterdir())
+    assert any(n.startswith("part-") and n.endswith(".safetensors") for n in names)  # the fitted MLP
+    assert any(n.startswith("lightgbm-") for n in names)

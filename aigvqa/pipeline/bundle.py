@@ -225,6 +225,17 @@ def _is_torch_head(obj: Any) -> bool:
     return hasattr(obj, "get_state") and hasattr(type(obj), "from_state")
 
 
+def _is_fitted(obj: Any) -> bool:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(obj)
+    except NotFittedError:
+        return False
+    return True
+
+
 def _is_booster(obj: Any) -> bool:
     return type(obj).__module__ == "lightgbm.basic" and type(obj).__name__ == "Booster"
 
@@ -285,7 +296,7 @@ def _save_state(head: Any, folder: Path) -> dict[str, Any]:
     def detach(obj: Any) -> Any:
         if obj is head:
             return _KEEP
-        if _is_torch_head(obj):
+        if _is_torch_head(obj) and _is_fitted(obj):  # an unfitted template is plain parameters
             parts.append(_save_torch(obj, folder, f"part-{len(parts)}.safetensors"))
             return _part_marker(len(parts) - 1)
         if _is_booster(obj):
