@@ -108,7 +108,6 @@ def test_malformed_grids_are_refused_naming_the_file(tmp_path, text, message):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.slow
 def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path, client, monkeypatch):
     make_cache(tmp_path / "feats.h5")
     grid = load_grid(_write_grid(tmp_path))
