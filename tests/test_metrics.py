@@ -71,6 +71,15 @@ def test_failed_logistic_fit_falls_back_to_raw_with_a_warning_and_a_flag():
     np.testing.assert_array_equal(fit.mapped, x)
 
 
+def test_all_metrics_on_three_test_points_falls_back_instead_of_crashing():
+    # a tiny fold (e.g. a 3-video prompt-disjoint test set) has fewer points than the
+    # logistic's 4 parameters: scipy raises TypeError there, which must become a fallback
+    with pytest.warns(M.MappingFitWarning, match="3 points"):
+        out = M.all_metrics(np.array([1.0, 2.0, 4.0]), np.array([0.1, 0.5, 0.3]))
+    assert out["logistic_fallback"]
+    assert out["plcc_logistic"] == pytest.approx(out["plcc"])
+
+
 def test_all_metrics_never_crashes_on_constant_predictions_and_flags_the_fallbacks():
     y = np.linspace(1, 5, 30)
     with pytest.warns(M.MappingFitWarning):

@@ -111,6 +111,8 @@ def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
     y_true, y_pred = _pair(y_true, y_pred)
     if _constant(y_pred) or _constant(y_true):
         return _fall_back("logistic", y_pred, "constant predictions or MOS")
+    if y_pred.size < 4:  # curve_fit raises TypeError when points < parameters
+        return _fall_back("logistic", y_pred, f"{y_pred.size} points for 4 parameters")
     p0 = [y_true.max(), y_true.min(), y_pred.mean(), y_pred.std()]
     try:
         with warnings.catch_warnings():
