@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -44,8 +43,10 @@ from aigvqa.extractors.views import build_views, views_from_array
 from aigvqa.pipeline.records import VideoRecord
 
 MIX = {
-    # light backbones on HD input: the mix where decoding matters
-    "clip-frames": {"n_frames": 8, "random_init": True, "batch_size": 8},
+    # Small backbones on HD input: the mix where decoding matters (a ViT-B on CPU would
+    # hide any decode cost). Random init: same compute as trained weights.
+    "clip-frames": {"arch": "ViT-S-32", "pretrained": "", "n_frames": 8, "random_init": True,
+                    "batch_size": 8},
     "vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 8},
     "handcrafted": {"max_frames": 16, "size": 128},
 }
@@ -145,13 +146,13 @@ def pure_forward(models, paths) -> float:
 
 # -- (b), (c): the pipeline -------------------------------------------------------------------
 def pipeline(paths, n_workers: int, workdir: Path) -> float:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from aigvqa.pipeline import extract as ex
+    from aigvqa.pipeline.cluster import local_cluster
 
     records = [VideoRecord(p.stem, p) for p in paths]
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with local_cluster(n_workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [ex._loaded(e) for e in extractors])  # load models everywhere
         started = time.perf_counter()
@@ -163,22 +164,42 @@ def pipeline(paths, n_workers: int, workdir: Path) -> float:
 
 
 def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
-    """(MiB after loading the models, peak MiB after extracting ``path``) of a fresh worker."""
-    from distributed import Client, LocalCluster
+    """(MiB after loading the models, peak MiB while extracting ``path``) of a fresh worker,
+    sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of the parent
+    process the worker was forked from)."""
+    from distributed import Client
 
     from aigvqa.pipeline import extract as ex
+    from aigvqa.pipeline.cluster import local_cluster
 
-    def peak_mib() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def start_sampling(dask_worker) -> float:
+        import threading
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        import psutil
+
+        proc = psutil.Process()
+        dask_worker.rss_peak = proc.memory_info().rss
+        dask_worker.rss_sampling = True
+
+        def sample():
+            while dask_worker.rss_sampling:
+                dask_worker.rss_peak = max(dask_worker.rss_peak, proc.memory_info().rss)
+                time.sleep(0.01)
+
+        threading.Thread(target=sample, daemon=True).start()
+        return dask_worker.rss_peak / 2**20
+
+    def stop_sampling(dask_worker) -> float:
+        dask_worker.rss_sampling = False
+        return dask_worker.rss_peak / 2**20
+
+    with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [ex._loaded(e) for e in extractors])
-        (loaded,) = client.run(peak_mib).values()
+        (loaded,) = client.run(start_sampling).values()
         ex.extract([VideoRecord(tag, path)], MIX, workdir / f"rss-{tag}.h5", client=client,
                    progress=False)
-        (peak,) = client.run(peak_mib).values()
+        (peak,) = client.run(stop_sampling).values()
     return loaded, peak
 
 

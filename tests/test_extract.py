@@ -9,6 +9,7 @@ the work happens in other processes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -107,10 +108,11 @@ def calls(log: Path) -> int:
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as c:
+    from aigvqa.pipeline.cluster import local_cluster
+
+    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
 
 
@@ -289,6 +291,10 @@ def test_resolve_extractors_applies_random_init_and_weights_only_where_accepted(
     assert {e.name: e.config().get("weights") for e in with_weights}["fake-a"] == "ckpt.pt"
     with pytest.raises(ExtractError, match="requested twice"):
         resolve_extractors([MeanColour(), MeanColour(n=5)])
+    loaded = MeanColour()
+    loaded.load()
+    with pytest.raises(ExtractError, match="already loaded"):
+        resolve_extractors([loaded])
     with pytest.raises(ExtractError, match="2 requested extractors take weights"):
         resolve_extractors(["fake-a", "fake-b"], weights="ckpt.pt")
     with pytest.raises(ExtractError, match="not a requested extractor"):
@@ -348,3 +354,25 @@ def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails()
     assert _truncation(caught(95, 100), num_frames=100) is None  # rounded metadata
     assert "only 50 of 100 frames" in _truncation(caught(50, 100), num_frames=100)
     assert _truncation([], num_frames=100) is None
+
+
+def test_scheduler_file_connects_to_a_running_cluster(client, videos, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"  # what dask-jobqueue / `dask scheduler` write
+    scheduler_file.write_text(json.dumps({"address": client.scheduler.address}))
+    report = extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5",
+                     scheduler=str(scheduler_file), progress=False)
+    assert report.succeeded == 1 and report.cluster == f"scheduler {client.scheduler.address}"
+
+
+def test_default_worker_count_follows_cores_and_torch_threads():
+    from aigvqa.pipeline.cluster import default_n_workers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= default_n_workers(1) <= cores
+    assert default_n_workers(cores) == 1
+    assert default_n_workers(1, memory_per_worker=2**62) == 1  # RAM caps it too
+
+
+def test_local_workers_start_without_dask_malloc_trim_and_with_one_omp_thread(client):
+    env = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert set(env.values()) == {(None, "1")}

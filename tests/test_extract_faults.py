@@ -85,11 +85,12 @@ def client():
     """2 worker processes; a task is given up after its second worker death, so the
     poison-video test needs 4 deaths instead of 8."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from aigvqa.pipeline.cluster import local_cluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          dashboard_address=":0") as cluster, Client(cluster) as c:
+        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
             yield c
 
 

@@ -68,10 +68,42 @@ def default_n_workers(torch_threads: int = 1, memory_per_worker: int = _MIN_BYTE
 
 
 def _thread_env(torch_threads: int) -> dict[str, str]:
-    # distributed sets these to 1 in every worker by default (nanny pre-spawn-environ);
-    # a worker asked for more torch threads needs the BLAS pools to match.
     n = str(torch_threads)
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
+def worker_environ(torch_threads: int = 1) -> dict:
+    """Dask config for local worker processes, set before each process starts.
+
+    - the OpenMP / BLAS pools sized to ``torch_threads`` (distributed pins them to 1);
+    - ``MALLOC_TRIM_THRESHOLD_`` unset: distributed sets it to 64 KiB so workers hand
+      freed memory back to the OS, which for stage one means every decoded frame (MiBs)
+      is a fresh mmap and its pages fault in again: a chunk of HD videos ran 2x slower
+      with it (bench/extract_throughput.py). Workers here hold models, not Dask data.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    env.update(_thread_env(torch_threads))
+    env["MALLOC_TRIM_THRESHOLD_"] = None  # None unsets it (distributed.nanny._get_env_variables)
+    return {"distributed.nanny.pre-spawn-environ": env}
+
+
+def local_cluster(n_workers: int, threads_per_worker: int = 1, torch_threads: int = 1,
+                  dashboard_address: str | None = ":8787"):
+    """The default stage-one cluster: ``n_workers`` processes, configured as above."""
+    import dask
+    from distributed import LocalCluster
+
+    if n_workers < 1:
+        raise ClusterError(f"--workers must be at least 1, got {n_workers}")
+    with dask.config.set(worker_environ(torch_threads)):
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+        )
 
 
 @contextlib.contextmanager
@@ -105,17 +137,11 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
     if spec.gpus:
         cluster = _cuda_cluster(spec)
     else:
-        from distributed import LocalCluster
-
-        n_workers = spec.n_workers or default_n_workers(spec.torch_threads)
-        if n_workers < 1:
-            raise ClusterError(f"--workers must be at least 1, got {n_workers}")
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=spec.threads_per_worker,
-            processes=True,
-            dashboard_address=spec.dashboard_address,
-            env=_thread_env(spec.torch_threads),
+        cluster = local_cluster(
+            spec.n_workers if spec.n_workers is not None else default_n_workers(spec.torch_threads),
+            spec.threads_per_worker,
+            spec.torch_threads,
+            spec.dashboard_address,
         )
     try:
         client = Client(cluster)
@@ -134,18 +160,19 @@ def _cuda_cluster(spec: ClusterSpec):
             "`pip install 'aigvqa[cuda]'` (or `pip install dask-cuda`), or run without "
             "--gpus to use a CPU LocalCluster"
         )
+    import dask
     from dask_cuda import LocalCUDACluster
 
     kwargs = {
         "threads_per_worker": spec.threads_per_worker,
         "dashboard_address": spec.dashboard_address,
-        "env": _thread_env(spec.torch_threads),
     }
     if spec.n_workers:
         # LocalCUDACluster makes one worker per listed device.
         kwargs["CUDA_VISIBLE_DEVICES"] = list(range(spec.n_workers))
     try:
-        return LocalCUDACluster(**kwargs)
+        with dask.config.set(worker_environ(spec.torch_threads)):
+            return LocalCUDACluster(**kwargs)
     except (RuntimeError, ValueError) as err:  # no GPU visible, bad device list
         raise ClusterError(f"LocalCUDACluster could not start ({err}); check nvidia-smi") from err
 

@@ -293,6 +293,12 @@ def resolve_extractors(
     built: list[Extractor] = []
     for name, cfg in items:
         if name is None:  # an instance, used as configured
+            if cfg.weights_identity is not None:
+                raise ExtractError(
+                    f"extractor {cfg.name!r} is already loaded: it would be shipped with its "
+                    "weights to every task. Pass it unloaded (create_extractor(...) without "
+                    "load()); each worker loads it once."
+                )
             built.append(cfg)
             continue
         accepts = _accepted_options(name)
@@ -917,8 +923,7 @@ class _Run:
             self._merge(self._pending)
         except KeyboardInterrupt:
             # Keep what landed (merging is atomic); the next run resumes the rest.
-            for fut in futures:
-                fut.cancel()
+            self.client.cancel(futures)
             self._merge(self._pending)
             raise
         finally:
