@@ -373,6 +373,8 @@ def test_default_worker_count_follows_cores_and_torch_threads():
     assert default_n_workers(1, memory_per_worker=2**62) == 1  # RAM caps it too
 
 
-def test_local_workers_start_without_dask_malloc_trim_and_with_one_omp_thread(client):
-    env = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
-    assert set(env.values()) == {(None, "1")}
+def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(client):
+    from aigvqa.pipeline.cluster import MALLOC_ENV
+
+    env = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert set(env.values()) == {(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "1")}
