@@ -12,6 +12,9 @@ weights), it times, each after a warm-up that loads the models:
   (b) ``aigvqa.pipeline.extract`` on a LocalCluster of 1 worker (decode once per video,
       every extractor, shards, merge);
   (c) the same with 2 workers;
+  (b1) (b) without overlapping the next video's decoding with the current forward
+      (``videos_in_flight=1``): on a 2-core machine the overlap already gives (b) part of
+      the second core, which is why (c)/(b) cannot reach 2 there;
   (d) the pure forward time of the same extractors on views decoded beforehand (the
       compute floor of (b)).
 
@@ -145,7 +148,7 @@ def pure_forward(models, paths) -> float:
 
 
 # -- (b), (c): the pipeline -------------------------------------------------------------------
-def pipeline(paths, n_workers: int, workdir: Path) -> float:
+def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2) -> float:
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
@@ -156,8 +159,8 @@ def pipeline(paths, n_workers: int, workdir: Path) -> float:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [ex._loaded(e) for e in extractors])  # load models everywhere
         started = time.perf_counter()
-        report = ex.extract(records, MIX, workdir / f"pipeline-{n_workers}.h5", client=client,
-                            progress=False)
+        report = ex.extract(records, MIX, workdir / f"pipeline-{n_workers}-{videos_in_flight}.h5",
+                            client=client, progress=False, videos_in_flight=videos_in_flight)
         seconds = time.perf_counter() - started
     assert report.succeeded == len(paths), report.summary()
     return seconds
@@ -240,11 +243,14 @@ def main() -> None:
         print(f"(b) pipeline, 1 worker: {times['b']:.1f} s", flush=True)
         times["c"] = pipeline(paths, 2, workdir)
         print(f"(c) pipeline, 2 workers: {times['c']:.1f} s", flush=True)
+        times["b1"] = pipeline(paths, 1, workdir, videos_in_flight=1)
+        print(f"(b1) pipeline, 1 worker, one video at a time: {times['b1']:.1f} s", flush=True)
 
         n = len(paths)
         rows = [
             ("(a) peer-style: decode per extractor, sequential", "a"),
             ("(b) aigvqa extract, 1 worker", "b"),
+            ("(b1) same, videos_in_flight=1 (no decode/compute overlap)", "b1"),
             ("(c) aigvqa extract, 2 workers", "c"),
             ("(d) pure forward on pre-decoded views", "d"),
         ]

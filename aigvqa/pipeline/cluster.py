@@ -45,17 +45,6 @@ class ClusterSpec:
     torch_threads: int = 1
     dashboard_address: str | None = ":8787"
 
-    def describe(self) -> str:
-        if self.scheduler:
-            return f"existing scheduler {self.scheduler}"
-        if self.gpus:
-            return "LocalCUDACluster (one worker per GPU)"
-        return (
-            f"LocalCluster ({self.n_workers or default_n_workers(self.torch_threads)} worker "
-            f"processes x {self.threads_per_worker} task thread(s) x "
-            f"{self.torch_threads} torch thread(s))"
-        )
-
 
 def default_n_workers(torch_threads: int = 1, memory_per_worker: int = _MIN_BYTES_PER_WORKER) -> int:
     """Worker processes for this machine: one per ``torch_threads`` cores, capped by RAM."""

@@ -75,6 +75,10 @@ TASKS_PER_WORKER = 4
 PROMPT_CHUNK_SIZE = 256
 """Distinct prompts per text task (a text tower encodes hundreds of prompts per second)."""
 
+ISOLATED_ATTEMPTS = 2
+"""Tries of a task Dask gave up on before its videos become failure rows: the chunk, then
+each video alone (twice: a dying worker also blames the tasks queued next to the culprit)."""
+
 TASK_RETRIES = 2
 """Dask retries of a task that *raised* (an I/O hiccup writing the shard). Per-video errors
 never raise out of a task; a dead worker is covered by the scheduler's allowed-failures."""
@@ -701,10 +705,12 @@ class _Run:
         self.progress = progress
         self.merge_every = merge_every
         self.videos_in_flight = videos_in_flight
-        local = getattr(client, "cluster", None) is not None
+        cluster = getattr(client, "cluster", None)
+        n_workers = len(client.scheduler_info().get("workers", {}))
         self.report = ExtractReport(
             cache=cache,
-            cluster=spec.describe() if local else f"scheduler {client.scheduler.address}",
+            cluster=(f"{type(cluster).__name__} of {n_workers} worker(s)" if cluster is not None
+                     else f"scheduler {client.scheduler.address}"),
         )
         self.token = uuid.uuid4().hex[:8]
         self.provenance: dict[str, dict[str, Any]] = {}
@@ -834,14 +840,14 @@ class _Run:
         return [records[i : i + size] for i in range(0, len(records), size)]
 
     # -- submission -----------------------------------------------------------------
-    def _submit_video(self, chunk: list[VideoRecord], names: Sequence[str]):
+    def _submit_video(self, chunk: list[VideoRecord], names: Sequence[str], attempt: int = 0):
         exts = [self.by_name[n] for n in names]
         name = shard_name("video", [r.video_id for r in chunk], [self.provenance[n] for n in names])
         return self.client.submit(
             run_video_chunk, chunk, exts, str(self.shard_dir / name), self.videos_in_flight,
-            key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}",
+            key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}-{attempt}",
             retries=TASK_RETRIES, pure=False,
-        ), ("video", chunk, exts)
+        ), ("video", chunk, exts, attempt)
 
     def _submit_prompts(self, part: dict[str, str], ext_name: str):
         name = shard_name("prompt", list(part), [self.provenance[ext_name]])
@@ -850,12 +856,12 @@ class _Run:
             run_prompt_chunk, part, ext, str(self.shard_dir / name),
             key=f"prompt-chunk-{name[len('shard-prompt-'):-3]}-{self.token}",
             retries=TASK_RETRIES, pure=False, priority=10,  # small: run them first
-        ), ("prompt", list(part), [ext])
+        ), ("prompt", list(part), [ext], 0)
 
     def _execute(self, video_plan, prompt_plan, no_prompt) -> None:
         from distributed import as_completed
 
-        meta: dict[str, tuple[str, list, list[Extractor]]] = {}
+        meta: dict[str, tuple[str, list, list[Extractor], int]] = {}
         futures = []
 
         def add(submitted):
@@ -867,7 +873,8 @@ class _Run:
         n_videos = 0
         for names, recs in video_plan.items():
             for chunk in self._chunks(recs):
-                add(self._submit_video(chunk, names))
+                # a chunk of one video is already "alone": one isolated try used
+                add(self._submit_video(chunk, names, attempt=int(len(chunk) == 1)))
                 n_videos += len(chunk)
         for ext_name, todo in prompt_plan.items():
             ids = sorted(todo)
@@ -891,17 +898,20 @@ class _Run:
         pool = as_completed(futures)
         try:
             for fut in pool:
-                kind, items, exts = meta.pop(fut.key)
+                kind, items, exts, attempt = meta.pop(fut.key)
                 if fut.status == "finished":
                     result: ChunkResult = fut.result()
                     self._pending.append(Path(result.shard))
                     self.report.shards_written += 0 if result.reused else 1
                     rows = result.failures
-                elif kind == "video" and len(items) > 1:
-                    # Dask gave up on the chunk (workers kept dying, or it kept raising):
-                    # one task per video, so only the culprit fails.
+                elif kind == "video" and (len(items) > 1 or attempt < ISOLATED_ATTEMPTS):
+                    # Dask gave up on the task (workers kept dying while it ran, or it kept
+                    # raising): one task per video, so only the culprit fails. A worker's
+                    # death also counts against the tasks queued beside the culprit, so a
+                    # single video gets another chance before it is declared failed.
+                    names = [e.name for e in exts]
                     for rec in items:
-                        pool.add(add(self._submit_video([rec], [e.name for e in exts])))
+                        pool.add(add(self._submit_video([rec], names, attempt + 1)))
                     fut.release()
                     continue
                 else:
