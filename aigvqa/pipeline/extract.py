@@ -715,7 +715,6 @@ class _Run:
         self.token = uuid.uuid4().hex[:8]
         self.provenance: dict[str, dict[str, Any]] = {}
         self._recovered: set[str] = set()  # video ids merged from leftover shards
-        self._todo: set[str] = set()  # video ids with video features to compute
         self._ok: set[str] = set()  # video ids computed without failure
         self._failed: set[str] = set()  # video ids with a failure row from this run
         self._prompts_done: set[str] = set()
@@ -805,7 +804,6 @@ class _Run:
             missing = tuple(e.name for e in self.video_exts if rec.video_id not in have[e.name])
             if missing:
                 by_missing[missing].append(rec)
-        self._todo = {r.video_id for recs in by_missing.values() for r in recs}
 
         prompts: dict[str, dict[str, str]] = {}
         no_prompt = [r for r in self.records if r.prompt_id is None or not (r.prompt or "").strip()]
