@@ -388,6 +388,20 @@ def test_failures_round_trip_latest_wins_and_success_clears(tmp_path):
     assert [f.id for f in FeatureCache(cache).failures()] == ["x"]
 
 
+def test_text_features_of_its_prompt_do_not_hide_a_video_that_failed_to_decode(tmp_path):
+    # stage one encodes prompts in their own tasks, so the prompt of an undecodable video
+    # lands in the prompt-keyed group; the video's "*" failure row must survive that
+    rng = np.random.default_rng(14)
+    cache = tmp_path / "c.h5"
+    good_and_bad = video_rows(["good", "bad"])
+    merge_shards(cache, [frames_shard(tmp_path / "v.h5", ["good"], ragged(rng, ["good"]), videos=good_and_bad,
+                                      failures=[Failure("bad", ALL_EXTRACTORS, "DecodeError: not a video")])])
+    text = GroupData("clip-text", "prompt", ["p-good", "p-bad"], ragged(rng, ["p-good", "p-bad"]),
+                     provenance=prov(extractor="clip-text"))
+    merge_shards(cache, [write_shard(tmp_path / "t.h5", [text], [], good_and_bad)])
+    assert FeatureCache(cache).failures() == [Failure("bad", "*", "DecodeError: not a video")]
+
+
 # -- errors -------------------------------------------------------------------------------
 def test_missing_group_and_ids_name_the_cache_and_the_fix(tmp_path):
     rng = np.random.default_rng(13)

@@ -560,17 +560,21 @@ def _build_merged(tmp, old, shards, plans, videos, failures, compression) -> Non
 
 
 def _covered(failure_key, final_ids, prompt_groups, videos) -> bool:
+    """Whether a failure row is superseded by features that landed for the same id.
+
+    A whole-video failure (extractor ``*``: the file could not be decoded) is covered only
+    by video-keyed features of that video. Prompt-keyed text features are encoded apart
+    from the video, so their presence says nothing about whether the video decoded.
+    """
     id_, extractor = failure_key
-    names = list(final_ids) if extractor == ALL_EXTRACTORS else [extractor]
-    for name in names:
-        ids = final_ids.get(name)
-        if ids is None:
-            continue
-        if id_ in ids:
-            return True
-        if name in prompt_groups and id_ in videos and videos[id_]["prompt_id"] in ids:
-            return True
-    return False
+    if extractor == ALL_EXTRACTORS:
+        return any(id_ in final_ids[name] for name in final_ids if name not in prompt_groups)
+    ids = final_ids.get(extractor)
+    if ids is None:
+        return False
+    if id_ in ids:
+        return True
+    return extractor in prompt_groups and id_ in videos and videos[id_]["prompt_id"] in ids
 
 
 def merge_shards(
