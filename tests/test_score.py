@@ -106,6 +106,22 @@ def test_interrupted_run_resumes_without_rescoring(setup, client, tmp_path, monk
     assert third.extracted == [] and third.predicted == [] and report.already_done == len(records)
 
 
+def test_a_row_torn_by_a_kill_mid_append_is_scored_again(setup, client, tmp_path, monkeypatch):
+    _, model, _, records = setup
+    out = tmp_path / "scores.csv"
+    score(records, model, out, client=client, progress=False)
+    text = out.read_text()
+    last_id = records[-1].video_id
+    assert text.rstrip("\n").splitlines()[-1].startswith(last_id)
+    out.write_text(text[: text.rindex(last_id) + len(last_id) + 3])  # the process died mid-row
+    counters = Counters(monkeypatch)
+    score(records, model, out, client=client, progress=False)
+    assert counters.extracted == [last_id]  # only the torn row is redone
+    rows = _rows(out)
+    assert [r["video_id"] for r in rows] == [r.video_id for r in records]
+    assert all(r["status"] in ("ok", "failed") for r in rows)
+
+
 def test_retry_failed_tries_failed_videos_again(setup, client, tmp_path, monkeypatch):
     _, model, _, records = setup
     out = tmp_path / "scores.csv"

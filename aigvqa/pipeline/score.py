@@ -19,6 +19,7 @@ interrupted run continues where it stopped; ``retry_failed=True`` first drops th
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -75,6 +76,7 @@ def read_scored(out: Path, columns: list[str], retry_failed: bool) -> set[str]:
     ``retry_failed`` the failed rows are removed from the file (atomically) first."""
     if not out.exists() or out.stat().st_size == 0:
         return set()
+    drop_torn_tail(out)
     with open(out, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
@@ -95,8 +97,27 @@ def read_scored(out: Path, columns: list[str], retry_failed: bool) -> set[str]:
     return {r["video_id"] for r in rows}
 
 
+def drop_torn_tail(out: Path) -> bool:
+    """Cut a last line that lacks its newline (a run killed in the middle of an append).
+
+    Every row is written on one line (see ``_Appender``), so a tail without a newline is an
+    incomplete row: dropping it means that video is scored again, and the next append starts
+    on a fresh line instead of gluing onto the torn one. Returns whether anything was cut.
+    """
+    data = out.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with open(out, "r+b") as fh:
+        fh.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 class _Appender:
-    """Appends rows to the output CSV, flushed and fsynced after every batch."""
+    """Appends rows to the output CSV, flushed and fsynced after every batch.
+
+    Each row is one line (newlines in error texts are flattened), and a batch goes out in a
+    single write, so an interruption leaves at most one torn last line, which
+    ``drop_torn_tail`` removes on resume."""
 
     def __init__(self, out: Path, columns: list[str]):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +129,11 @@ class _Appender:
             self.flush()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        self.writer.writerows(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.writer.fieldnames)
+        for row in rows:
+            writer.writerow({k: " | ".join(str(v).splitlines()) if isinstance(v, str) else v for k, v in row.items()})
+        self.fh.write(buffer.getvalue())
         self.flush()
 
     def flush(self) -> None:
