@@ -156,6 +156,9 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     reader = FeatureCache(cache)
     for group in ("handcrafted", "mean-colour"):
         assert sorted(reader.ids(group)) == sorted(GOOD)
+    # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
+    assert reader.group_info("handcrafted").dtype == "float32"
+    assert reader.group_info("mean-colour").dtype == "float16"
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}

@@ -176,7 +176,8 @@ def _check_float16(name: str, what: str, a: np.ndarray, path: Path) -> None:
         raise CacheError(
             f"{path}: {what} of group {name!r} reach {float(np.abs(finite).max()):.4g}, beyond "
             f"float16's range (+-{FLOAT16_MAX:g}), and would be stored as inf; store this group "
-            f"as float32 (write_shard(..., dtype={{{name!r}: 'float32'}}), aigvqa extract --dtype float32)"
+            f"as float32 (write_shard(..., dtype={{{name!r}: 'float32'}}); for an extractor, set its "
+            f"class attribute cache_dtype = 'float32')"
         )
 
 

@@ -84,6 +84,9 @@ class Extractor(ABC):
 
     name: ClassVar[str] = ""
     modality: ClassVar[str] = "video"  # "video" or "text"
+    cache_dtype: ClassVar[str] = "float16"
+    """How the cache stores this extractor's values: float16 halves the file for network
+    embeddings; extractors whose outputs can exceed float16's range (+-65504) say float32."""
 
     def __init__(self, **config: Any) -> None:
         self._config = dict(config)

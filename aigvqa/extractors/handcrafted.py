@@ -210,6 +210,10 @@ def pair_features(prev: np.ndarray, cur: np.ndarray, flow_method: str = "farneba
 class Handcrafted(ConfiguredExtractor):
     """Classical quality statistics per frame pair: [pairs, len(FEATURE_NAMES)] (module doc)."""
 
+    # Laplacian variance grows with noise and resolution (x 20 the pixel variance on a
+    # noisy frame) and leaves float16's +-65504: these statistics are stored as float32.
+    cache_dtype = "float32"
+
     defaults: ClassVar[dict[str, Any]] = {
         "max_frames": 64,
         "size": 256,

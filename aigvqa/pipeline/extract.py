@@ -489,6 +489,7 @@ def run_video_chunk(
         groups,
         [Failure(*f) for f in failures],
         [video_row(r) for r in records],
+        dtype={m.name: m.cache_dtype for m in models},
     )
     return ChunkResult(shard_path, "video", {m.name: kept[m.name][0] for m in models}, failures)
 
@@ -636,7 +637,7 @@ def run_prompt_chunk(
         write_shard(Path(shard_path), [], [Failure(*f) for f in failures], [])
         return ChunkResult(shard_path, "prompt", {model.name: []}, failures)
     group = prompt_group(model, ids, encoded)
-    write_shard(Path(shard_path), [group], [], [])
+    write_shard(Path(shard_path), [group], [], [], dtype={model.name: model.cache_dtype})
     return ChunkResult(shard_path, "prompt", {model.name: ids}, failures)
 
 
