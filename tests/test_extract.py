@@ -381,3 +381,18 @@ def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(clie
 
     env = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert set(env.values()) == {(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "1")}
+
+
+def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, monkeypatch):
+    # workers may run elsewhere with another working directory: paths leave the client absolute
+    from aigvqa.pipeline.commands.extract import extractor_spec
+
+    config = tmp_path / "conf" / "extractors.toml"
+    config.parent.mkdir()
+    config.write_text('[vit-keyframes]\nweights = "weights/vit.safetensors"\n')
+    spec = extractor_spec("vit-keyframes", config)
+    assert spec["vit-keyframes"]["weights"] == str(config.parent / "weights" / "vit.safetensors")
+
+    monkeypatch.chdir(tmp_path)
+    (model,) = resolve_extractors({"vit-keyframes": {"weights": "w/vit.safetensors"}})
+    assert model.config()["weights"] == str(tmp_path / "w" / "vit.safetensors")

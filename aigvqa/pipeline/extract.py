@@ -323,6 +323,10 @@ def resolve_extractors(
         name, cfg = item
         if name in weight_map:
             cfg.setdefault("weights", str(weight_map[name]))
+        if cfg.get("weights"):
+            # workers (maybe on other hosts, with another working directory) get the path
+            # as the client meant it
+            cfg["weights"] = os.fspath(Path(cfg["weights"]).expanduser().absolute())
         out.append(create_extractor(name, **cfg))
     names = [e.name for e in out]
     dup = sorted({n for n in names if names.count(n) > 1})

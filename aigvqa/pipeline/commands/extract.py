@@ -53,10 +53,8 @@ def extractor_spec(names: str | None, config_path: Path | None) -> dict[str, dic
     if config_path is not None:
         try:
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+
-            raise ExtractError(
-                f"--config {config_path}: reading TOML needs Python 3.11 or newer"
-            ) from None
+        except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+, tomli is its backport
+            import tomli as tomllib  # type: ignore[no-redef]
         try:
             with open(config_path, "rb") as fh:
                 config = tomllib.load(fh)
@@ -70,6 +68,10 @@ def extractor_spec(names: str | None, config_path: Path | None) -> dict[str, dic
                 f"--config {config_path}: top-level key(s) {', '.join(bad)} are not tables; "
                 "write options under a [extractor-name] header"
             )
+        # weights = "ckpt.pt" in the file means next to the file, wherever the command runs
+        for options in config.values():
+            if isinstance(options.get("weights"), str):
+                options["weights"] = str(Path(config_path).parent / Path(options["weights"]).expanduser())
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
         extra = sorted(set(config) - set(wanted))
