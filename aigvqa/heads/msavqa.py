@@ -14,7 +14,9 @@ videos, built on frozen CLIP): SMA, PSS, three quality levels and their ensemble
 - Levels: frame (per-frame scores vs MOS, smooth L1, or the Frame Consistency Loss),
   segment (frames split into ``segments`` equal parts, MAE + rank), video (PLCC loss).
 - Ensemble: f = w1 sig(z1) + w2 sig(z2) + w3 sig(z3) + b, weights non-negative, fit by NNLS
-  on validation predictions (``val_fraction`` > 0) or on training predictions otherwise.
+  on validation predictions: by default the head holds out ``val_fraction=0.1`` of its
+  training rows for that, as the paper does; ``val_fraction=0`` fits them on training
+  predictions (optimistic: every level looks good on rows it was trained on).
 
 Targets are mapped to [0.1, 0.9] on the training range (sigmoid outputs must reach them).
 """
@@ -145,7 +147,7 @@ class MSAVQAHead(TorchHead):
                  queries=None, segments=None, mlp_hidden=None, dropout=None, frame_loss="smooth_l1",
                  frame_beta=0.1, fcl_sigma=0.05, level_weights=(1.0, 1.0, 1.0), epochs=None,
                  batch_size=None, lr=None, lr_step=None, lr_gamma=None, weight_decay=0.0,
-                 val_fraction=0.0, patience=None, fgm_epsilon=0.0, fgm_params="input_proj.*", seed=0,
+                 val_fraction=0.1, patience=None, fgm_epsilon=0.0, fgm_params="input_proj.*", seed=0,
                  device="cpu", amp=False, verbose=False):
         self.preset = preset
         self.features = features
