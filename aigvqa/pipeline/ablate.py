@@ -19,7 +19,7 @@ is a commented example)::
 
     [[head]]                           # one table per head family
     name = "svr"
-    params = { kernel = "rbf" }        # fixed hyper-parameters
+    params = { scaler = "minmax" }     # fixed hyper-parameters
     grid = { C = [1.0, 10.0] }         # every combination of these lists is a cell
     # features = [["handcrafted"]]     # overrides the default subsets for this head
 
