@@ -112,3 +112,49 @@ def test_estimators_by_registered_name_and_bad_configs():
         StackingHead([("a", MemoriserHead()), ("a", MemoriserHead())]).fit(X, y)
     with pytest.raises(HeadParameterError, match="meta"):
         StackingHead([("a", MemoriserHead())], meta="ridge").fit(X, y)
+
+
+class GroupWitness(RegressorMixin, BaseEstimator):
+    """Predicts, for each row, how many training rows shared its group (0 when its group
+    was never seen in training)."""
+
+    def fit(self, X, y):
+        self.train_groups_ = [i.split(":")[0] for i in X.ids]
+        return self
+
+    def predict(self, X):
+        return np.array([float(self.train_groups_.count(i.split(":")[0])) for i in X.ids])
+
+
+def test_grouped_inner_folds_never_predict_a_row_from_its_own_group():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(12), 5)
+    X = FeatureSet({"f": rng.normal(size=(60, 3))}, ids=[f"p{g}:{i}" for i, g in enumerate(groups)])
+    y = rng.normal(size=60)
+    stack = StackingHead([("witness", GroupWitness()), ("en", ElasticNetHead())], cv=4)
+    stack.fit(X, y, groups=groups.astype(str))
+    assert np.all(stack.oof_predictions_[:, 0] == 0)  # no out-of-fold row had its prompt in training
+    plain = StackingHead([("witness", GroupWitness()), ("en", ElasticNetHead())], cv=4).fit(X, y)
+    assert np.any(plain.oof_predictions_[:, 0] > 0)  # ungrouped folds do mix a prompt's videos
+
+
+def test_prompt_disjoint_evaluation_hands_prompt_groups_to_stacking(monkeypatch):
+    from aigvqa.pipeline.evaluate import evaluate
+
+    seen = []
+    real_fit = StackingHead.fit
+
+    def spy(self, X, y, X_val=None, y_val=None, groups=None):
+        seen.append(groups)
+        return real_fit(self, X, y, X_val=X_val, y_val=y_val, groups=groups)
+
+    monkeypatch.setattr(StackingHead, "fit", spy)
+    rng = np.random.default_rng(4)
+    prompts = np.repeat([f"p{i}" for i in range(15)], 4)
+    X = FeatureSet({"f": rng.normal(size=(60, 3))})
+    y = X.arrays["f"][:, 0, 0] + rng.normal(scale=0.1, size=60)
+    head = StackingHead([("en", ElasticNetHead()), ("en2", ElasticNetHead(alpha=0.5))], cv=3)
+    evaluate(head, X, y, {"prompt": prompts}, split="prompt-disjoint", trials=2, progress=False)
+    assert len(seen) == 2 and all(g is not None and len(g) == 48 for g in seen)
+    evaluate(head, X, y, {"prompt": prompts}, split="random-8:2", trials=1, progress=False)
+    assert seen[-1] is None

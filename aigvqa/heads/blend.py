@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 from scipy.optimize import nnls
 from sklearn.base import RegressorMixin, clone
 from sklearn.linear_model import LinearRegression
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.validation import check_is_fitted
 
@@ -101,12 +101,21 @@ class StackingHead(RegressorMixin, _BaseComposition):
             raise HeadParameterError(f"StackingHead estimator names must be unique, got {names}")
         return [(name, create_head(est) if isinstance(est, str) else est) for name, est in self.estimators]
 
-    def _folds(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _folds(self, n: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
         rows = np.arange(n)
-        if isinstance(self.cv, (int, np.integer)):
+        if groups is not None:
+            groups = np.asarray(groups).ravel()
+            if groups.shape != (n,):
+                raise HeadParameterError(f"StackingHead groups must have one entry per row ({n}), got {groups.shape}")
+        if isinstance(self.cv, (int, np.integer)) and groups is not None:
+            n_groups = np.unique(groups).size
+            if n_groups < 2:
+                raise HeadParameterError("StackingHead groups: out-of-fold stacking needs at least 2 groups")
+            folds = list(GroupKFold(min(int(self.cv), n_groups)).split(rows, groups=groups))
+        elif isinstance(self.cv, (int, np.integer)):
             folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(rows))
         else:
-            folds = list(self.cv.split(rows))
+            folds = list(self.cv.split(rows, groups=groups))
         covered = np.concatenate([held for _, held in folds])
         if covered.size != n or np.unique(covered).size != n:
             raise HeadParameterError("StackingHead cv must hold out every training row exactly once (a K-fold splitter)")
@@ -115,14 +124,16 @@ class StackingHead(RegressorMixin, _BaseComposition):
                 raise HeadParameterError("StackingHead cv yields a fold whose held-out rows are also training rows")
         return folds
 
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X, y, X_val=None, y_val=None, groups=None):
+        """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
+        out-of-fold predictions the meta-learner sees are for unseen groups."""
         if self.meta not in META_LEARNERS:
             raise HeadParameterError(f"meta={self.meta!r}: use one of {META_LEARNERS}")
         y = np.asarray(y, dtype=np.float64)
         single = y.ndim == 1
         Y = y[:, None] if single else y
         bases = self._bases()
-        folds = self._folds(len(Y))
+        folds = self._folds(len(Y), groups)
         jobs = [(f, m) for f in range(len(folds)) for m in range(len(bases))]
         parallel = Parallel(n_jobs=self.n_jobs)
         fold_preds = parallel(

@@ -234,26 +234,38 @@ def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators) 
     return metrics
 
 
-def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int):
+def accepts_groups(head) -> bool:
+    """Whether ``head.fit`` takes ``groups`` (heads with inner folds, e.g. stacking)."""
+    return "groups" in inspect.signature(head.fit).parameters
+
+
+def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None):
     model = seeded(clone(head), seed)
     y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
+    kwargs = {}
+    if prompts_train is not None and accepts_groups(model):
+        # inner folds (stacking) keep the videos of one prompt together, so the meta-learner
+        # is fit on predictions for prompts the base heads did not see, as the test will be
+        kwargs["groups"] = prompts_train
     start = time.perf_counter()
     if X_val is not None and accepts_validation(model):
         y_v = y_val[:, 0] if y_val.shape[1] == 1 else y_val
-        model.fit(X_train, y_fit, X_val=X_val, y_val=y_v)
+        model.fit(X_train, y_fit, X_val=X_val, y_val=y_v, **kwargs)
     else:
-        model.fit(X_train, y_fit)
+        model.fit(X_train, y_fit, **kwargs)
     seconds = time.perf_counter() - start
     pred = np.asarray(model.predict(X_test), dtype=np.float64).reshape(len(X_test), -1)
     return pred, seconds, getattr(model, "best_params_", None)
 
 
-def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators) -> TrialResult:
+def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators,
+               prompts=None) -> TrialResult:
     has_val = split.val is not None and len(split.val) > 0
     pred, seconds, best = _fit_predict(
         head, X[split.train], Y[split.train],
         X[split.val] if has_val else None, Y[split.val] if has_val else None,
         X[split.test], split.seed,
+        prompts_train=None if prompts is None else prompts[split.train],
     )
     gen = None if generators is None else generators[split.test]
     return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
@@ -293,6 +305,9 @@ def evaluate(
         raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
     labels = _labels(label_names, Y.shape[1])
     generators = None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    prompts = None
+    if isinstance(split, str) and split.startswith("prompt-disjoint") and groups and "prompt" in groups:
+        prompts = np.asarray(groups["prompt"]).ravel()
     if isinstance(split, str):
         splits, split_name = make_splits(split, len(Y), groups, trials, seed), split
     else:
@@ -303,11 +318,11 @@ def evaluate(
     results: list[TrialResult | None] = [None] * len(splits)
     if n_jobs == 1:
         for i, s in enumerate(splits):
-            results[i] = _run_trial(head, X, Y, s, labels, generators)
+            results[i] = _run_trial(head, X, Y, s, labels, generators, prompts)
             bar.update()
     else:
         def indexed(i, s):
-            return i, _run_trial(head, X, Y, s, labels, generators)
+            return i, _run_trial(head, X, Y, s, labels, generators, prompts)
 
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         for i, r in runner(delayed(indexed)(i, s) for i, s in enumerate(splits)):
