@@ -154,3 +154,16 @@ def test_changed_cache_contents_recompute_the_cells_that_read_them(tmp_path, cli
     monkeypatch.setattr(ablate, "run_cell", calls.wrap(ablate.run_cell))
     run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
     assert len(calls.cells()) == 3
+
+
+def test_cli_ablate_starts_its_own_cluster_from_the_grid(tmp_path, capsys):
+    # the path a user takes: no client given, `[cluster]` in the file sizes a LocalCluster
+    from aigvqa.pipeline.cli import main
+
+    make_cache(tmp_path / "feats.h5")
+    text = GRID.replace("grid = { C = [0.5, 4.0] }", "grid = { C = [4.0] }") + "\n[cluster]\nworkers = 1\n"
+    assert main(["ablate", str(_write_grid(tmp_path, text)), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "running on LocalCluster of 1 worker(s)" in out
+    with open(tmp_path / "ablation" / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3 * 2

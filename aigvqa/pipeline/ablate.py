@@ -377,7 +377,12 @@ def run_ablation(
 def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.cluster import ClusterSpec, open_cluster, set_worker_torch_threads
+    from aigvqa.pipeline.cluster import (
+        ClusterSpec,
+        describe_client,
+        open_cluster,
+        set_worker_torch_threads,
+    )
 
     unknown = sorted(set(cluster) - set(CLUSTER_KEYS))
     if unknown:
@@ -386,9 +391,9 @@ def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[st
     with contextlib.ExitStack() as stack:
         if client is None:
             spec_ = ClusterSpec(dashboard_address=None, **options)
-            echo(f"running on {spec_.describe()}")
             client = stack.enter_context(open_cluster(spec_))
             set_worker_torch_threads(client, spec_.torch_threads)
+            echo(f"running on {describe_client(client)}")
         from distributed import as_completed
 
         futures = {client.submit(run_cell, cell.as_dict(), spec, key=f"ablate-cell-{key}", pure=False): key

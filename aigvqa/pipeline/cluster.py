@@ -173,6 +173,16 @@ def _cuda_cluster(spec: ClusterSpec):
         raise ClusterError(f"LocalCUDACluster could not start ({err}); check nvidia-smi") from err
 
 
+def describe_client(client) -> str:
+    """What a client runs on, for progress lines and reports: the cluster class and its
+    worker count when we can see it, else the scheduler address (an existing cluster)."""
+    cluster = getattr(client, "cluster", None)
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    if cluster is not None:
+        return f"{type(cluster).__name__} of {n_workers} worker(s)"
+    return f"scheduler {client.scheduler.address} ({n_workers} worker(s))"
+
+
 def dashboard_message(client) -> str:
     """One line saying where the Dask dashboard is, or why there is none."""
     services = client.scheduler_info().get("services", {})

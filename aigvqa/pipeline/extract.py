@@ -710,13 +710,9 @@ class _Run:
         self.progress = progress
         self.merge_every = merge_every
         self.videos_in_flight = videos_in_flight
-        cluster = getattr(client, "cluster", None)
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        self.report = ExtractReport(
-            cache=cache,
-            cluster=(f"{type(cluster).__name__} of {n_workers} worker(s)" if cluster is not None
-                     else f"scheduler {client.scheduler.address}"),
-        )
+        from aigvqa.pipeline.cluster import describe_client
+
+        self.report = ExtractReport(cache=cache, cluster=describe_client(client))
         self.token = uuid.uuid4().hex[:8]
         self.provenance: dict[str, dict[str, Any]] = {}
         self._recovered: set[str] = set()  # video ids merged from leftover shards
