@@ -32,15 +32,7 @@ import numpy as np
 
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.views import SlowFastClipsView, slow_fast_split
-from aigvqa.extractors.weights import (
-    announce_random_init,
-    load_state_dict_file,
-    load_state_dict_strict,
-    random_init_context,
-    resolve_weights,
-    torch_hub_candidate,
-    weights_identity,
-)
+from aigvqa.extractors.weights import build_with_weights, torch_hub_candidate
 
 SLOWFAST_R50_FILENAME = "SLOWFAST_8x8_R50.pyth"
 SLOWFAST_R50_URL = (
@@ -105,21 +97,15 @@ class SlowFastFeatures(TorchExtractor):
         import torch
 
         self._set_device(device)
-        if self["random_init"]:
-            with random_init_context():
-                model = build_slowfast_r50()
-            self.weights_identity = announce_random_init(self.name)
-        else:
-            path = resolve_weights(
-                self.name,
-                self["weights"],
-                filenames=(SLOWFAST_R50_FILENAME,),
-                cache_candidates=[torch_hub_candidate(SLOWFAST_R50_FILENAME)],
-                how_to_get=f"The Kinetics-400 checkpoint is pytorchvideo's {SLOWFAST_R50_URL}",
-            )
-            model = build_slowfast_r50()
-            load_state_dict_strict(model, load_state_dict_file(path), path)
-            self.weights_identity = weights_identity(path)
+        model, self.weights_identity = build_with_weights(
+            self.name,
+            build_slowfast_r50,
+            random_init=self["random_init"],
+            explicit=self["weights"],
+            filenames=(SLOWFAST_R50_FILENAME,),
+            cache_candidates=[torch_hub_candidate(SLOWFAST_R50_FILENAME)],
+            how_to_get=f"The Kinetics-400 checkpoint is pytorchvideo's {SLOWFAST_R50_URL}",
+        )
         self.model_ = self.prepare_module(model)
         slow_picks, _ = slow_fast_split(np.arange(self["clip_len"]), self["alpha"])
         self.slow_picks_ = torch.from_numpy(slow_picks).to(self.device_)

@@ -40,15 +40,7 @@ from aigvqa.extractors.timm_frames import (
     timm_normalisation,
 )
 from aigvqa.extractors.views import FragmentsView
-from aigvqa.extractors.weights import (
-    announce_random_init,
-    load_state_dict_file,
-    load_state_dict_strict,
-    random_init_context,
-    resolve_weights,
-    torch_hub_candidate,
-    weights_identity,
-)
+from aigvqa.extractors.weights import build_with_weights, torch_hub_candidate
 
 BACKBONES = ("swin3d_t", "timm-2d")
 SWIN3D_T_FILENAME = "swin3d_t-7615ae03.pth"
@@ -139,21 +131,15 @@ class SwinFragments(TorchExtractor):
         self.model_ = self.prepare_module(model)
 
     def _load_swin3d_t(self):
-        if self["random_init"]:
-            with random_init_context():
-                model = build_swin3d_t()
-            self.weights_identity = announce_random_init(self.name)
-            return model
-        path = resolve_weights(
+        model, self.weights_identity = build_with_weights(
             self.name,
-            self["weights"],
+            build_swin3d_t,
+            random_init=self["random_init"],
+            explicit=self["weights"],
             filenames=(SWIN3D_T_FILENAME,),
             cache_candidates=[torch_hub_candidate(SWIN3D_T_FILENAME)],
             how_to_get=f"The Kinetics-400 checkpoint is torchvision's {SWIN3D_T_URL}",
         )
-        model = build_swin3d_t()
-        load_state_dict_strict(model, load_state_dict_file(path), path)
-        self.weights_identity = weights_identity(path)
         return model
 
     def forward(self, items: np.ndarray) -> np.ndarray:

@@ -232,6 +232,33 @@ def announce_random_init(name: str) -> str:
     return RANDOM_INIT
 
 
+def build_with_weights(
+    name: str,
+    build,
+    *,
+    random_init: bool,
+    explicit: str | os.PathLike | None,
+    filenames: Sequence[str],
+    cache_candidates: Iterable[Candidate] = (),
+    how_to_get: str = "",
+):
+    """``build()`` a model and give it weights: random ones only when asked for by name
+    (seeded, announced), otherwise the resolved checkpoint loaded strictly.
+
+    Returns ``(model, weights identity)``. For families whose checkpoint is a plain state
+    dict of the built module (pytorchvideo .pyth, torchvision .pth).
+    """
+    if random_init:
+        with random_init_context():
+            model = build()
+        return model, announce_random_init(name)
+    path = resolve_weights(name, explicit, filenames=filenames, cache_candidates=cache_candidates,
+                           how_to_get=how_to_get)
+    model = build()
+    load_state_dict_strict(model, load_state_dict_file(path), path)
+    return model, weights_identity(path)
+
+
 @contextlib.contextmanager
 def random_init_context(seed: int = 0):
     """Build random-init models inside this: torch's global RNG is seeded with ``seed``
