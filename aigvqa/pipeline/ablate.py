@@ -44,12 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aigvqa.errors import AigvqaError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
+from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
 
 
 class GridError(AigvqaError, ValueError):
@@ -121,11 +116,10 @@ def load_grid(path: str | Path) -> AblationGrid:
     """Parse and check a grid file (see the module docstring for its format)."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+        raw = load_toml(path)
     except FileNotFoundError as err:
         raise GridError(f"{path}: no such grid file; see examples/ablate-demo.toml for one") from err
-    except tomllib.TOMLDecodeError as err:
+    except TOMLDecodeError as err:
         raise GridError(f"{path}: not valid TOML ({err}); fix the syntax") from err
     base = path.resolve().parent
 

@@ -30,11 +30,7 @@ import numpy as np
 
 from aigvqa.errors import AigvqaError
 from aigvqa.heads.featureset import FeatureSet
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
 
 
 class TrainingDataError(AigvqaError, ValueError):
@@ -155,11 +151,10 @@ def read_head_config(path: str | Path | None) -> tuple[str | None, dict[str, Any
         return None, {}
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            params = tomllib.load(fh)
+        params = load_toml(path)
     except FileNotFoundError as err:
         raise TrainingDataError(f"head config {path} does not exist") from err
-    except tomllib.TOMLDecodeError as err:
+    except TOMLDecodeError as err:
         raise TrainingDataError(f"head config {path} is not valid TOML ({err})") from err
     name = params.pop("head", None)
     if name is not None and not isinstance(name, str):

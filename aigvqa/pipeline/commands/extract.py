@@ -51,16 +51,13 @@ def extractor_spec(names: str | None, config_path: Path | None) -> dict[str, dic
     """--extractors + --config -> {name: options}, refusing config sections nobody asked for."""
     config: dict[str, dict] = {}
     if config_path is not None:
+        from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+
         try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+, tomli is its backport
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            with open(config_path, "rb") as fh:
-                config = tomllib.load(fh)
+            config = load_toml(config_path)
         except FileNotFoundError:
             raise ExtractError(f"--config {config_path}: no such file") from None
-        except tomllib.TOMLDecodeError as err:
+        except TOMLDecodeError as err:
             raise ExtractError(f"--config {config_path} is not valid TOML: {err}") from None
         bad = [k for k, v in config.items() if not isinstance(v, dict)]
         if bad:
