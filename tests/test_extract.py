@@ -397,3 +397,152 @@ def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (model,) = resolve_extractors({"vit-keyframes": {"weights": "w/vit.safetensors"}})
     assert model.config()["weights"] == str(tmp_path / "w" / "vit.safetensors")
+
+
+def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(videos, tmp_path, monkeypatch):
+    import aigvqa.extractors.views as views_module
+    from aigvqa.pipeline.extract import default_decode_threads, run_video_chunk
+
+    seen = []
+    real_iter_frames = views_module.iter_frames
+
+    def spy(path, wanted=None, **kwargs):
+        seen.append(kwargs.get("threads"))
+        return real_iter_frames(path, wanted, **kwargs)
+
+    monkeypatch.setattr(views_module, "iter_frames", spy)
+    result = {}
+    for threads in (1, 0):
+        shard = tmp_path / f"shard-{threads}.h5"
+        run_video_chunk(records_of(videos, ["good0", "good1"]), [MeanColour(n=3)], str(shard),
+                        videos_in_flight=2, decode_threads=threads)
+        result[threads] = FeatureCache(shard).read("mean-colour", ids=["good0", "good1"]).arrays["mean-colour"]
+    assert seen == [1, 1, 0, 0]
+    np.testing.assert_array_equal(result[1], result[0])  # threading never changes pixels
+
+    assert default_decode_threads(gpus=False, torch_threads=1) == 1
+    assert default_decode_threads(gpus=False, torch_threads=4) == 4
+    assert default_decode_threads(gpus=True, torch_threads=1) == 0
+    with pytest.raises(ExtractError, match="decode_threads"):
+        extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5", decode_threads=-1)
+
+
+class AlwaysFails(Extractor):
+    """Key-frame extractor whose forward pass always raises."""
+
+    name = "always-fails"
+
+    def output_dims(self):
+        return {"values": 1}
+
+    def view(self):
+        from aigvqa.extractors.views import KeyFramesView
+
+        return KeyFramesView(n=2, size=32)
+
+    def load(self, device="cpu"):
+        self.weights_identity = "none"
+
+    def forward(self, items):
+        raise RuntimeError("this backbone is broken")
+
+
+@pytest.mark.parametrize("videos_in_flight", [1, 2])
+def test_a_failing_extractor_costs_only_its_own_features(videos, tmp_path, videos_in_flight):
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    ids = ["good0", "good1", "good2", "empty"]
+    result = run_video_chunk(records_of(videos, ids), [MeanColour(n=3), AlwaysFails()],
+                             str(tmp_path / "shard.h5"), videos_in_flight=videos_in_flight)
+    assert result.done["mean-colour"] == ["good0", "good1", "good2"]
+    assert result.done["always-fails"] == []
+    rows = {(vid, name): text for vid, name, text in result.failures}
+    assert set(rows) == {("good0", "always-fails"), ("good1", "always-fails"),
+                         ("good2", "always-fails"), ("empty", ALL_EXTRACTORS)}
+    assert "this backbone is broken" in rows["good1", "always-fails"]
+    stored = FeatureCache(tmp_path / "shard.h5").read("mean-colour", ids=["good0", "good1", "good2"])
+    assert stored.lengths["mean-colour"].tolist() == [3, 3, 3]
+
+
+NEXT_VIDEO_PROBED = None  # a threading.Event while the test below runs
+
+
+class WaitsForTheNextDecode(MeanColour):
+    """Its first forward pass waits (up to 10 s) until the second video is being decoded."""
+
+    name = "waits"
+    saw_next_decode: list = []
+
+    def forward(self, items):
+        if not self.saw_next_decode:
+            self.saw_next_decode.append(NEXT_VIDEO_PROBED.wait(timeout=10))
+        return super().forward(items)
+
+
+def test_the_next_video_decodes_while_this_ones_forward_passes_run(videos, tmp_path, monkeypatch):
+    import threading
+
+    import aigvqa.extractors.decode as decode
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    global NEXT_VIDEO_PROBED
+    NEXT_VIDEO_PROBED = threading.Event()
+    real_probe = decode.probe
+
+    def spy(path):
+        if Path(path) == videos["good1"]:
+            NEXT_VIDEO_PROBED.set()
+        return real_probe(path)
+
+    monkeypatch.setattr(decode, "probe", spy)
+    WaitsForTheNextDecode.saw_next_decode = []
+    result = run_video_chunk(records_of(videos, ["good0", "good1"]), [WaitsForTheNextDecode(n=2)],
+                             str(tmp_path / "shard.h5"), videos_in_flight=2)
+    assert result.done["waits"] == ["good0", "good1"]
+    assert WaitsForTheNextDecode.saw_next_decode == [True]
+
+
+def test_decode_ahead_is_bounded_in_videos_and_in_bytes():
+    import threading
+
+    from aigvqa.pipeline.extract import _DecodeAhead, _DecoderStopped
+
+    hand_off = _DecodeAhead(max_videos=2, max_bytes=150)
+
+    def blocked(action) -> bool:
+        thread = threading.Thread(target=action, daemon=True)
+        thread.start()
+        thread.join(0.3)
+        return thread.is_alive(), thread
+
+    hand_off.begin_video()
+    hand_off.put(("item", 1), 100)
+    stuck, thread = blocked(lambda: hand_off.put(("item", 2), 100))  # 200 > 150 bytes
+    assert stuck
+    assert hand_off.get() == ("item", 1)
+    thread.join(5)
+    assert not thread.is_alive() and hand_off.get() == ("item", 2)
+    hand_off.put(("item", 3), 1000)  # one item always fits, whatever its size
+
+    hand_off.begin_video()
+    stuck, thread = blocked(hand_off.begin_video)  # a third video while two are unfinished
+    assert stuck
+    hand_off.finish_video()
+    thread.join(5)
+    assert not thread.is_alive()
+
+    outcome = []
+
+    def put_and_record():
+        try:
+            hand_off.put(("item", 4), 100)  # waits: item 3 holds the byte budget
+        except _DecoderStopped:
+            outcome.append("stopped")
+
+    stuck, thread = blocked(put_and_record)
+    assert stuck
+    hand_off.close()  # the forward side gave up: the waiting decoder is released and stops
+    thread.join(5)
+    assert outcome == ["stopped"]
+    with pytest.raises(_DecoderStopped):
+        hand_off.begin_video()

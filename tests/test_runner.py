@@ -120,9 +120,9 @@ def test_a_view_asked_twice_is_built_once(video, monkeypatch):
     seen_views = []
     real = views.stream_views
 
-    def spying(path, view_list, info=None):
+    def spying(path, view_list, info=None, **kwargs):
         seen_views.append([v.key for v in view_list])
-        return real(path, view_list, info=info)
+        return real(path, view_list, info=info, **kwargs)
 
     monkeypatch.setattr(views, "stream_views", spying)
     out = extract_video(video, [Brightness(), Darkness()])

@@ -95,42 +95,66 @@ class _Batcher:
         return np.stack([self.results[i] for i in order]).astype(np.float32, copy=False)
 
 
+class VideoFeatureBuilder:
+    """One video's features for several video extractors, built from view items.
+
+    ``views`` are the distinct views the extractors ask for (shared by ``view.key``); feed
+    every item ``stream_views`` yields to ``add`` (a forward pass runs whenever an
+    extractor's batch is full), then ``outputs`` flushes and returns ``{name: [items, D]}``.
+    ``extract_video`` is this plus the decoder; the pipeline uses it directly to decode the
+    next video in another thread while this one's forward passes run.
+    """
+
+    def __init__(self, extractors: Sequence[Extractor]) -> None:
+        video_extractors = [e for e in extractors if e.modality == "video"]
+        names = [e.name for e in video_extractors]
+        duplicated = sorted(n for n, c in Counter(names).items() if c > 1)
+        if duplicated:
+            raise ValueError(f"extract_video got several extractors named {', '.join(duplicated)}")
+        views = {}
+        self._batchers: list[_Batcher] = []
+        self._by_view: dict[str, list[_Batcher]] = {}
+        for extractor in video_extractors:
+            ensure_loaded(extractor)
+            view = extractor.view()
+            views.setdefault(view.key, view)
+            batcher = _Batcher(extractor)
+            self._batchers.append(batcher)
+            self._by_view.setdefault(view.key, []).append(batcher)
+        self.views = list(views.values())
+
+    def add(self, view_key: str, item_index: int, item: np.ndarray) -> None:
+        for batcher in self._by_view[view_key]:
+            batcher.add(item_index, item)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        result = {b.extractor.name: b.output() for b in self._batchers}
+        run_stats.videos += 1
+        return result
+
+
 def extract_video(
     path: str | os.PathLike,
     extractors: Sequence[Extractor],
     info: VideoInfo | None = None,
+    *,
+    decode_threads: int = 0,
 ) -> dict[str, np.ndarray]:
     """Features of one video for each video extractor: ``{name: [items, D] float32}``.
 
     Items are in view order (key frame 0, 1, ...). Extractors are loaded on first use.
     Text extractors in ``extractors`` are ignored (use ``encode_prompts``). Two
     extractors with the same name would overwrite each other and are refused.
+    ``decode_threads``: FFmpeg decoder threads (0 = FFmpeg's default, one per core).
     """
     from aigvqa.extractors.views import stream_views  # lazy: decoding stack (PyAV)
 
-    video_extractors = [e for e in extractors if e.modality == "video"]
-    names = [e.name for e in video_extractors]
-    duplicated = sorted(n for n, c in Counter(names).items() if c > 1)
-    if duplicated:
-        raise ValueError(f"extract_video got several extractors named {', '.join(duplicated)}")
-
-    views = {}
-    batchers_by_view: dict[str, list[_Batcher]] = {}
-    batchers = []
-    for extractor in video_extractors:
-        ensure_loaded(extractor)
-        view = extractor.view()
-        views.setdefault(view.key, view)
-        batcher = _Batcher(extractor)
-        batchers.append(batcher)
-        batchers_by_view.setdefault(view.key, []).append(batcher)
-
-    if batchers:
-        for view_key, item_index, item in stream_views(path, list(views.values()), info=info):
-            for batcher in batchers_by_view[view_key]:
-                batcher.add(item_index, item)
-    run_stats.videos += 1
-    return {b.extractor.name: b.output() for b in batchers}
+    builder = VideoFeatureBuilder(extractors)
+    if builder.views:
+        for view_key, item_index, item in stream_views(path, builder.views, info=info,
+                                                         threads=decode_threads):
+            builder.add(view_key, item_index, item)
+    return builder.outputs()
 
 
 def encode_prompts(extractor: Extractor, prompts: Sequence[str]) -> dict[str, np.ndarray]:

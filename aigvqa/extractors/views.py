@@ -577,7 +577,7 @@ def _run(
 
 
 def stream_views(
-    path: str | Path, views: Sequence[View], info: VideoInfo | None = None
+    path: str | Path, views: Sequence[View], info: VideoInfo | None = None, *, threads: int = 0
 ) -> Iterator[tuple[str, int, np.ndarray]]:
     """Decode ``path`` once and yield ``(view.key, item_index, item_array)`` for every view.
 
@@ -585,12 +585,12 @@ def stream_views(
     the last one, and memory holds the prepared frames of incomplete items only (bounded by
     the views' item spans, not by the video's length). Frames missing from a truncated file
     are replaced by the last decoded frame (with a ``TruncatedVideoWarning``); a file with no
-    decodable frame raises DecodeError.
+    decodable frame raises DecodeError. ``threads``: FFmpeg decoder threads (0 = one per core).
     """
     info = probe(path) if info is None else info
     plans = [_Plan(view, info) for view in _unique_views(views)]
     wanted = set().union(*(plan.uses for plan in plans))
-    yield from _run(plans, iter_frames(path, wanted, pad_missing=True), str(path))
+    yield from _run(plans, iter_frames(path, wanted, pad_missing=True, threads=threads), str(path))
 
 
 def _collect(stream: Iterable[tuple[str, int, np.ndarray]], views: Sequence[View]) -> dict:

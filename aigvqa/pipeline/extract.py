@@ -5,8 +5,10 @@ The work unit is a *chunk* of K records. A chunk task, on a worker process:
   1. takes the extractors from a per-process cache (``_LOADED``): models are built the
      first time a process sees an extractor config and reused by every later task, so a
      worker loads each backbone once, not once per task;
-  2. for each video, ``runner.extract_video`` decodes it once and feeds every extractor
-     the view it asked for (one pass, memory bounded by the views, not the length);
+  2. for each video, ``views.stream_views`` decodes it once and a
+     ``runner.VideoFeatureBuilder`` feeds every extractor the view it asked for (one pass,
+     memory bounded by the views, not the length); a decoder thread runs ahead of the
+     forward passes;
   3. writes ONE shard file ``<cache>.shards/shard-<hash>.h5`` atomically
      (``cache.store.write_shard``: temp name + rename). The name is a hash of the chunk's
      ids and the extractors' provenance, so a task Dask re-runs after a worker died
@@ -172,6 +174,7 @@ def extract(
     dashboard_address: str | None = ":8787",
     merge_every: int | None = None,
     videos_in_flight: int = 2,
+    decode_threads: int | None = None,
 ) -> ExtractReport:
     """Run stage one: features of every record for every extractor into ``cache`` (HDF5).
 
@@ -190,6 +193,10 @@ def extract(
 
     ``videos_in_flight`` (per task): videos decoded concurrently so that decoding the
     next one overlaps the forward passes of the current one (1: strictly sequential).
+    ``decode_threads``: FFmpeg decoder threads per video. Default: ``torch_threads`` on CPU
+    workers -- FFmpeg's own default is one thread per core in every worker, which
+    oversubscribes the cores the workers' forward passes already fill -- and FFmpeg's
+    default (0) on GPU workers, where decoding rather than compute is the bottleneck.
 
     Re-running skips ids already cached; ``overwrite=True`` recomputes them. A config or
     weights change against a group already in the cache raises ProvenanceMismatchError
@@ -205,6 +212,10 @@ def extract(
         raise ExtractError(
             f"chunk_size and videos_in_flight must be at least 1, got {chunk_size}, {videos_in_flight}"
         )
+    if decode_threads is None:
+        decode_threads = default_decode_threads(gpus, torch_threads)
+    if decode_threads < 0:
+        raise ExtractError(f"decode_threads must be >= 0 (0 = FFmpeg's default), got {decode_threads}")
     records = _as_records(manifest_or_records)
     wanted = resolve_extractors(extractors, random_init=random_init, weights=weights,
                                 device="cuda" if gpus else None)
@@ -220,13 +231,21 @@ def extract(
     )
     if client is not None:
         report = _Run(client, records, wanted, cache_path, spec, chunk_size, overwrite,
-                      progress, merge_every, videos_in_flight).go()
+                      progress, merge_every, videos_in_flight, decode_threads).go()
     else:
         with open_cluster(spec) as own_client:
             report = _Run(own_client, records, wanted, cache_path, spec, chunk_size,
-                          overwrite, progress, merge_every, videos_in_flight).go()
+                          overwrite, progress, merge_every, videos_in_flight, decode_threads).go()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def default_decode_threads(gpus: bool, torch_threads: int) -> int:
+    """FFmpeg threads per video when not told: a CPU worker decodes with as many threads as
+    it computes with (FFmpeg's default, one per core in every worker, oversubscribes the
+    cores the workers' forward passes already fill); a GPU worker lets FFmpeg pick (0),
+    since there decoding, not the forward pass, is what the CPU cores are for."""
+    return 0 if gpus else max(1, int(torch_threads))
 
 
 def shard_dir_for(cache: str | os.PathLike) -> Path:
@@ -447,34 +466,35 @@ class ChunkResult:
     reused: bool = False  # the shard already existed (a re-run task): nothing recomputed
 
 
+PREFETCH_BYTES = 256 * 2**20
+"""At most this many bytes of decoded view items wait for the forward passes (the decoder
+thread runs ahead; a long video's SlowFast clips must not pile up in memory)."""
+
+
 def run_video_chunk(
     records: list[VideoRecord],
     extractors: list[Extractor],
     shard_path: str,
     videos_in_flight: int = 2,
+    decode_threads: int = 0,
 ) -> ChunkResult:
     """Worker task: features of ``records`` for ``extractors`` into one shard file.
 
-    ``videos_in_flight`` videos are processed at once by threads that share the loaded
-    models, while a lock lets only one of them run a forward pass at a time: the next
-    video decodes (FFmpeg, OpenCV resizes: the GIL is released) while the current one
-    computes, so a worker's compute stays busy and still uses ``torch_threads`` cores.
-    Memory holds the streaming buffers of that many videos, whatever their length.
+    With ``videos_in_flight`` > 1 a decoder thread runs ahead of the forward passes, by up
+    to ``videos_in_flight - 1`` videos and ``PREFETCH_BYTES`` of view items, so the models
+    never wait for FFmpeg (which releases the GIL) unless decoding is the slower side;
+    1 decodes and computes strictly in turn. ``decode_threads``: FFmpeg decoder threads
+    per video (0 = FFmpeg's default).
     """
     if os.path.exists(shard_path):
         return _result_from_shard(shard_path, "video")
-    from concurrent.futures import ThreadPoolExecutor
-
     from aigvqa.cache.store import Failure, GroupData, write_shard
 
     models = [_loaded(e) for e in extractors]
-    lock = threading.Lock()
-    shared = [_OneForwardAtATime(m, lock) for m in models]
     if videos_in_flight > 1 and len(records) > 1:
-        with ThreadPoolExecutor(videos_in_flight, thread_name_prefix="aigvqa-video") as pool:
-            results = list(pool.map(lambda r: _extract_one(r, shared), records))
+        results = _extract_decoding_ahead(records, models, videos_in_flight, decode_threads)
     else:
-        results = [_extract_one(r, models) for r in records]
+        results = [_extract_one(r, models, decode_threads) for r in records]
 
     kept: dict[str, tuple[list[str], list[Any]]] = {m.name: ([], []) for m in models}
     failures: list[tuple[str, str, str]] = []
@@ -498,48 +518,43 @@ def run_video_chunk(
     return ChunkResult(shard_path, "video", {m.name: kept[m.name][0] for m in models}, failures)
 
 
-class _OneForwardAtATime:
-    """A loaded extractor seen through a lock: threads sharing ``lock`` may decode at the
-    same time, but their forward passes never overlap (one compute stream per task, as
-    many cores as ``torch_threads``). Everything else is the extractor's own."""
-
-    def __init__(self, model: Extractor, lock: threading.Lock) -> None:
-        self._model = model
-        self._lock = lock
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
-
-    def forward(self, items):
-        with self._lock:
-            return self._model.forward(items)
-
-
-def _extract_one(record: VideoRecord, models: list[Extractor]):
+def _extract_one(record: VideoRecord, models: list[Extractor], decode_threads: int = 0):
     """(outputs, errors) of one video: every model in one decode; isolate failures."""
-    from aigvqa.errors import DecodeError
     from aigvqa.extractors.decode import probe
     from aigvqa.extractors.runner import extract_video
 
     try:
         info = probe(record.path)
         with _truncation_warnings() as caught:
-            outputs = extract_video(record.path, models, info=info)
-        truncated = _truncation(caught, info.num_frames)
-        if truncated:
-            return {}, {ALL_EXTRACTORS: f"TruncatedVideo: {record.path}: {truncated}"}
-    except DecodeError as err:  # the file itself is bad: one row for the whole video
-        return {}, {ALL_EXTRACTORS: _error_text(err)}
+            outputs = extract_video(record.path, models, info=info, decode_threads=decode_threads)
     except Exception as err:  # noqa: BLE001 - one bad video must never stop the run
-        if len(models) == 1:
-            return {}, {models[0].name: _error_text(err)}
-        # Which extractor failed? Run each alone (re-decodes, but only for this video).
-        outputs, errors = {}, {}
-        for model in models:
-            got, failed = _extract_one(record, [model])
-            outputs.update(got)
-            errors.update(failed)
-        return outputs, errors
+        return _failed(record, models, err, decode_threads)
+    return _checked(record, models, info, outputs, caught)
+
+
+def _failed(record: VideoRecord, models: list[Extractor], err: Exception, decode_threads: int):
+    """(outputs, errors) of a video whose extraction raised ``err``."""
+    from aigvqa.errors import DecodeError
+
+    if isinstance(err, DecodeError):  # the file itself is bad: one row for the whole video
+        return {}, {ALL_EXTRACTORS: _error_text(err)}
+    if len(models) == 1:
+        return {}, {models[0].name: _error_text(err)}
+    # Which extractor failed? Run each alone (re-decodes, but only for this video).
+    outputs, errors = {}, {}
+    for model in models:
+        got, failed = _extract_one(record, [model], decode_threads)
+        outputs.update(got)
+        errors.update(failed)
+    return outputs, errors
+
+
+def _checked(record: VideoRecord, models: list[Extractor], info, outputs, truncation_warnings):
+    """(outputs, errors) of a video that decoded: a much truncated file fails as a whole,
+    an extractor with no items (a video too short for its view) fails alone."""
+    truncated = _truncation(truncation_warnings, info.num_frames)
+    if truncated:
+        return {}, {ALL_EXTRACTORS: f"TruncatedVideo: {record.path}: {truncated}"}
     errors = {}
     for model in models:
         array = outputs.get(model.name)
@@ -553,6 +568,141 @@ def _extract_one(record: VideoRecord, models: list[Extractor]):
                 "video is too short for this extractor"
             )
     return {k: v for k, v in outputs.items() if k not in errors}, errors
+
+
+class _DecoderStopped(Exception):
+    """The forward side closed the hand-off: the decoder thread ends."""
+
+
+class _DecodeAhead:
+    """Hand-off from the decoder thread to the forward passes: a queue of events, bounded
+    in videos (the decoder starts video i + ``max_videos`` only once video i is done) and
+    in bytes of queued items (at least one item always fits)."""
+
+    def __init__(self, max_videos: int, max_bytes: int) -> None:
+        from collections import deque
+
+        self._cond = threading.Condition()
+        self._events: deque = deque()
+        self._bytes = 0
+        self._max_videos, self._max_bytes = max_videos, max_bytes
+        self._started = self._finished = 0
+        self._closed = self._decoder_done = False
+
+    def begin_video(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._started - self._finished < self._max_videos)
+            if self._closed:
+                raise _DecoderStopped
+            self._started += 1
+
+    def put(self, event: tuple, nbytes: int = 0) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._closed or not self._events or self._bytes + nbytes <= self._max_bytes
+            )
+            if self._closed:
+                raise _DecoderStopped
+            self._events.append((event, nbytes))
+            self._bytes += nbytes
+            self._cond.notify_all()
+
+    def decoder_done(self) -> None:
+        with self._cond:
+            self._decoder_done = True
+            self._cond.notify_all()
+
+    def get(self) -> tuple:
+        with self._cond:
+            self._cond.wait_for(lambda: self._events or self._decoder_done)
+            if not self._events:
+                raise RuntimeError("the decoder thread stopped before handing over every video")
+            event, nbytes = self._events.popleft()
+            self._bytes -= nbytes
+            self._cond.notify_all()
+            return event
+
+    def finish_video(self) -> None:
+        with self._cond:
+            self._finished += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _extract_decoding_ahead(records: list[VideoRecord], models: list[Extractor],
+                            videos_in_flight: int, decode_threads: int) -> list:
+    """``_extract_one`` of every record, with decoding in a thread of its own.
+
+    The decoder thread streams each video's view items into a ``_DecodeAhead``; this thread
+    runs the forward passes. (A thread per video that decodes and then computes falls into
+    step with its twin: both decode at once while the models sit idle.)
+    """
+    from aigvqa.extractors.decode import probe
+    from aigvqa.extractors.runner import VideoFeatureBuilder
+    from aigvqa.extractors.views import stream_views
+
+    views = VideoFeatureBuilder(models).views
+    hand_off = _DecodeAhead(videos_in_flight, PREFETCH_BYTES)
+
+    def decode_all() -> None:
+        try:
+            for record in records:
+                hand_off.begin_video()
+                try:
+                    info = probe(record.path)
+                    hand_off.put(("start", info))
+                    with _truncation_warnings() as caught:
+                        for key, index, item in stream_views(record.path, views, info=info,
+                                                             threads=decode_threads):
+                            hand_off.put(("item", (key, index, item)), item.nbytes)
+                    hand_off.put(("end", caught))
+                except _DecoderStopped:
+                    raise
+                except Exception as err:  # noqa: BLE001 - handed over: one bad video fails alone
+                    hand_off.put(("error", err))
+        except _DecoderStopped:
+            pass
+        finally:
+            hand_off.decoder_done()
+
+    def compute(record: VideoRecord):
+        kind, payload = hand_off.get()
+        if kind == "error":
+            return _failed(record, models, payload, decode_threads)
+        info, builder, failure = payload, VideoFeatureBuilder(models), None
+        while True:
+            kind, payload = hand_off.get()
+            if kind == "item":
+                if failure is None:
+                    try:
+                        builder.add(*payload)
+                    except Exception as err:  # noqa: BLE001 - drain this video's items, then isolate
+                        failure = err
+            elif kind == "error":
+                return _failed(record, models, payload, decode_threads)
+            else:  # "end"
+                if failure is None:
+                    try:
+                        return _checked(record, models, info, builder.outputs(), payload)
+                    except Exception as err:  # noqa: BLE001 - the last batches' forward passes
+                        failure = err
+                return _failed(record, models, failure, decode_threads)
+
+    decoder = threading.Thread(target=decode_all, name="aigvqa-decoder", daemon=True)
+    decoder.start()
+    results = []
+    try:
+        for record in records:
+            results.append(compute(record))
+            hand_off.finish_video()
+    finally:
+        hand_off.close()
+        decoder.join()
+    return results
 
 
 # -- truncation warnings, per thread ----------------------------------------------------
@@ -696,7 +846,7 @@ class _Run:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
     def __init__(self, client, records, extractors, cache, spec, chunk_size, overwrite,
-                 progress, merge_every, videos_in_flight=2):
+                 progress, merge_every, videos_in_flight=2, decode_threads=0):
         self.client = client
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
@@ -710,6 +860,7 @@ class _Run:
         self.progress = progress
         self.merge_every = merge_every
         self.videos_in_flight = videos_in_flight
+        self.decode_threads = decode_threads
         from aigvqa.pipeline.cluster import describe_client
 
         self.report = ExtractReport(cache=cache, cluster=describe_client(client))
@@ -844,6 +995,7 @@ class _Run:
         name = shard_name("video", [r.video_id for r in chunk], [self.provenance[n] for n in names])
         return self.client.submit(
             run_video_chunk, chunk, exts, str(self.shard_dir / name), self.videos_in_flight,
+            self.decode_threads,
             key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}-{attempt}",
             retries=TASK_RETRIES, pure=False,
         ), ("video", chunk, exts, attempt)

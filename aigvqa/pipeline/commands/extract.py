@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     cluster.add_argument("--gpus", action="store_true", help="one worker per GPU (dask-cuda LocalCUDACluster)")
     cluster.add_argument("--workers", type=int, help="local worker processes (default: sized to this machine)")
     cluster.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
+    cluster.add_argument("--decode-threads", type=int, default=None,
+                         help="FFmpeg decoder threads per video (default: --torch-threads on CPU "
+                         "workers, FFmpeg's one per core with --gpus; 0 = FFmpeg's default)")
     cluster.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
                          help=f"videos per task and per shard file (default {DEFAULT_CHUNK_SIZE})")
     parser.add_argument("--overwrite", action="store_true", help="recompute ids already in the cache")
@@ -97,6 +100,7 @@ def run(args) -> int:
         gpus=args.gpus,
         n_workers=args.workers,
         torch_threads=args.torch_threads,
+        decode_threads=args.decode_threads,
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
