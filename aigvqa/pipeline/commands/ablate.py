@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigvqa.pipeline.commands.score import add_cluster_arguments
+from aigvqa.pipeline.commands import add_cluster_arguments
 
 HELP = "run an ablation grid (heads x features x hyper-parameters x seeds) on Dask, resumable"
 DESCRIPTION = """Evaluate every cell of the grid in GRID.toml (see examples/ablate-demo.toml for the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from aigvqa.pipeline.commands import add_cluster_arguments
 from aigvqa.pipeline.extract import DEFAULT_CHUNK_SIZE, ExtractError
 
 HELP = "stage one: decode each video once, run the extractors on Dask, cache features (HDF5)"
@@ -31,11 +32,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
-    cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--scheduler", help="address (tcp://host:port) or scheduler file of a running Dask cluster")
-    cluster.add_argument("--gpus", action="store_true", help="one worker per GPU (dask-cuda LocalCUDACluster)")
-    cluster.add_argument("--workers", type=int, help="local worker processes (default: sized to this machine)")
-    cluster.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
+    cluster = add_cluster_arguments(parser)
     cluster.add_argument("--decode-threads", type=int, default=None,
                          help="FFmpeg decoder threads per video (default: --torch-threads on CPU "
                          "workers, FFmpeg's one per core with --gpus; 0 = FFmpeg's default)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from aigvqa.pipeline.commands import add_cluster_arguments
+
 HELP = "score the videos of a manifest with a trained model bundle (resumable)"
 DESCRIPTION = """Extract whatever features the model needs (with the extractor configs recorded in
 the bundle, or from --cache when it holds them), predict, and append one row per video to the
@@ -12,15 +14,6 @@ Re-running the command skips videos already in the CSV.
 
 example:
   aigvqa score new_videos.csv --model model/ --out scores.csv"""
-
-
-def add_cluster_arguments(parser) -> None:
-    """The Dask options of `aigvqa extract` (see aigvqa.pipeline.cluster)."""
-    cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--scheduler", help="address (tcp://host:port) or scheduler file of a running Dask cluster")
-    cluster.add_argument("--gpus", action="store_true", help="one worker per GPU (dask-cuda LocalCUDACluster)")
-    cluster.add_argument("--workers", type=int, help="local worker processes (default: sized to this machine)")
-    cluster.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
 
 
 def add_arguments(parser):
