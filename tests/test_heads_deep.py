@@ -207,6 +207,18 @@ def test_same_seed_same_predictions(name):
 
 
 @pytest.mark.parametrize("name", DEEP)
+def test_fused_adam_trains_like_the_for_each_step(name, monkeypatch):
+    import aigvqa.heads.base as base
+
+    X, y = all_features(40)
+    fused = tiny(name, seed=2).fit(X, y).predict(X)
+    monkeypatch.setattr(base, "FUSED_ADAM_DEVICES", ())
+    for_each = tiny(name, seed=2).fit(X, y).predict(X)
+    assert not np.array_equal(fused, for_each) or name == "branchsum"  # the switch took effect
+    np.testing.assert_allclose(fused, for_each, rtol=1e-3, atol=1e-3 * np.std(y))
+
+
+@pytest.mark.parametrize("name", DEEP)
 def test_padded_steps_do_not_change_predictions(name):
     X, y = all_features(32)
     head = tiny(name).fit(X, y)

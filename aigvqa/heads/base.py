@@ -127,6 +127,9 @@ class CrossAttentionBlock(nn.Module):
 # --------------------------------------------------------------------------------------
 # the estimator
 # --------------------------------------------------------------------------------------
+FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -283,7 +286,10 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     def _train(self, module, X, y_scaled, train_rows, val_rows, rng, device) -> None:
         epochs, batch_size = int(self._hp("epochs")), int(self._hp("batch_size"))
-        optimizer = torch.optim.Adam(module.parameters(), lr=float(self._hp("lr")), weight_decay=self.weight_decay)
+        # fused: one kernel for all parameters; the for-each Adam step was a fifth of a UGVQ
+        # paper-preset training step on CPU (79 M parameters, 16 videos per step)
+        optimizer = torch.optim.Adam(module.parameters(), lr=float(self._hp("lr")), weight_decay=self.weight_decay,
+                                     fused=device.type in FUSED_ADAM_DEVICES)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma")))
         fgm = FGM(module, self.fgm_epsilon, self.fgm_params) if self.fgm_epsilon else None
         n_batches = max(1, math.ceil(len(train_rows) / batch_size))
