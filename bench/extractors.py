@@ -22,7 +22,9 @@ time separately:
   at the end as "shared decode, all views");
 - forward: ``extractor.forward`` on the items in batches of its ``batch_size``, as
   ``runner.extract_video`` calls it (clip-text: ``encode_text`` of one prompt); wall
-  clock, plus the process's CPU time (``forward_cpu_ms``), which other load inflates less.
+  clock, plus the process's CPU time (``forward_cpu_ms``), which other load inflates less;
+  and, from one more untimed pass, the GFLOPs it performs (``forward_gflops``, counted by
+  ``torch.utils.flop_counter``; none for OpenCV/NumPy extractors).
 
 Threads: one torch thread by default, because that is how a stage-one worker runs
 (``pipeline.cluster``: one worker process per core, one torch thread each), so
@@ -88,6 +90,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def counted_gflops(run) -> float | None:
+    """GFLOPs of the torch operations ``run()`` performs (matrix products, convolutions,
+    attention; ``torch.utils.flop_counter``), None when it does none (OpenCV, NumPy)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    flops = counter.get_total_flops()
+    return flops / 1e9 if flops else None
+
+
 def time_video_extractor(extractor, path: Path, repeats: int, device: str) -> dict:
     view = extractor.view()
     decode_ms, forward_ms, forward_cpu_ms = [], [], []
@@ -105,6 +118,7 @@ def time_video_extractor(extractor, path: Path, repeats: int, device: str) -> di
     return {
         "items": len(items),
         "output_shape": list(features.shape),
+        "forward_gflops": counted_gflops(lambda: forward_all(extractor, items)),
         "decode_view_ms": statistics.median(decode_ms),
         "forward_ms": statistics.median(forward_ms),
         "forward_cpu_ms": statistics.median(forward_cpu_ms),
@@ -125,6 +139,7 @@ def time_text_extractor(extractor, repeats: int, device: str) -> dict:
     return {
         "items": 1,
         "output_shape": {k: list(v.shape) for k, v in encoded.items()},
+        "forward_gflops": counted_gflops(lambda: extractor.encode_text([PROMPT])),
         "decode_view_ms": 0.0,
         "forward_ms": statistics.median(runs),
         "forward_cpu_ms": statistics.median(cpu_runs),
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_after"] = list(os.getloadavg())
     header = (
         f"{'extractor':<16} {'items':>5} {'output':>12} {'decode+view ms':>15} {'forward ms':>11} "
-        f"{'(cpu ms)':>9} {'total ms':>9} {'load s':>7}"
+        f"{'(cpu ms)':>9} {'total ms':>9} {'load s':>7} {'GFLOPs':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -214,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<16} {row['items']:>5} {shape:>12} {row['decode_view_ms']:>15.0f} "
             f"{row['forward_ms']:>11.0f} {row['forward_cpu_ms']:>9.0f} {row['total_ms']:>9.0f} "
-            f"{row['load_s']:>7.1f}"
+            f"{row['load_s']:>7.1f} {row['forward_gflops'] or float('nan'):>8.1f}"
         )
     print(f"{'shared decode, all views (one pass)':<52} {shared_ms:>8.0f} ms/video")
     print(

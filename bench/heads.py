@@ -9,11 +9,14 @@ over the same videos (prints measured numbers; not a test).
 
 The "cache" is built in memory from RANDOM float16 arrays with the real widths (no videos,
 no HDF5): clip-frames 16 x 512, slowfast 4 x 2304, swin-fragments 1 x 768,
-vit-keyframes 8 x 768, clip-text tokens 77 x 512 (lengths 8..77), clip-text-pooled 1 x 512, and a
-random MOS. Random values cost the same compute as real features.
+vit-keyframes 8 x 768, clip-text tokens 77 x 512, clip-text-pooled 1 x 512, and a random
+MOS. Random values cost the same compute as real features. Prompt lengths (CLIP tokens,
+which set how many text steps a batch carries) are drawn from the 619 FETV prompts in
+``../shared/data/fetv`` (median 13 tokens, max 45) when that folder is there, else
+uniformly from 8..77 (``--text-lengths`` picks).
 
-Deep heads: UGVQ at the paper preset (8-layer encoder, d 768, batch 16) and MSA-VQA at its
-default preset. One epoch is the ``seconds`` of the first entry of ``history_`` (training
+Deep heads: UGVQ at the paper preset (8-layer encoder, d 768, batch 16) and at the small
+preset (``ugvq-small``: 1 layer, d 64), and MSA-VQA at its default preset. One epoch is the ``seconds`` of the first entry of ``history_`` (training
 steps only: no model build, no post-fit ensemble or calibration); with ``--rows`` below the
 cache size it is measured on that many rows and scaled linearly (printed as such).
 
@@ -23,6 +26,15 @@ mean+std pooled features of every cached group but the text tokens.
 Backbone epoch: ``n_videos x`` the sum of the per-video forward ms of the extractors the
 head reads, from ``bench/out/extractors.json`` (written by ``bench/extractors.py``) or from
 ``--backbone-ms-per-video``. Target: backbone epoch / head epoch >= 1000.
+
+Like for like: the heads run with as many torch threads as the extractor bench did (its
+JSON says; one by default, a stage-one worker) unless ``--threads`` says otherwise; both
+compute in float32 on CPU (extractors autocast on CUDA only; ``--amp`` would give the heads
+bfloat16 autocast, which is not like for like there).
+Next to the time ratio the bench prints the FLOP ratio: backbone forward GFLOPs per video
+(from the extractor bench) over the GFLOPs one head epoch spends per video (forward and
+backward, counted by ``torch.utils.flop_counter`` on a short fit). A time ratio can only
+beat the FLOP ratio by running the head at a higher FLOP rate than the backbones.
 """
 
 from __future__ import annotations
@@ -32,9 +44,11 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 
 from aigvqa.heads.featureset import FeatureSet
 
@@ -51,7 +65,27 @@ TEXT_FEATURES = {"clip-text": "clip-text", "clip-text-pooled": "clip-text"}  # f
 TARGET_RATIO = 1000.0
 
 
-def synthetic_cache(n: int, seed: int = 0) -> tuple[FeatureSet, np.ndarray]:
+FETV_RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fetv" / "fetv_ratings.csv"
+
+
+def prompt_token_lengths(choice: str) -> tuple[np.ndarray | None, str]:
+    """CLIP token counts (start and end tokens included) to draw prompt lengths from."""
+    if choice == "fetv" or (choice == "auto" and FETV_RATINGS.exists()):
+        import csv
+
+        from open_clip import get_tokenizer
+
+        with open(FETV_RATINGS, newline="") as fh:
+            prompts = sorted({row["prompt"] for row in csv.DictReader(fh)})
+        lengths = (get_tokenizer("ViT-B-32")(prompts) != 0).sum(1).numpy()
+        return lengths, (f"CLIP token lengths of the {len(prompts)} FETV prompts (median "
+                         f"{np.median(lengths):g}, max {lengths.max()})")
+    if choice == "full":
+        return np.array([77]), "every prompt 77 tokens (worst case)"
+    return None, "uniform 8..77 tokens"
+
+
+def synthetic_cache(n: int, seed: int = 0, text_lengths: np.ndarray | None = None) -> tuple[FeatureSet, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = {}
     for name, (t, d) in SHAPES.items():
@@ -59,7 +93,8 @@ def synthetic_cache(n: int, seed: int = 0) -> tuple[FeatureSet, np.ndarray]:
         for start in range(0, n, 1000):  # fill in chunks: no float64 copy of the whole cache
             a[start:start + 1000] = rng.standard_normal((min(1000, n - start), t, d), dtype=np.float32)
         arrays[name] = a
-    lengths = {"clip-text": rng.integers(8, 78, size=n)}
+    drawn = rng.integers(8, 78, size=n) if text_lengths is None else rng.choice(text_lengths, size=n)
+    lengths = {"clip-text": drawn}
     return FeatureSet(arrays, lengths), rng.normal(50, 10, size=n)
 
 
@@ -67,30 +102,73 @@ def extractor_of(feature: str) -> str:
     return TEXT_FEATURES.get(feature, feature)
 
 
-def load_backbone_ms(path: Path, flag: float | None) -> tuple[dict[str, float] | None, float | None, str]:
-    """Per-extractor forward ms per video (from the extractor bench), or the flag's total."""
+@dataclass
+class Backbones:
+    """What the extractor bench measured per video (or the --backbone-ms-per-video total)."""
+
+    source: str
+    ms: dict[str, float] | None = None  # extractor -> forward ms per video
+    gflops: dict[str, float | None] | None = None  # extractor -> forward GFLOPs per video
+    total_ms: float | None = None
+    torch_threads: int | None = None
+
+    def ms_for(self, features: list[str]) -> float | None:
+        if self.total_ms is not None:
+            return self.total_ms
+        return self._sum(self.ms, features, "forward ms")
+
+    def gflops_for(self, features: list[str]) -> float | None:
+        return self._sum(self.gflops, features, "GFLOPs")
+
+    @staticmethod
+    def _sum(table, features, what) -> float | None:
+        if table is None:
+            return None
+        needed = sorted({extractor_of(f) for f in features})
+        missing = [e for e in needed if table.get(e) is None]
+        if missing:
+            print(f"  (extractor bench has no {what} for {missing}; that ratio is left out)")
+            return None
+        return sum(table[e] for e in needed)
+
+
+def load_backbones(path: Path, flag: float | None) -> Backbones:
     if flag is not None:
-        return None, flag, f"--backbone-ms-per-video {flag:g}"
+        return Backbones(f"--backbone-ms-per-video {flag:g}", total_ms=flag)
     if not path.exists():
-        return None, None, f"{path} is absent (run bench/extractors.py, or pass --backbone-ms-per-video)"
+        return Backbones(f"{path} is absent (run bench/extractors.py, or pass --backbone-ms-per-video)")
     report = json.loads(path.read_text())
-    per = {name: float(row["forward_ms"]) for name, row in report["extractors"].items()}
+    rows = report["extractors"]
     machine = report.get("machine", {})
-    where = f"{path.name}: device {machine.get('device')}, {machine.get('gpu') or machine.get('cpu')}, torch threads {machine.get('torch_threads')}"
-    return per, None, where
+    return Backbones(
+        source=(f"{path.name}: device {machine.get('device')}, {machine.get('gpu') or machine.get('cpu')}, "
+                f"torch threads {machine.get('torch_threads')}"),
+        ms={name: float(row["forward_ms"]) for name, row in rows.items()},
+        gflops={name: row.get("forward_gflops") for name, row in rows.items()},
+        torch_threads=machine.get("torch_threads"),
+    )
 
 
-def backbone_ms_for(features: list[str], per: dict[str, float] | None, total: float | None) -> float | None:
-    if total is not None:
-        return total
-    if per is None:
-        return None
-    needed = sorted({extractor_of(f) for f in features})
-    missing = [e for e in needed if e not in per]
-    if missing:
-        print(f"  (extractor bench has no {missing}; ratio left out)")
-        return None
-    return sum(per[e] for e in needed)
+def epoch_gflops_per_video(head, X: FeatureSet, y: np.ndarray, rows: int) -> float:
+    """GFLOPs per video of one training epoch (forward + backward, and the validation
+    forward passes an epoch includes), counted on a short fit of ``rows`` rows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = []
+    train = type(head)._train
+
+    def counting_train(self, *args, **kwargs):
+        with FlopCounterMode(display=False) as counter:
+            train(self, *args, **kwargs)
+        counted.append(counter.get_total_flops())
+
+    probe = clone(head).set_params(epochs=1)
+    type(head)._train = counting_train
+    try:
+        probe.fit(X[np.arange(rows)], y[:rows])
+    finally:
+        type(head)._train = train
+    return counted[0] / rows / 1e9
 
 
 def time_deep_epoch(name: str, head, X: FeatureSet, y: np.ndarray, rows: int, n_videos: int) -> dict:
@@ -115,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="deep heads under bfloat16 autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="deep heads' batch size (default: the preset's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--heads", default="ugvq,msavqa,svr,elasticnet,lightgbm")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the extractor bench's, else torch's)")
+    parser.add_argument("--text-lengths", choices=("auto", "fetv", "uniform", "full"), default="auto",
+                        help="prompt lengths: FETV's prompts (auto: when ../shared is there), uniform 8..77, or all 77")
+    parser.add_argument("--heads", default="ugvq,ugvq-small,msavqa,svr,elasticnet,lightgbm")
     parser.add_argument("--classical-jobs", type=int, default=1, help="n_jobs of the classical heads (LightGBM threads)")
     parser.add_argument("--extractors-json", type=Path, default=EXTRACTORS_JSON)
     parser.add_argument("--backbone-ms-per-video", type=float, default=None,
@@ -128,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from aigvqa.heads.registry import create_head
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    backbones = load_backbones(args.extractors_json, args.backbone_ms_per_video)
+    threads = args.threads or backbones.torch_threads
+    if threads:
+        torch.set_num_threads(threads)
     n = args.videos
     rows = min(args.rows or n, n)
     heads = [h for h in args.heads.split(",") if h]
@@ -141,18 +224,29 @@ def main(argv: list[str] | None = None) -> int:
     print("*** synthetic in-memory cache of RANDOM float16 arrays with the real widths: "
           + ", ".join(f"{k} {t}x{d}" for k, (t, d) in SHAPES.items()) + " ***")
     start = time.perf_counter()
-    X, y = synthetic_cache(n)
-    print(f"built the cache in {time.perf_counter() - start:.1f} s ({sum(a.nbytes for a in X.arrays.values()) / 2**30:.2f} GiB)")
-    per, total, where = load_backbone_ms(args.extractors_json, args.backbone_ms_per_video)
-    print(f"backbone forward ms per video from {where}")
+    text_lengths, text_note = prompt_token_lengths(args.text_lengths)
+    X, y = synthetic_cache(n, text_lengths=text_lengths)
+    print(f"built the cache in {time.perf_counter() - start:.1f} s ({sum(a.nbytes for a in X.arrays.values()) / 2**30:.2f} GiB); "
+          f"prompt lengths: {text_note}")
+    print(f"backbone forward ms per video from {backbones.source}")
+    if backbones.torch_threads and torch.get_num_threads() != backbones.torch_threads:
+        print(f"  NOTE: heads use {torch.get_num_threads()} torch threads, the backbones were timed with "
+              f"{backbones.torch_threads}: the time ratio is not like for like")
+    if args.amp and args.device == "cpu":
+        print("  NOTE: heads under bf16 autocast, backbones in float32 on CPU: not like for like")
 
     deep_common = dict(device=args.device, amp=args.amp, batch_size=args.batch_size)
-    deep_configs = {"ugvq": dict(preset="paper", **deep_common), "msavqa": dict(preset="default", **deep_common)}
+    deep_configs = {  # bench label: (registry name, options)
+        "ugvq": ("ugvq", dict(preset="paper", **deep_common)),
+        "ugvq-small": ("ugvq", dict(preset="small", **deep_common)),
+        "msavqa": ("msavqa", dict(preset="default", **deep_common)),
+    }
     classical_features = [f for f in SHAPES if f != "clip-text"]
     results = []
     for name in heads:
         if name in deep_configs:
-            head = create_head(name, **deep_configs[name])
+            registry_name, options = deep_configs[name]
+            head = create_head(registry_name, **options)
             features = list({**head.DEFAULT_FEATURES, **(head.features or {})}.values())
             print(f"{name}: timing one epoch on {rows} rows ...", flush=True)
             row = time_deep_epoch(name, head, X, y, rows, n)
@@ -161,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             note = "" if rows == n else f" (measured on {rows} rows, scaled x{n / rows:g})"
             print(f"  {row['epoch_s']:.1f} s/epoch{note} at batch size {head._hp('batch_size')}; {row['params'] / 1e6:.1f} M parameters; "
                   f"predict {row['predict_ms_per_video']:.3f} ms/video", flush=True)
+            row["epoch_gflops_per_video"] = epoch_gflops_per_video(head, X, y, 4 * int(head._hp("batch_size")))
+            print(f"  {row['epoch_gflops_per_video']:.2f} GFLOPs per video per epoch (forward + backward)", flush=True)
         else:
             head = create_head(name, features=classical_features, n_jobs=args.classical_jobs)
             features = classical_features
@@ -169,26 +265,34 @@ def main(argv: list[str] | None = None) -> int:
             head.fit(X, y)
             row = {"head": name, "kind": "fit", "seconds": time.perf_counter() - start}
             print(f"  {row['seconds']:.1f} s per fit", flush=True)
-        ms = backbone_ms_for(features, per, total)
+        ms = backbones.ms_for(features)
         if ms is not None:
             row["backbone_epoch_s"] = n * ms / 1e3
             row["ratio"] = row["backbone_epoch_s"] / row["seconds"]
+        gflops = backbones.gflops_for(features) if "epoch_gflops_per_video" in row else None
+        if gflops is not None:
+            row["backbone_gflops_per_video"] = gflops
+            row["flop_ratio"] = gflops / row["epoch_gflops_per_video"]
         results.append(row)
 
     print()
-    print(f"{'head':<11} {'what':<6} {'seconds':>9} {'backbone epoch s':>17} {'ratio':>9}  target >= {TARGET_RATIO:g}x")
+    print(f"{'head':<11} {'what':<6} {'seconds':>9} {'backbone epoch s':>17} {'ratio':>9} {'FLOP ratio':>11}  target >= {TARGET_RATIO:g}x")
     for row in results:
         if "ratio" in row:
             verdict = "met" if row["ratio"] >= TARGET_RATIO else "NOT met"
-            tail = f"{row['backbone_epoch_s']:>17.0f} {row['ratio']:>8.0f}x  {verdict}"
+            flops = f"{row['flop_ratio']:>10.0f}x" if "flop_ratio" in row else f"{'n/a':>11}"
+            tail = f"{row['backbone_epoch_s']:>17.0f} {row['ratio']:>8.0f}x {flops}  {verdict}"
         else:
-            tail = f"{'n/a':>17} {'n/a':>9}"
+            tail = f"{'n/a':>17} {'n/a':>9} {'n/a':>11}"
         print(f"{row['head']:<11} {row['kind']:<6} {row['seconds']:>9.1f} {tail}")
     print("(backbone epoch = videos x forward ms per video of the extractors the head reads; "
-          "'fit' rows compare one classical fit with it)")
+          "'fit' rows compare one classical fit with it; FLOP ratio = backbone forward GFLOPs per "
+          "video / head epoch GFLOPs per video: the time ratio at equal FLOP rates)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"videos": n, "device": args.device, "backbone_source": where, "results": results}, indent=2))
+        args.out.write_text(json.dumps({"videos": n, "device": args.device, "torch_threads": torch.get_num_threads(),
+                                        "amp": args.amp, "prompt_lengths": text_note,
+                                        "backbone_source": backbones.source, "results": results}, indent=2))
         print(f"wrote {args.out}")
     return 0
 
