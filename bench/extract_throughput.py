@@ -182,7 +182,7 @@ def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int | None 
 
 
 def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
-    """(MiB after loading the models, peak MiB while extracting ``path``) of a fresh worker,
+    """(MiB after loading the models, peak MiB while extracting ``path`` twice) of a fresh worker,
     sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of the parent
     process the worker was forked from)."""
     from distributed import Client
@@ -215,8 +215,10 @@ def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [ex._loaded(e) for e in extractors])
         (loaded,) = client.run(start_sampling).values()
-        ex.extract([VideoRecord(tag, path)], MIX, workdir / f"rss-{tag}.h5", client=client,
-                   progress=False)
+        # one worker task over the clip twice (two ids), so its decoder thread runs ahead
+        records = [VideoRecord(f"{tag}-{k}", path) for k in range(2)]
+        client.submit(ex.run_video_chunk, records, extractors, str(workdir / f"rss-{tag}.h5"),
+                      videos_in_flight=2, decode_threads=1, pure=False).result()
         (peak,) = client.run(stop_sampling).values()
     return loaded, peak
 

@@ -7,8 +7,8 @@ The work unit is a *chunk* of K records. A chunk task, on a worker process:
      worker loads each backbone once, not once per task;
   2. for each video, ``views.stream_views`` decodes it once and a
      ``runner.VideoFeatureBuilder`` feeds every extractor the view it asked for (one pass,
-     memory bounded by the views, not the length); a decoder thread runs ahead of the
-     forward passes;
+     memory bounded by the views, not the length); where the cores have room for it, a
+     decoder thread runs ahead of the forward passes;
   3. writes ONE shard file ``<cache>.shards/shard-<hash>.h5`` atomically
      (``cache.store.write_shard``: temp name + rename). The name is a hash of the chunk's
      ids and the extractors' provenance, so a task Dask re-runs after a worker died
