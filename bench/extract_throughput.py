@@ -14,7 +14,7 @@ the models:
   (b) ``aigvqa.pipeline.extract`` on a LocalCluster of 1 worker (decode once per video,
       every extractor, shards, merge; a decoder thread runs ahead of the forward passes);
   (c) the same with 2 workers;
-  (b1) (b) with ``videos_in_flight=1``: decoding and forward passes in turn;
+  (b1), (c1) (b) and (c) with ``videos_in_flight=1``: decoding and forward passes in turn;
   (d) the pure forward time of the same extractors on views decoded beforehand (the
       compute floor of (b)).
 
@@ -151,13 +151,12 @@ def pure_forward(models, paths) -> float:
 
 
 # -- (b), (c): the pipeline -------------------------------------------------------------------
-def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int | None = None) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of the worker processes, videos_in_flight used) of one
-    ``extract`` run; ``videos_in_flight=None`` lets ``extract`` choose, as users get it."""
+def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the worker processes) of one ``extract`` run."""
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.cluster import decode_ahead_fits, local_cluster
+    from aigvqa.pipeline.cluster import local_cluster
 
     def cpu_seconds() -> float:
         import psutil
@@ -169,8 +168,6 @@ def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int | None 
     with local_cluster(n_workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [ex._loaded(e) for e in extractors])  # load models everywhere
-        if videos_in_flight is None:  # what extract's default picks (torch and decoder: 1 thread)
-            videos_in_flight = 2 if decode_ahead_fits(client, 1, 1) else 1
         cpu_before = sum(client.run(cpu_seconds).values())
         started = time.perf_counter()
         report = ex.extract(records, MIX, workdir / f"pipeline-{n_workers}-{videos_in_flight}.h5",
@@ -178,7 +175,7 @@ def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int | None 
         seconds = time.perf_counter() - started
         cpu = sum(client.run(cpu_seconds).values()) - cpu_before
     assert report.succeeded == len(paths), report.summary()
-    return seconds, cpu, videos_in_flight
+    return seconds, cpu
 
 
 def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
@@ -235,15 +232,14 @@ ROWS = [
     ("(b) aigvqa extract, 1 worker", "b"),
     ("(b1) same, videos_in_flight=1 (decode and compute in turn)", "b1"),
     ("(c) aigvqa extract, 2 workers", "c"),
-    ("(c2) same, videos_in_flight=2 (a decoder thread per worker)", "c2"),
+    ("(c1) same, videos_in_flight=1", "c1"),
     ("(d) pure forward on pre-decoded views", "d"),
 ]
 
 
 def measure(paths, workdir: Path) -> tuple[dict, dict]:
-    """Wall seconds of every run, the workers' CPU seconds and the videos_in_flight of the
-    pipeline runs."""
-    times, cpu, in_flight = {}, {}, {}
+    """Wall seconds of every run and the workers' CPU seconds of the pipeline runs."""
+    times, cpu = {}, {}
     models = load_models(MIX)
     peer_style(models, paths[:1])  # warm-up (allocators, lazy imports)
     times["a"] = peer_style(models, paths)
@@ -251,15 +247,14 @@ def measure(paths, workdir: Path) -> tuple[dict, dict]:
     times["d"] = pure_forward(models, paths)
     print(f"(d) pure forward: {times['d']:.1f} s", flush=True)
     del models
-    for key, workers, asked in (("b", 1, None), ("c", 2, None), ("b1", 1, 1), ("c2", 2, 2)):
-        times[key], cpu[key], in_flight[key] = pipeline(paths, workers, workdir, videos_in_flight=asked)
-        print(f"({key}) pipeline, {workers} worker(s), videos_in_flight={in_flight[key]}"
-              f"{' (extract chose)' if asked is None else ''}: {times[key]:.1f} s "
+    for key, workers, in_flight in (("b", 1, 2), ("c", 2, 2), ("b1", 1, 1), ("c1", 2, 1)):
+        times[key], cpu[key] = pipeline(paths, workers, workdir, videos_in_flight=in_flight)
+        print(f"({key}) pipeline, {workers} worker(s), videos_in_flight={in_flight}: {times[key]:.1f} s "
               f"({cpu[key]:.1f} CPU s in the workers)", flush=True)
-    return times, cpu, in_flight
+    return times, cpu
 
 
-def report(label: str, n: int, times: dict, cpu: dict, in_flight: dict) -> None:
+def report(label: str, n: int, times: dict, cpu: dict) -> None:
     cores = os.cpu_count() or 1
     print()
     print(f"input {label}; machine: {cores} cores, load average {os.getloadavg()[0]:.1f} "
@@ -268,8 +263,7 @@ def report(label: str, n: int, times: dict, cpu: dict, in_flight: dict) -> None:
     print("| run | seconds | videos/s | throughput vs (a) |")
     print("|---|---:|---:|---:|")
     for row_label, key in ROWS:
-        chosen = f" (default: videos_in_flight={in_flight[key]})" if key in ("b", "c") else ""
-        print(f"| {row_label}{chosen} | {times[key]:.1f} | {n / times[key]:.2f} | {times['a'] / times[key]:.2f}x |")
+        print(f"| {row_label} | {times[key]:.1f} | {n / times[key]:.2f} | {times['a'] / times[key]:.2f}x |")
     print()
     ratios = [
         ("(b)/(a) decode once vs per extractor", times["a"] / times["b"], 2.0),
@@ -312,9 +306,9 @@ def main() -> None:
             print(f"input {label}: {len(paths)} clips {width}x{height}, {seconds:g} s at {FPS} fps "
                   f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
             results[label] = measure(paths, workdir)
-        for label, (times, cpu, in_flight) in results.items():
+        for label, (times, cpu) in results.items():
             seconds, height, width = INPUTS[label]
-            report(f"{label} ({args.videos} clips {width}x{height}, {seconds:g} s)", args.videos, times, cpu, in_flight)
+            report(f"{label} ({args.videos} clips {width}x{height}, {seconds:g} s)", args.videos, times, cpu)
 
         if not args.no_rss:
             print()

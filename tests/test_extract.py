@@ -546,17 +546,3 @@ def test_decode_ahead_is_bounded_in_videos_and_in_bytes():
     assert outcome == ["stopped"]
     with pytest.raises(_DecoderStopped):
         hand_off.begin_video()
-
-
-def test_a_decoder_thread_runs_only_where_the_cores_have_room_for_it(client):
-    from aigvqa.pipeline.cluster import cores_spare_for_decoding, decode_ahead_fits
-
-    assert cores_spare_for_decoding({"a": 1}, {"a": 2}, torch_threads=1, decode_threads=1)
-    assert not cores_spare_for_decoding({"a": 2}, {"a": 2}, torch_threads=1, decode_threads=1)
-    assert cores_spare_for_decoding({"a": 8}, {"a": 16}, torch_threads=1, decode_threads=0)
-    assert not cores_spare_for_decoding({"a": 4}, {"a": 16}, torch_threads=4, decode_threads=1)
-    # every host must have room: one full host turns it off for the run
-    assert not cores_spare_for_decoding({"a": 1, "b": 4}, {"a": 8, "b": 4}, torch_threads=1, decode_threads=1)
-    assert not cores_spare_for_decoding({}, {}, torch_threads=1, decode_threads=1)
-    # the module's cluster: 2 local workers of 1 torch thread on this machine's cores
-    assert decode_ahead_fits(client, 1, 1) == (2 * 2 <= os.cpu_count())

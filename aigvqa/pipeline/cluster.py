@@ -183,30 +183,6 @@ def describe_client(client) -> str:
     return f"scheduler {client.scheduler.address} ({n_workers} worker(s))"
 
 
-def cores_spare_for_decoding(workers_per_host: dict[str, int], cores_per_host: dict[str, int],
-                             torch_threads: int, decode_threads: int) -> bool:
-    """Whether every host has cores for a decoder thread beside each worker's forward passes:
-    workers x (torch_threads + decode_threads) <= cores (decode_threads 0, FFmpeg's choice,
-    counts as one). When the workers already fill the cores, a decoder thread per worker only
-    adds contention: 2 workers on 2 cores ran 40 HD clips in 24.7 s with one, 19-20 s
-    without (bench/extract_throughput.py)."""
-    need = max(1, torch_threads) + max(1, decode_threads)
-    return bool(workers_per_host) and all(
-        n * need <= cores_per_host.get(host, 0) for host, n in workers_per_host.items()
-    )
-
-
-def decode_ahead_fits(client, torch_threads: int, decode_threads: int) -> bool:
-    """``cores_spare_for_decoding`` for the workers the client's scheduler has now."""
-    from collections import Counter
-
-    workers = client.scheduler_info().get("workers", {})
-    per_host = Counter(info.get("host", address) for address, info in workers.items())
-    cores = {workers[address].get("host", address): n
-             for address, n in client.run(os.cpu_count).items() if address in workers}
-    return cores_spare_for_decoding(dict(per_host), cores, torch_threads, decode_threads)
-
-
 def dashboard_message(client) -> str:
     """One line saying where the Dask dashboard is, or why there is none."""
     services = client.scheduler_info().get("services", {})

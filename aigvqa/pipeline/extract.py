@@ -7,8 +7,8 @@ The work unit is a *chunk* of K records. A chunk task, on a worker process:
      worker loads each backbone once, not once per task;
   2. for each video, ``views.stream_views`` decodes it once and a
      ``runner.VideoFeatureBuilder`` feeds every extractor the view it asked for (one pass,
-     memory bounded by the views, not the length); where the cores have room for it, a
-     decoder thread runs ahead of the forward passes;
+     memory bounded by the views, not the length); a decoder thread runs ahead of the
+     forward passes;
   3. writes ONE shard file ``<cache>.shards/shard-<hash>.h5`` atomically
      (``cache.store.write_shard``: temp name + rename). The name is a hash of the chunk's
      ids and the extractors' provenance, so a task Dask re-runs after a worker died
@@ -173,7 +173,7 @@ def extract(
     client=None,
     dashboard_address: str | None = ":8787",
     merge_every: int | None = None,
-    videos_in_flight: int | None = None,
+    videos_in_flight: int = 2,
     decode_threads: int | None = None,
 ) -> ExtractReport:
     """Run stage one: features of every record for every extractor into ``cache`` (HDF5).
@@ -192,10 +192,10 @@ def extract(
     as ``client`` instead (it is used as is and not closed).
 
     ``videos_in_flight`` (per task): 2 or more runs a decoder thread that decodes up to
-    that many videos ahead of the forward passes; 1 decodes and computes in turn. Default:
-    2 when every host has cores to spare for the decoder threads (workers x
-    (torch_threads + decode_threads) <= cores: a single worker, GPU workers), else 1 --
-    workers that already fill the cores gain nothing from a decoder thread but contention.
+    ``videos_in_flight - 1`` videos ahead of the forward passes; 1 decodes and computes in
+    turn. The decoder thread pays off even when the workers fill the cores: it keeps a
+    worker busy while its forward passes wait (bench/extract_throughput.py, rows (c) and
+    (c1)).
     ``decode_threads``: FFmpeg decoder threads per video. Default: ``torch_threads`` on CPU
     workers -- FFmpeg's own default is one thread per core in every worker, which
     oversubscribes the cores the workers' forward passes already fill -- and FFmpeg's
@@ -211,7 +211,7 @@ def extract(
     from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
 
     started = time.perf_counter()
-    if chunk_size < 1 or (videos_in_flight is not None and videos_in_flight < 1):
+    if chunk_size < 1 or videos_in_flight < 1:
         raise ExtractError(
             f"chunk_size and videos_in_flight must be at least 1, got {chunk_size}, {videos_in_flight}"
         )
@@ -849,7 +849,7 @@ class _Run:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
     def __init__(self, client, records, extractors, cache, spec, chunk_size, overwrite,
-                 progress, merge_every, videos_in_flight=None, decode_threads=0):
+                 progress, merge_every, videos_in_flight=2, decode_threads=0):
         self.client = client
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
@@ -881,17 +881,10 @@ class _Run:
 
     # -- phases ---------------------------------------------------------------------
     def go(self) -> ExtractReport:
-        from aigvqa.pipeline.cluster import (
-            dashboard_message,
-            decode_ahead_fits,
-            set_worker_torch_threads,
-        )
+        from aigvqa.pipeline.cluster import dashboard_message, set_worker_torch_threads
 
         print(dashboard_message(self.client), file=sys.stderr)
         set_worker_torch_threads(self.client, self.spec.torch_threads)
-        if self.videos_in_flight is None:
-            fits = decode_ahead_fits(self.client, self.spec.torch_threads, self.decode_threads)
-            self.videos_in_flight = 2 if fits else 1
         self._describe()
         self.shard_dir.mkdir(exist_ok=True)
         self._recover_leftovers()
