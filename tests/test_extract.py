@@ -420,9 +420,13 @@ def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(v
     assert seen == [1, 1, 0, 0]
     np.testing.assert_array_equal(result[1], result[0])  # threading never changes pixels
 
-    assert default_decode_threads(gpus=False, torch_threads=1) == 1
-    assert default_decode_threads(gpus=False, torch_threads=4) == 4
-    assert default_decode_threads(gpus=True, torch_threads=1) == 0
+    from aigvqa.extractors import create_extractor
+
+    on_cpu = [MeanColour(), create_extractor("vit-keyframes", random_init=True)]
+    on_gpu = on_cpu + [create_extractor("clip-frames", device="cuda", random_init=True)]  # not loaded
+    assert default_decode_threads(on_cpu, torch_threads=1) == 1
+    assert default_decode_threads(on_cpu, torch_threads=4) == 4
+    assert default_decode_threads(on_gpu, torch_threads=1) == 0
     with pytest.raises(ExtractError, match="decode_threads"):
         extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5", decode_threads=-1)
 
@@ -509,7 +513,7 @@ def test_decode_ahead_is_bounded_in_videos_and_in_bytes():
 
     hand_off = _DecodeAhead(max_videos=2, max_bytes=150)
 
-    def blocked(action) -> bool:
+    def blocked(action):  # -> (still waiting after 0.3 s, the thread)
         thread = threading.Thread(target=action, daemon=True)
         thread.start()
         thread.join(0.3)
@@ -546,3 +550,101 @@ def test_decode_ahead_is_bounded_in_videos_and_in_bytes():
     assert outcome == ["stopped"]
     with pytest.raises(_DecoderStopped):
         hand_off.begin_video()
+
+
+def test_decoding_ahead_gives_the_sequential_paths_features_rows_and_counters(videos, tmp_path):
+    from aigvqa.extractors.runner import run_stats
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    ids = ["good0", "truncated", "good1", "empty", "one-frame", "text", "good2"]
+    models = resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}}) + [MeanColour(n=3), AlwaysFails()]
+    outcome = {}
+    for in_flight in (1, 2):
+        run_stats.reset()
+        shard = tmp_path / f"shard-{in_flight}.h5"
+        result = run_video_chunk(records_of(videos, ids), models, str(shard), videos_in_flight=in_flight)
+        good = result.done["mean-colour"]
+        data = FeatureCache(shard).read(["handcrafted", "mean-colour"], ids=good)
+        outcome[in_flight] = (result.done, sorted(result.failures), data.arrays, data.lengths,
+                              dict(run_stats.forward_calls), dict(run_stats.items))
+    sequential, ahead = outcome[1], outcome[2]
+    assert sequential[0] == ahead[0] and sequential[0]["mean-colour"] == ["good0", "good1", "one-frame", "good2"]
+    assert sequential[1] == ahead[1]
+    assert {(vid, name) for vid, name, _ in ahead[1] if name == ALL_EXTRACTORS} == {("truncated", ALL_EXTRACTORS), ("empty", ALL_EXTRACTORS), ("text", ALL_EXTRACTORS)}
+    for group in ("handcrafted", "mean-colour"):  # item for item: nothing crossed between videos
+        np.testing.assert_array_equal(sequential[2][group], ahead[2][group])
+        np.testing.assert_array_equal(sequential[3][group], ahead[3][group])
+    assert sequential[4:] == ahead[4:]
+
+
+class FailsOnItsFirstBatch(MeanColour):
+    """Slowfast-like: one item per frame of a long view, a batch of 1; the first forward raises."""
+
+    name = "fails-early"
+
+    def view(self):
+        from aigvqa.extractors.views import UniformFramesView
+
+        return UniformFramesView(n=12, size=16)
+
+    def config(self):
+        return {**super().config(), "batch_size": 1}
+
+    def forward(self, items):
+        raise RuntimeError("broken on the first batch")
+
+
+def test_a_forward_failure_stops_the_decoding_of_that_video(videos, tmp_path, monkeypatch):
+    import aigvqa.extractors.views as views_module
+    from aigvqa.pipeline import extract as extract_module
+
+    monkeypatch.setattr(extract_module, "PREFETCH_BYTES", 1)  # one item at a time: no run-ahead within a video
+    handed_over = []
+    real_stream = views_module.stream_views
+
+    def counting(path, view_list, info=None, **kwargs):
+        for event in real_stream(path, view_list, info=info, **kwargs):
+            handed_over.append(Path(path).stem)
+            yield event
+
+    monkeypatch.setattr(views_module, "stream_views", counting)
+    result = extract_module.run_video_chunk(records_of(videos, ["good0", "good1"]), [FailsOnItsFirstBatch()],
+                                            str(tmp_path / "shard.h5"), videos_in_flight=2)
+    assert result.done["fails-early"] == []
+    assert {vid for vid, _, _ in result.failures} == {"good0", "good1"}
+    # the decoder thread gave up after a few of each video's 12 items (the retry alone
+    # that names the failing extractor stops at its first batch too)
+    assert handed_over.count("good0") < 12 and handed_over.count("good1") < 12
+
+
+def test_a_dead_decoder_thread_is_reported_with_its_cause(videos, tmp_path, monkeypatch):
+    import aigvqa.extractors.decode as decode
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    def dies(path):
+        raise SystemExit("decoder killed")  # not an Exception: escapes the per-video handling
+
+    monkeypatch.setattr(decode, "probe", dies)
+    with pytest.raises(RuntimeError, match="decoder thread stopped") as caught:
+        run_video_chunk(records_of(videos, ["good0", "good1"]), [MeanColour()], str(tmp_path / "s.h5"),
+                        videos_in_flight=2)
+    assert isinstance(caught.value.__cause__, SystemExit)
+
+
+def test_cli_passes_decode_threads_to_extract(videos, tmp_path, monkeypatch):
+    from aigvqa.pipeline import cli
+    from aigvqa.pipeline import extract as extract_module
+
+    seen = {}
+
+    def fake_extract(records, spec, cache, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(extract_module, "extract", fake_extract)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path\ngood0,{videos['good0']}\n")
+    with pytest.raises(SystemExit):
+        cli.main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
+                  "--decode-threads", "3", "--torch-threads", "2"])
+    assert seen["decode_threads"] == 3 and seen["torch_threads"] == 2

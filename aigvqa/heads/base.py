@@ -127,7 +127,8 @@ class CrossAttentionBlock(nn.Module):
 # --------------------------------------------------------------------------------------
 # the estimator
 # --------------------------------------------------------------------------------------
-FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel
+# where torch has a fused Adam kernel: CUDA since torch 2.0, CPU since 2.4
+FUSED_ADAM_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
 
 
 def _jsonable(value: Any) -> Any:

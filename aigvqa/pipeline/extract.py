@@ -191,15 +191,15 @@ def extract(
     ``torch_threads`` torch threads each. An existing ``distributed.Client`` can be passed
     as ``client`` instead (it is used as is and not closed).
 
-    ``videos_in_flight`` (per task): 2 or more runs a decoder thread that decodes up to
+    ``videos_in_flight`` (per task): 2 or more runs a decoder thread in each task of more
+    than one video (small runs are cut into one-video tasks) that decodes up to
     ``videos_in_flight - 1`` videos ahead of the forward passes; 1 decodes and computes in
-    turn. The decoder thread pays off even when the workers fill the cores: it keeps a
-    worker busy while its forward passes wait (bench/extract_throughput.py, rows (c) and
-    (c1)).
-    ``decode_threads``: FFmpeg decoder threads per video. Default: ``torch_threads`` on CPU
-    workers -- FFmpeg's own default is one thread per core in every worker, which
-    oversubscribes the cores the workers' forward passes already fill -- and FFmpeg's
-    default (0) on GPU workers, where decoding rather than compute is the bottleneck.
+    turn. With workers filling the cores the decoder thread gained 5-15 % on 2 cores
+    (bench/extract_throughput.py, rows (c) and (c1)); with a core to spare, ~35 %.
+    ``decode_threads``: FFmpeg decoder threads per video. Default: ``torch_threads`` when
+    every model runs on the CPU -- FFmpeg's own default is one thread per core in every
+    worker, which oversubscribes the cores the forward passes already fill -- and
+    FFmpeg's default (0) when a model runs on a GPU, where decoding is the bottleneck.
 
     Re-running skips ids already cached; ``overwrite=True`` recomputes them. A config or
     weights change against a group already in the cache raises ProvenanceMismatchError
@@ -215,13 +215,13 @@ def extract(
         raise ExtractError(
             f"chunk_size and videos_in_flight must be at least 1, got {chunk_size}, {videos_in_flight}"
         )
-    if decode_threads is None:
-        decode_threads = default_decode_threads(gpus, torch_threads)
-    if decode_threads < 0:
+    if decode_threads is not None and decode_threads < 0:
         raise ExtractError(f"decode_threads must be >= 0 (0 = FFmpeg's default), got {decode_threads}")
     records = _as_records(manifest_or_records)
     wanted = resolve_extractors(extractors, random_init=random_init, weights=weights,
                                 device="cuda" if gpus else None)
+    if decode_threads is None:
+        decode_threads = default_decode_threads(wanted, torch_threads)
     cache_path = Path(cache).resolve()
     _check_cache_path(cache_path)
     spec = ClusterSpec(
@@ -243,12 +243,14 @@ def extract(
     return report
 
 
-def default_decode_threads(gpus: bool, torch_threads: int) -> int:
-    """FFmpeg threads per video when not told: a CPU worker decodes with as many threads as
-    it computes with (FFmpeg's default, one per core in every worker, oversubscribes the
-    cores the workers' forward passes already fill); a GPU worker lets FFmpeg pick (0),
-    since there decoding, not the forward pass, is what the CPU cores are for."""
-    return 0 if gpus else max(1, int(torch_threads))
+def default_decode_threads(extractors: Sequence[Extractor], torch_threads: int) -> int:
+    """FFmpeg threads per video when not told: with every model on the CPU a worker decodes
+    with as many threads as it computes with (FFmpeg's default, one per core in every
+    worker, oversubscribes the cores the forward passes already fill); when a model runs on
+    a GPU (``--gpus``, or ``device = "cuda"`` in its config) FFmpeg picks (0): decoding,
+    not the forward pass, is then what the CPU cores are for."""
+    on_gpu = any(str(e.config().get("device") or "cpu").startswith("cuda") for e in extractors)
+    return 0 if on_gpu else max(1, int(torch_threads))
 
 
 def shard_dir_for(cache: str | os.PathLike) -> Path:
@@ -483,11 +485,12 @@ def run_video_chunk(
 ) -> ChunkResult:
     """Worker task: features of ``records`` for ``extractors`` into one shard file.
 
-    With ``videos_in_flight`` > 1 a decoder thread runs ahead of the forward passes, by up
-    to ``videos_in_flight - 1`` videos and ``PREFETCH_BYTES`` of view items, so the models
-    never wait for FFmpeg (which releases the GIL) unless decoding is the slower side;
-    1 decodes and computes strictly in turn. ``decode_threads``: FFmpeg decoder threads
-    per video (0 = FFmpeg's default).
+    With ``videos_in_flight`` > 1 (and more than one record) a decoder thread runs ahead of
+    the forward passes, by up to ``videos_in_flight - 1`` videos and ``PREFETCH_BYTES`` of
+    view items (per task: a worker with several task threads holds that much per thread),
+    so the models never wait for FFmpeg (which releases the GIL) unless decoding is the
+    slower side; 1 decodes and computes strictly in turn. ``decode_threads``: FFmpeg
+    decoder threads per video (0 = FFmpeg's default).
     """
     if os.path.exists(shard_path):
         return _result_from_shard(shard_path, "video")
@@ -577,10 +580,16 @@ class _DecoderStopped(Exception):
     """The forward side closed the hand-off: the decoder thread ends."""
 
 
+class _SkipVideo(Exception):
+    """The forward side gave up on the video being decoded: stop decoding it."""
+
+
 class _DecodeAhead:
     """Hand-off from the decoder thread to the forward passes: a queue of events, bounded
     in videos (the decoder starts video i + ``max_videos`` only once video i is done) and
-    in bytes of queued items (at least one item always fits)."""
+    in bytes of queued items (at least one item always fits). The forward side can ask
+    the decoder to abandon the video it is decoding (``skip``) and learns why the decoder
+    thread stopped if it died (``get`` re-raises with the cause)."""
 
     def __init__(self, max_videos: int, max_bytes: int) -> None:
         from collections import deque
@@ -590,40 +599,55 @@ class _DecodeAhead:
         self._bytes = 0
         self._max_videos, self._max_bytes = max_videos, max_bytes
         self._started = self._finished = 0
+        self._skip = -1  # index of a video the forward side no longer wants
         self._closed = self._decoder_done = False
+        self._decoder_error: BaseException | None = None
 
-    def begin_video(self) -> None:
+    def begin_video(self) -> int:
+        """Wait for room, then return the index of the video the decoder starts."""
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._started - self._finished < self._max_videos)
             if self._closed:
                 raise _DecoderStopped
             self._started += 1
+            return self._started - 1
 
-    def put(self, event: tuple, nbytes: int = 0) -> None:
+    def put(self, event: tuple, nbytes: int = 0, video: int | None = None) -> None:
+        """Queue ``event``; raises _SkipVideo when ``video`` is the one to abandon."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self._closed or not self._events or self._bytes + nbytes <= self._max_bytes
+                lambda: self._closed or video == self._skip or not self._events
+                or self._bytes + nbytes <= self._max_bytes
             )
             if self._closed:
                 raise _DecoderStopped
+            if video is not None and video == self._skip:
+                raise _SkipVideo
             self._events.append((event, nbytes))
             self._bytes += nbytes
             self._cond.notify_all()
 
-    def decoder_done(self) -> None:
+    def decoder_done(self, error: BaseException | None = None) -> None:
         with self._cond:
-            self._decoder_done = True
+            self._decoder_done, self._decoder_error = True, error
             self._cond.notify_all()
 
     def get(self) -> tuple:
         with self._cond:
             self._cond.wait_for(lambda: self._events or self._decoder_done)
             if not self._events:
-                raise RuntimeError("the decoder thread stopped before handing over every video")
+                raise RuntimeError(
+                    "the decoder thread stopped before handing over every video"
+                ) from self._decoder_error
             event, nbytes = self._events.popleft()
             self._bytes -= nbytes
             self._cond.notify_all()
             return event
+
+    def skip(self, video: int) -> None:
+        with self._cond:
+            self._skip = video
+            self._cond.notify_all()
 
     def finish_video(self) -> None:
         with self._cond:
@@ -642,54 +666,70 @@ def _extract_decoding_ahead(records: list[VideoRecord], models: list[Extractor],
 
     The decoder thread streams each video's view items into a ``_DecodeAhead``; this thread
     runs the forward passes. (A thread per video that decodes and then computes falls into
-    step with its twin: both decode at once while the models sit idle.)
+    step with its twin: both decode at once while the models sit idle.) Failure rows are
+    the sequential path's: a decode error or a truncated file fails the whole video; an
+    extractor that raises stops the decoding of that video, and ``_failed`` re-runs each
+    extractor alone to find which one it was.
     """
     from aigvqa.extractors.decode import probe
     from aigvqa.extractors.runner import VideoFeatureBuilder
     from aigvqa.extractors.views import stream_views
 
-    views = VideoFeatureBuilder(models).views
+    try:
+        views = VideoFeatureBuilder(models).views
+    except Exception:  # noqa: BLE001 - let the sequential path turn it into failure rows
+        return [_extract_one(r, models, decode_threads) for r in records]
     hand_off = _DecodeAhead(videos_in_flight, PREFETCH_BYTES)
 
     def decode_all() -> None:
+        stopped_by: BaseException | None = None
         try:
             for record in records:
-                hand_off.begin_video()
+                video = hand_off.begin_video()
                 try:
                     info = probe(record.path)
                     hand_off.put(("start", info))
                     with _truncation_warnings() as caught:
                         for key, index, item in stream_views(record.path, views, info=info,
                                                              threads=decode_threads):
-                            hand_off.put(("item", (key, index, item)), item.nbytes)
+                            hand_off.put(("item", (key, index, item)), item.nbytes, video)
                     hand_off.put(("end", caught))
+                except _SkipVideo:
+                    hand_off.put(("skipped", None))
                 except _DecoderStopped:
                     raise
                 except Exception as err:  # noqa: BLE001 - handed over: one bad video fails alone
                     hand_off.put(("error", err))
         except _DecoderStopped:
             pass
+        except BaseException as err:  # noqa: BLE001 - the forward side re-raises it as the cause
+            stopped_by = err
         finally:
-            hand_off.decoder_done()
+            hand_off.decoder_done(stopped_by)
 
-    def compute(record: VideoRecord):
+    def compute(video: int, record: VideoRecord):
         kind, payload = hand_off.get()
         if kind == "error":
             return _failed(record, models, payload, decode_threads)
-        info, builder, failure = payload, VideoFeatureBuilder(models), None
+        info, builder, failure = payload, None, None
         while True:
             kind, payload = hand_off.get()
             if kind == "item":
                 if failure is None:
                     try:
+                        builder = builder or VideoFeatureBuilder(models)
                         builder.add(*payload)
-                    except Exception as err:  # noqa: BLE001 - drain this video's items, then isolate
+                    except Exception as err:  # noqa: BLE001 - stop decoding it, then isolate
                         failure = err
-            elif kind == "error":
+                        hand_off.skip(video)
+            elif kind == "error":  # the file broke after some items: the whole video fails
                 return _failed(record, models, payload, decode_threads)
+            elif kind == "skipped":
+                return _failed(record, models, failure, decode_threads)
             else:  # "end"
                 if failure is None:
                     try:
+                        builder = builder or VideoFeatureBuilder(models)
                         return _checked(record, models, info, builder.outputs(), payload)
                     except Exception as err:  # noqa: BLE001 - the last batches' forward passes
                         failure = err
@@ -699,8 +739,8 @@ def _extract_decoding_ahead(records: list[VideoRecord], models: list[Extractor],
     decoder.start()
     results = []
     try:
-        for record in records:
-            results.append(compute(record))
+        for video, record in enumerate(records):
+            results.append(compute(video, record))
             hand_off.finish_video()
     finally:
         hand_off.close()
@@ -709,18 +749,18 @@ def _extract_decoding_ahead(records: list[VideoRecord], models: list[Extractor],
 
 
 # -- truncation warnings, per thread ----------------------------------------------------
-# warnings.catch_warnings swaps process-global state and is unsafe with several videos
-# in flight, so each worker process installs one hook that hands TruncatedVideoWarning
-# to the thread that raised it (and still shows every warning in the worker's log).
+# warnings.catch_warnings swaps process-global state and is unsafe with several threads
+# decoding, so a process installs one hook that hands TruncatedVideoWarning to the thread
+# that raised it (the decoder thread; it still shows every warning in the worker's log).
 _COLLECTING = threading.local()
 _HOOK_LOCK = threading.Lock()
-_HOOKED = False
 
 
 def _install_truncation_hook() -> None:
-    global _HOOKED
+    # Checked on every use, not once per process: code that saves and restores the warnings
+    # state (warnings.catch_warnings in a notebook, pytest around each test) drops the hook.
     with _HOOK_LOCK:
-        if _HOOKED:
+        if getattr(warnings.showwarning, "aigvqa_truncation_hook", False):
             return
         from aigvqa.extractors.decode import TruncatedVideoWarning
 
@@ -735,8 +775,8 @@ def _install_truncation_hook() -> None:
                 bucket.append(message)
             shown(message, category, filename, lineno, file, line)
 
+        showwarning.aigvqa_truncation_hook = True
         warnings.showwarning = showwarning
-        _HOOKED = True
 
 
 @contextlib.contextmanager
