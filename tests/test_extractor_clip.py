@@ -43,12 +43,9 @@ def tiny_archs(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def isolated_caches(tmp_path, monkeypatch):
-    """No real weights or caches leak in: empty AIGVQA_WEIGHTS / HF cache / home."""
-    import huggingface_hub.constants
-
-    monkeypatch.delenv("AIGVQA_WEIGHTS", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+def isolated_caches(isolated_weight_caches, tmp_path, monkeypatch):
+    """No real weights or caches leak in: the shared isolation plus an empty home (open_clip
+    and HF look there) and a cleared model cache."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     clip.clear_model_cache()
     yield

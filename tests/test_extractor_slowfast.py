@@ -17,13 +17,7 @@ from aigvqa.extractors.slowfast import KINETICS_MEAN, KINETICS_STD, SLOWFAST_R50
 from aigvqa.extractors.weights import sha256_of
 
 SMALL = {"size": 64}
-
-
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path, monkeypatch):
-    """No real weights leak in: empty $AIGVQA_WEIGHTS and torch hub dir."""
-    monkeypatch.delenv("AIGVQA_WEIGHTS", raising=False)
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
+pytestmark = pytest.mark.usefixtures("isolated_weight_caches")
 
 
 @pytest.fixture

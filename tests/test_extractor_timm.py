@@ -18,16 +18,7 @@ from aigvqa.extractors.base import RANDOM_INIT
 from aigvqa.extractors.weights import sha256_of
 
 TINY_VIT = "vit_tiny_patch16_224"
-
-
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path, monkeypatch):
-    """No real weights leak in: empty $AIGVQA_WEIGHTS, HF hub cache and torch hub dir."""
-    import huggingface_hub.constants
-
-    monkeypatch.delenv("AIGVQA_WEIGHTS", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
+pytestmark = pytest.mark.usefixtures("isolated_weight_caches")
 
 
 @pytest.fixture
