@@ -431,21 +431,10 @@ def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(v
         extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5", decode_threads=-1)
 
 
-class AlwaysFails(Extractor):
+class AlwaysFails(MeanColour):
     """Key-frame extractor whose forward pass always raises."""
 
     name = "always-fails"
-
-    def output_dims(self):
-        return {"values": 1}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=2, size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
 
     def forward(self, items):
         raise RuntimeError("this backbone is broken")
@@ -648,3 +637,21 @@ def test_cli_passes_decode_threads_to_extract(videos, tmp_path, monkeypatch):
         cli.main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
                   "--decode-threads", "3", "--torch-threads", "2"])
     assert seen["decode_threads"] == 3 and seen["torch_threads"] == 2
+
+
+def test_the_truncation_hook_survives_code_that_restores_the_warnings_state():
+    import warnings
+
+    from aigvqa.extractors.decode import TruncatedVideoWarning
+    from aigvqa.pipeline.extract import _truncation_warnings
+
+    def warn_truncated():
+        warnings.warn(TruncatedVideoWarning("cut short", "v.mp4", 3, 8), stacklevel=1)
+
+    with warnings.catch_warnings():  # a notebook cell, or pytest around a test
+        with _truncation_warnings() as first:
+            warn_truncated()
+    with _truncation_warnings() as second:  # the hook above was dropped with that state
+        warn_truncated()
+    assert len(first) == 1 and len(second) == 1
+    assert second[0].decoded == 3 and second[0].expected == 8
