@@ -211,10 +211,21 @@ def test_fused_adam_trains_like_the_for_each_step(name, monkeypatch):
     import aigvqa.heads.base as base
 
     X, y = all_features(40)
+    built = []  # the `fused` flag of every Adam the heads construct
+    real_adam = torch.optim.Adam
+
+    def spying_adam(*args, **kwargs):
+        built.append(bool(kwargs.get("fused")))
+        return real_adam(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spying_adam)
     fused = tiny(name, seed=2).fit(X, y).predict(X)
+    fused_flags, built[:] = list(built), []
     monkeypatch.setattr(base, "FUSED_ADAM_DEVICES", ())
     for_each = tiny(name, seed=2).fit(X, y).predict(X)
-    assert not np.array_equal(fused, for_each) or name == "branchsum"  # the switch took effect
+    # the switch took effect. The two steps may or may not round alike (nobody promises a
+    # difference), so the flag is what is checked, not the predictions.
+    assert fused_flags and all(fused_flags) and built and not any(built)
     np.testing.assert_allclose(fused, for_each, rtol=1e-3, atol=1e-3 * np.std(y))
 
 
