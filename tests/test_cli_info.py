@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aigvqa.cache import Failure, GroupData, merge_shards, write_shard
+from aigvqa.cache import FORMAT_VERSION, Failure, GroupData, merge_shards, write_shard
 from aigvqa.pipeline.cli import main
 
 SHA = "sha256:" + "cd" * 32
@@ -40,7 +40,7 @@ def small_cache(tmp_path):
 def test_info_prints_groups_shapes_and_random_init_warning(small_cache, capsys):
     assert main(["info", str(small_cache)]) == 0
     out = capsys.readouterr().out
-    assert str(small_cache) in out and "format 1" in out
+    assert str(small_cache) in out and f"format {FORMAT_VERSION}, checksummed" in out
     frames_line = next(line for line in out.splitlines() if line.strip().startswith("clip-frames") and "video" in line)
     assert frames_line.split()[:6] == ["clip-frames", "video", "4", "8", "16", "float16"]
     assert "3/6.5/8" in frames_line  # lengths min/median/max
