@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_cli_train_evaluate import make_cache
 
-from aigvqa.pipeline import ablate
-from aigvqa.pipeline.ablate import GridError, load_grid, run_ablation
+from aigvqa.pipeline.evaluation import ablate
+from aigvqa.pipeline.evaluation.ablate import GridError, load_grid, run_ablation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ablate-demo.toml"

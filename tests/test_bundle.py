@@ -12,7 +12,7 @@ from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+from aigvqa.pipeline.model.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
 
 PROVENANCE = {
     "handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32, "device": "cpu"}, "view": None,

@@ -30,7 +30,7 @@ import numpy as np
 
 from aigvqa.errors import AigvqaError
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+from aigvqa.pipeline.config import TOMLDecodeError, load_toml
 
 
 class TrainingDataError(AigvqaError, ValueError):
@@ -198,7 +198,7 @@ def train(
     labels: str | Sequence[str] | None = None,
 ) -> tuple[Path, TrainingData]:
     """Fit ``head`` on every labelled video of ``cache`` and save a bundle to ``out``."""
-    from aigvqa.pipeline.bundle import save_bundle
+    from aigvqa.pipeline.model.bundle import save_bundle
 
     data = load_training_data(cache, features, labels)
     name, estimator = build_head(head, config, params)
@@ -231,8 +231,8 @@ def evaluate_cache(
     video of ``test_cache``, whose groups must come from the same extractors and weights.
     """
     from aigvqa.errors import ProvenanceMismatchError
-    from aigvqa.pipeline.bundle import provenance_problems
-    from aigvqa.pipeline.evaluate import cross_dataset, evaluate
+    from aigvqa.pipeline.evaluation.evaluate import cross_dataset, evaluate
+    from aigvqa.pipeline.model.bundle import provenance_problems
 
     data = load_training_data(cache, features, labels)
     name, estimator = build_head(head, config, params)

@@ -29,8 +29,8 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.metrics import METRIC_NAMES, all_metrics, model_level_correlation
-from aigvqa.pipeline.splits import Split, make_splits
+from aigvqa.pipeline.evaluation.metrics import METRIC_NAMES, all_metrics, model_level_correlation
+from aigvqa.pipeline.evaluation.splits import Split, make_splits
 
 MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc")
 FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
