@@ -40,7 +40,7 @@ _LAZY = {
     "FeatureSet": "aigvqa.heads",
     "create_head": "aigvqa.heads",
     "list_heads": "aigvqa.heads",
-    "load_training_data": "aigvqa.pipeline.model.train",
+    "load_training_data": "aigvqa.pipeline.training_data",
     "train": "aigvqa.pipeline.model.train",
     "evaluate": "aigvqa.pipeline.evaluation.evaluate",
     "cross_dataset": "aigvqa.pipeline.evaluation.evaluate",

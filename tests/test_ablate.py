@@ -108,6 +108,15 @@ def test_malformed_grids_are_refused_naming_the_file(tmp_path, text, message):
     assert str(path) in str(err.value)
 
 
+def test_run_ablation_takes_the_grid_file_path(tmp_path):
+    """The API reads the TOML itself: a path is parsed (here it names a cache that does not
+    exist, so the run stops before any cluster starts)."""
+    path = _write_grid(tmp_path)
+    with pytest.raises(GridError, match="feats.h5 does not exist") as err:
+        run_ablation(str(path), progress=False, echo=lambda *a: None)
+    assert str(path) in str(err.value)
+
+
 def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path, client, monkeypatch):
     make_cache(tmp_path / "feats.h5")
     grid = load_grid(_write_grid(tmp_path))

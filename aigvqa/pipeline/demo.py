@@ -364,7 +364,8 @@ def run_demo(
     from aigvqa.pipeline.evaluation.metrics import MappingFitWarning
     from aigvqa.pipeline.extract import extract
     from aigvqa.pipeline.model.score import score
-    from aigvqa.pipeline.model.train import build_head, fit_head, load_training_data
+    from aigvqa.pipeline.model.train import fit_head
+    from aigvqa.pipeline.training_data import build_head, load_training_data
 
     settings = DemoSettings.make(videos, quick, seed)
     out = Path(out)

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
+from aigvqa.pipeline.training_data import provenance_problems
 
 BUNDLE_FORMAT = "aigvqa-bundle"
 BUNDLE_VERSION = 1
@@ -109,25 +110,6 @@ class Bundle:
                 + " (model vs features). Extract features with the model's extractor configs (aigvqa score does this "
                 "when given no --cache) or retrain the model on these features."
             )
-
-
-def provenance_problems(
-    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
-) -> list[str]:
-    """What differs between two {cache group: provenance} maps, one line per group; runtime
-    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
-    Empty when every expected group matches."""
-    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
-
-    problems = []
-    for group, want in expected.items():
-        if group not in actual:
-            problems.append(f"group {group!r} is missing (have {sorted(actual)})")
-            continue
-        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
-        if diffs:
-            problems.append(f"group {group!r}: " + "; ".join(diffs))
-    return problems
 
 
 # -- save ---------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def _failure_text(cache: Path | None, vid: str, groups: Sequence[str]) -> str:
 
 def _predict(bundle, cache: Path, ids: list[str]) -> np.ndarray:
     from aigvqa.cache import FeatureCache
-    from aigvqa.pipeline.model.train import featureset_from_cache
+    from aigvqa.pipeline.training_data import featureset_from_cache
 
     data = FeatureCache(cache).read(bundle.groups, ids=ids)
     return bundle.predict(featureset_from_cache(data))

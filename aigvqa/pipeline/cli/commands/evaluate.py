@@ -33,7 +33,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.model.train import evaluate_cache
+    from aigvqa.pipeline.evaluation.evaluate import evaluate_cache
 
     result = evaluate_cache(
         args.cache, args.head, config=args.config, features=args.features, labels=args.labels,

@@ -1,0 +1,180 @@
+"""Training data: the rows of a feature cache as heads take them, shared by the model
+lifecycle (``pipeline.model``) and evaluation (``pipeline.evaluation``), which import each
+other only through this module.
+
+``load_training_data`` turns cache groups into the ``FeatureSet`` every head takes. Names of
+the feature arrays (what heads' ``features`` parameters refer to):
+
+- a group's values are named after the group (``handcrafted``, ``clip-frames``, ``videval``;
+  for ``clip-text`` they are the token sequence, its lengths the valid tokens);
+- every floating-point extra ``e`` of group ``g`` becomes ``g-e`` (``clip-text-pooled``,
+  one vector per video); boolean extras (token masks) are not features: the lengths
+  already carry them.
+
+``build_head`` makes a head from its name, a head TOML file (``pipeline.config``) and
+explicit parameters; ``provenance_problems`` compares where two sets of features came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aigvqa.errors import AigvqaError
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.pipeline.config import load_head_config
+
+
+class TrainingDataError(AigvqaError, ValueError):
+    """The cache lacks the features or labels asked for, or a head config is malformed."""
+
+
+@dataclass
+class TrainingData:
+    """Rows of a cache ready for a head: X, y [N, k], grouping keys and provenance."""
+
+    cache: Path
+    X: FeatureSet
+    y: np.ndarray
+    label_names: list[str]
+    groups: dict[str, np.ndarray]
+    provenance: dict[str, dict[str, Any]]  # cache group -> its provenance
+    cache_groups: list[str]
+    dropped: list[str] = field(default_factory=list)  # ids without every requested label
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.X.ids)
+
+    def describe(self) -> str:
+        text = (
+            f"{len(self.X)} videos from {self.cache}; features {', '.join(self.X.names)}; "
+            f"labels {', '.join(self.label_names)}"
+        )
+        if self.dropped:
+            text += f" ({len(self.dropped)} videos without every label left out)"
+        return text
+
+
+def _split_names(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    names = [v.strip() for v in value if v.strip()]
+    return names or None
+
+
+def featureset_from_cache(data) -> FeatureSet:
+    """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says."""
+    arrays: dict[str, np.ndarray] = {}
+    lengths: dict[str, np.ndarray] = {}
+    for group, values in data.arrays.items():
+        arrays[group], lengths[group] = values, data.lengths[group]
+    for key, values in data.extras.items():
+        group, _, extra = key.partition("/")
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        arrays[f"{group}-{extra}"] = values
+    return FeatureSet(arrays, lengths, data.ids)
+
+
+def load_training_data(
+    cache: str | Path,
+    features: str | Sequence[str] | None = None,
+    labels: str | Sequence[str] | None = None,
+    *,
+    require_labels: bool = True,
+) -> TrainingData:
+    """Read cache groups ``features`` (default: all) and labels ``labels`` (default: all).
+
+    Videos missing any requested label are left out (listed in ``dropped``). With
+    ``require_labels=False`` (scoring), every video present in all groups is kept.
+    """
+    from aigvqa.cache import FeatureCache
+
+    cache = Path(cache)
+    store = FeatureCache(cache)
+    available = store.groups()
+    wanted = _split_names(features) or available
+    missing = [g for g in wanted if g not in available]
+    if missing:
+        raise TrainingDataError(
+            f"cache {cache} has no group(s) {', '.join(missing)} (it has {', '.join(available) or 'none'}); "
+            f"pick from those with --features, or extract them with `aigvqa extract ... --cache {cache}`"
+        )
+    if not wanted:
+        raise TrainingDataError(f"cache {cache} holds no feature groups; run `aigvqa extract` first")
+    data = store.read(wanted)
+    provenance = {g: store.group_info(g).provenance for g in wanted}
+    label_names = _split_names(labels) or sorted(data.labels)
+    if require_labels:
+        if not label_names:
+            raise TrainingDataError(
+                f"cache {cache} holds no labels (MOS); extract from a manifest with label columns, "
+                "or import them with `aigvqa import-features ... --label-columns`"
+            )
+        absent = [name for name in label_names if name not in data.labels]
+        if absent:
+            raise TrainingDataError(
+                f"cache {cache} has no label(s) {', '.join(absent)}; it has {', '.join(sorted(data.labels)) or 'none'}"
+            )
+    X = featureset_from_cache(data)
+    y = np.column_stack([data.labels.get(n, np.full(len(X), math.nan)) for n in label_names]) if label_names else np.zeros((len(X), 0))
+    dropped: list[str] = []
+    if require_labels:
+        keep = np.isfinite(y).all(axis=1)
+        dropped = [i for i, k in zip(data.ids, keep) if not k]
+        if not keep.all():
+            X, y = X[np.flatnonzero(keep)], y[keep]
+            groups = {k: v[keep] for k, v in data.groups.items()}
+        else:
+            groups = dict(data.groups)
+        if len(X) == 0:
+            raise TrainingDataError(f"no video in {cache} has every label of {label_names}")
+    else:
+        groups = dict(data.groups)
+    return TrainingData(cache, X, y, label_names, groups, provenance, wanted, dropped)
+
+
+def build_head(name: str | None, config: str | Path | None = None, params: Mapping[str, Any] | None = None):
+    """A head from its name, a TOML config and explicit parameters (these win)."""
+    from aigvqa.heads.registry import create_head
+
+    config_name, config_params = load_head_config(config)
+    if name and config_name and name != config_name:
+        raise TrainingDataError(f"--head {name} contradicts head = {config_name!r} in {config}; drop one")
+    name = name or config_name
+    if not name:
+        raise TrainingDataError("name a head with --head (or `head = \"...\"` in the --config file)")
+    merged = {**config_params, **(params or {})}
+    try:
+        return name, create_head(name, **merged)
+    except TypeError as err:
+        raise TrainingDataError(
+            f"head {name!r} does not take these parameters ({err}); check {config or 'the parameters'}"
+        ) from err
+
+
+def provenance_problems(
+    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """What differs between two {cache group: provenance} maps, one line per group; runtime
+    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
+    Empty when every expected group matches."""
+    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
+
+    problems = []
+    for group, want in expected.items():
+        if group not in actual:
+            problems.append(f"group {group!r} is missing (have {sorted(actual)})")
+            continue
+        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
+        if diffs:
+            problems.append(f"group {group!r}: " + "; ".join(diffs))
+    return problems
