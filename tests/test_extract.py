@@ -17,13 +17,13 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
-    ALL_EXTRACTORS,
     ExtractError,
     extract,
     resolve_extractors,
