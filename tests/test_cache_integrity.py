@@ -340,3 +340,21 @@ def test_same_weights_at_another_path_may_join_a_group_other_weights_may_not(tmp
     assert FeatureCache(cache).group_info("clip-frames").provenance["config"]["weights"] == "/mnt/a/ViT-B-32.pt"
     with pytest.raises(ProvenanceMismatchError, match="weights: 'sha256:abab"):
         merge_shards(cache, [shard("sc.h5", ["c"], prov(weights="sha256:" + "cd" * 32))])
+
+
+def test_every_provenance_check_ignores_the_weights_path_but_not_the_weights(tmp_path):
+    """extract's up-front check, a bundle's / cross-dataset check: the same checkpoint at
+    another path (another mount, --weights vs $AIGVQA_WEIGHTS) is the same features."""
+    from aigvqa.pipeline.extract import check_provenance
+    from aigvqa.pipeline.training_data import provenance_problems
+
+    cache = tmp_path / "c.h5"
+    rows = [np.ones((2, 3))]
+    merge_shards(cache, [write_shard(tmp_path / "s.h5", [GroupData("clip-frames", "video", ["a"], rows,
+                                                                  provenance=prov(path="/mnt/a/w.pt"))])])
+    check_provenance(cache, {"clip-frames": prov(path="/home/me/weights/clip-frames/w.pt")})
+    with pytest.raises(ProvenanceMismatchError, match="weights"):
+        check_provenance(cache, {"clip-frames": prov(weights="sha256:" + "cd" * 32)})
+    trained = {"clip-frames": prov(path="/mnt/a/w.pt")}
+    assert provenance_problems(trained, {"clip-frames": prov(path=None)}) == []
+    assert provenance_problems(trained, {"clip-frames": prov(weights="RANDOM-INIT", path=None)})
