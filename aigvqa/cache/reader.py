@@ -473,14 +473,18 @@ class FeatureCache:
             return list(read_videos(f).values())
 
     # -- reading arrays ----------------------------------------------------------------
-    def read(self, groups: str | Iterable[str], ids: Iterable[str] | None = None) -> CacheData:
+    def read(
+        self, groups: str | Iterable[str], ids: Iterable[str] | None = None, *, stored_dtype: bool = False
+    ) -> CacheData:
         """Aligned rows of every requested group.
 
         ``ids=None`` reads the videos present in *all* requested groups, sorted by video id.
-        Prompt-keyed groups are expanded to video rows via the videos table. A group with
-        duplicate ids or a row of length 0, or a damaged byte anywhere in what is read,
-        raises CacheError naming the file and group.
+        Prompt-keyed groups are expanded to video rows via the videos table. Floating
+        arrays come as float32 unless ``stored_dtype`` (float16 groups stay float16). A
+        group with duplicate ids or a row of length 0, or a damaged byte anywhere in what
+        is read, raises CacheError naming the file and group.
         """
+        convert = (lambda a: a) if stored_dtype else _as_float32
         names = [groups] if isinstance(groups, str) else list(groups)
         if not names:
             raise ValueError("read() needs at least one group name")
@@ -521,10 +525,10 @@ class FeatureCache:
                 place.group = name
                 g = f[name]
                 rows = np.fromiter((row_of[name][v] for v in selected), dtype=np.int64, count=len(selected))
-                arrays[name] = _as_float32(take_rows(g["values"], rows))
+                arrays[name] = convert(take_rows(g["values"], rows))
                 lengths[name] = take_rows(g["lengths"], rows).astype(np.int64)
                 for extra in extra_names(g):
-                    extras[f"{name}/{extra}"] = _as_float32(take_rows(g[extra], rows))
+                    extras[f"{name}/{extra}"] = convert(take_rows(g[extra], rows))
 
         label_names = sorted({k for v in selected if v in videos for k in videos[v]["labels"]})
         group_names = sorted({k for v in selected if v in videos for k in videos[v]["groups"]})
@@ -538,6 +542,33 @@ class FeatureCache:
             for k in group_names
         }
         return CacheData(selected, arrays, lengths, extras, labels, groups_out)
+
+    def read_stored(
+        self, name: str, ids: Iterable[str] | None = None, *, stored_dtype: bool = False
+    ) -> CacheData:
+        """Rows of one group by its own ids (prompt ids for a prompt-keyed group: nothing
+        is expanded to videos), in stored order (sorted) when ``ids`` is None; ``labels``
+        and ``groups`` are left empty. Floating arrays as float32 unless ``stored_dtype``."""
+        convert = (lambda a: a) if stored_dtype else _as_float32
+        with self._reading() as (f, place):
+            g = self._group(f, name)
+            place.group = name
+            stored = check_group(g, name, self.path)[0]
+            if ids is None:
+                selected, rows = stored, np.arange(len(stored), dtype=np.int64)
+            else:
+                index = {s: i for i, s in enumerate(stored)}
+                selected = [str(i) for i in ids]
+                absent = [i for i in selected if i not in index]
+                if absent:
+                    raise CacheError(
+                        f"cache {self.path}, group {name!r}: no rows for ids {_name_some(absent)}"
+                    )
+                rows = np.array([index[i] for i in selected], dtype=np.int64)
+            arrays = {name: convert(take_rows(g["values"], rows))}
+            lengths = {name: take_rows(g["lengths"], rows).astype(np.int64)}
+            extras = {f"{name}/{e}": convert(take_rows(g[e], rows)) for e in extra_names(g)}
+        return CacheData(list(selected), arrays, lengths, extras, {}, {})
 
     def _check_present(self, f, names, selected, row_of, videos) -> None:
         problems = []
