@@ -231,10 +231,11 @@ def extra_names(g: h5py.Group) -> list[str]:
     return sorted(k for k in g.keys() if k not in CORE_DATASETS and not is_scale(g[k]))
 
 
-def group_meta(g: h5py.Group) -> dict[str, Any]:
-    """Everything that decides whether rows may join this group (compared on merge)."""
+def group_meta(g: h5py.Group, attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that decides whether rows may join this group (compared on merge).
+    ``attrs``: ``read_attrs(g)`` when the caller has it (it checks a digest each call)."""
     values = g["values"]
-    attrs = read_attrs(g)
+    attrs = read_attrs(g) if attrs is None else attrs
     return {
         "keyed_by": str(attrs["keyed_by"]),
         "dtype": str(values.dtype),
@@ -250,12 +251,12 @@ def keyed_by(g: h5py.Group) -> str:
     return str(read_attrs(g)["keyed_by"])
 
 
-def group_versions(g: h5py.Group) -> list[dict[str, str]]:
-    return json.loads(read_attrs(g).get("versions", "[]"))
+def group_versions(g: h5py.Group, attrs: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    return json.loads((read_attrs(g) if attrs is None else attrs).get("versions", "[]"))
 
 
-def group_columns(g: h5py.Group) -> list[str] | None:
-    columns = read_attrs(g).get("columns")
+def group_columns(g: h5py.Group, attrs: dict[str, Any] | None = None) -> list[str] | None:
+    columns = (read_attrs(g) if attrs is None else attrs).get("columns")
     if columns is None:
         return None
     return [str(c) for c in (columns if isinstance(columns, list) else [columns])]
@@ -364,7 +365,8 @@ def read_failures(f: h5py.File) -> list[Failure]:
 
 
 def group_info(g: h5py.Group, name: str) -> GroupInfo:
-    meta = group_meta(g)
+    attrs = read_attrs(g)
+    meta = group_meta(g, attrs)
     lengths = g["lengths"][()]
     prov = meta["provenance"]
     return GroupInfo(
@@ -375,7 +377,7 @@ def group_info(g: h5py.Group, name: str) -> GroupInfo:
         dtype=meta["dtype"],
         keyed_by=meta["keyed_by"],
         provenance=prov,
-        versions=group_versions(g),
+        versions=group_versions(g, attrs),
         weights=weights_identity(prov),
         random_init=is_random_init(prov),
         lengths_min=int(lengths.min()) if lengths.size else 0,
@@ -383,7 +385,7 @@ def group_info(g: h5py.Group, name: str) -> GroupInfo:
         lengths_max=int(lengths.max()) if lengths.size else 0,
         extras={k: v["shape"] for k, v in meta["extras"].items()},
         checksums=has_checksums(g),
-        columns=group_columns(g),
+        columns=group_columns(g, attrs),
     )
 
 

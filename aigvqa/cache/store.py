@@ -100,6 +100,7 @@ from aigvqa.cache.schema import (
     field_kind,
     normalize,
     package_versions,
+    read_attrs,
     seal_attrs,
     strings_digest,
     video_row,
@@ -568,12 +569,13 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
     """Which rows of which file make the merged group (read-only; errors name the file)."""
     contributing = [i for i, s in enumerate(shards) if name in s]
     places = [Place(p, "shard") for p in shard_paths]
-    metas, checked = {}, {}
+    metas, checked, attrs = {}, {}, {}
     ref_meta = ref_index = None
     for i in contributing:
         places[i].group = name
         with guarded(places[i]):
-            metas[i] = group_meta(shards[i][name])
+            attrs[i] = read_attrs(shards[i][name])
+            metas[i] = group_meta(shards[i][name], attrs[i])
             checked[i] = check_group(shards[i][name], name, shard_paths[i], "shard")
             meta = metas[i]
         if ref_meta is None:
@@ -593,10 +595,11 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
     old_meta = None
     if existing is not None:
         with guarded(old_place):
-            old_meta = group_meta(existing)
+            old_attrs = read_attrs(existing)
+            old_meta = group_meta(existing, old_attrs)
             old_ids, _ = check_group(existing, name, cache_path)
-            old_versions = group_versions(existing)
-            old_columns = group_columns(existing)
+            old_versions = group_versions(existing, old_attrs)
+            old_columns = group_columns(existing, old_attrs)
             old_t = int(existing["values"].shape[1])
             old_compression = existing["values"].compression
         if ref_meta is not None:
@@ -635,8 +638,8 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
             took = True
         if took:
             with guarded(places[i]):
-                shard_versions = group_versions(shards[i][name])
-                shard_columns = group_columns(shards[i][name])
+                shard_versions = group_versions(shards[i][name], attrs[i])
+                shard_columns = group_columns(shards[i][name], attrs[i])
             versions += [v for v in shard_versions if v not in versions]
             if columns is None:
                 columns = shard_columns
@@ -665,6 +668,10 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
     )
 
 
+def _one_run(rows: np.ndarray) -> bool:
+    return bool(rows.size) and int(rows[-1]) - int(rows[0]) + 1 == rows.size and bool((np.diff(rows) == 1).all())
+
+
 def _fill_group(g: h5py.Group, plan: _GroupPlan) -> None:
     """Write the merged rows block by block (bounded memory, each block written once)."""
     n = len(plan.ids)
@@ -681,6 +688,14 @@ def _fill_group(g: h5py.Group, plan: _GroupPlan) -> None:
                 continue
             src, dst = source.src[lo:hi], source.dst[lo:hi] - start
             with guarded(source.place):
+                if _one_run(src) and _one_run(dst):  # the usual case: HDF5 reads straight into the block
+                    rows = np.s_[int(src[0]) : int(src[-1]) + 1]
+                    into = np.s_[int(dst[0]) : int(dst[-1]) + 1]
+                    t = min(int(source.group["values"].shape[1]), plan.t_max)
+                    source.group["values"].read_direct(buffers["values"], np.s_[rows, :t], np.s_[into, :t])
+                    for key in datasets[1:]:
+                        source.group[key].read_direct(buffers[key], rows, into)
+                    continue
                 values = take_rows(source.group["values"], src)
                 t = min(values.shape[1], plan.t_max)
                 buffers["values"][dst, :t] = values[:, :t]
