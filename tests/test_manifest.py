@@ -338,6 +338,19 @@ def test_a_latin1_manifest_names_the_line_and_the_expected_encoding(folder, fmt,
     assert "é" in (records[1].prompt or "") or "è" in (records[1].prompt or "")
 
 
+def test_extract_cli_names_the_line_and_takes_an_encoding(folder, capsys):
+    from aigvqa.pipeline.cli import main
+
+    manifest = folder / "m.csv"
+    manifest.write_bytes("video_id,path,prompt\na,videos/a.mp4,caf\u00e9\n".encode("latin-1"))
+    assert main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(folder / "c.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "--encoding latin-1" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    assert "--encoding" in capsys.readouterr().out
+
+
 def test_a_utf8_manifest_with_a_byte_order_mark_reads(folder):
     manifest = folder / "m.csv"
     manifest.write_bytes("video_id,path,mos\na,videos/a.mp4,3\n".encode("utf-8-sig"))
