@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from aigvqa.errors import ProvenanceMismatchError
+from aigvqa.extractors.base import Extractor
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
@@ -308,8 +309,8 @@ def test_a_cached_id_for_another_file_does_not_give_that_files_score(setup, clie
     report = score([impostor, reference, train_records[1]], model, out, cache=train_cache, client=client,
                    progress=False)
     rows = _rows(out)
-    assert report.not_from_cache == 1 and report.from_cache == 1
     assert rows["demo000"]["overall"] == rows["reference"]["overall"]  # the file's own score
+    assert report.not_from_cache == 1 and report.from_cache == 1
     cached = _rows(score([train_records[0]], model, tmp_path / "c.csv", cache=train_cache, client=client,
                             progress=False).out)
     assert cached["demo000"]["overall"] != rows["demo000"]["overall"]
@@ -465,18 +466,7 @@ def test_score_videos_of_a_folder_from_python(setup, client, tmp_path):
 
 def test_a_model_that_reads_prompts_asks_for_one(data, tmp_path, monkeypatch, capsys):
     from aigvqa.extractors import registry
-    from aigvqa.extractors.base import Extractor
     from aigvqa.pipeline.cli import main
-
-    class PromptWords(Extractor):
-        name = "prompt-words"
-        modality = "text"
-
-        def output_dims(self):
-            return {"pooled": 1, "tokens": 1}
-
-        def load(self, device="cpu"):
-            self.weights_identity = "none"
 
     monkeypatch.setitem(registry._REGISTRY, "prompt-words", PromptWords)
     X, y = data
@@ -489,3 +479,49 @@ def test_a_model_that_reads_prompts_asks_for_one(data, tmp_path, monkeypatch, ca
         score_videos(clip, model)
     assert main(["score", str(clip), "--model", str(model)]) == 2
     assert '--prompt "the text"' in capsys.readouterr().err
+
+
+class PromptWords(Extractor):
+    """A text extractor for the tests: pooled = [characters, words] of the prompt."""
+
+    name = "prompt-words"
+    modality = "text"
+
+    def output_dims(self):
+        return {"pooled": 2, "tokens": 2}
+
+    def load(self, device="cpu"):
+        self.weights_identity = "none"
+
+    def encode_text(self, prompts):
+        pooled = np.array([[len(p), len(p.split())] for p in prompts], dtype=np.float32)
+        return {"pooled": pooled, "tokens": pooled[:, None, :].copy(), "mask": np.ones((len(prompts), 1), dtype=bool)}
+
+
+def test_prompt_features_follow_the_prompt_text_not_its_id(setup, client, tmp_path, monkeypatch):
+    from aigvqa.extractors import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "prompt-words", PromptWords)
+    root, _, _, train_records, _ = setup
+    cache = tmp_path / "train.h5"
+    extract(train_records, {**EXTRACTORS, "prompt-words": {}}, cache, client=client, progress=False)
+    model, _ = train(cache, "svr", tmp_path / "model", labels="alignment")
+
+    original = train_records[0]
+    assert original.groups.get("prompt")  # the manifest names the prompt by an id
+    reworded = replace(original, prompt=original.prompt + " at dusk, filmed from far away")
+    fresh = replace(reworded, video_id="fresh", groups={})
+    report = score([reworded, fresh], model, tmp_path / "a.csv", cache=cache, client=client, progress=False)
+    rows = _rows(tmp_path / "a.csv")
+    assert rows[original.video_id]["alignment"] == rows["fresh"]["alignment"]
+    assert report.not_from_cache == 1  # the cache holds demo000 with its old prompt
+    before = _rows(score([original], model, tmp_path / "b.csv", cache=cache, client=client, progress=False).out)
+    assert before[original.video_id]["alignment"] != rows[original.video_id]["alignment"]
+
+    # the work cache: same prompt id, new text -> new text features
+    out = tmp_path / "w.csv"
+    score([original], model, out, client=client, progress=False)
+    assert _rows(out)[original.video_id]["alignment"] == before[original.video_id]["alignment"]
+    out.unlink()
+    score([reworded], model, out, client=client, progress=False)
+    assert _rows(out)[original.video_id]["alignment"] == rows["fresh"]["alignment"]
