@@ -100,13 +100,14 @@ class ScoreReport:
         return bool(self.failed or self.failed_before)
 
     def summary(self) -> str:
-        text = (
-            f"{self.scored + self.failed + self.already_done} videos: {self.scored} scored, "
-            f"{self.failed} failed, {self.already_done} already in {self.out} (not recomputed"
-            + (f"; {self.failed_before} of them failed: --retry-failed tries them again" if self.failed_before else "")
-            + f"); features: {self.from_cache} from the given cache, {self.extracted} extracted "
-            f"({self.seconds:.1f} s)"
-        )
+        text = f"{self.scored + self.failed + self.already_done} videos: {self.scored} scored, {self.failed} failed"
+        if self.already_done:
+            text += (
+                f", {self.already_done} already in {self.out} (not recomputed"
+                + (f"; {self.failed_before} of them failed: --retry-failed tries them again" if self.failed_before else "")
+                + ")"
+            )
+        text += f"; features: {self.from_cache} from the given cache, {self.extracted} extracted ({self.seconds:.1f} s)"
         if self.not_from_cache:
             text += (f"\n  {self.not_from_cache} video(s) were in the given cache under their id but for another "
                      "file, an older version of the file or another prompt: extracted afresh")
