@@ -22,6 +22,7 @@ from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.handcrafted import FEATURE_NAMES
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
     ExtractError,
@@ -159,6 +160,7 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)  # named for outside readers
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}

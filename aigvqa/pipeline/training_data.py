@@ -165,8 +165,11 @@ def provenance_problems(
     expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
     """What differs between two {cache group: provenance} maps, one line per group; runtime
-    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
-    Empty when every expected group matches."""
+    options that change speed, not values (the cache's ``RUNTIME_KEYS``), the weights'
+    path and the data file imported rows came from are ignored: both callers (cross-dataset
+    evaluation, a model checking the features it scores) compare features of *other*
+    videos, so only how the features were made matters. Empty when every expected group
+    matches."""
     from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
 
     problems = []
@@ -174,7 +177,7 @@ def provenance_problems(
         if group not in actual:
             problems.append(f"group {group!r} is missing (have {sorted(actual)})")
             continue
-        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
+        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS, same_source=False)
         if diffs:
             problems.append(f"group {group!r}: " + "; ".join(diffs))
     return problems

@@ -34,6 +34,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
+    parser.add_argument("--encoding", dest="manifest_encoding", default="utf-8",
+                        help="the manifest's text encoding (default utf-8; e.g. latin-1, cp1252)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument("--decode-threads", type=int, default=None,
                          help="FFmpeg decoder threads per video (default: --torch-threads on CPU "
@@ -90,7 +92,7 @@ def run(args) -> int:
     from aigvqa.pipeline.manifest import read_manifest
 
     spec = extractor_spec(args.extractors, args.config)
-    records = read_manifest(args.manifest, fmt=args.manifest_format)
+    records = read_manifest(args.manifest, fmt=args.manifest_format, encoding=args.manifest_encoding)
     report = extract(
         records,
         spec,
