@@ -12,7 +12,7 @@ from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+from aigvqa.pipeline.model.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
 
 PROVENANCE = {
     "handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32, "device": "cpu"}, "view": None,
@@ -34,6 +34,15 @@ def data():
     )
     y = np.column_stack([X.arrays["handcrafted"][:, 0, :2].sum(1), rng.normal(size=48)])
     return X, y
+
+
+def _reseal(path):
+    """What an adversary who also edits bundle.json does: record the new files' sha256."""
+    import hashlib
+
+    meta = json.loads((path / BUNDLE_JSON).read_text())
+    meta["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in path.iterdir() if f.name != BUNDLE_JSON}
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
 
 
 def _round_trip(head, X, y, tmp_path):
@@ -89,6 +98,7 @@ def test_loading_refuses_untrusted_types_in_a_skops_file(data, tmp_path):
     path = save_bundle(SVRHead().fit(X, y[:, 0]), tmp_path / "model", PROVENANCE, X.names, ["mos"])
     # A hostile bundle: the estimator would call os.system on predict.
     skops.io.dump(make_pipeline(FunctionTransformer(os.system)), path / "model.skops")
+    _reseal(path)  # the checksums would refuse it first; here its author rewrote them too
     with pytest.raises(BundleError, match="not trusted.*system"):
         load_bundle(path)
 
@@ -146,3 +156,18 @@ def test_blend_of_deep_and_classical_heads_round_trips(data, tmp_path):
     names = sorted(p.name for p in path.iterdir())
     assert any(n.startswith("part-") and n.endswith(".safetensors") for n in names)  # the fitted MLP
     assert any(n.startswith("lightgbm-") for n in names)
+
+
+def test_bundle_records_the_versions_of_the_packages_that_shape_a_model(data, tmp_path):
+    """One package_versions (cache.schema) serves caches and bundles; a bundle asks it for
+    the model packages (scikit-learn, skops, ...), a cache for the feature ones."""
+    import importlib.metadata
+
+    from aigvqa.cache.schema import FEATURE_PACKAGES, MODEL_PACKAGES, package_versions
+
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y), tmp_path / "m", {}, X.names, ["mos"])
+    versions = json.loads((path / BUNDLE_JSON).read_text())["versions"]
+    assert versions == package_versions(MODEL_PACKAGES)
+    assert versions["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert "h5py" in package_versions() and "h5py" in FEATURE_PACKAGES and "h5py" not in versions

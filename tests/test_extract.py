@@ -17,13 +17,14 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.handcrafted import FEATURE_NAMES
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
-    ALL_EXTRACTORS,
     ExtractError,
     extract,
     resolve_extractors,
@@ -159,6 +160,7 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)  # named for outside readers
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
@@ -336,7 +338,7 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(config),
                  "--cache", str(cache), "--scheduler", client.scheduler.address, "--no-progress"])
     out = capsys.readouterr()
-    assert code == 0, out.err
+    assert code == 1, out.err  # one video failed: the exit status says so (0 only when all succeeded)
     assert "2 succeeded, 1 failed, 0 skipped" in out.out
     info = FeatureCache(cache).group_info("handcrafted")
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
@@ -386,7 +388,7 @@ def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(clie
 
 def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, monkeypatch):
     # workers may run elsewhere with another working directory: paths leave the client absolute
-    from aigvqa.pipeline.commands.extract import extractor_spec
+    from aigvqa.pipeline.cli.commands.extract import extractor_spec
 
     config = tmp_path / "conf" / "extractors.toml"
     config.parent.mkdir()

@@ -105,6 +105,12 @@ class Extractor(ABC):
         """The view this extractor consumes (None for text extractors)."""
         return None
 
+    def feature_names(self) -> list[str] | None:
+        """Names of the D columns of ``values`` when they mean something on their own
+        (handcrafted statistics); None for embeddings. The cache stores them as the
+        group's ``columns`` and ``dump`` writes them as CSV headers."""
+        return None
+
     def provenance(self) -> dict[str, Any]:
         """What the cache stores to refuse mixing features of different origins."""
         return {

@@ -34,6 +34,8 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,7 +54,8 @@ from aigvqa.heads.layers import (
     fold_key,
     number_dropout_sites,
 )
-from aigvqa.heads.losses import FGM, get_loss
+from aigvqa.heads.losses import FGM, LOSSES, get_loss
+from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
 
 
 class TargetValueError(AigvqaError, ValueError):
@@ -146,6 +149,45 @@ class CrossAttentionBlock(nn.Module):
 FUSED_ADAM_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
 
 
+SIZE = [None, Interval(Integral, 1, None)]
+"""A width, depth or count; None takes the preset's value."""
+RATE = [None, Interval(Real, 0, None, closed="neither")]
+DROPOUT = [None, Interval(Real, 0, 1, closed="left")]
+LOSS = [Options(*LOSSES)]
+
+
+def _role_map(roles: Mapping[str, str]) -> Check:
+    return Check(
+        lambda v: isinstance(v, dict) and set(v) <= set(roles) and all(isinstance(n, str) for n in v.values()),
+        f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
+    )
+
+
+def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own: list) -> dict[str, list]:
+    """The ``PARAMETER_CONSTRAINTS`` of a deep head: the parameters every ``TorchHead`` has
+    (``preset`` among ``presets``, ``features`` mapping ``roles``), plus the head's ``own``."""
+    return {
+        "preset": [Options(*presets)],
+        "features": [None, _role_map(roles)],
+        "epochs": SIZE,
+        "batch_size": SIZE,
+        "lr": RATE,
+        "lr_step": SIZE,
+        "lr_gamma": RATE,
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "val_fraction": [Interval(Real, 0, 1, closed="left")],
+        "patience": [None, Interval(Integral, 1, None)],
+        "fgm_epsilon": [Interval(Real, 0, None, closed="left")],
+        "fgm_params": [str, Check(lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
+                                  "a list of parameter-name patterns")],
+        "seed": [Integral],
+        "device": [str],
+        "amp": [bool],
+        "verbose": [bool, Check(callable, "a callable(head, epoch record), called after every epoch")],
+        **own,
+    }
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -164,6 +206,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     DEFAULT_FEATURES: ClassVar[dict[str, str]] = {}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # what each parameter may be (aigvqa.heads.params), checked at the top of fit
+    PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {}
     # learned numpy arrays exported by get_state (subclasses extend)
     FITTED_ARRAYS: ClassVar[tuple[str, ...]] = ("y_mean_", "y_std_", "output_scale_", "output_shift_")
     # losses that fix neither scale nor shift: predictions get a linear calibration after training
@@ -171,23 +215,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     # -- hyper-parameters ---------------------------------------------------------------
     def _hp(self, name: str) -> Any:
-        """A parameter's value, or its preset's value when the parameter is None."""
+        """A parameter's value, or its preset's value when the parameter is None (``fit``
+        has checked the preset name)."""
         value = getattr(self, name)
-        if value is not None:
-            return value
-        preset = getattr(self, "preset", None)
-        if preset not in self.PRESETS:
-            raise ValueError(f"{type(self).__name__}: unknown preset {preset!r}; choose one of {sorted(self.PRESETS)}")
-        return self.PRESETS[preset][name]
+        return self.PRESETS[self.preset][name] if value is None else value
 
     def _resolve_features(self, X: FeatureSet) -> dict[str, str]:
-        """role -> FeatureSet name, checked against X."""
-        roles = dict(self.DEFAULT_FEATURES)
-        if self.features is not None:
-            unknown = set(self.features) - set(roles)
-            if unknown:
-                raise ValueError(f"{type(self).__name__} has no feature roles {sorted(unknown)}; its roles are {sorted(roles)}")
-            roles.update(self.features)
+        """role -> FeatureSet name, checked against X (the roles were checked by ``fit``)."""
+        roles = {**self.DEFAULT_FEATURES, **(self.features or {})}
         missing = {r: n for r, n in roles.items() if n not in X.arrays}
         if missing:
             raise AigvqaError(
@@ -270,16 +305,17 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
         ``rows``: the fit is on these rows of X only (``y`` holds their targets).
         """
+        check_parameters(self)
         if not isinstance(X, FeatureSet):
             raise TypeError(f"{type(self).__name__}.fit takes a FeatureSet, got {type(X).__name__}")
-        n, ids = (len(X), X.ids) if rows is None else (len(rows), X.ids[rows])
+        n, row_ids = (len(X), X.ids) if rows is None else (len(rows), X.ids[rows])
         y = np.asarray(y, dtype=np.float64)
         if y.ndim not in (1, 2) or y.shape[0] != n:
             raise ValueError(f"y must be [N] or [N, k] with N = {n}, got {y.shape}")
         bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
         if bad.any():
-            ids = ", ".join(str(i) for i in ids[bad][:5]) + (f" and {bad.sum() - 5} more" if bad.sum() > 5 else "")
-            raise TargetValueError(f"the target (MOS) is NaN or inf for {bad.sum()} videos ({ids}); drop those rows before fitting")
+            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (f" and {bad.sum() - 5} more" if bad.sum() > 5 else "")
+            raise TargetValueError(f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting")
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
         self.n_outputs_ = y2.shape[1]
@@ -299,9 +335,13 @@ class TorchHead(RegressorMixin, BaseEstimator):
         order = rng.permutation(n)
         n_val = int(round(self.val_fraction * n)) if self.val_fraction else 0
         if self.patience is not None and not n_val:
-            raise ValueError("patience (early stopping) needs a validation split: set val_fraction > 0")
+            raise parameter_error(self, "patience", self.patience,
+                                  f"None without a validation split: early stopping needs val_fraction > 0 "
+                                  f"(val_fraction={self.val_fraction} holds out no row of {n})")
         if n_val and (n_val < 2 or n - n_val < 2):
-            raise ValueError(f"val_fraction={self.val_fraction} leaves too few rows of {n} for training or validation")
+            raise parameter_error(self, "val_fraction", self.val_fraction,
+                                  f"0 or a fraction leaving at least 2 of the {n} rows for training and "
+                                  "2 for validation", where=f" (on {n} rows)")
         return y_scaled, rng, order[n_val:], np.sort(order[:n_val])
 
     def _new_module(self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device) -> nn.Module:

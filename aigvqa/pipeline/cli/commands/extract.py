@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aigvqa.pipeline.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments
 from aigvqa.pipeline.extract import DEFAULT_CHUNK_SIZE, ExtractError
 
 HELP = "stage one: decode each video once, run the extractors on Dask, cache features (HDF5)"
@@ -13,7 +13,9 @@ DESCRIPTION = (
     "Decode every video of MANIFEST once, run every requested extractor on it on Dask "
     "workers and write the features into --cache (HDF5). Re-running the same command "
     "resumes: ids already cached are skipped. Failures become rows of the cache's "
-    "failures table and never stop the run."
+    "failures table and never stop the run. Exit status: 0 every video succeeded (or was "
+    "already cached); 1 some video failed (listed by `aigvqa info`); 2 an error stopped "
+    "the run (bad usage, a cache of other features, missing weights)."
 )
 
 
@@ -32,6 +34,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
+    parser.add_argument("--encoding", dest="manifest_encoding", default="utf-8",
+                        help="the manifest's text encoding (default utf-8; e.g. latin-1, cp1252)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument("--decode-threads", type=int, default=None,
                          help="FFmpeg decoder threads per video (default: --torch-threads on CPU "
@@ -51,7 +55,7 @@ def extractor_spec(names: str | None, config_path: Path | None) -> dict[str, dic
     """--extractors + --config -> {name: options}, refusing config sections nobody asked for."""
     config: dict[str, dict] = {}
     if config_path is not None:
-        from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+        from aigvqa.pipeline.config import TOMLDecodeError, load_toml
 
         try:
             config = load_toml(config_path)
@@ -88,7 +92,7 @@ def run(args) -> int:
     from aigvqa.pipeline.manifest import read_manifest
 
     spec = extractor_spec(args.extractors, args.config)
-    records = read_manifest(args.manifest, fmt=args.manifest_format)
+    records = read_manifest(args.manifest, fmt=args.manifest_format, encoding=args.manifest_encoding)
     report = extract(
         records,
         spec,
@@ -106,5 +110,8 @@ def run(args) -> int:
     )
     print(report.summary())
     if report.failed:
+        # exit 1: the cache is usable, but not every video made it (0: all did; 2: an error
+        # stopped the run). A script must not read "every video failed" as success.
         print(f"{report.failed} video(s) failed; re-running the command retries them", file=sys.stderr)
+        return 1
     return 0
