@@ -480,6 +480,16 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return torch.cat(parts).cpu().numpy().astype(np.float64)
 
     def predict(self, X: FeatureSet) -> np.ndarray:
+        self._check_predict_input(X)
+        return self._predict(X)
+
+    def _predict(self, X, rows: np.ndarray | None = None) -> np.ndarray:
+        """Predictions (MOS scale) for ``rows`` of X, a FeatureSet or DeviceFeatures."""
+        raw = self._run(X, self._predict_outputs, rows)
+        pred = self._unscale_targets(raw * self.output_scale_ + self.output_shift_)
+        return pred[:, 0] if self.single_output_ else pred
+
+    def _check_predict_input(self, X: FeatureSet) -> None:
         check_is_fitted(self, "module_")
         if not isinstance(X, FeatureSet):
             raise TypeError(f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}")
@@ -492,9 +502,6 @@ class TorchHead(RegressorMixin, BaseEstimator):
                     f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was fitted on "
                     f"{self.feature_dims_[role]}: the cache was made with a different backbone config"
                 )
-        raw = self._run(X, self._predict_outputs)
-        pred = self._unscale_targets(raw * self.output_scale_ + self.output_shift_)
-        return pred[:, 0] if self.single_output_ else pred
 
     # -- export ---------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

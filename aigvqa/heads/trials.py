@@ -3,6 +3,7 @@
 
     heads = fit_trials(create_head("msavqa"), X, y, [split.train for split in splits],
                        seeds=[split.seed for split in splits])
+    test_predictions = predict_trials(heads, X, [split.test for split in splits])
 
 Each returned head is an ordinary fitted head (``predict``, ``get_state``, ...) equal, up
 to float rounding, to ``clone(head).set_params(seed=s).fit(X[rows], y[rows])``: the
@@ -120,6 +121,19 @@ def fit_trials(
         h.module_ = module.cpu().eval()
         h._after_training(features, y_full, held_out)
     return heads
+
+
+def predict_trials(heads: Sequence[TorchHead], X: FeatureSet, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``heads[i].predict(X[rows[i]])`` for every i, with X's features moved to the device
+    once for all of them (the heads read the same features: trials of one configuration)."""
+    if not heads:
+        return []
+    rows = [np.asarray(r, dtype=np.int64).ravel() for r in rows]
+    for h in heads:
+        h._check_predict_input(X)
+    names = {n for h in heads for n in h.feature_names_.values()}
+    features = DeviceFeatures(X, sorted(names), heads[0]._device(), rows=np.concatenate(rows))
+    return [h._predict(features, r) for h, r in zip(heads, rows)]
 
 
 def _group_size(module: torch.nn.Module, device: torch.device) -> int:
