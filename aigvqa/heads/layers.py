@@ -71,24 +71,38 @@ def dropout_key(key: torch.Tensor | int | None):
         _KEY.reset(token)
 
 
-def keyed_uniform(key: torch.Tensor, site: int, shape: torch.Size, device) -> torch.Tensor:
-    """Uniform [0, 1) float32 values of ``shape``, a function of (key, site, coordinates).
+def keyed_bits(key: torch.Tensor, site: int, shape: torch.Size, device) -> torch.Tensor:
+    """Uniform random integers in [0, 2**24) of ``shape`` (int64), a function of (key, site,
+    coordinates).
 
     Coordinates enter one dimension at a time (a hash chain broadcast over the dimensions),
     so the value at (i, j, ...) is the same whatever the sizes of the dimensions: a batch
     padded to more rows or longer sequences changes nothing at the coordinates it shares
-    with the unpadded one.
+    with the unpadded one. The dimensions before the last are mixed fully (small tensors);
+    the last, full-size step is one multiply-xorshift round, which is enough for dropout
+    masks and is most of the cost.
     """
     h = mix32((key.to(device=device, dtype=torch.int64) + mix32(site & M32)) & M32)  # a scalar (per trial)
+    last = len(shape) - 1
     for dim, size in enumerate(shape):
-        idx = torch.arange(1, size + 1, device=device, dtype=torch.int64)
-        h = mix32((h.unsqueeze(-1) + idx * _DIM_SALTS[dim % len(_DIM_SALTS)]) & M32)
-    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+        step = (torch.arange(1, size + 1, device=device, dtype=torch.int64) * _DIM_SALTS[dim % len(_DIM_SALTS)]) & M32
+        x = h.unsqueeze(-1) + step  # < 2**33
+        if dim < last:
+            h = mix32(x & M32)
+        else:
+            x = ((x ^ (x >> 16)) * _MIX) & M32
+            h = x ^ (x >> 15)
+    return h >> 8
+
+
+def keyed_uniform(key: torch.Tensor, site: int, shape: torch.Size, device) -> torch.Tensor:
+    """``keyed_bits`` as float32 in [0, 1)."""
+    return keyed_bits(key, site, shape, device).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def _keyed_dropout(x: torch.Tensor, p: float, site: int, key: torch.Tensor) -> torch.Tensor:
-    keep = keyed_uniform(key, site, x.shape, x.device) >= p
-    return torch.where(keep, x / (1.0 - p), torch.zeros((), dtype=x.dtype, device=x.device))
+    keep = keyed_bits(key, site, x.shape, x.device) >= int(round(p * (1 << 24)))
+    return torch.where(keep, x * (1.0 / (1.0 - p)), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class KeyedDropout(nn.Module):
