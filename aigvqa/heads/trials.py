@@ -329,7 +329,7 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
                    for i, k in enumerate(alive)]
         if any(len(val[k]) for k in alive):
             val_losses = _validation_losses(losses_of, stack, base, features, roles, y_alive,
-                                            [val[k] for k in alive], eval_rows, device, heads[alive[0]])
+                                            [val[k] for k in alive], eval_rows, device)
             improved = np.zeros(len(alive), dtype=bool)
             for i, k in enumerate(alive):
                 if not len(val[k]):
@@ -409,7 +409,7 @@ def _fgm_attack(stack: _Stack, slices: list[slice], epsilon: float):
 
 @torch.no_grad()
 def _validation_losses(losses_of, stack: _Stack, base, features: DeviceFeatures, roles, y_alive, val_rows,
-                       eval_rows: int, device, head: TorchHead) -> list[float]:
+                       eval_rows: int, device) -> list[float]:
     """Each trial's validation loss, chunked exactly as ``TorchHead._eval_loss`` chunks it."""
     base.eval()
     chunks = [np.array_split(v, max(1, math.ceil(len(v) / eval_rows))) if len(v) else [v[:1]] for v in val_rows]
