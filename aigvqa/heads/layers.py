@@ -5,13 +5,13 @@
   then depend on nothing but the trial itself: training trials one by one or together
   (``aigvqa.heads.trials``, under ``torch.func.vmap``) gives the same masks, and padded
   rows or time steps (a batch padded to a longer length) do not shift anyone's draws.
-- ``MultiheadAttention``: attention written out (projections, masked softmax, keyed
-  dropout on the weights), with ``nn.MultiheadAttention``'s parameter names and
-  initialisation, so saved bundles load unchanged. Written out because (1) the dropout on
-  attention weights must be keyed, (2) it must run under ``vmap``, and (3) it does not go
-  through ``scaled_dot_product_attention``'s backend choice: under bf16 autocast on an
-  H200 that choice can land on cuDNN attention, which builds a graph per new sequence
-  length (see ``TorchHead`` and the README's GPU notes).
+- ``MultiheadAttention``: ``nn.MultiheadAttention``'s parameter names and initialisation
+  (saved bundles load unchanged), with attention written out (projections, masked softmax,
+  keyed dropout on the weights) where it must be: when attention dropout is on (it must be
+  keyed) and under ``vmap`` (``vectorised()``). Otherwise it calls
+  ``scaled_dot_product_attention``, on CUDA restricted to the flash, memory-efficient and
+  math backends: under bf16 autocast on an H200 the default choice can land on cuDNN
+  attention, which builds a graph per new sequence length.
 - ``TransformerEncoder`` / ``EncoderLayer``: pre-LN encoder with ``nn.TransformerEncoder``'s
   parameter names, built on the two above.
 
@@ -38,6 +38,28 @@ _MIX = 0x45D9F3B
 _DIM_SALTS = (0x2F0F3B1, 0x1B873593 >> 4, 0x5BD1E99, 0x3C6EF37, 0x7F4A7C1, 0x61C8864)
 
 _KEY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("aigvqa_dropout_key", default=None)
+_VECTORISED: contextvars.ContextVar[bool] = contextvars.ContextVar("aigvqa_vectorised", default=False)
+
+
+@contextlib.contextmanager
+def vectorised():
+    """Marks a forward pass run under ``torch.func.vmap`` (trials trained together), where
+    attention is written out: scaled_dot_product_attention has no batching rule for its CPU
+    backward and would fall back to a loop over the trials."""
+    token = _VECTORISED.set(True)
+    try:
+        yield
+    finally:
+        _VECTORISED.reset(token)
+
+
+def _cuda_sdpa_backends():
+    """Flash, memory-efficient or math attention, never cuDNN attention: under bf16 on Hopper
+    that backend builds a graph per new sequence length (a hypothesis for issue 12's 4x
+    slower autocast epoch; see the README)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def mix32(x):
@@ -170,6 +192,15 @@ class MultiheadAttention(nn.Module):
             return x.unflatten(-1, (h, d // h)).transpose(-3, -2)
 
         q, k, v = split(q), split(k), split(v)
+        if not (self.training and self.p > 0.0) and not _VECTORISED.get():
+            # no dropout to key and not under vmap: torch's fused attention (same maths)
+            mask = key_mask[..., None, None, :]
+            if q.is_cuda:
+                with _cuda_sdpa_backends():
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.out_proj(out.transpose(-3, -2).flatten(-2))
         scores = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-2, -1)  # [B, h, Tq, Tk]
         valid = key_mask[..., None, None, :]
         scores = torch.where(valid, scores, torch.full((), -math.inf, dtype=scores.dtype, device=scores.device))

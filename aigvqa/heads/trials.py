@@ -48,7 +48,7 @@ from torch.func import functional_call, vmap
 from aigvqa.heads.base import FUSED_ADAM_DEVICES, TorchHead
 from aigvqa.heads.device import DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.heads.layers import dropout_key, fold_key
+from aigvqa.heads.layers import dropout_key, fold_key, vectorised
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which TorchHead uses
 # copies of the parameters one trial holds while training: weights, gradient, two Adam
@@ -276,7 +276,7 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
                       if p.requires_grad and any(fnmatch(n, pat) for pat in patterns)]
 
     def trial_loss(params, buffers, batch, target, weight, key):
-        with dropout_key(key), h0._autocast(device):
+        with dropout_key(key), vectorised(), h0._autocast(device):
             out = functional_call(base, (params, buffers), (batch,))
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
         return h0._loss(out, target, weight)
