@@ -144,7 +144,10 @@ def _group_size(module: torch.nn.Module, device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         budget = free / 4
     else:
-        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+        try:
+            budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 16 GiB of RAM
+            budget = 4 * 2**30
     return max(1, int(budget // max(per_trial, 1)))
 
 
