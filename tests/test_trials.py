@@ -119,3 +119,10 @@ def test_trials_refuse_non_finite_features_in_their_rows_only():
     with pytest.raises(FeatureValueError, match="v7"):
         fit_trials(tiny("mlp"), bad, y, rows, seeds=[0, 1])
     fit_trials(tiny("mlp"), bad, y, [np.arange(10, 25), np.arange(20, 40)], seeds=[0, 1])  # row 7 unused
+
+
+def test_trials_split_into_groups_give_the_same_fits():
+    X, y = all_features(60)
+    rows = trial_rows(60, (40, 45, 50))
+    head = tiny("mlp", epochs=2)
+    assert_same_fits(one_by_one(head, X, y, rows, [0, 1, 2]), fit_trials(head, X, y, rows, seeds=[0, 1, 2], max_together=2), X, y)
