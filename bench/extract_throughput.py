@@ -156,7 +156,7 @@ def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2) ->
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
 
     def cpu_seconds() -> float:
         import psutil
@@ -185,7 +185,7 @@ def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
 
     def start_sampling(dask_worker) -> float:
         import threading

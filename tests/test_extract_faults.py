@@ -22,7 +22,7 @@ from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
-from aigvqa.pipeline import extract as extract_module
+from aigvqa.pipeline.extract import run as run_module
 from aigvqa.pipeline.extract import ALL_EXTRACTORS, extract, shard_dir_for
 from aigvqa.pipeline.records import VideoRecord
 
@@ -87,7 +87,7 @@ def client():
     import dask
     from distributed import Client
 
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
@@ -191,7 +191,7 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
 ):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     landed_futures = []
-    original = extract_module._Run._merge_due
+    original = run_module.ExtractRun._merge_due
 
     def interrupt_after_two(self, merge_every):
         landed_futures.append(1)
@@ -199,7 +199,7 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
             raise KeyboardInterrupt
         return original(self, merge_every)
 
-    monkeypatch.setattr(extract_module._Run, "_merge_due", interrupt_after_two)
+    monkeypatch.setattr(run_module.ExtractRun, "_merge_due", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         extract(records, [CountingMean(log=str(log), sleep=0.2)], cache, client=client,
                 chunk_size=1, progress=False)

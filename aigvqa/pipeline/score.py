@@ -235,7 +235,7 @@ def score(
     from tqdm.auto import tqdm
 
     from aigvqa.pipeline.bundle import load_bundle
-    from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
 
     started = time.perf_counter()
     if batch_size < 1:
