@@ -53,6 +53,10 @@ MIN_RING_BYTES = 1 << 20
 """A ring holds at least this much (an item larger than its ring goes through the pipe,
 alone in flight)."""
 
+STARTUP_SECONDS = 120.0
+"""Added to the timeout of a process that has not said "ready" yet (Python and the decoding
+stack take a few seconds to import on a loaded machine; that is not the video's fault)."""
+
 POLL_SECONDS = 0.25
 """How often the pool looks for stalled processes while it waits for events."""
 
@@ -106,6 +110,7 @@ class _Process:
         self.job: int | None = None  # the job it is decoding
         self.last_seen = time.monotonic()  # its last message (set by the reader thread)
         self.waiting = False  # blocked for ring space since its last message
+        self.ready = False  # it has started (imports done)
         self.kill_reason: str | None = None
         self.released = 0
         self._freed: dict[int, int] = {}  # begin -> end of spans consumed out of order
@@ -122,9 +127,12 @@ class _Process:
                 if message is None:
                     break
                 self.waiting = message[0] == "wait"
+                self.ready = True
                 events.put((self, message))
         finally:
             os.close(fd)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)  # reap it (no zombie), before saying it ended
             events.put((self, None))  # the process ended (or closed its pipe)
 
     def send(self, message) -> bool:
@@ -224,8 +232,9 @@ class PoolSource:
     def _check_stalls(self) -> None:
         now = time.monotonic()
         for proc in self.pool.slots:
+            limit = self.pool.timeout + (0.0 if proc.ready else STARTUP_SECONDS)
             if (proc.job is not None and not proc.waiting and proc.kill_reason is None
-                    and now - proc.last_seen > self.pool.timeout):
+                    and now - proc.last_seen > limit):
                 proc.kill("timeout")
 
     def _handle(self, proc: _Process, message) -> None:

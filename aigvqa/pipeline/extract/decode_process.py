@@ -154,6 +154,7 @@ def main(argv: list[str]) -> None:
         pass
     import cloudpickle
 
+    import aigvqa.extractors.views  # noqa: F401 - the decoding stack, loaded before "ready"
     from aigvqa.pipeline.extract.sources import DECODERS
 
     ring = _Ring(buffer, size, events_fd)
