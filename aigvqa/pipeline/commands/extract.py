@@ -47,8 +47,9 @@ def add_arguments(parser) -> None:
                          help="FFmpeg decoder threads per video (default: 1 with decode processes, "
                          "else --torch-threads on CPU workers, FFmpeg's one per core with --gpus; "
                          "0 = FFmpeg's default)")
-    cluster.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                         help=f"videos per task and per shard file (default {DEFAULT_CHUNK_SIZE})")
+    cluster.add_argument("--chunk-size", type=int, default=None,
+                         help=f"videos per task and per shard file (default {DEFAULT_CHUNK_SIZE}, "
+                         "or 4 per decode process when that is more)")
     parser.add_argument("--overwrite", action="store_true", help="recompute ids already in the cache")
     parser.add_argument(
         "--random-init", action="store_true",

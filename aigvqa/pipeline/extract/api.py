@@ -15,7 +15,6 @@ from typing import Any
 
 from aigvqa.extractors.base import Extractor
 from aigvqa.pipeline.extract.options import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_DECODE_TIMEOUT,
     DecodeSettings,
     ExtractError,
@@ -35,7 +34,7 @@ def extract(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     torch_threads: int = 1,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     random_init: bool = False,
@@ -76,6 +75,10 @@ def extract(
     ``decode_threads``: FFmpeg threads per video (default: 1 with decode processes,
     ``torch_threads`` when decoding runs in CPU model workers, FFmpeg's default (0) in a
     GPU model worker).
+
+    ``chunk_size``: videos per task and per shard file (default ``DEFAULT_CHUNK_SIZE``, or
+    4 per decode process when that is more; small runs get smaller chunks so every worker
+    has work).
 
     Re-running skips ids already cached; ``overwrite=True`` recomputes them. A config or
     weights change against a group already in the cache raises ProvenanceMismatchError

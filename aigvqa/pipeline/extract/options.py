@@ -18,6 +18,11 @@ DEFAULT_CHUNK_SIZE = 16
 merge) is noise, small enough that a worker that dies loses little and the last tasks
 balance across workers."""
 
+VIDEOS_PER_DECODE_WORKER = 4
+"""With decode processes, a chunk holds at least this many videos per process (when not
+told otherwise): the processes idle from the end of one chunk's decoding to the start of
+the next task, so a chunk must be several rounds of decoding long."""
+
 TASKS_PER_WORKER = 4
 """Below chunk_size x workers x this many videos, chunks shrink to balance the workers."""
 
@@ -92,16 +97,22 @@ class DecodeSettings:
 class ExtractOptions:
     """The client side of a run: chunking, resume, merging, progress, and the decoding."""
 
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None  # None: default_chunk_size(decode processes)
     overwrite: bool = False
     progress: bool = True
     merge_every: int | None = None
     decode: DecodeSettings = field(default_factory=DecodeSettings)
 
     def check(self) -> ExtractOptions:
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ExtractError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.merge_every is not None and self.merge_every < 1:
             raise ExtractError(f"merge_every must be at least 1, got {self.merge_every}")
         self.decode.check()
         return self
+
+
+def default_chunk_size(decode_workers: int) -> int:
+    """Videos per task when not told: ``DEFAULT_CHUNK_SIZE``, or ``VIDEOS_PER_DECODE_WORKER``
+    rounds of the decode processes when that is more."""
+    return max(DEFAULT_CHUNK_SIZE, VIDEOS_PER_DECODE_WORKER * int(decode_workers or 0))

@@ -39,6 +39,7 @@ from aigvqa.pipeline.extract.options import (
     TASKS_PER_WORKER,
     ExtractError,
     ExtractOptions,
+    default_chunk_size,
 )
 from aigvqa.pipeline.extract.provenance import (
     SHARD_GLOB,
@@ -98,6 +99,7 @@ class ExtractRun:
         self.decode = resolve_decode_settings(self.decode, self.video_exts, self.spec.torch_threads,
                                               lambda: self.client.run(host_cores))
         self.report.decode_workers = int(self.decode.decode_workers)
+        self.chunk_size = self.options.chunk_size or default_chunk_size(self.decode.decode_workers)
         self._describe()
         self.shard_dir.mkdir(exist_ok=True)
         self._recover_leftovers()
@@ -195,7 +197,7 @@ class ExtractRun:
         # A small run gets smaller chunks, at least TASKS_PER_WORKER per worker, so that
         # the last tasks do not leave workers idle (40 videos on 2 workers as chunks of
         # 16, 16, 8 would keep one worker busy 50 % longer than the other).
-        size = max(1, min(self.options.chunk_size, -(-len(records) // (TASKS_PER_WORKER * n_workers))))
+        size = max(1, min(self.chunk_size, -(-len(records) // (TASKS_PER_WORKER * n_workers))))
         return [records[i : i + size] for i in range(0, len(records), size)]
 
     # -- submission -----------------------------------------------------------------
