@@ -291,3 +291,25 @@ def test_the_dashboard_serves_pages(client):
     with urllib.request.urlopen(client.dashboard_link, timeout=30) as response:
         assert response.status == 200
         assert b"<html" in response.read().lower()
+
+
+def test_two_task_threads_share_the_decode_processes_and_give_the_same_features(videos, tmp_path):
+    """A worker running 2 chunk tasks at once (a GPU worker overlapping one chunk's tail
+    with the next chunk's decoding) gives each task half of its decode processes."""
+    from distributed import Client
+
+    from aigvqa.pipeline.extract.cluster import local_cluster
+
+    ids = ["v0", "v1", "v2", "v3", "v4"]
+    with local_cluster(1, threads_per_worker=2, dashboard_address=":0") as cluster, Client(cluster) as c:
+        report = extract(records(videos, ids), [MeanColour(n=4, batch_size=6)], tmp_path / "two.h5",
+                         client=c, decode_workers=2, chunk_size=2, progress=False)
+        sizes = c.run(lambda: sorted(pool.n for group in __import__(
+            "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"])._IDLE.values() for pool in group))
+    assert report.succeeded == 5
+    assert list(sizes.values())[0] in ([1], [1, 1])  # 1 process per task thread, never 2
+    reference = run_video_chunk(records(videos, ids), [MeanColour(n=4, batch_size=6)],
+                                str(tmp_path / "ref.h5"), decode_workers=0)
+    assert reference.done["mean-colour"] == ids
+    np.testing.assert_array_equal(FeatureCache(tmp_path / "two.h5").read("mean-colour").arrays["mean-colour"],
+                                  FeatureCache(tmp_path / "ref.h5").read("mean-colour").arrays["mean-colour"])

@@ -40,6 +40,11 @@ def add_arguments(parser) -> None:
         "a model worker can spare, (cores - workers x torch threads) // workers; 0 = decode "
         "inside the model worker)")
     cluster.add_argument(
+        "--threads-per-worker", type=int, default=1, metavar="N",
+        help="chunk tasks a model worker runs at once (default 1); with decode processes, "
+        "2 on a GPU worker lets one chunk's last forward passes overlap the next chunk's "
+        "decoding (each task gets half of the decode processes)")
+    cluster.add_argument(
         "--decode-timeout", type=float, default=DEFAULT_DECODE_TIMEOUT, metavar="SECONDS",
         help="a decode process silent this long on one video (a file that hangs FFmpeg) is "
         f"killed and the video fails (default {DEFAULT_DECODE_TIMEOUT:g})")
@@ -69,7 +74,7 @@ def run(args) -> int:
         records,
         spec,
         args.cache,
-        cluster=cluster_spec(args),
+        cluster=cluster_spec(args, threads_per_worker=args.threads_per_worker),
         decode_threads=args.decode_threads,
         decode_workers=args.decode_workers,
         decode_timeout=args.decode_timeout,

@@ -18,6 +18,7 @@ A chunk task, on a model worker process:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from aigvqa.pipeline.records import VideoRecord
 _LOADED: dict[str, Extractor] = {}
 """Per-process model cache: extractor_key -> loaded extractor. Lives in each worker
 process for its whole life, so models load once per worker, not once per task."""
+_LOADING = threading.Lock()  # two task threads asking for one model load it once
 
 
 def loaded(extractor: Extractor) -> Extractor:
@@ -42,12 +44,23 @@ def loaded(extractor: Extractor) -> Extractor:
     stores says where features were computed (``gpus=True`` sets it to "cuda"; under
     dask-cuda each worker sees its one GPU as cuda:0)."""
     key = extractor_key(extractor)
-    model = _LOADED.get(key)
-    if model is None:
-        model = extractor
-        model.load(str(extractor.config().get("device", "cpu") or "cpu"))
-        _LOADED[key] = model
+    with _LOADING:
+        model = _LOADED.get(key)
+        if model is None:
+            model = extractor
+            model.load(str(extractor.config().get("device", "cpu") or "cpu"))
+            _LOADED[key] = model
     return model
+
+
+def task_threads() -> int:
+    """Task threads of the Dask worker running the caller (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
 
 
 def describe_extractors(extractors: list[Extractor]) -> list[dict[str, Any]]:
@@ -83,8 +96,11 @@ def run_video_chunk(records: list[VideoRecord], extractors: list[Extractor], sha
 
     ``settings`` (``DecodeSettings``; keyword ``changes`` replace its fields) say who
     decodes: ``decode_workers`` processes beside this worker (their pool lives as long as
-    the worker process), else a decoder thread ``videos_in_flight - 1`` videos ahead of
-    the forward passes, else decoding and computing in turn.
+    the worker process; a worker with several task threads gives each thread's task
+    ``decode_workers / threads`` of them, at least one, so that one chunk's last forward
+    passes overlap the next chunk's decoding), else a decoder thread
+    ``videos_in_flight - 1`` videos ahead of the forward passes, else decoding and
+    computing in turn.
     """
     settings = replace(settings or DecodeSettings(), **changes).check()
     if os.path.exists(shard_path):
@@ -96,7 +112,8 @@ def run_video_chunk(records: list[VideoRecord], extractors: list[Extractor], sha
     if settings.decode_workers:
         from aigvqa.pipeline.extract.decode_pool import checkout
 
-        with checkout(settings) as pool:
+        share = max(1, settings.decode_workers // task_threads())
+        with checkout(replace(settings, decode_workers=share)) as pool:
             results = compute_chunk(records, models, settings, pool)
     else:
         results = compute_chunk(records, models, settings)
