@@ -17,13 +17,13 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
-    ALL_EXTRACTORS,
     ExtractError,
     extract,
     resolve_extractors,
@@ -386,12 +386,12 @@ def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(clie
 
 def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, monkeypatch):
     # workers may run elsewhere with another working directory: paths leave the client absolute
-    from aigvqa.pipeline.extract import load_extractor_config
+    from aigvqa.pipeline.extract import extractor_options
 
     config = tmp_path / "conf" / "extractors.toml"
     config.parent.mkdir()
     config.write_text('[vit-keyframes]\nweights = "weights/vit.safetensors"\n')
-    spec = load_extractor_config(config, "vit-keyframes")
+    spec = extractor_options(config, "vit-keyframes")
     assert spec["vit-keyframes"]["weights"] == str(config.parent / "weights" / "vit.safetensors")
 
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,7 @@
 The package, by side of the wire:
 
 - the API and its values: ``api`` (``extract``, ``resolve_extractors``,
-  ``load_extractor_config``), ``options`` (``ExtractOptions``, ``DecodeSettings``),
+  ``extractor_options``), ``options`` (``ExtractOptions``, ``DecodeSettings``),
   ``cluster`` (``ClusterSpec``, ``open_cluster``: which Dask cluster);
 - the client: ``run`` (plan, submit, merge shards as they land), ``report``
   (``ExtractReport``), ``provenance`` (extractor / shard identity, the checks before any
@@ -22,7 +22,7 @@ from aigvqa.pipeline.extract.api import (
     default_decode_threads,
     default_decode_workers,
     extract,
-    load_extractor_config,
+    extractor_options,
     resolve_extractors,
 )
 from aigvqa.pipeline.extract.options import (
@@ -55,7 +55,7 @@ __all__ = [
     "default_decode_workers",
     "extract",
     "extractor_key",
-    "load_extractor_config",
+    "extractor_options",
     "resolve_extractors",
     "run_prompt_chunk",
     "run_video_chunk",

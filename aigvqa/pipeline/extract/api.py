@@ -51,7 +51,7 @@ def extract(
     """Run stage one: features of every record for every extractor into ``cache`` (HDF5).
 
     ``extractors``: registry names (``["clip-frames", "clip-text"]``), a mapping name ->
-    config (``{"clip-frames": {"arch": "ViT-B-16"}}``, what ``load_extractor_config``
+    config (``{"clip-frames": {"arch": "ViT-B-16"}}``, what ``extractor_options``
     reads from a TOML file), or configured, *unloaded* ``Extractor`` instances.
     ``random_init=True`` builds every torch backbone with random weights (tests,
     benchmarks; stamped RANDOM-INIT in the cache); ``weights`` is a checkpoint path (one
@@ -203,36 +203,22 @@ def check_cache_path(cache: Path) -> None:
         raise ExtractError(f"--cache {cache}: folder {cache.parent} does not exist; create it first")
 
 
-def load_extractor_config(path: str | os.PathLike | None, names: str | Sequence[str] | None = None
-                          ) -> dict[str, dict]:
-    """An extractors TOML file (one ``[extractor-name]`` table of options each) and/or a
-    list of names -> ``{name: options}``, what ``extract`` takes.
+def extractor_options(path: str | os.PathLike | None, names: str | Sequence[str] | None = None
+                      ) -> dict[str, dict]:
+    """An extractors TOML file (``config.load_extractor_config``: one ``[extractor-name]``
+    table of options each, ``weights`` relative to the file) and/or a list of names ->
+    ``{name: options}``, what ``extract`` takes.
 
     With ``names``, every table must be one of them (a table nobody asked for is refused:
     a typo would otherwise go unnoticed) and names without a table get ``{}``; without,
-    every table is an extractor to run. ``weights = "ckpt.pt"`` is relative to the file."""
+    every table is an extractor to run."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     config: dict[str, dict] = {}
     if path is not None:
-        from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+        from aigvqa.pipeline.config import load_extractor_config
 
-        try:
-            config = load_toml(path)
-        except FileNotFoundError:
-            raise ExtractError(f"--config {path}: no such file") from None
-        except TOMLDecodeError as err:
-            raise ExtractError(f"--config {path} is not valid TOML: {err}") from None
-        bad = [k for k, v in config.items() if not isinstance(v, dict)]
-        if bad:
-            raise ExtractError(
-                f"--config {path}: top-level key(s) {', '.join(bad)} are not tables; "
-                "write options under a [extractor-name] header"
-            )
-        # weights = "ckpt.pt" in the file means next to the file, wherever the command runs
-        for options in config.values():
-            if isinstance(options.get("weights"), str):
-                options["weights"] = str(Path(path).parent / Path(options["weights"]).expanduser())
+        config = load_extractor_config(path)
     if names:
         extra = sorted(set(config) - set(names))
         if extra:

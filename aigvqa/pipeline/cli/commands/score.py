@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from aigvqa.pipeline.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments, cluster_spec
 
 HELP = "score the videos of a manifest with a trained model bundle (resumable)"
 DESCRIPTION = """Extract whatever features the model needs (with the extractor configs recorded in
@@ -29,13 +29,12 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.score import score
+    from aigvqa.pipeline.model.score import score
 
     report = score(
         args.manifest, args.model, args.out, cache=args.cache, work_cache=args.work_cache,
         batch_size=args.batch_size, retry_failed=args.retry_failed,
-        scheduler=args.scheduler, gpus=args.gpus, n_workers=args.workers, torch_threads=args.torch_threads,
-        progress=not args.no_progress,
+        cluster=cluster_spec(args), progress=not args.no_progress,
     )
     print(report.summary())
     if report.failed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aigvqa.pipeline.commands import add_cluster_arguments, cluster_spec
+from aigvqa.pipeline.cli.commands import add_cluster_arguments, cluster_spec
 from aigvqa.pipeline.extract import DEFAULT_CHUNK_SIZE, DEFAULT_DECODE_TIMEOUT
 
 HELP = "stage one: decode each video once, run the extractors on Dask, cache features (HDF5)"
@@ -65,10 +65,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.extract import extract, load_extractor_config
+    from aigvqa.pipeline.extract import extract, extractor_options
     from aigvqa.pipeline.manifest import read_manifest
 
-    spec = load_extractor_config(args.config, args.extractors)
+    spec = extractor_options(args.config, args.extractors)
     records = read_manifest(args.manifest, fmt=args.manifest_format)
     report = extract(
         records,

@@ -205,7 +205,7 @@ def _failure_text(cache: Path | None, vid: str, groups: Sequence[str]) -> str:
 
 def _predict(bundle, cache: Path, ids: list[str]) -> np.ndarray:
     from aigvqa.cache import FeatureCache
-    from aigvqa.pipeline.train import featureset_from_cache
+    from aigvqa.pipeline.training_data import featureset_from_cache
 
     data = FeatureCache(cache).read(bundle.groups, ids=ids)
     return bundle.predict(featureset_from_cache(data))
@@ -226,18 +226,23 @@ def score(
     torch_threads: int = 1,
     client=None,
     progress: bool = True,
+    cluster=None,
 ) -> ScoreReport:
     """Score every video of ``manifest`` with the bundle at ``model`` into the CSV ``out``.
 
-    See the module docstring. Cluster options are those of ``extract``; a Dask cluster is
-    started only if some features must be extracted (and only once for the whole run).
+    See the module docstring. Cluster options are those of ``extract`` (flat keywords, or
+    one ``ClusterSpec`` as ``cluster``); a Dask cluster is started only if some features
+    must be extracted (and only once for the whole run).
     """
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.bundle import load_bundle
     from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.model.bundle import load_bundle
 
     started = time.perf_counter()
+    if cluster is None:
+        cluster = ClusterSpec(scheduler=scheduler, gpus=gpus, n_workers=n_workers,
+                              torch_threads=torch_threads)
     if batch_size < 1:
         raise ScoreError(f"batch_size must be at least 1, got {batch_size}")
     bundle = load_bundle(model)
@@ -275,11 +280,9 @@ def score(
                     rows[r.video_id] = _row(r, STATUS_FAILED, error=" | ".join(impossible.values()))
             elif to_extract:
                 if client is None and own_cluster is None:
-                    own_cluster = open_cluster(ClusterSpec(scheduler=scheduler, gpus=gpus, n_workers=n_workers,
-                                                           torch_threads=torch_threads))
+                    own_cluster = open_cluster(cluster)
                     client = own_cluster.__enter__()
-                extract(to_extract, configs, work, client=client, gpus=gpus, progress=False,
-                        torch_threads=torch_threads)
+                extract(to_extract, configs, work, client=client, cluster=cluster, progress=False)
                 report.extracted += len(to_extract)
                 _check_cache(bundle, work)
                 sources.append((work, to_extract))
