@@ -44,7 +44,9 @@ class ExtractReport:
             lines.append(
                 f"prompts: {self.prompts_encoded} encoded, {self.prompts_skipped} already cached"
             )
-        lines.append(f"cache: {self.cache} ({self.seconds:.1f} s on {self.cluster})")
+        decoders = (f", {self.decode_workers} decode process(es) per worker"
+                    if self.decode_workers else "")
+        lines.append(f"cache: {self.cache} ({self.seconds:.1f} s on {self.cluster}{decoders})")
         shown = self.failures[:10]
         for video_id, extractor, error in shown:
             lines.append(f"  failed {video_id} [{extractor}]: {first_line(error)}")
