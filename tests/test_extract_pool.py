@@ -242,6 +242,7 @@ def test_decode_processes_work_inside_dask_workers_and_give_the_same_cache(clien
         report = extract(records(videos, ids), [MeanColour(n=4, batch_size=6)], caches[workers],
                          client=client, decode_workers=workers, chunk_size=3, progress=False)
         assert (report.succeeded, report.failed, report.decode_workers) == (5, 1, workers)
+        assert ("2 decode process(es) per worker" in report.summary()) == (workers == 2)
     pids = client.run(lambda: sorted(p.proc.pid for group in __import__(
         "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"])._IDLE.values()
         for pool in group for p in pool.slots))
