@@ -34,6 +34,7 @@ import itertools
 import mmap
 import os
 import queue
+import select
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from aigvqa.errors import DecodeError
-from aigvqa.pipeline.extract.decode_process import read_message, write_message
+from aigvqa.pipeline.extract.decode_process import frame, read_message
 from aigvqa.pipeline.extract.options import DecodeSettings
 from aigvqa.pipeline.extract.sources import TERMINAL
 
@@ -56,6 +57,11 @@ alone in flight)."""
 STARTUP_SECONDS = 120.0
 """Added to the timeout of a process that has not said "ready" yet (Python and the decoding
 stack take a few seconds to import on a loaded machine; that is not the video's fault)."""
+
+SEND_SECONDS = 30.0
+"""A process that has not read its control pipe for this long (the pipe stays full) is
+taken for hung: killed, its video fails like a stalled one. Writes never block the
+model worker longer than that."""
 
 POLL_SECONDS = 0.25
 """How often the pool looks for stalled processes while it waits for events."""
@@ -107,6 +113,7 @@ class _Process:
         finally:
             for fd in (control_r, events_w, ring_fd):
                 os.close(fd)
+        os.set_blocking(self.control_w, False)
         self.job: int | None = None  # the job it is decoding
         self.last_seen = time.monotonic()  # its last message (set by the reader thread)
         self.waiting = False  # blocked for ring space since its last message
@@ -136,12 +143,21 @@ class _Process:
             events.put((self, None))  # the process ended (or closed its pipe)
 
     def send(self, message) -> bool:
+        view = memoryview(frame(message))
+        deadline = time.monotonic() + SEND_SECONDS
         with self._lock:
-            try:
-                write_message(self.control_w, message)
-                return True
-            except OSError:  # it died; the reader thread reports it
-                return False
+            while view:
+                try:
+                    view = view[os.write(self.control_w, view):]
+                except BlockingIOError:  # the pipe is full: wait for it to read, not forever
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.kill("timeout")
+                        return False
+                    select.select([], [self.control_w], [], min(left, 1.0))
+                except OSError:  # it died; the reader thread reports it
+                    return False
+            return True
 
     def free(self, begin: int, end: int) -> None:
         """The parent copied out the item at [begin, end): release the ring up to the

@@ -26,9 +26,14 @@ import threading
 _HEADER = struct.Struct("<Q")
 
 
-def write_message(fd: int, obj) -> None:
+def frame(obj) -> bytes:
+    """A message as written on a pipe: its length, then its pickle."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def write_message(fd: int, obj) -> None:
+    view = memoryview(frame(obj))
     while view:
         view = view[os.write(fd, view):]
 
