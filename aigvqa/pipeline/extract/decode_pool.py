@@ -63,6 +63,10 @@ SEND_SECONDS = 30.0
 taken for hung: killed, its video fails like a stalled one. Writes never block the
 model worker longer than that."""
 
+JOBS_AHEAD = 2
+"""Videos sent to a process at once: the one it decodes and the next, so it goes on while
+the model worker is busy with forward passes (it learns of the next video at once)."""
+
 POLL_SECONDS = 0.25
 """How often the pool looks for stalled processes while it waits for events."""
 
@@ -114,7 +118,7 @@ class _Process:
             for fd in (control_r, events_w, ring_fd):
                 os.close(fd)
         os.set_blocking(self.control_w, False)
-        self.job: int | None = None  # the job it is decoding
+        self.jobs: deque[int] = deque()  # jobs sent, oldest (the one it decodes) first
         self.last_seen = time.monotonic()  # its last message (set by the reader thread)
         self.waiting = False  # blocked for ring space since its last message
         self.ready = False  # it has started (imports done)
@@ -230,26 +234,41 @@ class PoolSource:
         self.job_of: dict[int, tuple[int, _Process]] = {}  # video -> (job id, process)
         self.ended = [False] * n  # its terminal event arrived
         self.deaths = [0] * n
+        self.cancelled: set[int] = set()
         self.current = 0
 
     # -- scheduling -------------------------------------------------------------------
     def _assign(self) -> None:
-        for proc in self.pool.slots:
-            if not self.todo:
+        for ahead in range(1, JOBS_AHEAD + 1):  # first one video per process, then the next
+            for proc in self.pool.slots:
+                if not self.todo:
+                    return
+                if (len(proc.jobs) < ahead and proc.kill_reason is None
+                        and proc.proc.poll() is None):
+                    video = self.todo.popleft()
+                    job = next(_job_ids)
+                    if not proc.jobs:
+                        proc.last_seen = time.monotonic()  # its clock starts with its work
+                    proc.jobs.append(job)
+                    self.video_of[job] = video
+                    self.job_of[video] = (job, proc)
+                    proc.send(("job", job, self.paths[video], self.blob, self.threads, self.decoder))
+
+    def _drain(self) -> None:
+        """Handle every event already there (cheap: items are not copied yet), so finished
+        processes get their next video without waiting for the forward passes."""
+        while True:
+            try:
+                proc, message = self.pool.events.get_nowait()
+            except queue.Empty:
                 return
-            if proc.job is None and proc.kill_reason is None and proc.proc.poll() is None:
-                video = self.todo.popleft()
-                job = next(_job_ids)
-                proc.job, proc.last_seen = job, time.monotonic()
-                self.video_of[job] = video
-                self.job_of[video] = (job, proc)
-                proc.send(("job", job, self.paths[video], self.blob, self.threads, self.decoder))
+            self._handle(proc, message)
 
     def _check_stalls(self) -> None:
         now = time.monotonic()
         for proc in self.pool.slots:
             limit = self.pool.timeout + (0.0 if proc.ready else STARTUP_SECONDS)
-            if (proc.job is not None and not proc.waiting and proc.kill_reason is None
+            if (proc.jobs and not proc.waiting and proc.kill_reason is None
                     and now - proc.last_seen > limit):
                 proc.kill("timeout")
 
@@ -261,8 +280,8 @@ class PoolSource:
         if self.pool.slots[proc.slot] is not proc or kind in ("wait", "ready"):
             return
         video = self.video_of.get(job)
-        if kind in TERMINAL and proc.job == job:
-            proc.job = None
+        if kind in TERMINAL and job in proc.jobs:
+            proc.jobs.remove(job)
         if video is None:  # a job of an earlier chunk that stopped early: drop it
             if kind == "item":
                 proc.free(payload[2], payload[3])
@@ -286,10 +305,20 @@ class PoolSource:
         except subprocess.TimeoutExpired:  # it closed its pipe but lives on: end it
             proc.kill()
             code = proc.proc.wait()
-        job, proc.job = proc.job, None
+        jobs = list(proc.jobs)
+        proc.jobs.clear()
         self.pool.replace(proc)
-        video = self.video_of.get(job) if job is not None else None
-        if video is None or self.ended[video]:
+        videos = [self.video_of[j] for j in jobs if j in self.video_of]
+        videos = [v for v in videos if not self.ended[v]]
+        if not videos:
+            return
+        # It decodes its jobs in turn: the first unfinished one is the culprit; the ones
+        # queued behind it never started and go back to the front of the queue.
+        video, waiting = videos[0], videos[1:]
+        for later in reversed(waiting):
+            self._requeue(later)
+        if video in self.cancelled:
+            self._requeue(video)
             return
         if proc.kill_reason == "timeout":
             error = DecodeProcessError(
@@ -309,6 +338,14 @@ class PoolSource:
             )
         self.ended[video] = True
         self.deferred[video].append(("error", error, None))
+
+    def _requeue(self, video: int) -> None:
+        """Back to the front of the queue (or skipped, if the consumer gave up on it)."""
+        if video in self.cancelled:
+            self.ended[video] = True
+            self.deferred[video].append(("skipped", None, None))
+        else:
+            self.todo.appendleft(video)
 
     def _unblock(self, proc: _Process) -> None:
         """The process of the current video waits for room held by later videos' items
@@ -335,6 +372,7 @@ class PoolSource:
     def events(self) -> Iterator[tuple[int, str, object]]:
         n = len(self.paths)
         while self.current < n:
+            self._drain()
             self._assign()
             video = self.current
             if self.deferred[video]:
@@ -358,13 +396,14 @@ class PoolSource:
     def cancel(self, video: int) -> None:
         if self.ended[video]:
             return
+        self.cancelled.add(video)
         if video in self.todo:
             self.todo.remove(video)
             self.ended[video] = True
             self.deferred[video].append(("skipped", None, None))
             return
         entry = self.job_of.get(video)
-        if entry is not None and entry[1].job == entry[0]:
+        if entry is not None and entry[0] in entry[1].jobs:
             entry[1].send(("cancel", entry[0]))
 
     def close(self) -> None:
@@ -372,7 +411,7 @@ class PoolSource:
         holding its items in their rings: replace them, the next chunk starts clean."""
         if self.current >= len(self.paths):
             return
-        busy = {proc for proc in self.pool.slots if proc.job is not None}
+        busy = {proc for proc in self.pool.slots if proc.jobs}
         busy |= {p for events in self.deferred for _, _, p in events if p is not None}
         for proc in busy:
             self.pool.replace(proc)

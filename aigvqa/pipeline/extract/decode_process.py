@@ -130,6 +130,9 @@ def _run_job(job: int, path: str, views, threads: int, decoder, ring: _Ring, eve
     from aigvqa.errors import DecodeError
     from aigvqa.pipeline.extract.sources import decode_events
 
+    if job in ring.cancelled:  # given up on while it waited in this process's queue
+        write_message(events_fd, ("skipped", job, None))
+        return
     try:
         for kind, payload in decode_events(decoder, path, views, threads,
                                            lambda: job in ring.cancelled):
