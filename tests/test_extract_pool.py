@@ -314,3 +314,43 @@ def test_two_task_threads_share_the_decode_processes_and_give_the_same_features(
     assert reference.done["mean-colour"] == ids
     np.testing.assert_array_equal(FeatureCache(tmp_path / "two.h5").read("mean-colour").arrays["mean-colour"],
                                   FeatureCache(tmp_path / "ref.h5").read("mean-colour").arrays["mean-colour"])
+
+
+class MarksOneVideo(KeyFramesView):
+    """Key frames; touches ``marker`` when the decode process starts on the video ``stem``."""
+
+    def __init__(self, marker="", stem=""):
+        super().__init__(n=2, size=32)
+        self.marker, self.stem = marker, stem
+
+    def items(self, info):
+        if Path(info.path).stem == self.stem:
+            Path(self.marker).touch()
+        return super().items(info)
+
+
+class WaitsForTheMarker(WithView):
+    """Its first forward pass (batch of 1) waits up to 10 s for the view's marker file."""
+
+    name = "waits"
+    saw: list = []
+
+    def config(self):
+        return {**super().config(), "batch_size": 1}
+
+    def forward(self, items):
+        if not self.saw:
+            marker, deadline = Path(self._config["view"].marker), time.monotonic() + 10
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.saw.append(marker.exists())
+        return super().forward(items)
+
+
+def test_a_decode_process_starts_the_next_video_while_the_forward_passes_run(videos, tmp_path):
+    WaitsForTheMarker.saw = []
+    marker = tmp_path / "v1-started"
+    result, _ = chunk(videos, ["v0", "v1"], [WaitsForTheMarker(MarksOneVideo(str(marker), "v1"))],
+                      tmp_path, "ahead", decode_workers=1)
+    assert result.done["waits"] == ["v0", "v1"]
+    assert WaitsForTheMarker.saw == [True]
