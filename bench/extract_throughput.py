@@ -250,6 +250,12 @@ def worker_peak_rss(path: Path, workdir: Path, tag: str, decode_workers: int = 2
     with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [load(e) for e in extractors])
+        # start the decode processes before sampling: between fork and exec a new process
+        # briefly counts all of the worker's pages as its own RSS
+        warm = make_clip(workdir / "rss-warm.mp4", 1, 64, 64, seed=1)
+        client.submit(ex.run_video_chunk, [VideoRecord(f"{tag}-warm", warm)], extractors,
+                      str(workdir / f"rss-{tag}-warm.h5"), decode_workers=decode_workers,
+                      decode_threads=1, pure=False).result()
         (loaded,) = client.run(start_sampling).values()
         # one worker task over the clip twice (two ids): both decode processes busy
         records = [VideoRecord(f"{tag}-{k}", path) for k in range(2)]
