@@ -11,8 +11,9 @@ never pass through Dask, pickles of Dask messages or TCP; they are copied once o
 ring into the batch that needs them.
 
 A ``DecodePool`` lives as long as its model worker process (``checkout`` keeps idle
-pools per setting). For a chunk, ``PoolSource`` hands its videos to idle processes one at
-a time and delivers their events in record order (so batches, hence features, do not
+pools per setting). For a chunk, ``PoolSource`` hands each process two videos at a time
+(the one it decodes and the next, so it never waits for the model worker to look) and
+delivers their events in record order (so batches, hence features, do not
 depend on the number of processes); later videos wait in their process's ring, which
 bounds what is decoded ahead in bytes (``decode_ahead_bytes`` over all processes).
 
