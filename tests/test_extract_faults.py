@@ -36,7 +36,8 @@ class CountingMean(Extractor):
     """Mean colour of 4 key frames. Options (bookkeeping, not part of the provenance):
     ``log`` gets one line per forward call; ``sleep`` seconds per call; ``kill_once``: the
     first call anywhere (a marker file decides) ends its process with ``os._exit``;
-    ``kill_on_black``: every call on an all-black video ends its process."""
+    ``kill_on_black``: every call whose batch holds an all-black item ends its process
+    (batches mix videos: the black video's key frames share a batch with others')."""
 
     name = "counting-mean"
 
@@ -62,7 +63,7 @@ class CountingMean(Extractor):
                 os._exit(1)  # a worker process dying mid-task (segfault, OOM kill)
             except FileExistsError:
                 pass
-        if cfg["kill_on_black"] and items.max() == 0:
+        if cfg["kill_on_black"] and any(item.max() == 0 for item in items):
             os._exit(1)
         if cfg["sleep"]:
             time.sleep(cfg["sleep"])

@@ -37,6 +37,7 @@ from aigvqa.pipeline.extract.options import (
     PROMPT_CHUNK_SIZE,
     TASK_RETRIES,
     TASKS_PER_WORKER,
+    VIDEOS_PER_DECODE_WORKER,
     ExtractError,
     ExtractOptions,
     default_chunk_size,
@@ -194,10 +195,18 @@ class ExtractRun:
 
     def _chunks(self, records: list[VideoRecord]) -> list[list[VideoRecord]]:
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        # A small run gets smaller chunks, at least TASKS_PER_WORKER per worker, so that
-        # the last tasks do not leave workers idle (40 videos on 2 workers as chunks of
-        # 16, 16, 8 would keep one worker busy 50 % longer than the other).
-        size = max(1, min(self.chunk_size, -(-len(records) // (TASKS_PER_WORKER * n_workers))))
+        size = self.chunk_size
+        if n_workers > 1:
+            # A small run gets smaller chunks, at least TASKS_PER_WORKER per worker, so that
+            # the last tasks do not leave workers idle (40 videos on 2 workers as chunks of
+            # 16, 16, 8 would keep one worker busy 50 % longer than the other) -- but not
+            # below a few videos per decode process, which idle between tasks.
+            balanced = -(-len(records) // (TASKS_PER_WORKER * n_workers))
+            floor = VIDEOS_PER_DECODE_WORKER * int(self.decode.decode_workers or 0)
+            size = min(size, max(balanced, floor))
+        size = max(1, size)
+        count = -(-len(records) // size)
+        size = -(-len(records) // count)  # even chunks: 12 videos by 8 make 6 + 6, not 8 + 4
         return [records[i : i + size] for i in range(0, len(records), size)]
 
     # -- submission -----------------------------------------------------------------
