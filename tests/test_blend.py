@@ -139,7 +139,7 @@ def test_grouped_inner_folds_never_predict_a_row_from_its_own_group():
 
 
 def test_prompt_disjoint_evaluation_hands_prompt_groups_to_stacking(monkeypatch):
-    from aigvqa.pipeline.evaluate import evaluate
+    from aigvqa.pipeline.evaluation.evaluate import evaluate
 
     seen = []
     real_fit = StackingHead.fit

@@ -22,6 +22,8 @@ Base heads whose ``fit`` takes ``X_val, y_val`` get the validation rows given to
 from __future__ import annotations
 
 import inspect
+from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -32,7 +34,8 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.validation import check_is_fitted
 
-from aigvqa.heads.classical import HeadParameterError
+from aigvqa.errors import HeadParameterError
+from aigvqa.heads.params import Check, Interval, Options, check_parameters
 from aigvqa.heads.registry import create_head, register_head
 
 META_LEARNERS = ("linear", "nnls")
@@ -67,6 +70,15 @@ def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float
     return w, float(y_mean - p_mean @ w)
 
 
+def _estimator_list(value) -> bool:
+    if not isinstance(value, list | tuple) or not value:
+        return False
+    if not all(isinstance(e, tuple | list) and len(e) == 2 and isinstance(e[0], str) for e in value):
+        return False
+    names = [name for name, _ in value]
+    return len(set(names)) == len(names) and all(isinstance(h, str) or hasattr(h, "fit") for _, h in value)
+
+
 @register_head("stack")
 class StackingHead(RegressorMixin, _BaseComposition):
     """Out-of-fold stacking (see the module docstring).
@@ -77,6 +89,16 @@ class StackingHead(RegressorMixin, _BaseComposition):
     Fitted: ``estimators_``, ``named_estimators_``, ``oof_predictions_`` [N, m] (or
     [N, m, k]), ``coef_`` [m] (or [k, m]), ``intercept_``.
     """
+
+    PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {
+        "estimators": [Check(_estimator_list, "a non-empty list of (name, head or registered head name) "
+                                              "pairs with unique names")],
+        "meta": [Options(*META_LEARNERS)],
+        "cv": [Interval(Integral, 2, None), Check(lambda v: callable(getattr(v, "split", None)),
+                                                  "a splitter with a split() method (e.g. KFold)")],
+        "random_state": [None, Integral, np.random.RandomState],
+        "n_jobs": [None, Integral],
+    }
 
     def __init__(self, estimators, *, meta="nnls", cv=5, random_state=0, n_jobs=1):
         self.estimators = estimators
@@ -94,11 +116,6 @@ class StackingHead(RegressorMixin, _BaseComposition):
         return self
 
     def _bases(self) -> list[tuple[str, object]]:
-        if not self.estimators:
-            raise HeadParameterError("StackingHead needs at least one (name, head) in estimators")
-        names = [name for name, _ in self.estimators]
-        if len(set(names)) != len(names):
-            raise HeadParameterError(f"StackingHead estimator names must be unique, got {names}")
         return [(name, create_head(est) if isinstance(est, str) else est) for name, est in self.estimators]
 
     def _folds(self, n: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -127,8 +144,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
         """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
         out-of-fold predictions the meta-learner sees are for unseen groups."""
-        if self.meta not in META_LEARNERS:
-            raise HeadParameterError(f"meta={self.meta!r}: use one of {META_LEARNERS}")
+        check_parameters(self)
         y = np.asarray(y, dtype=np.float64)
         single = y.ndim == 1
         Y = y[:, None] if single else y
