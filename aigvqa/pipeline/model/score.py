@@ -207,8 +207,10 @@ def _predict(bundle, cache: Path, ids: list[str]) -> np.ndarray:
     from aigvqa.cache import FeatureCache
     from aigvqa.pipeline.training_data import featureset_from_cache
 
-    data = FeatureCache(cache).read(bundle.groups, ids=ids)
-    return bundle.predict(featureset_from_cache(data))
+    store = FeatureCache(cache)
+    data = store.read(bundle.groups, ids=ids)
+    provenance = {g: store.group_info(g).provenance for g in bundle.groups}  # column ranges
+    return bundle.predict(featureset_from_cache(data, provenance))
 
 
 def score(
