@@ -370,3 +370,60 @@ def test_imagereward_random_init_per_frame_reward(video_factory, capsys):
     assert out.shape == (3, 1) and np.isfinite(out).all()
     assert extractor.provenance()["weights"] == RANDOM_INIT and "columns" not in extractor.provenance()
     assert RANDOM_INIT in capsys.readouterr().err
+
+
+# -- end to end: extract on Dask, then evaluate and train ---------------------------------------
+def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, capsys):
+    from distributed import Client
+
+    from aigvqa.cache.store import FeatureCache
+    from aigvqa.pipeline.evaluation.evaluate import evaluate_cache
+    from aigvqa.pipeline.extract import extract
+    from aigvqa.pipeline.model.bundle import load_bundle
+    from aigvqa.pipeline.model.train import train
+    from aigvqa.pipeline.records import VideoRecord
+
+    rng = np.random.default_rng(0)
+    records = []
+    for p, prompt in enumerate(PROMPTS):
+        for g in range(3):
+            vid = f"p{p}-g{g}"
+            path = video_factory(vid, n_frames=8, size=(32, 48), seed=3 * p + g)
+            records.append(VideoRecord(vid, path, prompt, labels={"mos": float(g + rng.normal(0, 0.3))},
+                                       groups={"prompt": f"p{p}", "generator": f"g{g}"}))
+    records.append(VideoRecord("no-prompt", video_factory("no-prompt", n_frames=8, size=(32, 48)), None,
+                               labels={"mos": 1.0}, groups={"generator": "g0"}))
+    tiny_blip = {"random_init": True, "blip_config": TINY}
+    extractors = {
+        "handcrafted": {"max_frames": 4, "size": 32},
+        "blip-itm": {**tiny_blip, "n_frames": 3},
+        "blip-text": tiny_blip,
+        "imagereward": {**tiny_blip, "n_frames": 3},
+    }
+    cache = tmp_path / "feats.h5"
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        report = extract(records, extractors, cache, client=client, progress=False)
+    assert RANDOM_INIT in capsys.readouterr().err
+    assert (report.succeeded, report.failed) == (9, 1)
+    store = FeatureCache(cache)
+    assert {f.extractor for f in store.failures()} == {"blip-itm", "blip-text", "imagereward"}
+    assert len(store.ids("handcrafted")) == 10  # the prompt-less video keeps its other features
+    for group in ("blip-itm", "blip-text", "imagereward"):
+        assert store.group_info(group).random_init
+    assert store.group_info("blip-itm").provenance["columns"] == {"match": [0, 2], "image": [2, 26]}
+    data = store.read(["blip-itm", "imagereward"])
+    assert data.arrays["blip-itm"].shape == (9, 3, 26) and data.arrays["imagereward"].shape == (9, 3, 1)
+
+    params = {"features": {"technical": "handcrafted", "aesthetic": "handcrafted"}, "epochs": 3,
+              "d_model": 8, "mlp_hidden": 8, "batch_size": 4}
+    result = evaluate_cache(cache, "branchsum", params=params, split="prompt-disjoint", trials=2,
+                            features=["handcrafted", "blip-itm", "blip-text", "imagereward"], progress=False)
+    assert {"pair_acc", "prompt_srcc", "model_pair_acc"} <= set(result.metric_names())
+    assert all(0.0 <= v <= 1.0 for v in result.values("pair_acc"))
+
+    bundle_path, _ = train(cache, "branchsum", tmp_path / "model", params=params,
+                           features=["handcrafted", "blip-itm", "blip-text", "imagereward"])
+    bundle = load_bundle(bundle_path)
+    assert {"blip-itm-match", "blip-itm-image", "blip-text-pooled", "imagereward"} <= set(bundle.feature_names)
+    assert bundle.head.feature_names_["match"] == "blip-itm-match"
+    assert bundle.head.feature_names_["frames"] == "blip-itm-image"
