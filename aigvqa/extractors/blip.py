@@ -681,8 +681,9 @@ class ImageRewardFrames(TorchExtractor):
             states = model.text_encoder(input_ids=ids, attention_mask=mask,
                                         encoder_hidden_states=image_embeds,
                                         encoder_attention_mask=image_mask).last_hidden_state
+        with torch.inference_mode():  # the small reward MLP in float32, outside autocast
             reward = model.mlp(states[:, 0].float())
-        return ((reward.float() - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).cpu().numpy()
+        return ((reward - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).cpu().numpy()
 
 
 def load_imagereward_checkpoint(model, path: str | os.PathLike) -> None:
