@@ -13,7 +13,9 @@ DESCRIPTION = (
     "Decode every video of MANIFEST once, run every requested extractor on it on Dask "
     "workers and write the features into --cache (HDF5). Re-running the same command "
     "resumes: ids already cached are skipped. Failures become rows of the cache's "
-    "failures table and never stop the run."
+    "failures table and never stop the run. Exit status: 0 every video succeeded (or was "
+    "already cached); 1 some video failed (listed by `aigvqa info`); 2 an error stopped "
+    "the run (bad usage, a cache of other features, missing weights)."
 )
 
 
@@ -106,5 +108,8 @@ def run(args) -> int:
     )
     print(report.summary())
     if report.failed:
+        # exit 1: the cache is usable, but not every video made it (0: all did; 2: an error
+        # stopped the run). A script must not read "every video failed" as success.
         print(f"{report.failed} video(s) failed; re-running the command retries them", file=sys.stderr)
+        return 1
     return 0
