@@ -427,3 +427,8 @@ def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, cap
     assert {"blip-itm-match", "blip-itm-image", "blip-text-pooled", "imagereward"} <= set(bundle.feature_names)
     assert bundle.head.feature_names_["match"] == "blip-itm-match"
     assert bundle.head.feature_names_["frames"] == "blip-itm-image"
+    # scoring from the cache derives the column features the same way
+    from aigvqa.pipeline.model.score import score
+
+    scored = score(records[:9], bundle_path, tmp_path / "scores.csv", cache=cache, progress=False)
+    assert (scored.scored, scored.failed, scored.from_cache) == (9, 0, 9)
