@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("manifest", type=Path, help="csv / jsonl / T2VQA-DB info.txt / FETV / LGVQ manifest")
     parser.add_argument(
         "--extractors",
-        help="comma-separated registry names, e.g. clip-frames,clip-text,slowfast "
-        "(default: every section of --config)",
+        help="comma-separated registry names, e.g. clip-frames,clip-text,slowfast or "
+        "blip-itm,blip-text,imagereward (default: every section of --config)",
     )
     parser.add_argument("--cache", type=Path, required=True, help="feature cache file to create or extend (.h5)")
     parser.add_argument(
