@@ -22,6 +22,7 @@ from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.handcrafted import FEATURE_NAMES
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
     ExtractError,
@@ -101,6 +102,24 @@ class PromptLength(Extractor):
         return prov
 
 
+class PromptScore(MeanColour):
+    """A needs_prompt video extractor: [mean red, len(prompt)] per key frame; logs the
+    prompts of every forward call (one line per item)."""
+
+    name = "prompt-score"
+    needs_prompt = True
+
+    def output_dims(self):
+        return {"values": 2}
+
+    def forward(self, items, prompts=None):
+        if self._config["log"]:
+            with open(self._config["log"], "a") as fh:
+                fh.writelines(p + "\n" for p in prompts)
+        red = items.reshape(len(items), -1, 3).mean(axis=1)[:, :1]
+        return np.hstack([red, [[len(p)] for p in prompts]]).astype(np.float32)
+
+
 def calls(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
@@ -159,6 +178,7 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)  # named for outside readers
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
@@ -240,6 +260,40 @@ def test_prompts_are_encoded_once_per_distinct_prompt(client, videos, tmp_path):
 
     extract(recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client, progress=False)
     assert len(log.read_text().splitlines()) == 2  # cached prompts are not encoded again
+
+
+def test_prompt_scored_extractors_get_each_videos_prompt(client, videos, tmp_path):
+    cache, log, colour_log = tmp_path / "feats.h5", tmp_path / "prompts.log", tmp_path / "colour.log"
+    texts = {"good0": "a red fox", "good1": "two cats dancing", "one-frame": None}
+    recs = records_of(videos, list(texts), prompt=texts.get)
+    report = extract(recs, [PromptScore(n=3, log=str(log)), MeanColour(n=3, log=str(colour_log))],
+                     cache, client=client, progress=False)
+    # every item of a video is scored against that video's prompt; the prompt-less video is
+    # planned without the extractor (no item of it reaches forward)
+    assert sorted(log.read_text().splitlines()) == ["a red fox"] * 3 + ["two cats dancing"] * 3
+    reader = FeatureCache(cache)
+    data = reader.read(["prompt-score"])
+    assert data.ids == ["good0", "good1"]
+    np.testing.assert_array_equal(data.arrays["prompt-score"][:, :, 1], [[9] * 3, [16] * 3])
+    assert [(f.id, f.extractor) for f in reader.failures()] == [("one-frame", "prompt-score")]
+    assert "needs one" in reader.failures()[0].error
+    assert sorted(reader.ids("mean-colour")) == ["good0", "good1", "one-frame"]
+    assert (report.succeeded, report.failed) == (2, 1)
+
+
+def test_decoding_ahead_hands_each_video_its_own_prompt(videos, tmp_path):
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    log = tmp_path / "prompts.log"
+    texts = {"good0": "a red fox", "good1": "two cats dancing", "good2": None}
+    recs = records_of(videos, list(texts), prompt=texts.get)
+    result = run_video_chunk(recs, [PromptScore(n=2, log=str(log)), MeanColour(n=2)],
+                             str(tmp_path / "shard.h5"), videos_in_flight=2)
+    assert log.read_text().splitlines() == ["a red fox"] * 2 + ["two cats dancing"] * 2
+    assert result.done["prompt-score"] == ["good0", "good1"]
+    assert result.done["mean-colour"] == ["good0", "good1", "good2"]  # isolated: kept
+    assert [(f[0], f[1]) for f in result.failures] == [("good2", "prompt-score")]
+    assert "MissingPromptError" in result.failures[0][2]
 
 
 def test_leftover_shards_of_a_killed_run_are_merged_not_recomputed(client, videos, tmp_path):
@@ -336,7 +390,7 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(config),
                  "--cache", str(cache), "--scheduler", client.scheduler.address, "--no-progress"])
     out = capsys.readouterr()
-    assert code == 0, out.err
+    assert code == 1, out.err  # one video failed: the exit status says so (0 only when all succeeded)
     assert "2 succeeded, 1 failed, 0 skipped" in out.out
     info = FeatureCache(cache).group_info("handcrafted")
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2

@@ -59,6 +59,8 @@ class CrossVideoBatcher:
 
     def __init__(self, model: Extractor, videos: list[_Video], across: bool) -> None:
         self.model, self.name = model, model.name
+        # blip-itm, imagereward: forward(items, prompts=[the prompt of each item's video])
+        self.needs_prompt = bool(getattr(model, "needs_prompt", False))
         self.batch_size = max(1, int(model.config().get("batch_size", 16)))
         self.videos, self.across = videos, across
         self.pending: list[tuple[int, int, np.ndarray]] = []
@@ -66,6 +68,13 @@ class CrossVideoBatcher:
     def add(self, video: int, index: int, item: np.ndarray) -> set[int]:
         """Queue an item; returns the videos a forward pass that raised just broke."""
         broke: set[int] = set()
+        if self.needs_prompt and not (self.videos[video].record.prompt or "").strip():
+            from aigvqa.extractors.runner import MissingPromptError
+
+            self.videos[video].broken.setdefault(self.name, (MissingPromptError(
+                f"extractor {self.name!r} scores frames against the video's prompt, and this "
+                "video has none; give the manifest a prompt column"), True))
+            return {video}
         if not self.across and self.pending and self.pending[-1][0] != video:
             broke = self.flush()
         self.pending.append((video, index, item))
@@ -86,8 +95,13 @@ class CrossVideoBatcher:
             return set()
         pending, self.pending = self.pending, []
         try:
-            features = np.asarray(self.model.forward(np.stack([p[2] for p in pending])),
-                                  dtype=np.float32)
+            batch = np.stack([p[2] for p in pending])
+            if self.needs_prompt:
+                output = self.model.forward(
+                    batch, prompts=[str(self.videos[v].record.prompt) for v, _, _ in pending])
+            else:
+                output = self.model.forward(batch)
+            features = np.asarray(output, dtype=np.float32)
             if features.ndim != 2 or features.shape[0] != len(pending):
                 raise RuntimeError(
                     f"extractor {self.name!r} returned features of shape {features.shape} for "
@@ -235,7 +249,8 @@ def extract_one(record: VideoRecord, models: list[Extractor], threads: int = 0) 
     try:
         info = probe(record.path)
         with truncation_warnings() as caught:
-            outputs = extract_video(record.path, models, info=info, decode_threads=threads)
+            outputs = extract_video(record.path, models, info=info, decode_threads=threads,
+                                    prompt=record.prompt)
     except Exception as err:  # noqa: BLE001 - one bad video must never stop the run
         return failed_video(record, models, err, threads)
     cut = truncation(caught, info.num_frames)

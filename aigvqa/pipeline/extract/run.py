@@ -69,6 +69,9 @@ class ExtractRun:
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
         self.text_exts = [e for e in extractors if e.modality == "text"]
+        # extractors that need the video's prompt: text ones, and video ones scoring frames
+        # against it (blip-itm, imagereward)
+        self.prompt_exts = self.text_exts + [e for e in self.video_exts if e.needs_prompt]
         self.by_name = {e.name: e for e in extractors}
         self.cache = cache
         self.shard_dir = shard_dir_for(cache)
@@ -163,14 +166,21 @@ class ExtractRun:
                 if name in present:
                     have[name] = set(reader.ids(name))
 
+        no_prompt = [r for r in self.records if r.prompt_id is None or not (r.prompt or "").strip()]
+        prompt_less = {r.video_id for r in no_prompt}
         by_missing: dict[tuple[str, ...], list[VideoRecord]] = defaultdict(list)
         for rec in self.records:
-            missing = tuple(e.name for e in self.video_exts if rec.video_id not in have[e.name])
+            missing = tuple(
+                e.name for e in self.video_exts
+                if rec.video_id not in have[e.name]
+                # a video without a prompt is planned without the extractors that need one
+                # (it gets their failure row instead, in _execute)
+                and not (e.needs_prompt and rec.video_id in prompt_less)
+            )
             if missing:
                 by_missing[missing].append(rec)
 
         prompts: dict[str, dict[str, str]] = {}
-        no_prompt = [r for r in self.records if r.prompt_id is None or not (r.prompt or "").strip()]
         for e in self.text_exts:
             todo: dict[str, str] = {}
             cached: set[str] = set()
@@ -189,7 +199,7 @@ class ExtractRun:
                 todo[pid] = rec.prompt
             self.report.prompts_skipped += len(cached)
             prompts[e.name] = todo
-        if not self.text_exts:
+        if not self.prompt_exts:
             no_prompt = []
         return by_missing, prompts, no_prompt
 
@@ -252,12 +262,12 @@ class ExtractRun:
                 add(self._submit_prompts({p: todo[p] for p in ids[i : i + PROMPT_CHUNK_SIZE]}, ext_name))
 
         # The videos table of every record (labels, prompt ids: it refreshes rows of
-        # skipped videos too) and one failure row per video without a prompt when text
-        # features were asked for; both land with the first merge.
+        # skipped videos too) and one failure row per video without a prompt and extractor
+        # needing one (text features, prompt-scored frames); both land with the first merge.
         no_prompt_rows = [
-            (r.video_id, e.name, "the manifest gives no prompt for this video; text features "
-             "need one (add a prompt column)")
-            for e in self.text_exts for r in no_prompt
+            (r.video_id, e.name, f"the manifest gives no prompt for this video; {e.name} "
+             "needs one (add a prompt column)")
+            for e in self.prompt_exts for r in no_prompt
         ]
         self._pending.append(self._client_shard(videos=self.records, failures=no_prompt_rows))
         self.report.failures.extend(no_prompt_rows)

@@ -127,7 +127,7 @@ def run_video_chunk(records: list[VideoRecord], extractors: list[Extractor], sha
         failures.extend((record.video_id, name, text) for name, text in errors.items())
     groups = [
         GroupData(m.name, keyed_by="video", ids=kept[m.name][0], values=kept[m.name][1],
-                  provenance=m.provenance())
+                  provenance=m.provenance(), columns=m.feature_names())
         for m in models
     ]
     write_shard(

@@ -13,7 +13,9 @@ DESCRIPTION = (
     "Decode every video of MANIFEST once, run every requested extractor on it on Dask "
     "workers and write the features into --cache (HDF5). Re-running the same command "
     "resumes: ids already cached are skipped. Failures become rows of the cache's "
-    "failures table and never stop the run."
+    "failures table and never stop the run. Exit status: 0 every video succeeded (or was "
+    "already cached); 1 some video failed (listed by `aigvqa info`); 2 an error stopped "
+    "the run (bad usage, a cache of other features, missing weights)."
 )
 
 
@@ -21,8 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("manifest", type=Path, help="csv / jsonl / T2VQA-DB info.txt / FETV / LGVQ manifest")
     parser.add_argument(
         "--extractors",
-        help="comma-separated registry names, e.g. clip-frames,clip-text,slowfast "
-        "(default: every section of --config)",
+        help="comma-separated registry names, e.g. clip-frames,clip-text,slowfast or "
+        "blip-itm,blip-text,imagereward (default: every section of --config)",
     )
     parser.add_argument("--cache", type=Path, required=True, help="feature cache file to create or extend (.h5)")
     parser.add_argument(
@@ -32,6 +34,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
+    parser.add_argument("--encoding", dest="manifest_encoding", default="utf-8",
+                        help="the manifest's text encoding (default utf-8; e.g. latin-1, cp1252)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument(
         "--decode-workers", type=int, default=None, metavar="N",
@@ -69,7 +73,7 @@ def run(args) -> int:
     from aigvqa.pipeline.manifest import read_manifest
 
     spec = extractor_options(args.config, args.extractors)
-    records = read_manifest(args.manifest, fmt=args.manifest_format)
+    records = read_manifest(args.manifest, fmt=args.manifest_format, encoding=args.manifest_encoding)
     report = extract(
         records,
         spec,
@@ -86,5 +90,8 @@ def run(args) -> int:
     )
     print(report.summary())
     if report.failed:
+        # exit 1: the cache is usable, but not every video made it (0: all did; 2: an error
+        # stopped the run). A script must not read "every video failed" as success.
         print(f"{report.failed} video(s) failed; re-running the command retries them", file=sys.stderr)
+        return 1
     return 0
