@@ -31,7 +31,7 @@ time separately:
   ``torch.utils.flop_counter``; none for OpenCV/NumPy extractors).
 
 Threads: one torch thread by default, because that is how a stage-one worker runs
-(``pipeline.cluster``: one worker process per core, one torch thread each), so
+(``pipeline.extract.cluster``: one worker process per core, one torch thread each), so
 ``forward_ms`` is the per-worker cost later benches divide among workers.
 
 The medians in ms per video go to the table and to ``bench/out/extractors.json``; later

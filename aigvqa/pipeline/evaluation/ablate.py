@@ -374,7 +374,7 @@ def run_ablation(
 def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.cluster import (
+    from aigvqa.pipeline.extract.cluster import (
         ClusterSpec,
         describe_client,
         open_cluster,

@@ -487,7 +487,7 @@ def score(
 def _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights, cluster, client, progress):
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
 
     given = _GivenCache(cache, bundle.groups) if cache is not None and cache.exists() else None
     configs, impossible = _extractor_configs(bundle)
