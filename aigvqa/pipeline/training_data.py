@@ -9,7 +9,11 @@ the feature arrays (what heads' ``features`` parameters refer to):
   for ``clip-text`` they are the token sequence, its lengths the valid tokens);
 - every floating-point extra ``e`` of group ``g`` becomes ``g-e`` (``clip-text-pooled``,
   one vector per video); boolean extras (token masks) are not features: the lengths
-  already carry them.
+  already carry them;
+- every named column range ``c`` a group's provenance records (``"columns"``, from
+  ``Extractor.output_columns``) becomes ``g-c``, a view of those columns with the group's
+  lengths: blip-itm's [T, 2 + E] values give ``blip-itm-match`` [T, 2] (ITM probability,
+  ITC cosine) and ``blip-itm-image`` [T, E].
 
 ``build_head`` makes a head from its name, a head TOML file (``pipeline.config``) and
 explicit parameters; ``provenance_problems`` compares where two sets of features came from.
@@ -70,12 +74,25 @@ def _split_names(value: str | Sequence[str] | None) -> list[str] | None:
     return names or None
 
 
-def featureset_from_cache(data) -> FeatureSet:
-    """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says."""
+def featureset_from_cache(data, provenance: Mapping[str, Mapping[str, Any]] | None = None) -> FeatureSet:
+    """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says.
+
+    ``provenance`` (cache group -> its provenance) adds the named column ranges of groups
+    that record them; without it only the groups and extras are named.
+    """
     arrays: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for group, values in data.arrays.items():
         arrays[group], lengths[group] = values, data.lengths[group]
+        columns = ((provenance or {}).get(group) or {}).get("columns") or {}
+        for column, (start, stop) in columns.items():
+            if not 0 <= start < stop <= values.shape[-1]:
+                raise TrainingDataError(
+                    f"cache group {group!r} records column range {column!r} = [{start}, {stop}) "
+                    f"but its values are {values.shape[-1]} wide; re-extract the group"
+                )
+            name = f"{group}-{column}"
+            arrays[name], lengths[name] = values[..., start:stop], data.lengths[group]
     for key, values in data.extras.items():
         group, _, extra = key.partition("/")
         if not np.issubdtype(values.dtype, np.floating):
@@ -124,7 +141,7 @@ def load_training_data(
             raise TrainingDataError(
                 f"cache {cache} has no label(s) {', '.join(absent)}; it has {', '.join(sorted(data.labels)) or 'none'}"
             )
-    X = featureset_from_cache(data)
+    X = featureset_from_cache(data, provenance)
     y = np.column_stack([data.labels.get(n, np.full(len(X), math.nan)) for n in label_names]) if label_names else np.zeros((len(X), 0))
     dropped: list[str] = []
     if require_labels:

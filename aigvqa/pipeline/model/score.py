@@ -404,8 +404,10 @@ def _predict_rows(bundle, source: Path, pairs: Sequence[tuple[VideoRecord, str]]
     from aigvqa.cache import FeatureCache
     from aigvqa.pipeline.training_data import featureset_from_cache
 
-    data = FeatureCache(source).read(bundle.groups, ids=[key for _, key in pairs])
-    X = featureset_from_cache(data)
+    store = FeatureCache(source)
+    data = store.read(bundle.groups, ids=[key for _, key in pairs])
+    provenance = {g: store.group_info(g).provenance for g in bundle.groups}  # column ranges
+    X = featureset_from_cache(data, provenance)
     X.ids = np.asarray([r.video_id for r, _ in pairs], dtype=object)  # the head names videos by their own ids
     rows: dict[str, dict[str, Any]] = {}
     bad = _nonfinite_features(X, bundle.feature_names)
@@ -485,7 +487,7 @@ def score(
 def _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights, cluster, client, progress):
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
 
     given = _GivenCache(cache, bundle.groups) if cache is not None and cache.exists() else None
     configs, impossible = _extractor_configs(bundle)
