@@ -35,6 +35,18 @@ Next to the time ratio the bench prints the FLOP ratio: backbone forward GFLOPs 
 (from the extractor bench) over the GFLOPs one head epoch spends per video (forward and
 backward, counted by ``torch.utils.flop_counter`` on a short fit). A time ratio can only
 beat the FLOP ratio by running the head at a higher FLOP rate than the backbones.
+
+How close a head runs to the device: per deep head the achieved TFLOP/s of an epoch (counted
+FLOPs / epoch seconds) and its fraction of the device's peak: on CUDA the dense bf16 (with
+``--amp``) or fp32 rate of the device from a table by name (``PEAK_TFLOPS``; an unknown
+device prints no fraction), on CPU a matmul rate measured here with the same threads (fp32,
+or bf16 with ``--amp``). The counted FLOPs are the matrix products only, so the fraction is
+a lower bound of the device's use.
+
+Trials together vs one by one (``--evaluate-trials``, default 3; 0 skips): per deep head,
+``evaluate`` with ``batch_trials=True`` and ``False`` on the first ``--rows`` videos, for
+``--evaluate-epochs`` epochs (default 1), timed, with the largest per-trial SRCC difference
+(``bench/trials.py`` runs the same comparison at full size).
 """
 
 from __future__ import annotations
@@ -63,6 +75,15 @@ SHAPES = {  # name: (T, D) -- the real widths of the cached features
 }
 TEXT_FEATURES = {"clip-text": "clip-text", "clip-text-pooled": "clip-text"}  # feature -> extractor
 TARGET_RATIO = 1000.0
+# Dense peak TFLOP/s (no sparsity) from the vendors' data sheets, (bf16 tensor core, fp32
+# without TF32: torch's default float32 matmul precision is "highest"), matched by substring
+# of torch.cuda.get_device_name, most specific first.
+PEAK_TFLOPS = {
+    "H200": (989.0, 67.0), "H100 PCIe": (756.0, 51.0), "H100": (989.0, 67.0), "GH200": (989.0, 67.0),
+    "A100": (312.0, 19.5), "A10G": (70.0, 31.2), "A10": (125.0, 31.2), "L40S": (362.0, 91.6),
+    "L40": (181.0, 90.5), "L4": (121.0, 30.3), "RTX 4090": (165.0, 82.6), "V100": (125.0, 15.7),
+    "T4": (65.0, 8.1),
+}
 
 
 FETV_RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fetv" / "fetv_ratings.csv"
@@ -186,6 +207,45 @@ def time_deep_epoch(name: str, head, X: FeatureSet, y: np.ndarray, rows: int, n_
             "predict_ms_per_video": 1e3 * predict_per_video, "rows_timed": rows}
 
 
+def device_peak_tflops(device: str, amp: bool) -> tuple[float | None, str]:
+    """The device's peak rate for the heads' arithmetic and where the number comes from."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, (bf16, fp32) in PEAK_TFLOPS.items():
+            if key in name:
+                return (bf16 if amp else fp32), f"{name}: {'bf16' if amp else 'fp32'} data-sheet peak (dense)"
+        return None, f"{name}: not in PEAK_TFLOPS, no peak fraction"
+    dtype = torch.bfloat16 if amp else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < 1.0:
+        a @ b
+        runs += 1
+    rate = 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e12
+    return rate, f"CPU {'bf16' if amp else 'fp32'} 2048x2048 matmul measured here, {torch.get_num_threads()} threads"
+
+
+def time_evaluate_both_ways(head, X: FeatureSet, y: np.ndarray, rows: int, trials: int, epochs: int) -> dict:
+    """evaluate with trials together and one by one on the first ``rows`` videos."""
+    from aigvqa.pipeline.evaluation.evaluate import evaluate
+
+    sub = X[np.arange(rows)] if rows < len(X) else X
+    head = clone(head).set_params(epochs=epochs)
+    out = {}
+    for together in (False, True):
+        start = time.perf_counter()
+        result = evaluate(head, sub, y[:rows], split="random-8:2", trials=trials, progress=False, batch_trials=together)
+        out["together_s" if together else "one_by_one_s"] = time.perf_counter() - start
+        out["srcc_together" if together else "srcc_one_by_one"] = result.values("srcc")
+    out["ratio"] = out["one_by_one_s"] / out["together_s"]
+    out["max_srcc_diff"] = float(np.max(np.abs(out.pop("srcc_together") - out.pop("srcc_one_by_one"))))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=10_000)
@@ -202,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extractors-json", type=Path, default=EXTRACTORS_JSON)
     parser.add_argument("--backbone-ms-per-video", type=float, default=None,
                         help="total backbone forward ms per video, instead of the extractor bench's numbers")
+    parser.add_argument("--evaluate-trials", type=int, default=3,
+                        help="deep heads: time evaluate with this many trials together and one by one (0: skip)")
+    parser.add_argument("--evaluate-epochs", type=int, default=1, help="epochs per trial in that comparison")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
 
@@ -235,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.amp and args.device == "cpu":
         print("  NOTE: heads under bf16 autocast, backbones in float32 on CPU: not like for like")
 
+    peak, peak_note = device_peak_tflops(args.device, args.amp)
+    print(f"device peak: {f'{peak:.3g} TFLOP/s' if peak else 'unknown'} ({peak_note})")
     deep_common = dict(device=args.device, amp=args.amp, batch_size=args.batch_size)
     deep_configs = {  # bench label: (registry name, options)
         "ugvq": ("ugvq", dict(preset="paper", **deep_common)),
@@ -256,7 +321,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['epoch_s']:.1f} s/epoch{note} at batch size {head._hp('batch_size')}; {row['params'] / 1e6:.1f} M parameters; "
                   f"predict {row['predict_ms_per_video']:.3f} ms/video", flush=True)
             row["epoch_gflops_per_video"] = epoch_gflops_per_video(head, X, y, 4 * int(head._hp("batch_size")))
-            print(f"  {row['epoch_gflops_per_video']:.2f} GFLOPs per video per epoch (forward + backward)", flush=True)
+            row["tflops"] = row["epoch_gflops_per_video"] * n / row["epoch_s"] / 1e3
+            row["peak_fraction"] = row["tflops"] / peak if peak else None
+            share = f", {100 * row['peak_fraction']:.2f} % of the device's peak" if peak else ""
+            print(f"  {row['epoch_gflops_per_video']:.2f} GFLOPs per video per epoch (forward + backward): "
+                  f"{row['tflops']:.3f} TFLOP/s{share}", flush=True)
+            if args.evaluate_trials:
+                print(f"  evaluate, {args.evaluate_trials} trials x {args.evaluate_epochs} epoch(s) on {rows} rows: "
+                      "trials together vs one by one ...", flush=True)
+                both = time_evaluate_both_ways(head, X, y, rows, args.evaluate_trials, args.evaluate_epochs)
+                row["evaluate"] = both
+                print(f"  one by one {both['one_by_one_s']:.1f} s, together {both['together_s']:.1f} s: "
+                      f"{both['ratio']:.2f}x; per-trial SRCC max |diff| {both['max_srcc_diff']:.1e} "
+                      f"(load average now {os.getloadavg()[0]:.1f})", flush=True)
         else:
             head = create_head(name, features=classical_features, n_jobs=args.classical_jobs)
             features = classical_features
@@ -288,10 +365,21 @@ def main(argv: list[str] | None = None) -> int:
     print("(backbone epoch = videos x forward ms per video of the extractors the head reads; "
           "'fit' rows compare one classical fit with it; FLOP ratio = backbone forward GFLOPs per "
           "video / head epoch GFLOPs per video: the time ratio at equal FLOP rates)")
+    deep_rows = [r for r in results if "tflops" in r]
+    if deep_rows:
+        print()
+        print(f"{'head':<11} {'epoch s':>9} {'TFLOP/s':>9} {'% of peak':>10} {'evaluate: one by one / together':>32}")
+        for row in deep_rows:
+            share = f"{100 * row['peak_fraction']:>9.2f}%" if row["peak_fraction"] is not None else f"{'n/a':>10}"
+            ev = row.get("evaluate")
+            both = (f"{ev['one_by_one_s']:.1f} s / {ev['together_s']:.1f} s = {ev['ratio']:.2f}x" if ev else "skipped")
+            print(f"{row['head']:<11} {row['epoch_s']:>9.2f} {row['tflops']:>9.3f} {share} {both:>32}")
+        print(f"(peak: {peak_note}; FLOPs are the counted matrix products)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"videos": n, "device": args.device, "torch_threads": torch.get_num_threads(),
-                                        "amp": args.amp, "prompt_lengths": text_note,
+                                        "amp": args.amp, "prompt_lengths": text_note, "peak_tflops": peak,
+                                        "peak_source": peak_note,
                                         "backbone_source": backbones.source, "results": results}, indent=2))
         print(f"wrote {args.out}")
     return 0

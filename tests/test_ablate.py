@@ -179,3 +179,25 @@ def test_cli_ablate_starts_its_own_cluster_from_the_grid(tmp_path, capsys):
     assert "running on LocalCluster of 1 worker(s)" in out
     with open(tmp_path / "ablation" / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 3 * 2
+
+
+def test_a_deep_cell_trains_its_trials_together_unless_told_not_to(tmp_path, monkeypatch):
+    import numpy as np
+
+    import aigvqa.heads.trials as trials
+    from aigvqa.pipeline.cli.main import build_parser
+
+    make_cache(tmp_path / "feats.h5")
+    calls = []
+    real = trials.fit_trials
+    monkeypatch.setattr(trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    cell = {"head": "mlp", "params": {"hidden": 8, "epochs": 2}, "features": ["a"], "seed": 0}
+    spec = {"cache": str(tmp_path / "feats.h5"), "test_cache": None, "labels": ["mos"],
+            "split": "prompt-disjoint", "trials": 2}
+    together = ablate.run_cell(cell, {**spec, "batch_trials": True})
+    alone = ablate.run_cell(cell, {**spec, "batch_trials": False})
+    assert calls == [2]
+    np.testing.assert_allclose(together["rows"][0]["srcc_median"], alone["rows"][0]["srcc_median"], atol=1e-6)
+    args = build_parser().parse_args(["ablate", "grid.toml", "--no-batch-trials"])
+    assert args.batch_trials is False
+    assert build_parser().parse_args(["ablate", "grid.toml"]).batch_trials is True

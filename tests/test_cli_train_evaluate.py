@@ -147,3 +147,26 @@ def test_unknown_features_labels_and_heads_are_user_errors(cache, tmp_path, caps
     assert "no label(s) quality" in capsys.readouterr().err
     assert main(["evaluate", str(cache), "--head", "nosuchhead"]) == 2
     assert "unknown head 'nosuchhead'" in capsys.readouterr().err
+
+
+def test_deep_heads_train_with_epoch_progress_and_evaluate_trials_together_or_not(cache, tmp_path, capsys):
+    config = tmp_path / "mlp.toml"
+    config.write_text('head = "mlp"\nhidden = 8\nepochs = 3\nval_fraction = 0.25\n')
+    out = tmp_path / "mlp-model"
+    assert main(["train", str(cache), "--config", str(config), "--features", "a", "--labels", "mos", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and "val_loss" in err  # issue 14: epochs with the validation metric
+    assert load_bundle(out).head.verbose is False
+    assert main(["train", str(cache), "--config", str(config), "--features", "a", "--labels", "mos",
+                 "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "val_loss" not in capsys.readouterr().err
+
+    srcc = []
+    for flag in ([], ["--no-batch-trials"]):
+        csv_path = tmp_path / f"eval{len(srcc)}.csv"
+        assert main(["evaluate", str(cache), "--config", str(config), "--features", "a", "--labels", "mos",
+                     "--trials", "2", "--quiet", "--out", str(csv_path), "--per-trial", *flag]) == 0
+        assert "mlp" in capsys.readouterr().out
+        with open(csv_path) as fh:
+            srcc.append([float(row["srcc"]) for row in csv.DictReader(fh)])
+    np.testing.assert_allclose(srcc[0], srcc[1], atol=1e-6)

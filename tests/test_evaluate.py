@@ -191,3 +191,43 @@ def test_leave_one_generator_out_pools_the_generator_pair_accuracy():
     assert np.isnan(result.values("model_pair_acc")).all()  # one generator per fold
     assert 0.0 <= result.pooled_model_level["mos"]["pair_acc"] <= 1.0
     assert "pair acc" in result.table()
+
+
+def _deep_data(n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4, 6)).astype(np.float16)
+    lengths = rng.integers(1, 5, size=n)
+    y = x[:, 0, :2].astype(float).sum(1) + 0.2 * rng.normal(size=n)
+    groups = {"prompt": np.arange(n) // 4, "generator": np.array([f"g{i % 3}" for i in range(n)])}
+    return FeatureSet({"x": x}, {"x": lengths}, ids=[f"v{i}" for i in range(n)]), y, groups
+
+
+def test_deep_head_trials_together_equal_trials_one_by_one(monkeypatch):
+    """evaluate trains a deep head's trials as one vectorised model by default; on a
+    prompt-disjoint split (training sets of different sizes) every trial's metrics equal the
+    one-by-one run's."""
+    import aigvqa.heads.trials as trials
+    from aigvqa.heads.mlp import PooledMLPHead
+
+    calls = []
+    real = trials.fit_trials
+    monkeypatch.setattr(trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    X, y, groups = _deep_data()
+    head = PooledMLPHead(hidden=8, epochs=3, dropout=0.1, lr=1e-2)
+    together = evaluate(head, X, y, groups, split="prompt-disjoint", trials=3, progress=False)
+    assert calls == [3]
+    alone = evaluate(head, X, y, groups, split="prompt-disjoint", trials=3, progress=False, batch_trials=False)
+    assert calls == [3]
+    assert len({len(t.train) for t in together.trials}) > 1  # unequal training sets
+    assert together.metric_names() == alone.metric_names()  # within-prompt ranking metrics too
+    for a, b in zip(alone.trials, together.trials):
+        np.testing.assert_array_equal(a.test, b.test)
+        np.testing.assert_allclose(b.y_pred, a.y_pred, rtol=1e-4, atol=1e-5)
+        assert abs(a.metrics["mos"]["srcc"] - b.metrics["mos"]["srcc"]) < 1e-3
+
+
+def test_classical_heads_ignore_batch_trials():
+    X, y, groups = _data()
+    a = evaluate(ElasticNetHead(), X, y, groups, split="random-8:2", trials=3, progress=False)
+    b = evaluate(ElasticNetHead(), X, y, groups, split="random-8:2", trials=3, progress=False, batch_trials=False)
+    assert a.values("srcc", "mos0").tolist() == b.values("srcc", "mos0").tolist()

@@ -19,8 +19,9 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 from aigvqa.errors import AigvqaError, CheckpointMismatchError
-from aigvqa.heads.base import TorchHead
+from aigvqa.heads.base import TargetValueError, TorchHead
 from aigvqa.heads.branchsum import BranchSumHead
+from aigvqa.heads.classical import FeatureValueError
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
 from aigvqa.heads.msavqa import MSAVQAHead
@@ -229,19 +230,66 @@ def test_fused_adam_trains_like_the_for_each_step(name, monkeypatch):
     np.testing.assert_allclose(fused, for_each, rtol=1e-3, atol=1e-3 * np.std(y))
 
 
-@pytest.mark.parametrize("name", DEEP)
-def test_padded_steps_do_not_change_predictions(name):
-    X, y = all_features(32)
-    head = tiny(name).fit(X, y)
-    rng = np.random.default_rng(1)
+def garbage_padding(X, rng):
+    """X with every padded step (and 5 extra ones) holding garbage: numbers, NaN and inf."""
     padded_arrays = {}
     for k, a in X.arrays.items():
-        extra = rng.normal(size=(a.shape[0], 5, a.shape[2])).astype(a.dtype)  # garbage, not even zeros
+        extra = rng.normal(size=(a.shape[0], 5, a.shape[2])).astype(a.dtype)
+        extra[:, ::2, 0] = np.nan
+        extra[:, 1::2, -1] = np.inf
         inner = a.copy()
-        inner[~X.mask(k)] = rng.normal(size=inner[~X.mask(k)].shape)
+        pad = ~X.mask(k)
+        inner[pad] = rng.normal(size=inner[pad].shape)
+        inner[pad, 0] = np.nan
         padded_arrays[k] = np.concatenate([inner, extra], axis=1)
-    padded = FeatureSet(padded_arrays, X.lengths, X.ids)
+    return FeatureSet(padded_arrays, X.lengths, X.ids)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_padded_steps_do_not_change_predictions(name):
+    """Padding never reaches the arithmetic: not even NaN or inf in it (issue 11)."""
+    X, y = all_features(32)
+    head = tiny(name).fit(X, y)
+    padded = garbage_padding(X, np.random.default_rng(1))
     np.testing.assert_allclose(head.predict(padded), head.predict(X), rtol=1e-5, atol=1e-5)
+    # and training on the NaN-padded arrays is training on the clean ones
+    np.testing.assert_allclose(tiny(name).fit(padded, y).predict(X), head.predict(X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_non_finite_features_are_refused_naming_the_videos(name):
+    X, y = all_features(32)
+    feature = next(iter(tiny(name).fit(X[:20], y[:20]).feature_names_.values()))
+    arrays = {k: v.copy() for k, v in X.arrays.items()}
+    arrays[feature][5, 0, 1] = np.nan  # step 0 always holds data
+    arrays[feature][9, 0, 0] = np.inf
+    bad = FeatureSet(arrays, X.lengths, X.ids)
+    with pytest.raises(FeatureValueError, match=r"v5, v9"):
+        tiny(name).fit(bad, y)
+    head = tiny(name).fit(X, y)
+    with pytest.raises(FeatureValueError, match=f"{feature}.*v5"):
+        head.predict(bad)
+
+
+def test_nan_target_is_refused_naming_the_video():
+    X, y = all_features(20)
+    y = y.copy()
+    y[3] = np.nan
+    with pytest.raises(TargetValueError, match="v3"):
+        tiny("mlp").fit(X, y)
+
+
+def test_a_length_0_row_reads_as_one_zero_step_whatever_its_array_holds():
+    X, y = all_features(24)
+    lengths = {k: v.copy() for k, v in X.lengths.items()}
+    arrays = {k: v.copy() for k, v in X.arrays.items()}
+    lengths["clip-frames"][4] = 0
+    arrays["clip-frames"][4] = np.nan
+    zero = {k: v.copy() for k, v in arrays.items()}
+    zero["clip-frames"][4] = 0.0
+    head = tiny("msavqa").fit(FeatureSet(arrays, lengths, X.ids), y)
+    np.testing.assert_allclose(head.predict(FeatureSet(arrays, lengths, X.ids)),
+                               head.predict(FeatureSet(zero, lengths, X.ids)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", DEEP)
@@ -291,6 +339,29 @@ def test_msavqa_ensemble_weights_are_non_negative_per_output():
     assert head.level_predictions(X).shape == (40, 3, 2)
 
 
+@pytest.mark.parametrize("seed", [0, 20])
+def test_msavqa_ensemble_never_collapses_to_a_constant(seed):
+    """On 4 validation rows no level may correlate with the target: NNLS then puts every
+    weight at 0 and the head predicted one number for every video (the 'constant CUDA
+    predictions' of issue 12; seeds 0 and 20 did it on CPU too). The ensemble now
+    averages the levels instead."""
+    X, y = all_features(40)
+    head = tiny("msavqa", seed=seed).fit(X, y)
+    assert np.ptp(head.predict(X)) > 0
+    assert (head.ensemble_weights_ > 0).any()
+
+
+def test_msavqa_ensemble_falls_back_to_the_mean_of_the_levels():
+    X, y = all_features(40)
+    head = tiny("msavqa").fit(X, y)
+    rows = np.arange(len(X))
+    levels = head.level_predictions(X, rows)[:, :, 0]
+    anti = (1.0 - levels.mean(1))[:, None]  # every level ranks these targets backwards
+    head._after_training(head._features(X, torch.device("cpu")), anti, rows)
+    np.testing.assert_allclose(head.ensemble_weights_, 1 / 3)
+    assert head.ensemble_bias_[0] == pytest.approx(np.mean(anti[:, 0] - levels.mean(1)))
+
+
 def test_branchsum_calibrates_scale_free_plcc_output_to_mos_scale():
     X, y = alignment_task(200, 0)
     y = 20 + 60 * y  # MOS on a 0-100 scale
@@ -323,6 +394,34 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_msavqa_predictions_are_not_constant():
+    """Issue 12: on an H200 MSA-VQA predicted one number for every video (Spearman nan)."""
+    X, y = all_features(40)
+    for seed in (0, 1, 20):
+        pred = tiny("msavqa", device="cuda", seed=seed).fit(X, y).predict(X)
+        assert np.isfinite(pred).all() and np.ptp(pred) > 0, seed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_epoch_is_not_slower_than_fp32_on_paper_ugvq():
+    """Issue 12: bf16 autocast made a paper-preset UGVQ epoch 4x slower than fp32 on an H200.
+    A timed test by request: CUDA only, second epochs compared (the first pays warm-up)."""
+    rng = np.random.default_rng(0)
+    n = 512
+    X = FeatureSet({
+        "vit-keyframes": rng.normal(size=(n, 8, 768)).astype(np.float16),
+        "slowfast": rng.normal(size=(n, 4, 2304)).astype(np.float16),
+        "clip-text": rng.normal(size=(n, 77, 512)).astype(np.float16),
+    }, {"clip-text": rng.integers(8, 46, size=n)})
+    y = rng.normal(size=n)
+    seconds = {}
+    for amp in (False, True, False, True):
+        head = UGVQHead(preset="paper", epochs=2, device="cuda", amp=amp).fit(X, y)
+        seconds.setdefault(amp, []).append(head.history_[1]["seconds"])
+    assert min(seconds[True]) <= min(seconds[False]) * 1.05, seconds
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", DEEP)
 def test_cuda_fit_matches_cpu_closely(name):
     X, y = all_features(40)
@@ -332,6 +431,55 @@ def test_cuda_fit_matches_cpu_closely(name):
     assert next(gpu_head.module_.parameters()).device.type == "cpu"  # fitted state kept on CPU
     assert spearmanr(cpu, gpu)[0] > 0.95
     assert np.isfinite(tiny(name, device="cuda", amp=True).fit(X, y).predict(X)).all()
+
+
+def test_attention_and_encoder_compute_what_the_torch_modules_compute():
+    """layers.MultiheadAttention / TransformerEncoder replace nn.MultiheadAttention /
+    nn.TransformerEncoder(norm_first, gelu): same parameter names, same initial weights per
+    seed (bundles saved before load unchanged), same outputs."""
+    from torch import nn
+
+    from aigvqa.heads.layers import EncoderLayer, MultiheadAttention, TransformerEncoder
+
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True).eval()
+    torch.manual_seed(0)
+    ours = MultiheadAttention(16, 4, 0.1).eval()
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in ref.state_dict().items())
+    q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.rand(3, 7) > 0.4
+    mask[:, 0] = True
+    expected = ref(q, kv, kv, key_padding_mask=~mask, need_weights=False)[0]
+    torch.testing.assert_close(ours(q, kv, kv, mask), expected, rtol=1e-5, atol=1e-6)
+
+    torch.manual_seed(1)
+    ref_enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, 0.1, activation="gelu", batch_first=True,
+                                                               norm_first=True), 2, enable_nested_tensor=False).eval()
+    torch.manual_seed(1)
+    ours_enc = TransformerEncoder(EncoderLayer(16, 2, 32, 0.1), 2).eval()
+    assert all(torch.equal(v, ours_enc.state_dict()[k]) for k, v in ref_enc.state_dict().items())
+    x = torch.randn(3, 8, 16)
+    m = torch.rand(3, 8) > 0.3
+    m[:, 0] = True
+    torch.testing.assert_close(ours_enc(x, m)[m], ref_enc(x, src_key_padding_mask=~m)[m], rtol=1e-5, atol=1e-5)
+
+
+def test_keyed_dropout_depends_on_key_and_coordinates_not_on_padding():
+    from aigvqa.heads.layers import KeyedDropout, dropout_key
+
+    layer = KeyedDropout(0.3).train()
+    x = torch.ones(4, 6, 8)
+    with dropout_key(11):
+        small, again = layer(x), layer(x)
+        big = layer(torch.ones(7, 9, 8))  # the same batch padded to more rows and steps
+    with dropout_key(12):
+        other = layer(x)
+    assert torch.equal(small, again) and torch.equal(big[:4, :6], small)
+    assert not torch.equal(small, other)
+    assert abs((small == 0).float().mean().item() - 0.3) < 0.1
+    np.testing.assert_allclose(small[small != 0], 1 / 0.7)
+    assert torch.equal(layer.eval()(x), x)
 
 
 # --------------------------------------------------------------------------------------

@@ -146,3 +146,56 @@ def test_fgm_moves_matched_parameters_by_epsilon_and_restores_them():
     fgm.restore()
     for name, p in module.named_parameters():
         assert torch.equal(p.detach(), before[name])
+
+
+ROW_WEIGHTED = {
+    "mae": lambda p, y, w: mae_loss(p, y, weight=w),
+    "mae_rank": lambda p, y, w: mae_rank_loss(p, y, weight=w),
+    "margin_rank": lambda p, y, w: margin_rank_loss(p, y, weight=w),
+    "hinge_rank": lambda p, y, w: hinge_rank_loss(p, y, weight=w),
+    "plcc": lambda p, y, w: plcc_loss(p, y, weight=w),
+    "plcc_rank": lambda p, y, w: plcc_rank_loss(p, y, weight=w),
+    "smooth_l1": lambda p, y, w: smooth_l1_loss(p, y, beta=0.5, weight=w),
+    "mse": lambda p, y, w: get_loss("mse")(p, y, weight=w),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_WEIGHTED))
+def test_row_weight_is_the_loss_of_the_kept_rows_and_ignores_the_rest(name):
+    """Trials trained together pad their batches with masked rows: a masked row, even one
+    holding NaN or inf, must not change the loss or its gradient."""
+    loss = ROW_WEIGHTED[name]
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(9, 2, generator=gen), torch.randn(9, 2, generator=gen)
+    keep = t([True, False, True, True, False, True, True, False, True])
+    pred[1, 0], pred[4, 1], target[7, 0] = math.nan, math.inf, math.nan  # in masked rows only
+    pred = pred.requires_grad_(True)
+    weighted = loss(pred, target, keep)
+    weighted.backward()
+    sub = pred.detach()[keep].clone().requires_grad_(True)
+    expected = loss(sub, target[keep], None)
+    expected.backward()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert torch.isfinite(pred.grad).all() and (pred.grad[~keep] == 0).all()
+    torch.testing.assert_close(pred.grad[keep], sub.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_row_weight_with_fewer_than_two_rows_is_zero_like_a_tiny_batch():
+    pred, target = torch.randn(4), torch.randn(4)
+    one = t([False, True, False, False])
+    for name in ("plcc", "margin_rank", "hinge_rank"):
+        assert ROW_WEIGHTED[name](pred, target, one).item() == 0.0
+    assert ROW_WEIGHTED["mae"](pred, target, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
+def test_frame_losses_take_a_row_weight_too():
+    gen = torch.Generator().manual_seed(1)
+    frames, target = torch.rand(5, 6, generator=gen), torch.rand(5, generator=gen)
+    mask = torch.rand(5, 6, generator=gen) > 0.3
+    mask[:, 0] = True
+    keep = t([True, True, False, True, False])
+    frames[2] = math.nan
+    for loss in (lambda f, y, m, w: smooth_l1_loss(f, y, beta=0.1, mask=m, weight=w),
+                 lambda f, y, m, w: frame_consistency_loss(f, y, 0.05, m, weight=w)):
+        assert loss(frames, target, mask, keep).item() == pytest.approx(
+            loss(frames[keep], target[keep], mask[keep], None).item(), rel=1e-5)

@@ -15,13 +15,21 @@ A deep head subclass declares
   at least ``"score"`` [B, k] (or overrides ``_predict_outputs``);
 - optionally ``_loss`` (default: the ``loss`` parameter applied to ``"score"``).
 
-``TorchHead`` does the rest: target scaling, batching straight from the FeatureSet's
-float16 arrays, Adam + step LR, validation split and early stopping, FGM, seeding, CPU/CUDA,
-batched prediction, and export to (JSON config, tensors) for safetensors bundles.
+``TorchHead`` does the rest: target scaling, features moved to the device once and batched
+there (``heads.device``), Adam + step LR, validation split and early stopping, FGM, seeding,
+CPU/CUDA, batched prediction, and export to (JSON config, tensors) for safetensors bundles.
+``heads.trials.fit_trials`` trains several fits of one configuration (splits, seeds)
+together as one vectorised model, with the same results as fitting them one by one.
 
-Padded time steps never matter: batches are zeroed beyond each row's length, every
-attention gets a key padding mask and every pooling is masked. A feature with length 0 is
-read as one zero step (attention over nothing is undefined).
+Inputs are checked: NaN or inf in a feature's valid steps (``FeatureValueError``) or in the
+target (``TargetValueError``) is refused, naming the videos. Padded time steps never matter:
+batches are selected to zero beyond each row's length (``torch.where``, so even NaN padding
+stays out), every attention gets a key mask and every pooling is masked. A feature with
+length 0 is read as one zero step (attention over nothing is undefined).
+
+Dropout is keyed (``heads.layers``): its masks are a function of the fit's seed, epoch,
+step and layer, never of torch's global generator, so a fit gives the same result alone
+or trained together with other trials.
 """
 
 from __future__ import annotations
@@ -41,11 +49,22 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from aigvqa.errors import AigvqaError, CheckpointMismatchError
+from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.layers import (
+    KeyedDropout,
+    MultiheadAttention,
+    dropout_key,
+    fold_key,
+    number_dropout_sites,
+)
 from aigvqa.heads.losses import FGM, LOSSES, get_loss
 from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
 
-Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+class TargetValueError(AigvqaError, ValueError):
+    """Targets (MOS) hold NaN or infinite values."""
+
 
 STATE_FORMAT = 1
 """Version of the (config, tensors) export layout written by ``TorchHead.get_state``."""
@@ -55,16 +74,18 @@ STATE_FORMAT = 1
 # building blocks
 # --------------------------------------------------------------------------------------
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D], [B, T] bool -> [B, D] mean over the True steps."""
-    w = mask.to(x.dtype)[..., None]
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+    """[B, T, D], [B, T] bool -> [B, D] mean over the True steps (padded steps are
+    selected away, not multiplied by 0: nothing in them reaches the result)."""
+    keep = mask[..., None]
+    return torch.where(keep, x, 0.0).sum(1) / keep.sum(1).clamp_min(1).to(x.dtype)
 
 
 def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, T, D] -> [B, D] population std over the True steps."""
-    w = mask.to(x.dtype)[..., None]
-    mean = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
-    var = (((x - mean) ** 2) * w).sum(1) / w.sum(1).clamp_min(1.0)
+    keep = mask[..., None]
+    count = keep.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
+    mean = torch.where(keep, x, 0.0).sum(1, keepdim=True) / count
+    var = torch.where(keep, (x - mean) ** 2, 0.0).sum(1) / count[:, 0]
     return (var + 1e-8).sqrt()
 
 
@@ -80,11 +101,11 @@ def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32
 
 
 def make_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float = 0.0) -> nn.Sequential:
-    """``layers`` Linear layers with GELU and dropout between them."""
+    """``layers`` Linear layers with GELU and (keyed) dropout between them."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)]
+        mods += [nn.Linear(d, hidden), nn.GELU(), KeyedDropout(dropout)]
         d = hidden
     mods.append(nn.Linear(d, out_dim))
     return nn.Sequential(*mods)
@@ -100,16 +121,11 @@ class Adapter(nn.Module):
         self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
         self.down = nn.Linear(out_dim, bottleneck)
         self.up = nn.Linear(bottleneck, out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x)
         return h + self.up(self.dropout(torch.nn.functional.gelu(self.down(h))))
-
-
-def key_padding(mask: torch.Tensor) -> torch.Tensor:
-    """nn.MultiheadAttention wants True where a key is padding."""
-    return ~mask
 
 
 class CrossAttentionBlock(nn.Module):
@@ -120,14 +136,13 @@ class CrossAttentionBlock(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.attn = MultiheadAttention(d_model, heads, dropout)
         self.norm_ffn = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d_model))
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), KeyedDropout(dropout), nn.Linear(ffn, d_model))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         kv = self.norm_kv(context)
-        attended, _ = self.attn(self.norm_q(x), kv, kv, key_padding_mask=key_padding(context_mask), need_weights=False)
-        x = x + attended
+        x = x + self.attn(self.norm_q(x), kv, kv, context_mask)
         return x + self.ffn(self.norm_ffn(x))
 
 
@@ -172,7 +187,7 @@ def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own
         "seed": [Integral],
         "device": [str],
         "amp": [bool],
-        "verbose": [bool],
+        "verbose": [bool, Check(callable, "a callable(head, epoch record), called after every epoch")],
         **own,
     }
 
@@ -236,11 +251,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _build_module(self, dims: dict[str, int], n_outputs: int) -> nn.Module:
         raise NotImplementedError
 
-    def _init_from_data(self, module: nn.Module, X: FeatureSet, rows: np.ndarray) -> None:
-        """Data-dependent initialisation (e.g. input standardisation buffers). Default: none."""
+    def _init_from_data(self, module: nn.Module, features: DeviceFeatures, rows: np.ndarray) -> None:
+        """Data-dependent initialisation (e.g. input standardisation buffers) from the
+        training ``rows`` of ``features``. Default: none."""
 
-    def _loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        return get_loss(self.loss)(outputs["score"], y)
+    def _loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss of a batch; ``weight`` [B] bool keeps only those rows (the losses
+        module's convention; trials trained together pad their batches with masked rows)."""
+        return get_loss(self.loss)(outputs["score"], y, weight=weight)
 
     def _predict_outputs(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, k] prediction in scaled target space, before calibration."""
@@ -257,15 +275,16 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _unscale_targets(self, y: np.ndarray) -> np.ndarray:
         return y * self.y_std_ + self.y_mean_
 
-    def _after_training(self, X: FeatureSet, y_scaled: np.ndarray, rows: np.ndarray) -> None:
-        """Fit post-hoc state on held-out rows (validation, or training rows without one).
+    def _after_training(self, features: DeviceFeatures, y_scaled: np.ndarray, rows: np.ndarray) -> None:
+        """Fit post-hoc state on held-out rows (validation, or training rows without one);
+        ``rows`` index ``features`` and ``y_scaled``.
 
         Default: a per-output linear calibration when the loss is scale-free (PLCC), so that
         ``predict`` returns MOS-scale numbers.
         """
         if getattr(self, "loss", None) not in self.SCALE_FREE_LOSSES:
             return
-        raw = self._run(X, self._predict_outputs, rows)
+        raw = self._run(features, self._predict_outputs, rows)
         for c in range(raw.shape[1]):
             a, b = np.polyfit(raw[:, c], y_scaled[rows, c], 1) if raw[:, c].std() > 0 else (0.0, y_scaled[rows, c].mean())
             self.output_scale_[c], self.output_shift_[c] = a, b
@@ -277,16 +296,16 @@ class TorchHead(RegressorMixin, BaseEstimator):
             raise AigvqaError(f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; pass device='cpu'")
         return device
 
-    def _make_batch(self, X: FeatureSet, rows: np.ndarray, device: torch.device) -> Batch:
-        batch: Batch = {}
-        for role, name in self.feature_names_.items():
-            lengths = np.maximum(X.lengths[name][rows], 1)
-            t = int(lengths.max())
-            values = torch.from_numpy(np.ascontiguousarray(X.arrays[name][rows, :t], dtype=np.float32))
-            mask = torch.arange(t)[None, :] < torch.from_numpy(lengths)[:, None]
-            values = values * mask[..., None]
-            batch[role] = (values.to(device, non_blocking=True), mask.to(device, non_blocking=True))
-        return batch
+    def _features(self, X, device: torch.device, rows: np.ndarray | None = None) -> DeviceFeatures:
+        """X's features this head reads, on ``device`` (checked for NaN / inf in ``rows``)."""
+        if isinstance(X, DeviceFeatures):
+            return X
+        return DeviceFeatures(X, self.feature_names_.values(), device, rows=rows)
+
+    def _batch(self, features: DeviceFeatures, rows: np.ndarray, rows_t: torch.Tensor) -> Batch:
+        """The batch of ``rows`` (host copy, for the step counts) = ``rows_t`` (on the device)."""
+        steps = {name: features.steps_for(name, rows) for name in self.feature_names_.values()}
+        return features.batch(self.feature_names_, rows_t, steps)
 
     def _autocast(self, device: torch.device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
@@ -297,51 +316,76 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
     # -- fit ------------------------------------------------------------------------------
-    def fit(self, X: FeatureSet, y) -> TorchHead:
+    def _prepare(self, X: FeatureSet, y, rows: np.ndarray | None = None) -> np.ndarray:
+        """Check X and y, set the fitted shape attributes; returns y as [N, k].
+
+        ``rows``: the fit is on these rows of X only (``y`` holds their targets).
+        """
         check_parameters(self)
         if not isinstance(X, FeatureSet):
             raise TypeError(f"{type(self).__name__}.fit takes a FeatureSet, got {type(X).__name__}")
+        n, row_ids = (len(X), X.ids) if rows is None else (len(rows), X.ids[rows])
         y = np.asarray(y, dtype=np.float64)
-        if y.ndim not in (1, 2) or y.shape[0] != len(X):
-            raise ValueError(f"y must be [N] or [N, k] with N = {len(X)}, got {y.shape}")
-        if not np.isfinite(y).all():
-            raise ValueError("y holds NaN or inf; drop those rows before fitting")
+        if y.ndim not in (1, 2) or y.shape[0] != n:
+            raise ValueError(f"y must be [N] or [N, k] with N = {n}, got {y.shape}")
+        bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
+        if bad.any():
+            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (f" and {bad.sum() - 5} more" if bad.sum() > 5 else "")
+            raise TargetValueError(f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting")
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
         self.n_outputs_ = y2.shape[1]
         self.feature_names_ = self._resolve_features(X)
         self.feature_dims_ = {r: int(X.arrays[n].shape[2]) for r, n in self.feature_names_.items()}
+        return y2
+
+    def _plan(self, y2: np.ndarray) -> tuple[np.ndarray, np.random.Generator, np.ndarray, np.ndarray]:
+        """Target scaling and the validation split of a fit on rows 0..len(y2)-1:
+        (scaled targets float32 [n, k], the fit's generator, training rows, validation rows)."""
+        n = len(y2)
         self._fit_target_scaler(y2)
         self.output_scale_ = np.ones(self.n_outputs_)
         self.output_shift_ = np.zeros(self.n_outputs_)
         y_scaled = self._scale_targets(y2).astype(np.float32)
-
-        device = self._device()
         rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(X))
-        n_val = int(round(self.val_fraction * len(X))) if self.val_fraction else 0
+        order = rng.permutation(n)
+        n_val = int(round(self.val_fraction * n)) if self.val_fraction else 0
         if self.patience is not None and not n_val:
             raise parameter_error(self, "patience", self.patience,
                                   f"None without a validation split: early stopping needs val_fraction > 0 "
-                                  f"(val_fraction={self.val_fraction} holds out no row of {len(X)})")
-        if n_val and (n_val < 2 or len(X) - n_val < 2):
+                                  f"(val_fraction={self.val_fraction} holds out no row of {n})")
+        if n_val and (n_val < 2 or n - n_val < 2):
             raise parameter_error(self, "val_fraction", self.val_fraction,
-                                  f"0 or a fraction leaving at least 2 of the {len(X)} rows for training and "
-                                  "2 for validation", where=f" (on {len(X)} rows)")
-        val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
+                                  f"0 or a fraction leaving at least 2 of the {n} rows for training and "
+                                  "2 for validation", where=f" (on {n} rows)")
+        return y_scaled, rng, order[n_val:], np.sort(order[:n_val])
 
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(self.seed)
-            module = self._build_module(self.feature_dims_, self.n_outputs_)
-            self._init_from_data(module, X, train_rows)
-            module.to(device)
-            self._train(module, X, y_scaled, train_rows, val_rows, rng, device)
+    def _new_module(self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device) -> nn.Module:
+        """The seeded, data-initialised module on ``device`` (call inside ``fork_rng``)."""
+        torch.manual_seed(self.seed)
+        module = number_dropout_sites(self._build_module(self.feature_dims_, self.n_outputs_))
+        self._init_from_data(module, features, train_rows)
+        return module.to(device)
+
+    def fit(self, X: FeatureSet, y) -> TorchHead:
+        y2 = self._prepare(X, y)
+        device = self._device()
+        features = self._features(X, device)
+        y_scaled, rng, train_rows, val_rows = self._plan(y2)
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            module = self._new_module(features, train_rows, device)
+            self._train(module, features, y_scaled, train_rows, val_rows, rng, device)
         self.module_ = module.cpu().eval()
-        self._after_training(X, y_scaled, val_rows if n_val else np.sort(train_rows))
+        self._after_training(features, y_scaled, val_rows if len(val_rows) else np.sort(train_rows))
         return self
 
-    def _train(self, module, X, y_scaled, train_rows, val_rows, rng, device) -> None:
+    def _train(self, module, features, y_scaled, train_rows, val_rows, rng, device) -> None:
+        """Adam + step LR over shuffled batches of ``train_rows`` (indices of ``features``
+        and ``y_scaled``), validation loss and early stopping on ``val_rows``, FGM.
+
+        Nothing leaves the device inside an epoch: batches are gathered there, the loss is
+        summed there, and the host reads it once per epoch.
+        """
         epochs, batch_size = int(self._hp("epochs")), int(self._hp("batch_size"))
         # fused: one kernel for all parameters; the for-each Adam step was a fifth of a UGVQ
         # paper-preset training step on CPU (79 M parameters, 16 videos per step)
@@ -349,6 +393,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
                                      fused=device.type in FUSED_ADAM_DEVICES)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma")))
         fgm = FGM(module, self.fgm_epsilon, self.fgm_params) if self.fgm_epsilon else None
+        y_dev = torch.from_numpy(y_scaled).to(device)
         n_batches = max(1, math.ceil(len(train_rows) / batch_size))
         self.history_: list[dict[str, float]] = []
         best_loss, best_state, since_best = math.inf, None, 0
@@ -356,24 +401,32 @@ class TorchHead(RegressorMixin, BaseEstimator):
         for epoch in range(epochs):
             started = time.perf_counter()
             module.train()
-            total, seen = 0.0, 0
-            # array_split keeps batches within one row of each other: no batch of 1 for rank/PLCC terms
-            for rows in np.array_split(rng.permutation(train_rows), n_batches):
-                batch = self._make_batch(X, rows, device)
-                target = torch.from_numpy(y_scaled[rows]).to(device)
+            # array_split's sizes: batches within one row of each other, no batch of 1 for rank/PLCC terms
+            order = rng.permutation(train_rows)
+            bounds = np.cumsum([0] + [len(b) for b in np.array_split(order, n_batches)])
+            order_t = torch.from_numpy(order).to(device)
+            keys = torch.tensor([[fold_key(self.seed, epoch, i, 0), fold_key(self.seed, epoch, i, 1)]
+                                 for i in range(n_batches)], dtype=torch.int64).to(device)
+            total = torch.zeros((), device=device)
+            for i in range(n_batches):
+                rows = order[bounds[i]:bounds[i + 1]]
+                rows_t = order_t[bounds[i]:bounds[i + 1]]
+                batch = self._batch(features, rows, rows_t)
+                target = y_dev[rows_t]
                 optimizer.zero_grad(set_to_none=True)
-                loss = self._loss(self._forward(module, batch, device), target)
+                with dropout_key(keys[i, 0]):
+                    loss = self._loss(self._forward(module, batch, device), target)
                 loss.backward()
                 if fgm is not None and fgm.attack():
-                    self._loss(self._forward(module, batch, device), target).backward()
+                    with dropout_key(keys[i, 1]):
+                        self._loss(self._forward(module, batch, device), target).backward()
                     fgm.restore()
                 optimizer.step()
-                total += loss.item() * len(rows)
-                seen += len(rows)
+                total += loss.detach() * len(rows)
             scheduler.step()
-            record = {"epoch": epoch, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
+            record = {"epoch": epoch, "train_loss": float(total) / len(train_rows), "lr": optimizer.param_groups[0]["lr"]}
             if len(val_rows):
-                record["val_loss"] = self._eval_loss(module, X, y_scaled, val_rows, device)
+                record["val_loss"] = self._eval_loss(module, features, y_dev, val_rows, device)
                 if record["val_loss"] < best_loss:
                     best_loss, since_best, self.best_epoch_ = record["val_loss"], 0, epoch
                     best_state = copy.deepcopy(module.state_dict())
@@ -381,46 +434,78 @@ class TorchHead(RegressorMixin, BaseEstimator):
                     since_best += 1
             record["seconds"] = time.perf_counter() - started
             self.history_.append(record)
-            if self.verbose:
-                print(f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()), file=sys.stderr)
+            self._report_epoch(record)
             if self.patience is not None and since_best >= self.patience:
                 break
         if best_state is not None:
             module.load_state_dict(best_state)
 
-    @torch.no_grad()
-    def _eval_loss(self, module, X, y_scaled, rows, device) -> float:
-        module.eval()
-        total = 0.0
-        for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._predict_batch_size()))):
-            out = self._forward(module, self._make_batch(X, part, device), device)
-            total += self._loss(out, torch.from_numpy(y_scaled[part]).to(device)).item() * len(part)
-        return total / len(rows)
+    def _report_epoch(self, record: dict[str, float]) -> None:
+        """``verbose``: one line per epoch on stderr (True), or ``verbose(head, record)``
+        when it is a callable (the CLI's progress display)."""
+        if callable(self.verbose):
+            self.verbose(self, record)
+        elif self.verbose:
+            print(f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()), file=sys.stderr)
 
-    def _predict_batch_size(self) -> int:
+    def _eval_rows(self) -> int:
+        """Rows per validation-loss chunk. The rank and PLCC terms are computed within a
+        chunk, so this is part of what the validation loss means; it does not depend on
+        the device."""
         return max(int(self._hp("batch_size")), 256)
+
+    def _predict_rows(self, device: torch.device) -> int:
+        """Rows per prediction batch: large on CUDA, where a batch costs its launches."""
+        return 4096 if device.type == "cuda" else max(int(self._hp("batch_size")), 256)
+
+    @torch.no_grad()
+    def _eval_loss(self, module, features: DeviceFeatures, y_dev: torch.Tensor, rows: np.ndarray, device) -> float:
+        module.eval()
+        total = torch.zeros((), device=device)
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        start = 0
+        for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._eval_rows()))):
+            part_t = rows_t[start:start + len(part)]
+            start += len(part)
+            out = self._forward(module, self._batch(features, part, part_t), device)
+            total += self._loss(out, y_dev[part_t]) * len(part)
+        return float(total) / len(rows)
 
     # -- predict --------------------------------------------------------------------------
     @torch.no_grad()
-    def _run(self, X: FeatureSet, take, rows: np.ndarray | None = None) -> np.ndarray:
-        """The fitted module over ``rows`` of X (default: all) in eval mode, batched, without
-        copying X; ``take(outputs)`` -> [B, ...] per batch, concatenated."""
+    def _run(self, X, take, rows: np.ndarray | None = None) -> np.ndarray:
+        """The fitted module over ``rows`` of X (a FeatureSet or DeviceFeatures; default:
+        all rows) in eval mode, in large batches; ``take(outputs)`` -> [B, ...] per batch,
+        concatenated."""
         device = self._device()
+        features = self._features(X, device, rows)
         module = self.module_.to(device).eval()
-        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        rows = np.arange(len(features)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            raise ValueError(f"{type(self).__name__}.predict got an empty feature set")
+        rows_t = torch.from_numpy(rows).to(device)
+        chunk = self._predict_rows(device)
         parts = []
         try:
-            for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._predict_batch_size()))):
-                if len(part):
-                    out = self._forward(module, self._make_batch(X, part, device), device)
-                    parts.append(take(out).cpu().numpy().astype(np.float64))
+            for start in range(0, len(rows), chunk):
+                part = slice(start, start + chunk)
+                out = self._forward(module, self._batch(features, rows[part], rows_t[part]), device)
+                parts.append(take(out).float())
         finally:
             self.module_ = module.cpu()  # fitted state stays on CPU: picklable anywhere
-        if not parts:
-            raise ValueError(f"{type(self).__name__}.predict got an empty feature set")
-        return np.concatenate(parts)
+        return torch.cat(parts).cpu().numpy().astype(np.float64)
 
     def predict(self, X: FeatureSet) -> np.ndarray:
+        self._check_predict_input(X)
+        return self._predict(X)
+
+    def _predict(self, X, rows: np.ndarray | None = None) -> np.ndarray:
+        """Predictions (MOS scale) for ``rows`` of X, a FeatureSet or DeviceFeatures."""
+        raw = self._run(X, self._predict_outputs, rows)
+        pred = self._unscale_targets(raw * self.output_scale_ + self.output_shift_)
+        return pred[:, 0] if self.single_output_ else pred
+
+    def _check_predict_input(self, X: FeatureSet) -> None:
         check_is_fitted(self, "module_")
         if not isinstance(X, FeatureSet):
             raise TypeError(f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}")
@@ -433,9 +518,6 @@ class TorchHead(RegressorMixin, BaseEstimator):
                     f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was fitted on "
                     f"{self.feature_dims_[role]}: the cache was made with a different backbone config"
                 )
-        raw = self._run(X, self._predict_outputs)
-        pred = self._unscale_targets(raw * self.output_scale_ + self.output_shift_)
-        return pred[:, 0] if self.single_output_ else pred
 
     # -- export ---------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -485,7 +567,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
             if key not in tensors:
                 raise CheckpointMismatchError(f"head state lacks tensor {key!r}")
             setattr(head, attr, tensors[key].numpy().astype(np.float64))
-        module = head._build_module(head.feature_dims_, head.n_outputs_)
+        module = number_dropout_sites(head._build_module(head.feature_dims_, head.n_outputs_))
         weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
             module.load_state_dict(weights, strict=True)

@@ -4,6 +4,13 @@ Conventions: ``pred`` and ``target`` are [B] or [B, k] (k quality dimensions); a
 is the mean of the k per-column losses. Frame-level losses take frame scores [B, T] or
 [B, T, k] with a boolean ``mask`` [B, T] (True where a frame holds data) so padded frames
 never count.
+
+Every loss also takes ``weight``, a boolean [B] row mask: the loss is then the loss of the
+rows where it is True, as if the others were not in the batch (same value up to float
+rounding). Trials trained together (``aigvqa.heads.trials``) pad each trial's batch to a
+common size with such rows. Masked rows are removed with ``torch.where``, never by
+multiplying with 0, so nothing in them (not even inf or NaN) reaches the result, and a
+batch with fewer than two valid rows gives 0 like a batch of fewer than two rows.
 """
 
 from __future__ import annotations
@@ -18,30 +25,54 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-def _as_columns(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """[B] or [B, k] -> [B, k] pair, checked to match."""
+def _as_columns(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[B] or [B, k] -> [B, k] pair, checked to match; rows outside ``weight`` set to 0 (so
+    that neither their values nor their gradients can be NaN)."""
     if pred.dim() == 1:
         pred = pred[:, None]
     if target.dim() == 1:
         target = target[:, None]
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return pred, target.to(pred.dtype)
+    target = target.to(pred.dtype)
+    if weight is not None:
+        pred, target = _zero_rows(pred, weight), _zero_rows(target, weight)
+    return pred, target
 
 
-def mae_loss(pred: Tensor, target: Tensor) -> Tensor:
+def _zero_rows(x: Tensor, weight: Tensor) -> Tensor:
+    """``x`` [B, ...] with the rows where ``weight`` is False replaced by 0."""
+    return torch.where(weight.view(-1, *([1] * (x.dim() - 1))), x, 0.0)
+
+
+def _row_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean of [B, k] values over all of them, or over the rows where ``weight`` is True."""
+    if weight is None:
+        return values.mean()
+    keep = weight[:, None].expand_as(values)
+    return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)
+
+
+def mae_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean absolute error."""
-    pred, target = _as_columns(pred, target)
-    return (pred - target).abs().mean()
+    pred, target = _as_columns(pred, target, weight)
+    return _row_mean((pred - target).abs(), weight)
 
 
-def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+def mse_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean squared error."""
-    pred, target = _as_columns(pred, target)
-    return ((pred - target) ** 2).mean()
+    pred, target = _as_columns(pred, target, weight)
+    return _row_mean((pred - target) ** 2, weight)
 
 
-def margin_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
+def _pairs(weight: Tensor | None, b: int) -> tuple[Tensor | None, Tensor | int]:
+    """[B, B, 1] mask of the ordered pairs of valid rows (None: all), and their row count."""
+    if weight is None:
+        return None, b
+    return (weight[:, None] & weight[None, :])[..., None], weight.sum()
+
+
+def margin_rank_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Pairwise rank loss with the target gap as margin, averaged over ordered pairs i != j:
 
         max(0, |y_i - y_j| - sign(y_i - y_j) * (p_i - p_j))
@@ -51,44 +82,55 @@ def margin_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
     Video Quality Assessment: A Dataset and Unified Model", 2024) adds to its MAE. Zero only
     when every predicted gap is at least the true gap in the right direction.
     """
-    pred, target = _as_columns(pred, target)
+    pred, target = _as_columns(pred, target, weight)
     b = pred.shape[0]
     if b < 2:
         return pred.sum() * 0.0
     dp = pred[:, None, :] - pred[None, :, :]  # [B, B, k]
     dy = target[:, None, :] - target[None, :, :]
     terms = F.relu(dy.abs() - torch.sign(dy) * dp)
-    return terms.sum() / (b * (b - 1) * pred.shape[1])
+    pairs, n = _pairs(weight, b)
+    if pairs is None:
+        return terms.sum() / (b * (b - 1) * pred.shape[1])
+    return torch.where(pairs, terms, 0.0).sum() / (n * (n - 1) * pred.shape[1]).clamp_min(1)
 
 
-def hinge_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
+def hinge_rank_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """FAST-VQA / DOVER rank loss (Wu et al., ECCV 2022 / ICCV 2023, ``rank_loss``):
 
         sum_{i,j} relu((p_i - p_j) * sign(y_j - y_i)) / (B (B - 1)) / (1 + max_ij relu(...))
 
     the max in the scale is treated as a constant (detached), as in the reference code.
     """
-    pred, target = _as_columns(pred, target)
+    pred, target = _as_columns(pred, target, weight)
     b = pred.shape[0]
     if b < 2:
         return pred.sum() * 0.0
+    pairs, n = _pairs(weight, b)
     losses = []
     for c in range(pred.shape[1]):
         p, y = pred[:, c], target[:, c]
         terms = F.relu((p[:, None] - p[None, :]) * torch.sign(y[None, :] - y[:, None]))
-        scale = 1.0 + terms.max().detach()
-        losses.append(terms.sum() / (b * (b - 1)) / scale)
+        if pairs is None:
+            scale = 1.0 + terms.max().detach()
+            losses.append(terms.sum() / (b * (b - 1)) / scale)
+        else:  # terms are >= 0, so 0 in the masked pairs leaves the max alone
+            terms = torch.where(pairs[..., 0], terms, 0.0)
+            scale = 1.0 + terms.max().detach()
+            losses.append(terms.sum() / (n * (n - 1)).clamp_min(1) / scale)
     return torch.stack(losses).mean()
 
 
-def plcc_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+def plcc_loss(pred: Tensor, target: Tensor, eps: float = 1e-8, weight: Tensor | None = None) -> Tensor:
     """FAST-VQA / DOVER ``plcc_loss``: with both sides standardised over the batch and
     rho their Pearson correlation, ``(MSE(p, y) / 4 + MSE(rho * p, y) / 4) / 2`` which equals
     ``((1 - rho) / 2 + (1 - rho**2) / 4) / 2``: zero iff rho = 1, scale- and shift-free.
     """
-    pred, target = _as_columns(pred, target)
+    pred, target = _as_columns(pred, target, weight)
     if pred.shape[0] < 2:
         return pred.sum() * 0.0
+    if weight is not None:
+        return _weighted_plcc_loss(pred, target, eps, weight)
     p = (pred - pred.mean(0)) / (pred.std(0, unbiased=False) + eps)
     y = (target - target.mean(0)) / (target.std(0, unbiased=False) + eps)
     rho = (p * y).mean(0)  # [k]
@@ -97,14 +139,32 @@ def plcc_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return ((loss0 + loss1) / 2).mean()
 
 
-def mae_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 1.0) -> Tensor:
+def _weighted_plcc_loss(pred: Tensor, target: Tensor, eps: float, weight: Tensor) -> Tensor:
+    keep = weight[:, None].expand_as(pred)
+    n = keep.sum(0).clamp_min(1)  # [k]
+
+    def mean(x):
+        return torch.where(keep, x, 0.0).sum(0) / n
+
+    def standardised(x):
+        centred = x - mean(x)
+        return centred / (mean(centred**2).sqrt() + eps)
+
+    p, y = standardised(pred), standardised(target)
+    rho = mean(p * y)
+    loss0 = mean((p - y) ** 2) / 4
+    loss1 = mean((rho * p - y) ** 2) / 4
+    return torch.where(weight.sum() >= 2, ((loss0 + loss1) / 2).mean(), 0.0)
+
+
+def mae_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 1.0, weight: Tensor | None = None) -> Tensor:
     """UGVQ's objective: MAE + ``rank_weight`` x ``margin_rank_loss``."""
-    return mae_loss(pred, target) + rank_weight * margin_rank_loss(pred, target)
+    return mae_loss(pred, target, weight) + rank_weight * margin_rank_loss(pred, target, weight)
 
 
-def plcc_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 0.3) -> Tensor:
+def plcc_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 0.3, weight: Tensor | None = None) -> Tensor:
     """FAST-VQA / DOVER objective: ``plcc_loss`` + 0.3 x ``hinge_rank_loss`` (their default)."""
-    return plcc_loss(pred, target) + rank_weight * hinge_rank_loss(pred, target)
+    return plcc_loss(pred, target, weight=weight) + rank_weight * hinge_rank_loss(pred, target, weight)
 
 
 def _frame_columns(frame_scores: Tensor, target: Tensor, mask: Tensor | None):
@@ -120,17 +180,25 @@ def _frame_columns(frame_scores: Tensor, target: Tensor, mask: Tensor | None):
     return frame_scores, target.to(frame_scores.dtype), mask[..., None].to(frame_scores.dtype)
 
 
-def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0, mask: Tensor | None = None) -> Tensor:
+def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0, mask: Tensor | None = None,
+                   weight: Tensor | None = None) -> Tensor:
     """Huber-style smooth L1 (Girshick, Fast R-CNN 2015): 0.5 d^2 / beta if |d| < beta else
     |d| - 0.5 beta. Video-level for ``pred`` [B] / [B, k]; frame-level when ``pred`` is
     [B, T] / [B, T, k] with ``mask``: every real frame is compared with its video's target
     (MSA-VQA's frame-level objective) and padded frames are ignored.
     """
     if mask is None and pred.dim() == target.dim():
-        pred, target = _as_columns(pred, target)
-        return F.smooth_l1_loss(pred, target, beta=beta)
+        pred, target = _as_columns(pred, target, weight)
+        if weight is None:
+            return F.smooth_l1_loss(pred, target, beta=beta)
+        return _row_mean(F.smooth_l1_loss(pred, target, beta=beta, reduction="none"), weight)
+    if weight is not None:
+        mask = (torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device) if mask is None else mask) & weight[:, None]
+        pred, target = _zero_rows(pred, weight), _zero_rows(target, weight)
     scores, target, weights = _frame_columns(pred, target, mask)
     per_frame = F.smooth_l1_loss(scores, target[:, None, :].expand_as(scores), beta=beta, reduction="none")
+    if weight is not None:
+        per_frame = torch.where(weights > 0, per_frame, 0.0)
     return (per_frame * weights).sum() / (weights.sum() * scores.shape[2]).clamp_min(1.0)
 
 
@@ -170,7 +238,8 @@ def soft_score_histogram(frame_scores: Tensor, mask: Tensor, bins: int = 100,
 
 def frame_consistency_loss(frame_scores: Tensor, target: Tensor, target_std: Tensor | float,
                            mask: Tensor | None = None, bins: int = 100,
-                           score_range: tuple[float, float] = (0.0, 1.0), eps: float = 1e-6) -> Tensor:
+                           score_range: tuple[float, float] = (0.0, 1.0), eps: float = 1e-6,
+                           weight: Tensor | None = None) -> Tensor:
     """Frame Consistency Loss (seed 004, NTIRE 2024 AIGC VQA track): per video,
 
         FCL = |mean_t s_t - MOS| x BCE(hist(s_1..s_T), N(MOS, sigma = MOS std) over 100 bins)
@@ -185,6 +254,8 @@ def frame_consistency_loss(frame_scores: Tensor, target: Tensor, target_std: Ten
     ``frame_scores`` [B, T] (or [B, T, k] with target [B, k]) must lie in ``score_range``;
     ``target_std`` is the per-video MOS standard deviation [B] (or [B, k]) or a constant.
     """
+    if weight is not None:
+        frame_scores, target = _zero_rows(frame_scores, weight), _zero_rows(target, weight)
     scores, target2, _ = _frame_columns(frame_scores, target, mask)
     if mask is None:
         mask = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
@@ -200,10 +271,10 @@ def frame_consistency_loss(frame_scores: Tensor, target: Tensor, target_std: Ten
         q = gaussian_bin_label(target2[:, c], std[:, c], bins, score_range)
         bce = -(q * p.log() + (1 - q) * (1 - p).log()).mean(1)  # [B]
         losses.append(mae * bce)
-    return torch.stack(losses, 1).mean()
+    return _row_mean(torch.stack(losses, 1), weight)
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+LOSSES: dict[str, Callable[..., Tensor]] = {
     "mae_rank": mae_rank_loss,
     "plcc_rank": plcc_rank_loss,
     "plcc": plcc_loss,
@@ -214,7 +285,8 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 """Video-level objectives a head's ``loss`` parameter can name."""
 
 
-def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+def get_loss(name: str) -> Callable[..., Tensor]:
+    """The named video-level loss: ``loss(pred, target, weight=None)``."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     return LOSSES[name]

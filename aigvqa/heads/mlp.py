@@ -21,6 +21,7 @@ from aigvqa.heads.base import (
     masked_mean,
     masked_std,
 )
+from aigvqa.heads.device import DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.params import Options, sequence_of
 from aigvqa.heads.registry import register_head
@@ -100,10 +101,11 @@ class PooledMLPHead(TorchHead):
         return PooledMLPModule(dims, n_outputs, self.pooling, int(self._hp("hidden")), int(self._hp("layers")), float(self._hp("dropout")))
 
     @torch.no_grad()
-    def _init_from_data(self, module: PooledMLPModule, X: FeatureSet, rows: np.ndarray) -> None:
-        pooled = torch.cat([
-            module.pool(self._make_batch(X, part, torch.device("cpu")))
-            for part in np.array_split(rows, max(1, len(rows) // 1024))
-        ])
+    def _init_from_data(self, module: PooledMLPModule, features: DeviceFeatures, rows: np.ndarray) -> None:
+        parts = []
+        for part in np.array_split(rows, max(1, len(rows) // 1024)):
+            batch = self._batch(features, part, torch.from_numpy(np.ascontiguousarray(part)).to(features.device))
+            parts.append(module.pool(batch))
+        pooled = torch.cat(parts)
         module.input_mean.copy_(pooled.mean(0))
         module.input_std.copy_(pooled.std(0).clamp_min(1e-6))

@@ -16,7 +16,9 @@ videos, built on frozen CLIP): SMA, PSS, three quality levels and their ensemble
 - Ensemble: f = w1 sig(z1) + w2 sig(z2) + w3 sig(z3) + b, weights non-negative, fit by NNLS
   on validation predictions: by default the head holds out ``val_fraction=0.1`` of its
   training rows for that, as the paper does; ``val_fraction=0`` fits them on training
-  predictions (optimistic: every level looks good on rows it was trained on).
+  predictions (optimistic: every level looks good on rows it was trained on). When no
+  level correlates with the target on those rows, NNLS gives every weight 0 (a constant
+  predictor); the ensemble then averages the levels (weights 1/3, bias fitted) instead.
 
 Targets are mapped to [0.1, 0.9] on the training range (sigmoid outputs must reach them).
 """
@@ -72,7 +74,10 @@ def segment_assignment(mask: torch.Tensor, segments: int) -> torch.Tensor:
     lengths = mask.sum(1, keepdim=True).clamp_min(1)
     t = torch.arange(mask.shape[1], device=mask.device)[None, :]
     seg = torch.div(t * segments, lengths, rounding_mode="floor").clamp_max(segments - 1)
-    return F.one_hot(seg, segments).to(torch.float32) * mask[..., None].to(torch.float32)
+    # a comparison, not F.one_hot: one_hot checks its values on the host (a sync per batch
+    # on CUDA, and not vmap-able)
+    one_hot = seg[..., None] == torch.arange(segments, device=mask.device)
+    return (one_hot & mask[..., None]).to(torch.float32)
 
 
 class MSAVQAModule(nn.Module):
@@ -209,14 +214,15 @@ class MSAVQAHead(TorchHead):
     def _unscale_targets(self, y: np.ndarray) -> np.ndarray:
         return self.y_min_ + (y - UNIT_LOW) * (self.y_max_ - self.y_min_) / (UNIT_HIGH - UNIT_LOW)
 
-    def _loss(self, outputs, y):
+    def _loss(self, outputs, y, weight=None):
         levels, frames, mask = outputs["levels"], outputs["frame_scores"], outputs["frame_mask"]
         if self.frame_loss == "fcl":
-            frame = frame_consistency_loss(frames, y, self.fcl_sigma, mask)
+            frame = frame_consistency_loss(frames, y, self.fcl_sigma, mask, weight=weight)
         else:
-            frame = smooth_l1_loss(frames, y, beta=self.frame_beta, mask=mask)
+            frame = smooth_l1_loss(frames, y, beta=self.frame_beta, mask=mask, weight=weight)
         w = self.level_weights
-        return w[0] * frame + w[1] * mae_rank_loss(levels[:, 1], y) + w[2] * plcc_loss(levels[:, 2], y)
+        return (w[0] * frame + w[1] * mae_rank_loss(levels[:, 1], y, weight=weight)
+                + w[2] * plcc_loss(levels[:, 2], y, weight=weight))
 
     def _predict_outputs(self, outputs):
         w = torch.as_tensor(self.ensemble_weights_.T, dtype=outputs["levels"].dtype, device=outputs["levels"].device)
@@ -227,13 +233,20 @@ class MSAVQAHead(TorchHead):
         """[N, 3, k] sigmoid outputs of the frame, segment and video levels (scaled space)."""
         return self._run(X, lambda out: out["levels"], rows)
 
-    def _after_training(self, X, y_scaled, rows):
-        levels = self.level_predictions(X, rows)  # [n, 3, k]
+    def _after_training(self, features, y_scaled, rows):
+        levels = self.level_predictions(features, rows)  # [n, 3, k]
         k = y_scaled.shape[1]
         self.ensemble_weights_ = np.zeros((k, len(LEVELS)))
         self.ensemble_bias_ = np.zeros(k)
         for c in range(k):
+            target = y_scaled[rows, c].astype(np.float64)
             design = np.column_stack([levels[:, :, c], np.ones(len(rows)), -np.ones(len(rows))])
-            coef, _ = nnls(design, y_scaled[rows, c])
+            coef, _ = nnls(design, target)
+            if not (coef[:3] > 0).any():
+                # No level correlates with the target on these rows (a few held-out rows, or an
+                # early epoch): NNLS's best is a constant, which would make every prediction the
+                # same number. Average the levels instead; only the bias is fitted.
+                coef[:3] = 1.0 / len(LEVELS)
+                coef[3], coef[4] = float(np.mean(target - levels[:, :, c].mean(1))), 0.0
             self.ensemble_weights_[c] = coef[:3]
             self.ensemble_bias_[c] = coef[3] - coef[4]

@@ -26,11 +26,11 @@ from aigvqa.heads.base import (
     CrossAttentionBlock,
     TorchHead,
     deep_constraints,
-    key_padding,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
+from aigvqa.heads.layers import EncoderLayer, TransformerEncoder
 from aigvqa.heads.registry import register_head
 
 
@@ -60,11 +60,9 @@ class UGVQModule(nn.Module):
         self.input_proj = nn.ModuleDict(
             {r: nn.Sequential(nn.Linear(dims[r], d_model), nn.LayerNorm(d_model)) for r in self.ROLES}
         )
-        layer = nn.TransformerEncoderLayer(d_model, encoder_heads, encoder_ffn, dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        # nested tensors would drop padded steps on the eval fast path; off for identical
-        # train/eval numerics (padding is masked either way)
-        self.encoder = nn.TransformerEncoder(layer, encoder_layers, enable_nested_tensor=False)
+        # nn.TransformerEncoder's layout and maths (pre-LN, GELU), written out in layers.py so
+        # that its dropout is keyed and it runs under vmap (trials trained together)
+        self.encoder = TransformerEncoder(EncoderLayer(d_model, encoder_heads, encoder_ffn, dropout), encoder_layers)
         self.encoder_norm = nn.LayerNorm(d_model)
         self.scma = nn.ModuleDict(
             {f"{a}_{b}": SCMA(d_model, scma_heads, scma_ffn, dropout) for a, b in self.PAIRS}
@@ -79,9 +77,7 @@ class UGVQModule(nn.Module):
             if role != "text":  # frame / clip order matters; token order is inside CLIP already
                 h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
             tokens[role], masks[role] = h, mask
-        tokens["spatial"] = self.encoder_norm(
-            self.encoder(tokens["spatial"], src_key_padding_mask=key_padding(masks["spatial"]))
-        )
+        tokens["spatial"] = self.encoder_norm(self.encoder(tokens["spatial"], masks["spatial"]))
         fused = [self.scma[f"{a}_{b}"](tokens[a], masks[a], tokens[b], masks[b]) for a, b in self.PAIRS]
         single = [masked_mean(tokens[r], masks[r]) for r in self.ROLES]
         return {"score": self.regressor(torch.cat(fused + single, dim=-1))}

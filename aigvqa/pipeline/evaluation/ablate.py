@@ -244,7 +244,8 @@ def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
                                    label_names=data.label_names, seed=cell["seed"])
         else:
             result = evaluate(head, data.X, data.y, data.groups, split=spec["split"], trials=spec["trials"],
-                              seed=cell["seed"], label_names=data.label_names, progress=False)
+                              seed=cell["seed"], label_names=data.label_names, progress=False,
+                              batch_trials=spec.get("batch_trials", True))
     predictions = {}
     for label in result.label_names:
         mos, pred = result.predictions(label)
@@ -323,13 +324,16 @@ def run_ablation(
     cluster: dict[str, Any] | None = None,
     progress: bool = True,
     echo=print,
+    batch_trials: bool = True,
 ) -> AblationResults:
     """Run every unfinished cell of ``grid`` (an ``AblationGrid`` or the path of its TOML
     file, read by ``load_grid``) on Dask and write the results (module docstring).
 
     ``client``: an existing ``distributed.Client``; otherwise a cluster is started from the
     grid's ``[cluster]`` table, overridden by ``cluster`` (same keys), only if some cell
-    still has to run.
+    still has to run. ``batch_trials``: a deep-head cell trains its trials together as one
+    vectorised model (``evaluate``'s option); results do not depend on it beyond float
+    rounding, so it is not part of a cell's key.
     """
     from aigvqa.cache import FeatureCache
 
@@ -342,7 +346,7 @@ def run_ablation(
     cell_dir = grid.out / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     spec = {"cache": str(grid.cache), "test_cache": str(grid.test_cache) if grid.test_cache else None,
-            "labels": grid.labels, "split": grid.split, "trials": grid.trials}
+            "labels": grid.labels, "split": grid.split, "trials": grid.trials, "batch_trials": batch_trials}
     fingerprints: dict[tuple[str, ...], str] = {}
     keyed = []
     for cell in cells:

@@ -14,6 +14,12 @@ Each trial fits a fresh ``sklearn.base.clone`` of the head, seeded with the spli
 validation part (``random-7:1:2``) hand it to heads whose ``fit`` accepts ``X_val, y_val``
 (the classical heads rank their search candidates on it); other heads do not see it.
 
+Deep heads train their trials together (``batch_trials=True``, the default): one vectorised
+model for all splits (``aigvqa.heads.trials.fit_trials``), whose per-trial results equal
+fitting the trials one by one up to float rounding; a trial's ``fit_seconds`` is then the
+group's time divided by the trials. ``batch_trials=False`` (``--no-batch-trials``) fits them
+one by one.
+
 ``evaluate_cache`` does the same from a feature cache and a head name (what ``aigvqa
 evaluate`` runs), reading rows through ``pipeline.training_data``.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -299,6 +306,40 @@ def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generat
                        _score(Y[split.test], pred, labels, gen, ranked), seconds, best)
 
 
+def _trains_trials_together(head) -> bool:
+    """A deep head whose trials ``fit_trials`` can vectorise. Only a deep head can be one,
+    and a deep head's module has been imported by then: classical runs never import torch."""
+    if "aigvqa.heads.base" not in sys.modules:
+        return False
+    from aigvqa.heads.trials import can_train_together
+
+    return can_train_together(head)
+
+
+def _run_trials_together(head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators,
+                         prompt_groups, bar) -> list[TrialResult]:
+    from aigvqa.heads.trials import fit_trials, predict_trials
+
+    def on_epoch(epoch: int, epochs: int) -> None:
+        bar.set_postfix_str(f"trials together, epoch {epoch}/{epochs}")
+
+    start = time.perf_counter()
+    heads = fit_trials(head, X, Y[:, 0] if Y.shape[1] == 1 else Y, [s.train for s in splits],
+                       seeds=[s.seed for s in splits], on_epoch=on_epoch)
+    total = time.perf_counter() - start
+    predictions = predict_trials(heads, X, [s.test for s in splits])
+    results = []
+    for s, h, pred in zip(splits, heads, predictions):
+        pred = np.asarray(pred, dtype=np.float64).reshape(len(s.test), -1)
+        gen = None if generators is None else generators[s.test]
+        ranked = None if prompt_groups is None else prompt_groups[s.test]
+        results.append(TrialResult(s.name, s.seed, s.train, s.val, s.test, pred,
+                                   _score(Y[s.test], pred, labels, gen, ranked), total / len(splits),
+                                   getattr(h, "best_params_", None)))
+        bar.update()
+    return results
+
+
 def _head_label(head) -> str:
     try:
         from aigvqa.heads.registry import head_name
@@ -319,6 +360,7 @@ def evaluate(
     label_names: Sequence[str] | None = None,
     n_jobs: int = 1,
     progress: bool = True,
+    batch_trials: bool = True,
 ) -> EvaluationResult:
     """Fit and test clones of ``head`` on every split of a protocol (see ``splits``).
 
@@ -327,7 +369,9 @@ def evaluate(
     generator pairwise accuracy, a "prompt" group the within-prompt ranking metrics, computed
     on each trial's test rows).
     ``split``: a protocol name or a list of ``Split`` objects. ``n_jobs`` runs trials in
-    parallel processes; results do not depend on it.
+    parallel processes; results do not depend on it. ``batch_trials``: a deep head trains
+    all its trials together as one vectorised model (module docstring; ``n_jobs`` is then
+    not used); False fits them one by one.
     """
     Y = _as_2d(y)
     if len(Y) != len(X):
@@ -346,7 +390,9 @@ def evaluate(
 
     bar = tqdm(total=len(splits), desc=f"evaluate {name} ({split_name})", disable=not progress, unit="trial")
     results: list[TrialResult | None] = [None] * len(splits)
-    if n_jobs == 1:
+    if batch_trials and len(splits) > 1 and _trains_trials_together(head):
+        results = _run_trials_together(head, X, Y, splits, labels, generators, prompt_groups, bar)
+    elif n_jobs == 1:
         for i, s in enumerate(splits):
             results[i] = _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
             bar.update()
@@ -416,6 +462,7 @@ def evaluate_cache(
     n_jobs: int = 1,
     test_cache: str | Path | None = None,
     progress: bool = True,
+    batch_trials: bool = True,
 ):
     """``evaluate`` (or ``cross_dataset`` with ``test_cache``) of a named head on a cache.
 
@@ -429,7 +476,7 @@ def evaluate_cache(
     name, estimator = build_head(head, config, params)
     if test_cache is None:
         return evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
-                        label_names=data.label_names, n_jobs=n_jobs, progress=progress)
+                        label_names=data.label_names, n_jobs=n_jobs, progress=progress, batch_trials=batch_trials)
     test = load_training_data(test_cache, data.cache_groups, data.label_names)
     problems = provenance_problems(data.provenance, test.provenance)
     if problems:

@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("grid", help="grid TOML file")
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-batch-trials", dest="batch_trials", action="store_false",
+                        help="deep heads: fit each cell's trials one by one instead of together as one "
+                        "vectorised model (same results up to float rounding)")
 
 
 def run(args) -> int:
@@ -29,6 +32,6 @@ def run(args) -> int:
     if args.torch_threads != 1:
         overrides["torch_threads"] = args.torch_threads
     results = run_ablation(grid, cluster={k: v for k, v in overrides.items() if v is not None},
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, batch_trials=args.batch_trials)
     print(results.summary())
     return 0

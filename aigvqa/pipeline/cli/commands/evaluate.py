@@ -30,6 +30,9 @@ def add_arguments(parser):
     parser.add_argument("--per-trial", action="store_true", help="--out gets one row per trial and dimension")
     parser.add_argument("--plots", help="folder for PNG plots (predicted-vs-MOS scatter, SRCC/PLCC bars)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-batch-trials", dest="batch_trials", action="store_false",
+                        help="deep heads: fit the trials one by one instead of together as one vectorised "
+                        "model (same results up to float rounding; together is faster)")
 
 
 def run(args) -> int:
@@ -38,7 +41,7 @@ def run(args) -> int:
     result = evaluate_cache(
         args.cache, args.head, config=args.config, features=args.features, labels=args.labels,
         split=args.split, trials=args.trials, seed=args.seed, n_jobs=args.jobs, test_cache=args.test_cache,
-        progress=not args.quiet,
+        progress=not args.quiet, batch_trials=args.batch_trials,
     )
     print(result.table())
     if args.out:

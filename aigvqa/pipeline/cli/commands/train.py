@@ -24,13 +24,14 @@ def add_head_arguments(parser) -> None:
 def add_arguments(parser):
     add_head_arguments(parser)
     parser.add_argument("--out", required=True, help="bundle folder to write, e.g. model/")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar over a deep head's epochs")
 
 
 def run(args) -> int:
     from aigvqa.pipeline.model.train import train
 
     path, data = train(args.cache, args.head, args.out, config=args.config, features=args.features,
-                       labels=args.labels)
+                       labels=args.labels, progress=not args.quiet)
     print(f"trained {args.head or 'head'} on {data.describe()}")
     print(f"model bundle: {path}  (use it with `aigvqa score MANIFEST --model {path} --out scores.csv`)")
     return 0
