@@ -89,6 +89,7 @@ def extract(
     # build its parser, and `aigvqa info` should not pay for importing Dask.
     from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
     from aigvqa.pipeline.extract.run import ExtractRun
+    from aigvqa.pipeline.extract.runlock import run_lock
 
     started = time.perf_counter()
     options = ExtractOptions(
@@ -105,11 +106,14 @@ def extract(
                                 device="cuda" if cluster.gpus else None)
     cache_path = Path(cache).resolve()
     check_cache_path(cache_path)
-    if client is not None:
-        report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
-    else:
-        with open_cluster(cluster) as own_client:
-            report = ExtractRun(own_client, records, wanted, cache_path, options, cluster).go()
+    # One run per cache at a time (runlock: a second run would take the first one's shards
+    # for leftovers); a run that waits has not started a cluster yet.
+    with run_lock(cache_path):
+        if client is not None:
+            report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
+        else:
+            with open_cluster(cluster) as own_client:
+                report = ExtractRun(own_client, records, wanted, cache_path, options, cluster).go()
     report.seconds = time.perf_counter() - started
     return report
 
