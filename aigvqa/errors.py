@@ -16,7 +16,7 @@ import contextvars
 _INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar("aigvqa_interface", default="python")
 
 CLI_WORDS: dict[str, str] = {
-    "weights=<path>": "--weights PATH (or weights = \"PATH\" in the extractor's --config table)",
+    "weights=<path>": "--weights PATH",
     "random_init=True": "--random-init",
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""

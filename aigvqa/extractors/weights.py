@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
+from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError, in_words
 from aigvqa.extractors.base import RANDOM_INIT
 
 logger = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ def announce_random_init(name: str) -> str:
         "(random_init=True). Its features are meaningless except for tests and "
         f"benchmarks; the cache stamps them {RANDOM_INIT}. ***"
     )
+    message = in_words(message)  # "--random-init" when said by the CLI
     # stderr always (a worker may have no logging configured); the log only when it has a
     # handler of its own, so the banner is not printed twice by logging's last resort.
     print(message, file=sys.stderr, flush=True)

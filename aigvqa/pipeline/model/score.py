@@ -570,7 +570,7 @@ def _weights_advice(bundle, err: Exception) -> str:
         files = ", ".join(
             f"{name}: {file} ({bundle.provenance[name].get('weights')})" for name, file in recorded.items()
         )
-        text += (f" | the model was trained with the checkpoint(s) {files}; give them with --weights "
+        text += (f" | the model was trained with the checkpoint(s) {files}; give them with weights=<path> "
                  "(or put each at $AIGVQA_WEIGHTS/<extractor>/<file name>)")
     return text
 
