@@ -316,25 +316,41 @@ def _fingerprint(cache: Path, groups: tuple[str, ...], labels: list[str] | None)
     return digest.hexdigest()[:20]
 
 
+def grid_cluster_spec(table: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "[cluster]"):
+    """The ``ClusterSpec`` of a grid's ``[cluster]`` table (keys ``CLUSTER_KEYS``: the CLI's
+    words), with ``overrides`` (same keys; None values ignored) on top."""
+    from aigvqa.pipeline.extract.cluster import ClusterSpec
+
+    merged = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = sorted(set(merged) - set(CLUSTER_KEYS))
+    if unknown:
+        raise GridError(f"{where} has unknown keys {unknown}; allowed: {sorted(CLUSTER_KEYS)}")
+    return ClusterSpec(**{CLUSTER_KEYS[k]: v for k, v in merged.items() if v is not None})
+
+
 def run_ablation(
     grid: AblationGrid | str | Path,
     *,
     client=None,
-    cluster: dict[str, Any] | None = None,
+    cluster=None,
     progress: bool = True,
     echo=print,
 ) -> AblationResults:
     """Run every unfinished cell of ``grid`` (an ``AblationGrid`` or the path of its TOML
     file, read by ``load_grid``) on Dask and write the results (module docstring).
 
-    ``client``: an existing ``distributed.Client``; otherwise a cluster is started from the
-    grid's ``[cluster]`` table, overridden by ``cluster`` (same keys), only if some cell
-    still has to run.
+    ``client``: an existing ``distributed.Client``; otherwise a cluster is started, only
+    if some cell still has to run, as ``cluster`` says: a ``ClusterSpec`` (as ``extract``
+    and ``score`` take it), or a dict of ``[cluster]`` keys overriding the grid's table
+    (default: the grid's table).
     """
     from aigvqa.cache import FeatureCache
+    from aigvqa.pipeline.extract.cluster import ClusterSpec
 
     if not isinstance(grid, AblationGrid):
         grid = load_grid(grid)
+    if not isinstance(cluster, ClusterSpec):  # the flat form, turned into a spec at once
+        cluster = grid_cluster_spec(grid.cluster, cluster, where=f"{grid.source}: [cluster]")
     if not grid.cache.exists():
         raise GridError(f"{grid.source}: cache {grid.cache} does not exist; make it with `aigvqa extract` "
                         "(or `aigvqa demo` for the example grid)")
@@ -364,32 +380,28 @@ def run_ablation(
     pending = list({k: c for k, c in pending}.items())  # a cell listed twice runs once
     echo(f"{len(keyed)} cells: {len(keyed) - len(pending)} already finished, {len(pending)} to run")
     if pending:
-        _run_pending(pending, spec, stored, cell_dir, client, {**grid.cluster, **(cluster or {})}, progress, echo)
+        _run_pending(pending, spec, stored, cell_dir, client, cluster, progress, echo)
     results = AblationResults(grid, [], computed=len(pending), loaded=len(keyed) - len(pending), files=[])
     results.cells = [{**stored[k], "key": k} for k, _ in keyed]
     results.files = write_ablation_report(results)
     return results
 
 
-def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
+def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster, progress, echo) -> None:
     from tqdm.auto import tqdm
 
     from aigvqa.pipeline.extract.cluster import (
-        ClusterSpec,
+        check_workers,
         describe_client,
         open_cluster,
-        set_worker_torch_threads,
+        worker_torch_threads,
     )
 
-    unknown = sorted(set(cluster) - set(CLUSTER_KEYS))
-    if unknown:
-        raise GridError(f"[cluster] has unknown keys {unknown}; allowed: {sorted(CLUSTER_KEYS)}")
-    options = {CLUSTER_KEYS[k]: v for k, v in cluster.items() if v is not None}
     with contextlib.ExitStack() as stack:
         if client is None:
-            spec_ = ClusterSpec(dashboard_address=None, **options)
-            client = stack.enter_context(open_cluster(spec_))
-            set_worker_torch_threads(client, spec_.torch_threads)
+            client = stack.enter_context(open_cluster(cluster))
+            check_workers(client)  # an existing cluster's workers must run this aigvqa
+            stack.enter_context(worker_torch_threads(client, cluster.torch_threads))
             echo(f"running on {describe_client(client)}")
         from distributed import as_completed
 

@@ -61,7 +61,7 @@ def extract(
     ``gpus=True`` starts a LocalCUDACluster; otherwise a LocalCluster of ``n_workers``
     processes (default: sized to the machine) with ``threads_per_worker`` task threads and
     ``torch_threads`` torch threads each. ``cluster`` (a ``ClusterSpec``) says the same as
-    one value, replacing those keywords. An existing ``distributed.Client`` can be passed
+    one value, instead of those keywords (not with them). An existing ``distributed.Client`` can be passed
     as ``client`` instead (it is used as is and not closed).
 
     Decoding: ``decode_workers`` processes beside each model worker decode videos and
@@ -88,7 +88,7 @@ def extract(
     # distributed is imported here, not at module level: the CLI imports this package to
     # build its parser, and `aigvqa info` should not pay for importing Dask.
     from aigvqa.extractors.weights import announce_random_init
-    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.extract.cluster import as_cluster_spec, open_cluster
     from aigvqa.pipeline.extract.run import ExtractRun
     from aigvqa.pipeline.extract.runlock import run_lock
 
@@ -98,8 +98,7 @@ def extract(
         decode=DecodeSettings(decode_workers=decode_workers, decode_threads=decode_threads,
                               videos_in_flight=videos_in_flight, decode_timeout=decode_timeout),
     ).check()
-    if cluster is None:
-        cluster = ClusterSpec(scheduler=scheduler, gpus=gpus, n_workers=n_workers,
+    cluster = as_cluster_spec(cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers,
                               threads_per_worker=threads_per_worker, torch_threads=torch_threads,
                               dashboard_address=dashboard_address)
     records = as_records(manifest_or_records)

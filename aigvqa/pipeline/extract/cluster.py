@@ -43,7 +43,9 @@ class ClusterError(AigvqaError, RuntimeError):
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """How to get workers; the arguments of ``open_cluster`` as a value (for reports)."""
+    """How to get workers; the arguments of ``open_cluster`` as a value. ``extract``,
+    ``score`` and ``run_ablation`` take one as ``cluster=`` (the CLI verbs build it with
+    ``cli.commands.cluster_spec``)."""
 
     scheduler: str | None = None
     gpus: bool = False
@@ -51,6 +53,30 @@ class ClusterSpec:
     threads_per_worker: int = 1
     torch_threads: int = 1
     dashboard_address: str | None = ":8787"
+
+
+_FLAT_DEFAULTS = {f: getattr(ClusterSpec(), f) for f in ClusterSpec.__dataclass_fields__}
+
+
+def as_cluster_spec(cluster: ClusterSpec | None = None, **flat) -> ClusterSpec:
+    """The ``ClusterSpec`` of a call to ``extract`` / ``score`` / ``run_ablation``: ``cluster``
+    as given, or one built at once from the flat keywords a notebook user types (the
+    field names of ``ClusterSpec``). Giving both, with a flat keyword off its default, is
+    refused: one of the two would be silently ignored."""
+    unknown = sorted(set(flat) - set(_FLAT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown cluster option(s) {unknown}; known: {sorted(_FLAT_DEFAULTS)}")
+    if cluster is None:
+        return ClusterSpec(**flat)
+    if not isinstance(cluster, ClusterSpec):
+        raise ClusterError(f"cluster must be a ClusterSpec, got {type(cluster).__name__}")
+    clashing = sorted(k for k, v in flat.items() if v != _FLAT_DEFAULTS[k])
+    if clashing:
+        raise ClusterError(
+            f"give the cluster as cluster=ClusterSpec(...) or as keywords ({', '.join(clashing)}), "
+            "not both"
+        )
+    return cluster
 
 
 def default_n_workers(torch_threads: int = 1, memory_per_worker: int = _MIN_BYTES_PER_WORKER) -> int:
