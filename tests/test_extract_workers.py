@@ -213,3 +213,15 @@ def test_workers_without_aigvqa_or_with_another_version_are_named_in_one_line(re
     assert "cannot import aigvqa" in text and "(aigvqa 0.0.1)" in text
     assert "shared storage" in text  # and what workers need
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_models_load_on_every_worker_with_progress_and_on_one_when_all_is_cached(cluster, records, tmp_path, capfd):
+    cache = tmp_path / "c.h5"
+    extract(records, [NeedsWeights(random_init=True)], cache, client=cluster)
+    first = capfd.readouterr().err
+    assert "loading 1 model(s) (needs-weights) on 2 worker(s)" in first
+    assert "models loaded in" in first and "merging" in first
+    again = extract(records, [NeedsWeights(random_init=True)], cache, client=cluster)
+    second = capfd.readouterr().err
+    assert again.skipped == len(records)
+    assert "on 1 worker(s)" in second  # provenance only: the cache holds everything

@@ -125,7 +125,7 @@ class ExtractRun:
         self._describe()
         self.shard_dir.mkdir(exist_ok=True)
         self._recover_leftovers()
-        video_plan, prompt_plan, no_prompt = self._plan()
+        video_plan, prompt_plan, no_prompt, self.report.prompts_skipped = self._plan()
         self._execute(video_plan, prompt_plan, no_prompt)
         self._tally()
         try:
@@ -144,6 +144,8 @@ class ExtractRun:
         video is touched."""
         everything = self.video_exts + self.text_exts
         workers = list(self.client.scheduler_info().get("workers", {}))
+        if self._cached_already():
+            workers = workers[:1]  # nothing to compute: one worker says what the models are
         started = time.monotonic()
         names = ", ".join(e.name for e in everything)
         if workers:
@@ -242,6 +244,7 @@ class ExtractRun:
                 by_missing[missing].append(rec)
 
         prompts: dict[str, dict[str, str]] = {}
+        prompts_skipped = 0
         for e in self.text_exts:
             todo: dict[str, str] = {}
             cached: set[str] = set()
@@ -258,11 +261,19 @@ class ExtractRun:
                         f"and {rec.prompt!r}); fix the prompt group column of the manifest"
                     )
                 todo[pid] = rec.prompt
-            self.report.prompts_skipped += len(cached)
+            prompts_skipped += len(cached)
             prompts[e.name] = todo
         if not self.prompt_exts:
             no_prompt = []
-        return by_missing, prompts, no_prompt
+        return by_missing, prompts, no_prompt, prompts_skipped
+
+    def _cached_already(self) -> bool:
+        """Whether the cache holds every record for every extractor and no leftover shard
+        waits: the run then needs the models' provenance only, from one worker."""
+        if self.options.overwrite or not self.cache.exists() or any(self.shard_dir.glob(SHARD_GLOB)):
+            return False
+        video_plan, prompt_plan, _, _ = self._plan()
+        return not video_plan and not any(prompt_plan.values())
 
     def _chunks(self, records: list[VideoRecord]) -> list[list[VideoRecord]]:
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
