@@ -144,8 +144,8 @@ class ExtractRun:
         video is touched."""
         everything = self.video_exts + self.text_exts
         workers = list(self.client.scheduler_info().get("workers", {}))
-        if self._cached_already():
-            workers = workers[:1]  # nothing to compute: one worker says what the models are
+        # a run with little (or nothing) to compute loads the models where tasks will run
+        workers = workers[:max(1, self._tasks_expected())]
         started = time.monotonic()
         names = ", ".join(e.name for e in everything)
         if workers:
@@ -267,13 +267,14 @@ class ExtractRun:
             no_prompt = []
         return by_missing, prompts, no_prompt, prompts_skipped
 
-    def _cached_already(self) -> bool:
-        """Whether the cache holds every record for every extractor and no leftover shard
-        waits: the run then needs the models' provenance only, from one worker."""
-        if self.options.overwrite or not self.cache.exists() or any(self.shard_dir.glob(SHARD_GLOB)):
-            return False
+    def _tasks_expected(self) -> int:
+        """About how many tasks the run will submit (before leftover shards are merged,
+        which only lowers it): models are loaded on no more workers than that (at least
+        one, for the provenance)."""
         video_plan, prompt_plan, _, _ = self._plan()
-        return not video_plan and not any(prompt_plan.values())
+        videos = sum(len(self._chunks(recs)) for recs in video_plan.values())
+        prompts = sum(-(-len(todo) // PROMPT_CHUNK_SIZE) for todo in prompt_plan.values())
+        return videos + prompts
 
     def _chunks(self, records: list[VideoRecord]) -> list[list[VideoRecord]]:
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
