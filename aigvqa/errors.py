@@ -1,11 +1,52 @@
 """Errors a user can act on. The CLI prints their message (no traceback) and exits 2.
 
-Messages name the file involved and say how to fix the problem.
+Messages name the file involved and say how to fix the problem, in the words of the
+interface in use: they are written in the Python API's (``weights=<path>``), and the CLI
+runs its verbs inside ``interface("cli")``, where the same message names the flags a CLI
+user types (``--weights PATH``). A message is put into words when it is shown
+(``str(err)``), not when it is raised, so an error raised on a Dask worker, or quoted in
+another error's text on the client, still reads right.
 """
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+_INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar("aigvqa_interface", default="python")
+
+CLI_WORDS: dict[str, str] = {
+    "weights=<path>": "--weights PATH",
+    "random_init=True": "--random-init",
+}
+"""Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
+
+
+@contextlib.contextmanager
+def interface(name: str):
+    """Speak in the words of ``name`` ("python" or "cli") inside the block."""
+    if name not in ("python", "cli"):
+        raise ValueError(f"interface must be 'python' or 'cli', got {name!r}")
+    token = _INTERFACE.set(name)
+    try:
+        yield
+    finally:
+        _INTERFACE.reset(token)
+
+
+def in_words(text: str) -> str:
+    """``text`` (written in the Python API's words) in the words of the interface in use."""
+    if _INTERFACE.get() == "cli":
+        for python, cli in CLI_WORDS.items():
+            text = text.replace(python, cli)
+    return text
 
 
 class AigvqaError(Exception):
     """Base class of user-facing errors."""
+
+    def __str__(self) -> str:
+        return in_words(super().__str__())
 
 
 class ManifestError(AigvqaError, ValueError):
@@ -35,3 +76,4 @@ class CacheError(AigvqaError, OSError):
 class HeadParameterError(AigvqaError, ValueError):
     """A head hyper-parameter (e.g. from a head config file) is invalid; the message names the
     head, the parameter, the bad value and what is allowed (``aigvqa.heads.params``)."""
+

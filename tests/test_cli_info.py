@@ -92,3 +92,30 @@ def test_info_verify_passes_a_sound_cache_and_names_what_is_damaged(small_cache,
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and any("clip-frames/values" in p for p in report["problems"])
     assert main(["info", str(damaged)]) == 0  # the summary itself reads no values
+
+
+def test_info_piped_into_head_ends_quietly(tmp_path):
+    """`aigvqa info cache | head -1`: the reader closes the pipe early; no BrokenPipeError
+    traceback, exit status 0. (The output is made far longer than a pipe's buffer, so the
+    writer meets the closed pipe whatever the timing.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    failures = [Failure(f"vid{i:05d}", "clip-frames", "DecodeError: " + "x" * 120) for i in range(3000)]
+    shard = write_shard(tmp_path / "shard.h5", [], failures, [])
+    cache = tmp_path / "cache.h5"
+    merge_shards(cache, [shard])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    writer = subprocess.Popen([sys.executable, "-m", "aigvqa.pipeline.cli", "info", str(cache),
+                               "--failures", "3000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()  # only head reads it now
+    first_line, _ = head.communicate(timeout=120)
+    err = writer.stderr.read().decode()
+    writer.stderr.close()
+    assert writer.wait(timeout=120) == 0, err
+    assert first_line.strip()
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err

@@ -371,8 +371,12 @@ def test_gpus_without_dask_cuda_names_the_fix(videos, tmp_path):
 
     if importlib.util.find_spec("dask_cuda") is not None:
         pytest.skip("dask-cuda is installed here; the missing-package message cannot be shown")
-    with pytest.raises(AigvqaError, match=r"pip install 'aigvqa\[cuda\]'"):
+    with pytest.raises(AigvqaError, match="dask-cuda") as caught:
         extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5", gpus=True)
+    # the install command is the README's, word for word
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = 'pip install -e ".[cuda]"'
+    assert command in readme and command in str(caught.value)
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,6 +140,13 @@ class Extractor(ABC):
         return provenance
 
     # -- running --------------------------------------------------------------------
+    def find_weights(self) -> list[Path]:
+        """The files ``load`` would read its weights from, found without loading anything
+        (so a missing checkpoint is reported before any worker starts); raises
+        ``WeightsNotFoundError`` naming every place searched. [] when the extractor needs
+        no weights files, or cannot tell before loading (``load`` checks then)."""
+        return []
+
     @abstractmethod
     def load(self, device: str = "cpu") -> None:
         """Build the model and load weights (sets ``weights_identity``)."""

@@ -589,6 +589,12 @@ class ImageRewardFrames(TorchExtractor):
             ),
         )
 
+    def find_weights(self) -> list[Path]:
+        if self["random_init"]:
+            return []
+        checkpoint = self.resolve_weights()
+        return [checkpoint, self.resolve_tokenizer(checkpoint)]
+
     def resolve_tokenizer(self, checkpoint: Path) -> Path:
         """The tokenizer folder or vocab.txt (the ``tokenizer`` option, else beside the
         checkpoint, else bert-base-uncased in the HF hub cache)."""

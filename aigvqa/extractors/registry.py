@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 from aigvqa.errors import AigvqaError
@@ -177,6 +178,14 @@ class TorchExtractor(ConfiguredExtractor):
                 f"extractor {self.name!r}: weights={self._config['weights']!r} and "
                 "random_init=True contradict each other; pass one of them"
             )
+
+    def find_weights(self) -> list[Path]:
+        """The checkpoint ``resolve_weights()`` finds (each family defines it, with the
+        places its ``load`` searches), or [] with ``random_init``."""
+        resolve = getattr(self, "resolve_weights", None)
+        if self._config["random_init"] or resolve is None:
+            return []
+        return [resolve()]
 
     # -- runtime helpers ------------------------------------------------------------
     @property

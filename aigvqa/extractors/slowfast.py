@@ -26,13 +26,14 @@ for ``pytorchvideo.models.hub.slowfast_r50``; a bare state dict loads too.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.views import SlowFastClipsView, slow_fast_split
-from aigvqa.extractors.weights import build_with_weights, torch_hub_candidate
+from aigvqa.extractors.weights import build_with_weights, resolve_weights, torch_hub_candidate
 
 SLOWFAST_R50_FILENAME = "SLOWFAST_8x8_R50.pyth"
 SLOWFAST_R50_URL = (
@@ -51,7 +52,16 @@ def build_slowfast_r50():
     Imported from ``pytorchvideo.models.hub.slowfast`` only: ``pytorchvideo.transforms``
     does not import with current torchvision and is not needed.
     """
-    from pytorchvideo.models.hub.slowfast import slowfast_r50
+    import warnings
+
+    with warnings.catch_warnings():
+        # pytorchvideo imports fvcore, whose focal-loss module calls torch.jit.script at
+        # import time (fvcore/nn/focal_loss.py); torch >= 2.10 deprecates that with a
+        # FutureWarning the user can do nothing about, printed once per worker. SlowFast
+        # never uses the scripted function; only that one warning is silenced.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                category=FutureWarning)
+        from pytorchvideo.models.hub.slowfast import slowfast_r50
 
     return slowfast_r50(pretrained=False)
 
@@ -93,19 +103,22 @@ class SlowFastFeatures(TorchExtractor):
             clip_len=self["clip_len"], size=self["size"], resize_mode=self["resize_mode"]
         )
 
-    def load(self, device: str | None = None) -> None:
-        import torch
-
-        self._set_device(device)
-        model, self.weights_identity = build_with_weights(
+    def resolve_weights(self) -> Path:
+        """The checkpoint this extractor would load (see the module docstring)."""
+        return resolve_weights(
             self.name,
-            build_slowfast_r50,
-            random_init=self["random_init"],
-            explicit=self["weights"],
+            self["weights"],
             filenames=(SLOWFAST_R50_FILENAME,),
             cache_candidates=[torch_hub_candidate(SLOWFAST_R50_FILENAME)],
             how_to_get=f"The Kinetics-400 checkpoint is pytorchvideo's {SLOWFAST_R50_URL}",
         )
+
+    def load(self, device: str | None = None) -> None:
+        import torch
+
+        self._set_device(device)
+        path = None if self["random_init"] else self.resolve_weights()
+        model, self.weights_identity = build_with_weights(self.name, build_slowfast_r50, path)
         self.model_ = self.prepare_module(model)
         slow_picks, _ = slow_fast_split(np.arange(self["clip_len"]), self["alpha"])
         self.slow_picks_ = torch.from_numpy(slow_picks).to(self.device_)

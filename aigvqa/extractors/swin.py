@@ -29,6 +29,7 @@ Weights, first hit wins:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,9 +39,10 @@ from aigvqa.extractors.timm_frames import (
     create_timm_backbone,
     timm_feature_dim,
     timm_normalisation,
+    timm_weights_path,
 )
 from aigvqa.extractors.views import FragmentsView
-from aigvqa.extractors.weights import build_with_weights, torch_hub_candidate
+from aigvqa.extractors.weights import build_with_weights, resolve_weights, torch_hub_candidate
 
 BACKBONES = ("swin3d_t", "timm-2d")
 SWIN3D_T_FILENAME = "swin3d_t-7615ae03.pth"
@@ -115,32 +117,31 @@ class SwinFragments(TorchExtractor):
             seed=self["seed"],
         )
 
-    def load(self, device: str | None = None) -> None:
-        import torch
-
-        self._set_device(device)
-        if self.is_3d:
-            model = self._load_swin3d_t()
-            model.head = torch.nn.Identity()  # features = the pooled input of the classifier
-            self.mean_, self.std_ = IMAGENET_MEAN, IMAGENET_STD
-        else:
-            model, self.weights_identity = create_timm_backbone(
-                self.name, self["arch_2d"], self["weights"], self["random_init"]
-            )
-            self.mean_, self.std_ = timm_normalisation(model)
-        self.model_ = self.prepare_module(model)
-
-    def _load_swin3d_t(self):
-        model, self.weights_identity = build_with_weights(
+    def resolve_weights(self) -> Path:
+        """The checkpoint this extractor would load: Video Swin-T's, or the 2-D timm arch's."""
+        if not self.is_3d:
+            return timm_weights_path(self.name, self["arch_2d"], self["weights"])
+        return resolve_weights(
             self.name,
-            build_swin3d_t,
-            random_init=self["random_init"],
-            explicit=self["weights"],
+            self["weights"],
             filenames=(SWIN3D_T_FILENAME,),
             cache_candidates=[torch_hub_candidate(SWIN3D_T_FILENAME)],
             how_to_get=f"The Kinetics-400 checkpoint is torchvision's {SWIN3D_T_URL}",
         )
-        return model
+
+    def load(self, device: str | None = None) -> None:
+        import torch
+
+        self._set_device(device)
+        path = None if self["random_init"] else self.resolve_weights()
+        if self.is_3d:
+            model, self.weights_identity = build_with_weights(self.name, build_swin3d_t, path)
+            model.head = torch.nn.Identity()  # features = the pooled input of the classifier
+            self.mean_, self.std_ = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            model, self.weights_identity = create_timm_backbone(self.name, self["arch_2d"], path)
+            self.mean_, self.std_ = timm_normalisation(model)
+        self.model_ = self.prepare_module(model)
 
     def forward(self, items: np.ndarray) -> np.ndarray:
         """items [B, T, S, S, 3] uint8 -> [B, 768] float32 (2D: T = 1, one frame per item)."""

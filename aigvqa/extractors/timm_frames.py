@@ -37,6 +37,7 @@ the rest must match the architecture exactly (``CheckpointMismatchError`` otherw
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -136,24 +137,12 @@ def timm_feature_dim(arch: str) -> int:
         return int(timm.create_model(arch, pretrained=False, num_classes=0).num_features)
 
 
-def create_timm_backbone(
-    extractor_name: str, arch: str, weights: str | None, random_init: bool
-) -> tuple[Any, str]:
-    """(headless timm ``arch`` with weights loaded, weights identity).
-
-    ``random_init=True`` builds seeded random weights (identical in every process) and
-    announces it; otherwise the checkpoint is resolved as the module docstring says.
-    ``extractor_name`` names the ``$AIGVQA_WEIGHTS`` sub-folder and the error messages.
-    """
-    import timm
-
+def timm_weights_path(extractor_name: str, arch: str, weights: str | None) -> Path:
+    """The checkpoint of timm ``arch`` (resolved as the module docstring says);
+    ``extractor_name`` names the ``$AIGVQA_WEIGHTS`` sub-folder and the error messages."""
     cfg = timm_pretrained_cfg(arch)
-    if random_init:
-        with random_init_context():
-            model = timm.create_model(arch, pretrained=False, num_classes=0)
-        return model, announce_random_init(extractor_name)
     hub_id = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else f"timm/{arch}"
-    path = resolve_weights(
+    return resolve_weights(
         extractor_name,
         weights,
         filenames=timm_checkpoint_filenames(arch),
@@ -163,6 +152,21 @@ def create_timm_backbone(
             f"({HF_FILENAMES[0]}); download them on a connected machine."
         ),
     )
+
+
+def create_timm_backbone(extractor_name: str, arch: str, path: str | os.PathLike | None) -> tuple[Any, str]:
+    """(headless timm ``arch`` with the checkpoint ``path`` loaded, weights identity).
+
+    ``path=None`` (random_init) builds seeded random weights (identical in every process)
+    and announces it under ``extractor_name``.
+    """
+    import timm
+
+    timm_pretrained_cfg(arch)  # a clear error for unknown names
+    if path is None:
+        with random_init_context():
+            model = timm.create_model(arch, pretrained=False, num_classes=0)
+        return model, announce_random_init(extractor_name)
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     state_dict = adapt_timm_state_dict(model, load_state_dict_file(path))
     load_state_dict_strict(model, state_dict, path)
@@ -207,11 +211,14 @@ class TimmFrames(TorchExtractor):
     def output_dims(self) -> dict[str, int]:
         return {"values": timm_feature_dim(self["arch"])}
 
+    def resolve_weights(self) -> Path:
+        """The checkpoint this extractor would load (see the module docstring)."""
+        return timm_weights_path(self.name, self["arch"], self["weights"])
+
     def load(self, device: str | None = None) -> None:
         self._set_device(device)
-        model, self.weights_identity = create_timm_backbone(
-            self.name, self["arch"], self["weights"], self["random_init"]
-        )
+        path = None if self["random_init"] else self.resolve_weights()
+        model, self.weights_identity = create_timm_backbone(self.name, self["arch"], path)
         self.mean_, self.std_ = timm_normalisation(model, self["mean"], self["std"])
         self.model_ = self.prepare_module(model)
 

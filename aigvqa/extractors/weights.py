@@ -26,6 +26,7 @@ names and hashes), or ``RANDOM_INIT`` after ``announce_random_init``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
+from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError, in_words
 from aigvqa.extractors.base import RANDOM_INIT
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def resolve_weights(
     root = weights_root()
     for sub in env_folders or (name,):
         if root is None:
-            searched.append(f"${WEIGHTS_ENV}/{sub}/ (${WEIGHTS_ENV} is not set)")
+            unset = "is not set" if _SEARCHER.get() is None else "is not set in its environment"
+            searched.append(f"${WEIGHTS_ENV}/{sub}/ (${WEIGHTS_ENV} {unset})")
             continue
         env_dir = root / sub
         found = _file_in_folder(env_dir, filenames) if filenames else None
@@ -158,6 +160,21 @@ def resolve_weights(
     raise WeightsNotFoundError(_not_found_message(name, searched, filenames, folder, how_to_get))
 
 
+_SEARCHER: contextvars.ContextVar[str | None] = contextvars.ContextVar("aigvqa_weights_searcher", default=None)
+
+
+@contextlib.contextmanager
+def searching_on(who: str):
+    """Weights looked for inside the block are looked for by ``who`` (e.g. "Dask worker
+    tcp://10.0.0.5:4321 on host gpu7"), in its own environment and file system: a
+    WeightsNotFoundError says so, rather than reading as if about the caller's shell."""
+    token = _SEARCHER.set(who)
+    try:
+        yield
+    finally:
+        _SEARCHER.reset(token)
+
+
 def _not_found_message(
     name: str,
     searched: list[str],
@@ -166,20 +183,32 @@ def _not_found_message(
     how_to_get: str,
     explicit: bool = False,
 ) -> str:
+    who = _SEARCHER.get()
     target = filenames[0] if filenames else "<checkpoint>"
     put = (
         f"${WEIGHTS_ENV}/{name}/ (a save_pretrained folder with {target})"
         if folder
         else f"${WEIGHTS_ENV}/{name}/{target}"
     )
-    lines = [f"no weights found for extractor {name!r}. Searched:"]
+    if who is None:
+        lines = [f"no weights found for extractor {name!r}. Searched:"]
+    else:
+        lines = [f"no weights found for extractor {name!r} by {who}, which looks in its own "
+                 "environment and file system, not the client's. Searched there:"]
     lines += [f"  - {place}" for place in searched]
     if explicit:
-        lines.append(f"Fix: pass weights=<path> pointing at an existing {'folder' if folder else 'checkpoint file'}.")
-    else:
+        lines.append(f"Fix: pass weights=<path> pointing at an existing {'folder' if folder else 'checkpoint file'}"
+                     + (" that the workers can read." if who else "."))
+    elif who is None:
         lines.append(
             f"Fix: put the checkpoint at {put}, or pass weights=<path>"
             f" (random weights only for tests/benchmarks: random_init=True)."
+        )
+    else:
+        lines.append(
+            f"Fix: set ${WEIGHTS_ENV} in the environment the workers start with and put the "
+            f"checkpoint at {put} on storage they see, or pass weights=<path> with a path the "
+            "workers can read (random weights only for tests/benchmarks: random_init=True)."
         )
     if how_to_get:
         lines.append(how_to_get)
@@ -217,13 +246,33 @@ def weights_identity(path: str | os.PathLike) -> str:
     return f"sha256:{sha256_of(path)}"
 
 
+_ANNOUNCE: contextvars.ContextVar[bool] = contextvars.ContextVar("aigvqa_announce_random_init", default=True)
+
+
+@contextlib.contextmanager
+def random_init_said_elsewhere():
+    """Models loaded inside the block do not print the RANDOM-INIT banner: whoever runs
+    them said it already (a stage-one run says it once per extractor on the client; its
+    Dask workers, which would say it once per worker and model, stay quiet). The
+    RANDOM_INIT identity, which the cache stamps, is returned all the same."""
+    token = _ANNOUNCE.set(False)
+    try:
+        yield
+    finally:
+        _ANNOUNCE.reset(token)
+
+
 def announce_random_init(name: str) -> str:
-    """Say loudly (log + stderr) that ``name`` runs on random weights; returns RANDOM_INIT."""
+    """Say loudly (log + stderr) that ``name`` runs on random weights; returns RANDOM_INIT
+    (quiet inside ``random_init_said_elsewhere``)."""
+    if not _ANNOUNCE.get():
+        return RANDOM_INIT
     message = (
         f"*** {RANDOM_INIT}: extractor {name!r} uses RANDOMLY INITIALISED weights "
         "(random_init=True). Its features are meaningless except for tests and "
         f"benchmarks; the cache stamps them {RANDOM_INIT}. ***"
     )
+    message = in_words(message)  # "--random-init" when said by the CLI
     # stderr always (a worker may have no logging configured); the log only when it has a
     # handler of its own, so the banner is not printed twice by logging's last resort.
     print(message, file=sys.stderr, flush=True)
@@ -232,28 +281,18 @@ def announce_random_init(name: str) -> str:
     return RANDOM_INIT
 
 
-def build_with_weights(
-    name: str,
-    build,
-    *,
-    random_init: bool,
-    explicit: str | os.PathLike | None,
-    filenames: Sequence[str],
-    cache_candidates: Iterable[Candidate] = (),
-    how_to_get: str = "",
-):
-    """``build()`` a model and give it weights: random ones only when asked for by name
-    (seeded, announced), otherwise the resolved checkpoint loaded strictly.
+def build_with_weights(name: str, build, path: str | os.PathLike | None):
+    """``build()`` a model and give it weights: the checkpoint ``path`` (found by the
+    family's ``resolve_weights``) loaded strictly, or, with ``path=None`` (asked for by
+    ``random_init``), seeded random ones, announced.
 
     Returns ``(model, weights identity)``. For families whose checkpoint is a plain state
     dict of the built module (pytorchvideo .pyth, torchvision .pth).
     """
-    if random_init:
+    if path is None:
         with random_init_context():
             model = build()
         return model, announce_random_init(name)
-    path = resolve_weights(name, explicit, filenames=filenames, cache_candidates=cache_candidates,
-                           how_to_get=how_to_get)
     model = build()
     load_state_dict_strict(model, load_state_dict_file(path), path)
     return model, weights_identity(path)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from aigvqa import __version__
-from aigvqa.errors import AigvqaError
+from aigvqa.errors import AigvqaError, interface
 
 VERBS = [
     "extract",
@@ -50,15 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args) or 0)
-    except AigvqaError as err:
-        print(f"aigvqa {args.verb}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"aigvqa {args.verb}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+        # messages name the flags (--weights PATH), not the Python keywords (weights=<path>)
+        with interface("cli"):
+            try:
+                return int(args._run(args) or 0)
+            except AigvqaError as err:
+                print(f"aigvqa {args.verb}: error: {err}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"aigvqa {args.verb}: interrupted; finished work is kept, re-run to resume",
+                      file=sys.stderr)
+                return 130
+    except BrokenPipeError:
+        # The reader of our stdout stopped reading (`aigvqa info feats.h5 | head`): its
+        # choice, not a failure. Point stdout at /dev/null so that the interpreter's final
+        # flush does not raise (and print) the same error again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
 
 
 if __name__ == "__main__":

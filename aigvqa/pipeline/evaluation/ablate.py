@@ -226,26 +226,22 @@ def _training_data(cache: str, features: tuple[str, ...], labels: tuple[str, ...
 def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Evaluate one cell (a ``Cell.as_dict()``) as the grid says; returns the JSON to store."""
     import time
-    import warnings
 
     from aigvqa.pipeline.evaluation.evaluate import cross_dataset, evaluate
-    from aigvqa.pipeline.evaluation.metrics import MappingFitWarning
     from aigvqa.pipeline.training_data import build_head
 
     started = time.perf_counter()
     labels = tuple(spec["labels"]) if spec["labels"] else None
     data = _training_data(spec["cache"], tuple(cell["features"]), labels)
     _, head = build_head(cell["head"], params=cell["params"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MappingFitWarning)
-        if spec["test_cache"]:
-            test = _training_data(spec["test_cache"], tuple(cell["features"]), tuple(data.label_names))
-            result = cross_dataset(head, data.X, data.y, test.X, test.y, test.groups,
-                                   label_names=data.label_names, seed=cell["seed"])
-        else:
-            result = evaluate(head, data.X, data.y, data.groups, split=spec["split"], trials=spec["trials"],
-                              seed=cell["seed"], label_names=data.label_names, progress=False,
-                              batch_trials=spec.get("batch_trials", True))
+    if spec["test_cache"]:
+        test = _training_data(spec["test_cache"], tuple(cell["features"]), tuple(data.label_names))
+        result = cross_dataset(head, data.X, data.y, test.X, test.y, test.groups,
+                               label_names=data.label_names, seed=cell["seed"])
+    else:
+        result = evaluate(head, data.X, data.y, data.groups, split=spec["split"], trials=spec["trials"],
+                          seed=cell["seed"], label_names=data.label_names, progress=False,
+                          batch_trials=spec.get("batch_trials", True))
     predictions = {}
     for label in result.label_names:
         mos, pred = result.predictions(label)
@@ -256,7 +252,8 @@ def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         "rows": result.rows(),
         "table": result.table(),
         "predictions": predictions,
-        "fit_warnings": len([w for w in caught if issubclass(w.category, MappingFitWarning)]),
+        # mapping fits that fell back to raw predictions (evaluate counts them per trial)
+        "fit_warnings": sum(sum(result.fallbacks(label).values()) for label in result.label_names),
         "seconds": time.perf_counter() - started,
     }
 
@@ -317,11 +314,23 @@ def _fingerprint(cache: Path, groups: tuple[str, ...], labels: list[str] | None)
     return digest.hexdigest()[:20]
 
 
+def grid_cluster_spec(table: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "[cluster]"):
+    """The ``ClusterSpec`` of a grid's ``[cluster]`` table (keys ``CLUSTER_KEYS``: the CLI's
+    words), with ``overrides`` (same keys; None values ignored) on top."""
+    from aigvqa.pipeline.extract.cluster import ClusterSpec
+
+    merged = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = sorted(set(merged) - set(CLUSTER_KEYS))
+    if unknown:
+        raise GridError(f"{where} has unknown keys {unknown}; allowed: {sorted(CLUSTER_KEYS)}")
+    return ClusterSpec(**{CLUSTER_KEYS[k]: v for k, v in merged.items() if v is not None})
+
+
 def run_ablation(
     grid: AblationGrid | str | Path,
     *,
     client=None,
-    cluster: dict[str, Any] | None = None,
+    cluster=None,
     progress: bool = True,
     echo=print,
     batch_trials: bool = True,
@@ -329,16 +338,20 @@ def run_ablation(
     """Run every unfinished cell of ``grid`` (an ``AblationGrid`` or the path of its TOML
     file, read by ``load_grid``) on Dask and write the results (module docstring).
 
-    ``client``: an existing ``distributed.Client``; otherwise a cluster is started from the
-    grid's ``[cluster]`` table, overridden by ``cluster`` (same keys), only if some cell
-    still has to run. ``batch_trials``: a deep-head cell trains its trials together as one
-    vectorised model (``evaluate``'s option); results do not depend on it beyond float
-    rounding, so it is not part of a cell's key.
+    ``client``: an existing ``distributed.Client``; otherwise a cluster is started, only
+    if some cell still has to run, as ``cluster`` says: a ``ClusterSpec`` (as ``extract``
+    and ``score`` take it), or a dict of ``[cluster]`` keys overriding the grid's table
+    (default: the grid's table). ``batch_trials``: a deep-head cell trains its trials
+    together as one vectorised model (``evaluate``'s option); results do not depend on it
+    beyond float rounding, so it is not part of a cell's key.
     """
     from aigvqa.cache import FeatureCache
+    from aigvqa.pipeline.extract.cluster import ClusterSpec
 
     if not isinstance(grid, AblationGrid):
         grid = load_grid(grid)
+    if not isinstance(cluster, ClusterSpec):  # the flat form, turned into a spec at once
+        cluster = grid_cluster_spec(grid.cluster, cluster, where=f"{grid.source}: [cluster]")
     if not grid.cache.exists():
         raise GridError(f"{grid.source}: cache {grid.cache} does not exist; make it with `aigvqa extract` "
                         "(or `aigvqa demo` for the example grid)")
@@ -368,32 +381,28 @@ def run_ablation(
     pending = list({k: c for k, c in pending}.items())  # a cell listed twice runs once
     echo(f"{len(keyed)} cells: {len(keyed) - len(pending)} already finished, {len(pending)} to run")
     if pending:
-        _run_pending(pending, spec, stored, cell_dir, client, {**grid.cluster, **(cluster or {})}, progress, echo)
+        _run_pending(pending, spec, stored, cell_dir, client, cluster, progress, echo)
     results = AblationResults(grid, [], computed=len(pending), loaded=len(keyed) - len(pending), files=[])
     results.cells = [{**stored[k], "key": k} for k, _ in keyed]
     results.files = write_ablation_report(results)
     return results
 
 
-def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
+def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster, progress, echo) -> None:
     from tqdm.auto import tqdm
 
     from aigvqa.pipeline.extract.cluster import (
-        ClusterSpec,
+        check_workers,
         describe_client,
         open_cluster,
-        set_worker_torch_threads,
+        worker_torch_threads,
     )
 
-    unknown = sorted(set(cluster) - set(CLUSTER_KEYS))
-    if unknown:
-        raise GridError(f"[cluster] has unknown keys {unknown}; allowed: {sorted(CLUSTER_KEYS)}")
-    options = {CLUSTER_KEYS[k]: v for k, v in cluster.items() if v is not None}
     with contextlib.ExitStack() as stack:
         if client is None:
-            spec_ = ClusterSpec(dashboard_address=None, **options)
-            client = stack.enter_context(open_cluster(spec_))
-            set_worker_torch_threads(client, spec_.torch_threads)
+            client = stack.enter_context(open_cluster(cluster))
+            check_workers(client)  # an existing cluster's workers must run this aigvqa
+            stack.enter_context(worker_torch_threads(client, cluster.torch_threads))
             echo(f"running on {describe_client(client)}")
         from distributed import as_completed
 

@@ -45,6 +45,7 @@ from aigvqa.heads.featureset import FeatureSet
 from aigvqa.pipeline.evaluation.metrics import (
     METRIC_NAMES,
     RANKING_NAMES,
+    MappingFitWarning,
     all_metrics,
     generator_rank_agreement,
     model_level_correlation,
@@ -245,7 +246,11 @@ def _labels(label_names, k: int) -> list[str]:
 def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None) -> dict:
     metrics = {}
     for j, label in enumerate(labels):
-        m = all_metrics(Y_test[:, j], pred[:, j])
+        with warnings.catch_warnings():
+            # a fit that falls back is counted per trial (logistic_fallback, poly3_fallback)
+            # and reported once under the table, not warned in the middle of the progress bar
+            warnings.simplefilter("ignore", MappingFitWarning)
+            m = all_metrics(Y_test[:, j], pred[:, j])
         if prompts is not None:
             m.update(ranking_metrics(Y_test[:, j], pred[:, j], prompts))
         if generators is not None:

@@ -44,11 +44,22 @@ def _constant(a: np.ndarray) -> bool:
 
 def _correlation(fn, y_true, y_pred) -> float:
     """scipy correlation, nan (no warning) when either side is constant or has < 2 values:
-    an undefined correlation is reported as nan, not as a crash or a warning per trial."""
+    an undefined correlation is reported as nan, not as a crash or a warning per trial.
+
+    Numerically constant counts as constant: scipy's Pearson warns (NearConstantInputWarning)
+    when ``norm(x - mean(x)) < 1e-13 |mean(x)|``, where the subtraction has lost the digits
+    the coefficient is made of (a head predicting one value up to rounding noise); that
+    value is noise, so it is nan too, like the exactly constant case."""
     y_true, y_pred = _pair(y_true, y_pred)
     if _constant(y_true) or _constant(y_pred):
         return float("nan")
-    return float(fn(y_true, y_pred)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", stats.ConstantInputWarning)
+        warnings.simplefilter("error", stats.NearConstantInputWarning)
+        try:
+            return float(fn(y_true, y_pred)[0])
+        except (stats.ConstantInputWarning, stats.NearConstantInputWarning):
+            return float("nan")
 
 
 def srcc(y_true, y_pred) -> float:

@@ -61,7 +61,7 @@ def extract(
     ``gpus=True`` starts a LocalCUDACluster; otherwise a LocalCluster of ``n_workers``
     processes (default: sized to the machine) with ``threads_per_worker`` task threads and
     ``torch_threads`` torch threads each. ``cluster`` (a ``ClusterSpec``) says the same as
-    one value, replacing those keywords. An existing ``distributed.Client`` can be passed
+    one value, instead of those keywords (not with them). An existing ``distributed.Client`` can be passed
     as ``client`` instead (it is used as is and not closed).
 
     Decoding: ``decode_workers`` processes beside each model worker decode videos and
@@ -87,8 +87,10 @@ def extract(
     """
     # distributed is imported here, not at module level: the CLI imports this package to
     # build its parser, and `aigvqa info` should not pay for importing Dask.
-    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
+    from aigvqa.extractors.weights import announce_random_init
+    from aigvqa.pipeline.extract.cluster import as_cluster_spec, open_cluster
     from aigvqa.pipeline.extract.run import ExtractRun
+    from aigvqa.pipeline.extract.runlock import run_lock
 
     started = time.perf_counter()
     options = ExtractOptions(
@@ -96,8 +98,7 @@ def extract(
         decode=DecodeSettings(decode_workers=decode_workers, decode_threads=decode_threads,
                               videos_in_flight=videos_in_flight, decode_timeout=decode_timeout),
     ).check()
-    if cluster is None:
-        cluster = ClusterSpec(scheduler=scheduler, gpus=gpus, n_workers=n_workers,
+    cluster = as_cluster_spec(cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers,
                               threads_per_worker=threads_per_worker, torch_threads=torch_threads,
                               dashboard_address=dashboard_address)
     records = as_records(manifest_or_records)
@@ -105,13 +106,40 @@ def extract(
                                 device="cuda" if cluster.gpus else None)
     cache_path = Path(cache).resolve()
     check_cache_path(cache_path)
-    if client is not None:
-        report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
-    else:
-        with open_cluster(cluster) as own_client:
-            report = ExtractRun(own_client, records, wanted, cache_path, options, cluster).go()
+    sees_worker_files = (client is None and not cluster.scheduler) or _is_local(client)
+    if sees_worker_files:
+        # The workers are processes of this machine, started from this environment: a
+        # missing checkpoint is found here in a second, not after the cluster started.
+        # (On an existing cluster the workers look in their own environment when they
+        # load the models; their error says so.)
+        check_weights(wanted)
+    for e in wanted:  # once per extractor and run; the workers stay quiet
+        if e.config().get("random_init"):
+            announce_random_init(e.name)
+    # One run per cache at a time (runlock: a second run would take the first one's shards
+    # for leftovers); a run that waits has not started a cluster yet.
+    with run_lock(cache_path):
+        if client is not None:
+            report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
+        else:
+            with open_cluster(cluster) as own_client:
+                report = ExtractRun(own_client, records, wanted, cache_path, options, cluster,
+                                    release_workers=bool(cluster.scheduler)).go()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def check_weights(extractors: Sequence[Extractor]) -> None:
+    """Find every extractor's weights files as its ``load`` would (nothing is loaded);
+    raises ``WeightsNotFoundError`` naming every place searched."""
+    for e in extractors:
+        e.find_weights()
+
+
+def _is_local(client) -> bool:
+    """Whether ``client``'s workers were started by this process (a LocalCluster): they
+    share its environment and file system."""
+    return client is not None and getattr(client, "cluster", None) is not None
 
 
 def on_gpu(extractors: Sequence[Extractor]) -> bool:

@@ -17,13 +17,20 @@ closes only what it started.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib.util
+import logging
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aigvqa.errors import AigvqaError
+
+CUDA_INSTALL = '`pip install -e ".[cuda]"`'
+"""How the README says to add dask-cuda (messages quote it, so the two never disagree)."""
 
 # Each worker holds every requested backbone in memory; below this much RAM per worker
 # the default sizing uses fewer workers rather than let them swap or be killed.
@@ -36,7 +43,9 @@ class ClusterError(AigvqaError, RuntimeError):
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """How to get workers; the arguments of ``open_cluster`` as a value (for reports)."""
+    """How to get workers; the arguments of ``open_cluster`` as a value. ``extract``,
+    ``score`` and ``run_ablation`` take one as ``cluster=`` (the CLI verbs build it with
+    ``cli.commands.cluster_spec``)."""
 
     scheduler: str | None = None
     gpus: bool = False
@@ -44,6 +53,30 @@ class ClusterSpec:
     threads_per_worker: int = 1
     torch_threads: int = 1
     dashboard_address: str | None = ":8787"
+
+
+_FLAT_DEFAULTS = {f: getattr(ClusterSpec(), f) for f in ClusterSpec.__dataclass_fields__}
+
+
+def as_cluster_spec(cluster: ClusterSpec | None = None, **flat) -> ClusterSpec:
+    """The ``ClusterSpec`` of a call to ``extract`` / ``score`` / ``run_ablation``: ``cluster``
+    as given, or one built at once from the flat keywords a notebook user types (the
+    field names of ``ClusterSpec``). Giving both, with a flat keyword off its default, is
+    refused: one of the two would be silently ignored."""
+    unknown = sorted(set(flat) - set(_FLAT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown cluster option(s) {unknown}; known: {sorted(_FLAT_DEFAULTS)}")
+    if cluster is None:
+        return ClusterSpec(**flat)
+    if not isinstance(cluster, ClusterSpec):
+        raise ClusterError(f"cluster must be a ClusterSpec, got {type(cluster).__name__}")
+    clashing = sorted(k for k, v in flat.items() if v != _FLAT_DEFAULTS[k])
+    if clashing:
+        raise ClusterError(
+            f"give the cluster as cluster=ClusterSpec(...) or as keywords ({', '.join(clashing)}), "
+            "not both"
+        )
+    return cluster
 
 
 def default_n_workers(torch_threads: int = 1, memory_per_worker: int = _MIN_BYTES_PER_WORKER) -> int:
@@ -93,13 +126,45 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, torch_threads: in
 
     if n_workers < 1:
         raise ClusterError(f"--workers must be at least 1, got {n_workers}")
-    with dask.config.set(worker_environ(torch_threads)):
+    quiet_shutdown()
+    with dask.config.set(worker_environ(torch_threads)), quiet_port_fallback():
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=dashboard_address,
         )
+
+
+@contextlib.contextmanager
+def quiet_port_fallback():
+    """Start a cluster without distributed's "Port 8787 is already in use ... Hosting the HTTP
+    server on port N instead" warning: another cluster (or another run) holding the default
+    dashboard port is normal here, the fallback port is what we want, and the one dashboard
+    line (``dashboard_message``) gives the link that is really served."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        yield
+
+
+class _ShutdownKillFilter(logging.Filter):
+    """Drops the nanny's "Worker process still alive after 4.0 seconds, killing".
+
+    At the close of a cluster we started, a worker process that imported torch and built
+    models takes seconds to finish interpreter shutdown (freeing the models, torch's
+    thread pools); on a loaded machine that passes the nanny's 4-s grace, so the nanny
+    kills a process that was already on its way out, its work done and its shards written.
+    Every other nanny message (a worker restarted after a crash, memory) still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Worker process still alive after")
+
+
+def quiet_shutdown() -> None:
+    """Install ``_ShutdownKillFilter`` on the ``distributed.nanny`` logger (once)."""
+    nanny_logger = logging.getLogger("distributed.nanny")
+    if not any(isinstance(f, _ShutdownKillFilter) for f in nanny_logger.filters):
+        nanny_logger.addFilter(_ShutdownKillFilter())
 
 
 @contextlib.contextmanager
@@ -125,6 +190,7 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
                 "address (tcp://host:port, or a scheduler JSON file) and that it is running"
             ) from err
         try:
+            print(dashboard_message(client), file=sys.stderr, flush=True)
             yield client
         finally:
             client.close()
@@ -142,6 +208,8 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
     try:
         client = Client(cluster)
         try:
+            if spec.dashboard_address is not None:
+                print(dashboard_message(client), file=sys.stderr, flush=True)
             yield client
         finally:
             client.close()
@@ -152,13 +220,14 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
 def _cuda_cluster(spec: ClusterSpec):
     if importlib.util.find_spec("dask_cuda") is None:
         raise ClusterError(
-            "--gpus needs dask-cuda, which is not installed; install it with "
-            "`pip install 'aigvqa[cuda]'` (or `pip install dask-cuda`), or run without "
-            "--gpus to use a CPU LocalCluster"
+            f"--gpus needs dask-cuda, which is not installed; install it with {CUDA_INSTALL} "
+            "in the aigvqa checkout (or `pip install dask-cuda`), or run without --gpus to "
+            "use a CPU LocalCluster"
         )
     import dask
     from dask_cuda import LocalCUDACluster
 
+    quiet_shutdown()
     kwargs = {
         "threads_per_worker": spec.threads_per_worker,
         "dashboard_address": spec.dashboard_address,
@@ -167,7 +236,7 @@ def _cuda_cluster(spec: ClusterSpec):
         # LocalCUDACluster makes one worker per listed device.
         kwargs["CUDA_VISIBLE_DEVICES"] = list(range(spec.n_workers))
     try:
-        with dask.config.set(worker_environ(spec.torch_threads)):
+        with dask.config.set(worker_environ(spec.torch_threads)), quiet_port_fallback():
             return LocalCUDACluster(**kwargs)
     except (RuntimeError, ValueError) as err:  # no GPU visible, bad device list
         raise ClusterError(f"LocalCUDACluster could not start ({err}); check nvidia-smi") from err
@@ -200,10 +269,92 @@ def _is_local(client) -> bool:
     return getattr(client, "cluster", None) is not None
 
 
-def set_worker_torch_threads(client, torch_threads: int) -> None:
-    """Set torch's intra-op thread count in every worker, now and in workers that join later
-    (a restarted worker, a scaled-up deployment): a stock ``WorkerPlugin``."""
-    client.register_plugin(TorchThreadsPlugin(torch_threads), name="aigvqa-torch-threads")
+# -- the workers: can they run aigvqa? what a run adds to them, and takes away again ------
+
+# The probe is compiled here from source, in a namespace no module holds, so cloudpickle
+# ships it by value: a function of this module would be pickled by reference, and a
+# worker without aigvqa fails to unpickle it (the 60-line traceback this check replaces).
+_PROBE_SOURCE = """
+def aigvqa_probe():
+    import socket
+    try:
+        import aigvqa
+    except Exception as err:
+        return socket.gethostname(), None, f"{type(err).__name__}: {err}"
+    return socket.gethostname(), str(getattr(aigvqa, "__version__", "unknown")), None
+"""
+
+
+def _probe():
+    namespace: dict = {"__name__": "aigvqa_worker_probe", "__builtins__": builtins}
+    exec(compile(_PROBE_SOURCE, "<aigvqa worker probe>", "exec"), namespace)  # noqa: S102 - our own constant
+    return namespace["aigvqa_probe"]
+
+
+WORKER_NEEDS = ("aigvqa installed at the client's version (with the extras its extractors "
+                "need), the extractors' weights, and the cache's folder and the videos on "
+                "shared storage at the same paths: README, 'Running on an existing Dask cluster'")
+
+
+def check_workers(client) -> dict[str, tuple[str, str]]:
+    """Ask every worker whether it can import aigvqa, and which version; raise
+    ``ClusterError`` (one line per kind of problem) unless all run the client's version.
+
+    Returns {worker address: (host, version)}. Workers that join later are not checked
+    (their tasks fail with Dask's own error)."""
+    from aigvqa import __version__
+
+    try:
+        answers = client.run(_probe(), on_error="return")
+    except OSError as err:  # the scheduler went away
+        raise ClusterError(f"cannot ask the Dask workers for their aigvqa version ({err})") from err
+    missing, other, good = [], [], {}
+    for address, answer in sorted(answers.items()):
+        if isinstance(answer, BaseException):
+            missing.append(f"{address} ({type(answer).__name__}: {answer})")
+            continue
+        host, version, error = answer
+        if version is None:
+            missing.append(f"{address} on {host} ({error})")
+        elif version != __version__:
+            other.append(f"{address} on {host} (aigvqa {version})")
+        else:
+            good[address] = (host, version)
+    if not missing and not other:
+        return good
+    problems = []
+    if missing:
+        problems.append(f"{_some(missing)} cannot import aigvqa")
+    if other:
+        problems.append(f"{_some(other)} run another aigvqa version")
+    raise ClusterError(
+        f"{len(missing) + len(other)} of {len(answers)} Dask worker(s) cannot run this aigvqa "
+        f"{__version__}: {'; '.join(problems)}. Workers need {WORKER_NEEDS}."
+    )
+
+
+def _some(items: list[str], shown: int = 3) -> str:
+    text = ", ".join(items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+TORCH_THREADS_PLUGIN = "aigvqa-torch-threads"
+
+
+@contextlib.contextmanager
+def worker_torch_threads(client, torch_threads: int) -> Iterator[None]:
+    """Set torch's intra-op thread count in every worker, now and in workers that join
+    during the block (a restarted worker, a scaled-up deployment): a stock ``WorkerPlugin``,
+    unregistered at the end, so a shared scheduler keeps nothing of the run. (The workers'
+    thread count itself stays as set: torch cannot be told "back to what it was" for a
+    process that imported it meanwhile.)"""
+    client.register_plugin(TorchThreadsPlugin(torch_threads), name=TORCH_THREADS_PLUGIN)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, KeyError, RuntimeError):
+            # a cluster that went away (Ctrl-C, a dead scheduler) has nothing left to clean
+            client.unregister_worker_plugin(TORCH_THREADS_PLUGIN)
 
 
 try:  # distributed is a hard dependency; the guard only keeps this module importable for docs

@@ -423,7 +423,9 @@ _IDLE: dict[tuple[int, int], list[DecodePool]] = {}
 _LOCK = threading.Lock()
 
 
-def _close_all() -> None:
+def close_idle_pools() -> None:
+    """Stop the decode processes of every idle pool of this worker process (at exit, and
+    when a run on a shared cluster hands the workers back: ``worker.release_models``)."""
     with _LOCK:
         pools = [p for group in _IDLE.values() for p in group]
         _IDLE.clear()
@@ -431,7 +433,7 @@ def _close_all() -> None:
         pool.close()
 
 
-atexit.register(_close_all)
+atexit.register(close_idle_pools)
 
 
 @contextlib.contextmanager

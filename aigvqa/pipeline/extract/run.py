@@ -21,6 +21,7 @@ their failure rows are replaced by the new outcome.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ from typing import Any
 
 from aigvqa.cache.schema import ALL_EXTRACTORS, video_row
 from aigvqa.extractors.base import Extractor
+from aigvqa.pipeline.extract.cluster import describe_client
 from aigvqa.pipeline.extract.failures import error_text
 from aigvqa.pipeline.extract.options import (
     ISOLATED_ATTEMPTS,
@@ -52,6 +54,7 @@ from aigvqa.pipeline.extract.provenance import (
 from aigvqa.pipeline.extract.report import ExtractReport
 from aigvqa.pipeline.extract.worker import (
     ChunkResult,
+    WorkerProblem,
     describe_extractors,
     host_cores,
     run_prompt_chunk,
@@ -64,8 +67,10 @@ class ExtractRun:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
     def __init__(self, client, records: list[VideoRecord], extractors: list[Extractor],
-                 cache: Path, options: ExtractOptions, spec) -> None:
+                 cache: Path, options: ExtractOptions, spec, *, release_workers: bool = False) -> None:
         self.client = client
+        # connected to a shared scheduler by this run: hand the workers back clean at the end
+        self.release_workers = release_workers
         self.records = records
         self.video_exts = [e for e in extractors if e.modality == "video"]
         self.text_exts = [e for e in extractors if e.modality == "text"]
@@ -78,8 +83,6 @@ class ExtractRun:
         self.spec = spec
         self.options = options
         self.decode = options.decode  # filled from the cluster by go()
-        from aigvqa.pipeline.extract.cluster import describe_client
-
         self.report = ExtractReport(cache=cache, cluster=describe_client(client))
         self.token = uuid.uuid4().hex[:8]
         self.provenance: dict[str, dict[str, Any]] = {}
@@ -95,11 +98,26 @@ class ExtractRun:
 
     # -- phases ---------------------------------------------------------------------
     def go(self) -> ExtractReport:
-        from aigvqa.pipeline.extract.api import resolve_decode_settings
-        from aigvqa.pipeline.extract.cluster import dashboard_message, set_worker_torch_threads
+        from aigvqa.pipeline.extract.cluster import check_workers, worker_torch_threads
+        from aigvqa.pipeline.extract.worker import release_models
 
-        print(dashboard_message(self.client), file=sys.stderr)
-        set_worker_torch_threads(self.client, self.spec.torch_threads)
+        # Before anything is shipped to the workers: a worker without aigvqa (or with
+        # another version) would fail to unpickle the first plugin or task.
+        check_workers(self.client)
+        try:
+            with worker_torch_threads(self.client, self.spec.torch_threads):
+                self._go()
+        finally:
+            if self.release_workers:
+                # a shared cluster: the models and decode processes of this run stay
+                # nowhere (the cluster's next user gets its memory back)
+                with contextlib.suppress(OSError, RuntimeError):
+                    self.client.run(release_models)
+        return self.report
+
+    def _go(self) -> None:
+        from aigvqa.pipeline.extract.api import resolve_decode_settings
+
         self.decode = resolve_decode_settings(self.decode, self.video_exts, self.spec.torch_threads,
                                               lambda: self.client.run(host_cores))
         self.report.decode_workers = int(self.decode.decode_workers)
@@ -107,22 +125,67 @@ class ExtractRun:
         self._describe()
         self.shard_dir.mkdir(exist_ok=True)
         self._recover_leftovers()
-        video_plan, prompt_plan, no_prompt = self._plan()
+        video_plan, prompt_plan, no_prompt, self.report.prompts_skipped = self._plan()
         self._execute(video_plan, prompt_plan, no_prompt)
         self._tally()
         try:
             self.shard_dir.rmdir()  # only when empty: never delete a shard not merged
         except OSError:
             pass
-        return self.report
+
+    def _say(self, line: str) -> None:
+        if self.options.progress:
+            print(line, file=sys.stderr, flush=True)
 
     def _describe(self) -> None:
-        """Provenance of every extractor (weights identity included), checked against the
-        cache before any video is touched."""
+        """Load every extractor on every worker (one task per worker, so the progress says
+        what the minutes of model loading are) and take their provenance (weights identity
+        included); check that the workers agree, and check it against the cache before any
+        video is touched."""
         everything = self.video_exts + self.text_exts
-        future = self.client.submit(describe_extractors, everything, pure=False,
-                                    key=f"describe-extractors-{self.token}")
-        self.provenance = {e.name: p for e, p in zip(everything, future.result())}
+        workers = list(self.client.scheduler_info().get("workers", {}))
+        # a run with little (or nothing) to compute loads the models where tasks will run
+        workers = workers[:max(1, self._tasks_expected())]
+        started = time.monotonic()
+        names = ", ".join(e.name for e in everything)
+        if workers:
+            self._say(f"loading {len(everything)} model(s) ({names}) on {len(workers)} worker(s) ...")
+            futures = [self.client.submit(describe_extractors, everything, pure=False, workers=[w],
+                                          allow_other_workers=True, priority=100,
+                                          key=f"load-extractors-{self.token}-{i}")
+                       for i, w in enumerate(workers)]
+        else:
+            self._say(f"waiting for a Dask worker to join {describe_client(self.client)} ...")
+            futures = [self.client.submit(describe_extractors, everything, pure=False,
+                                          key=f"load-extractors-{self.token}-0")]
+        from distributed import as_completed
+
+        answers = []
+        bar = _progress_bar(len(futures), self.options.progress, desc="load models", unit="worker")
+        try:
+            for future in as_completed(futures):
+                answer = future.result()
+                if isinstance(answer, WorkerProblem):
+                    self.client.cancel(futures)
+                    raise _worker_error(answer)
+                answers.append((future.key, answer))
+                bar.update()
+        finally:
+            bar.close()
+        self._say(f"models loaded in {time.monotonic() - started:.1f} s")
+        first = answers[0][1]
+        for _, other in answers[1:]:
+            for e, mine, theirs in zip(everything, first, other):
+                if mine != theirs:
+                    from aigvqa.cache.store import describe_differences
+
+                    raise ExtractError(
+                        f"the Dask workers disagree on extractor {e.name!r}: "
+                        + "; ".join(describe_differences(mine, theirs)[:5])
+                        + ". Every worker must see the same weights (same files, or the same "
+                        "$AIGVQA_WEIGHTS content); features of two checkpoints must not mix"
+                    )
+        self.provenance = {e.name: p for e, p in zip(everything, first)}
         if not self.options.overwrite:  # --overwrite replaces a group whose settings changed
             check_provenance(self.cache, self.provenance)
 
@@ -181,6 +244,7 @@ class ExtractRun:
                 by_missing[missing].append(rec)
 
         prompts: dict[str, dict[str, str]] = {}
+        prompts_skipped = 0
         for e in self.text_exts:
             todo: dict[str, str] = {}
             cached: set[str] = set()
@@ -197,11 +261,20 @@ class ExtractRun:
                         f"and {rec.prompt!r}); fix the prompt group column of the manifest"
                     )
                 todo[pid] = rec.prompt
-            self.report.prompts_skipped += len(cached)
+            prompts_skipped += len(cached)
             prompts[e.name] = todo
         if not self.prompt_exts:
             no_prompt = []
-        return by_missing, prompts, no_prompt
+        return by_missing, prompts, no_prompt, prompts_skipped
+
+    def _tasks_expected(self) -> int:
+        """About how many tasks the run will submit (before leftover shards are merged,
+        which only lowers it): models are loaded on no more workers than that (at least
+        one, for the provenance)."""
+        video_plan, prompt_plan, _, _ = self._plan()
+        videos = sum(len(self._chunks(recs)) for recs in video_plan.values())
+        prompts = sum(-(-len(todo) // PROMPT_CHUNK_SIZE) for todo in prompt_plan.values())
+        return videos + prompts
 
     def _chunks(self, records: list[VideoRecord]) -> list[list[VideoRecord]]:
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
@@ -309,8 +382,16 @@ class ExtractRun:
                     self._prompts_failed.update(failed_ids)
                     self._prompts_done.update(p for p in items if p not in failed_ids)
                 if self._merge_due(merge_every):
+                    bar.set_description("extract (merging)", refresh=True)
                     self._merge(self._pending)
-            self._merge(self._pending)
+                    bar.set_description("extract", refresh=False)
+            bar.close()
+            if self._pending:
+                started = time.monotonic()
+                count = len(self._pending)
+                self._say(f"merging {count} shard(s) into {self.cache} ...")
+                self._merge(self._pending)
+                self._say(f"merged in {time.monotonic() - started:.1f} s")
         except KeyboardInterrupt:
             # Keep what landed (merging is atomic); the next run resumes the rest.
             self.client.cancel(futures)
@@ -382,7 +463,21 @@ class ExtractRun:
 
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, desc: str = "extract", unit: str = "video"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="video", desc="extract", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def _worker_error(problem: WorkerProblem) -> Exception:
+    """The error a worker sent back, naming the worker (a missing-weights message already
+    does: it says whose environment was searched)."""
+    from aigvqa.errors import WeightsNotFoundError
+
+    err = problem.error
+    if isinstance(err, WeightsNotFoundError):
+        return err
+    try:
+        return type(err)(f"on {problem.who}: {Exception.__str__(err)}")
+    except TypeError:  # an error class with another constructor: as it came
+        return err

@@ -43,14 +43,42 @@ def loaded(extractor: Extractor) -> Extractor:
     The device is the extractor's own ``device`` option, so the provenance the cache
     stores says where features were computed (``gpus=True`` sets it to "cuda"; under
     dask-cuda each worker sees its one GPU as cuda:0)."""
+    from aigvqa.extractors.weights import random_init_said_elsewhere
+
     key = extractor_key(extractor)
     with _LOADING:
         model = _LOADED.get(key)
         if model is None:
             model = extractor
-            model.load(str(extractor.config().get("device", "cpu") or "cpu"))
+            # the run said RANDOM-INIT once per extractor on the client (api.extract)
+            with random_init_said_elsewhere():
+                model.load(str(extractor.config().get("device", "cpu") or "cpu"))
             _LOADED[key] = model
     return model
+
+
+def release_models() -> int:
+    """Worker function (``client.run``): drop the models this process loaded for stage-one
+    runs and stop its decode processes, so a run on a shared cluster leaves no memory (GPU
+    memory included) behind. Returns how many models were dropped."""
+    import gc
+    import sys
+
+    with _LOADING:
+        dropped = len(_LOADED)
+        _LOADED.clear()
+    for name in ("aigvqa.extractors.clip", "aigvqa.extractors.blip"):
+        module = sys.modules.get(name)  # loaded only if this process built such a model
+        if module is not None:
+            module.clear_model_cache()
+    decode_pool = sys.modules.get("aigvqa.pipeline.extract.decode_pool")
+    if decode_pool is not None:
+        decode_pool.close_idle_pools()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    return dropped
 
 
 def task_threads() -> int:
@@ -63,12 +91,50 @@ def task_threads() -> int:
         return 1
 
 
-def describe_extractors(extractors: list[Extractor]) -> list[dict[str, Any]]:
+@dataclass
+class WorkerProblem:
+    """A problem the user must fix, found while a worker loaded the models (weights
+    missing where the worker looks, a checkpoint that does not fit, a backbone's package
+    not installed there), sent back as a value: the client raises it as one clean error.
+    (A task that raises is logged by Dask as "Compute Failed" with its traceback, on the
+    worker and, for a LocalCluster, in the user's terminal.)"""
+
+    who: str
+    error: Exception
+
+
+def who_am_i() -> str:
+    """This process as a message names it: "Dask worker <address> on host <name>"."""
+    import socket
+
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address} on host {socket.gethostname()}"
+    except (ImportError, ValueError):
+        return f"process {os.getpid()} on host {socket.gethostname()}"
+
+
+def describe_extractors(extractors: list[Extractor]) -> list[dict[str, Any]] | WorkerProblem:
     """Worker task: load every extractor (kept for later tasks) and return its provenance.
 
     Provenance needs the weights' identity, known only once weights are resolved, which
-    is why this runs on a worker and not on the client."""
-    return [loaded(e).provenance() for e in extractors]
+    is why this runs on a worker and not on the client. Weights are looked for in the
+    worker's own environment and file system, and an error says so."""
+    from aigvqa.errors import AigvqaError
+    from aigvqa.extractors.weights import searching_on
+    from aigvqa.pipeline.extract.options import ExtractError
+
+    who = who_am_i()
+    try:
+        with searching_on(who):
+            return [loaded(e).provenance() for e in extractors]
+    except AigvqaError as err:
+        return WorkerProblem(who, err)
+    except ImportError as err:
+        return WorkerProblem(who, ExtractError(
+            f"{who} cannot load the extractors: {err}. Install aigvqa with the extras its "
+            "extractors need in the environment the workers start from"))
 
 
 def host_cores() -> tuple[str, int]:

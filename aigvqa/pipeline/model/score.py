@@ -448,6 +448,7 @@ def score(
     torch_threads: int = 1,
     client=None,
     progress: bool = True,
+    cluster=None,
 ) -> ScoreReport:
     """Score every video of ``manifest`` with the bundle ``model`` (a folder, or a loaded
     ``Bundle``) into the CSV ``out``.
@@ -455,10 +456,15 @@ def score(
     See the module docstring. ``weights``: the checkpoint(s) of the model's extractors when
     features must be extracted (a path, or {extractor: path}); by default the extractors'
     own search, after ``$AIGVQA_WEIGHTS/<extractor>/<file name the bundle recorded>``.
-    Cluster options are those of ``extract``; a Dask cluster is started only if some
-    features must be extracted (and only once for the whole run).
+    Cluster: ``cluster=ClusterSpec(...)`` as ``extract`` takes it, or the flat keywords
+    ``scheduler``, ``gpus``, ``n_workers``, ``torch_threads``; a Dask cluster is started
+    only if some features must be extracted (and only once for the whole run).
     """
+    from aigvqa.pipeline.extract.cluster import as_cluster_spec
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
+
+    cluster = as_cluster_spec(cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers,
+                              torch_threads=torch_threads)
 
     started = time.perf_counter()
     if batch_size < 1:
@@ -478,8 +484,7 @@ def score(
                              failed_before=sum(done.get(r.video_id) == STATUS_FAILED for r in records))
         if pending:
             _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights,
-                           dict(scheduler=scheduler, gpus=gpus, n_workers=n_workers, torch_threads=torch_threads),
-                           client, progress)
+                           cluster, client, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -487,7 +492,7 @@ def score(
 def _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights, cluster, client, progress):
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.extract.cluster import open_cluster
 
     given = _GivenCache(cache, bundle.groups) if cache is not None and cache.exists() else None
     configs, impossible = _extractor_configs(bundle)
@@ -521,12 +526,12 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                     rows[r.video_id] = _row(r, STATUS_FAILED, error=" | ".join([*reasons, *impossible.values()]))
             elif to_extract:
                 if client is None and own_cluster is None:
-                    own_cluster = open_cluster(ClusterSpec(**cluster))
+                    own_cluster = open_cluster(cluster)
                     client = own_cluster.__enter__()
                 keyed = [(r, work_record(r)) for r in to_extract]
                 try:
-                    extract([w for _, w in keyed], configs, work, client=client, gpus=cluster["gpus"],
-                            progress=False, torch_threads=cluster["torch_threads"], weights=weights)
+                    extract([w for _, w in keyed], configs, work, client=client, cluster=cluster,
+                            progress=False, weights=weights)
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
                 report.extracted += len(to_extract)
@@ -560,6 +565,11 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
         bar.close()
         appender.close()
         if own_cluster is not None:
+            if cluster.scheduler:  # a shared cluster: leave no models loaded on it
+                from aigvqa.pipeline.extract.worker import release_models
+
+                with contextlib.suppress(OSError, RuntimeError):
+                    client.run(release_models)
             own_cluster.__exit__(None, None, None)
 
 
@@ -570,7 +580,7 @@ def _weights_advice(bundle, err: Exception) -> str:
         files = ", ".join(
             f"{name}: {file} ({bundle.provenance[name].get('weights')})" for name, file in recorded.items()
         )
-        text += (f" | the model was trained with the checkpoint(s) {files}; give them with --weights "
+        text += (f" | the model was trained with the checkpoint(s) {files}; give them with weights=<path> "
                  "(or put each at $AIGVQA_WEIGHTS/<extractor>/<file name>)")
     return text
 

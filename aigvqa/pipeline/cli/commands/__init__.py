@@ -8,14 +8,22 @@ def add_cluster_arguments(parser):
     cluster.add_argument("--scheduler", help="address (tcp://host:port) or scheduler file of a running Dask cluster")
     cluster.add_argument("--gpus", action="store_true", help="one worker per GPU (dask-cuda LocalCUDACluster)")
     cluster.add_argument("--workers", type=int, help="local worker processes (default: sized to this machine)")
-    cluster.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
+    cluster.add_argument("--torch-threads", type=int, default=None,
+                         help="torch threads per worker (default 1)")
     return cluster
 
 
-def cluster_spec(args, **overrides):
-    """The ``ClusterSpec`` of the options ``add_cluster_arguments`` added (one spelling for
-    every verb); ``overrides`` set other fields (e.g. ``dashboard_address=None``)."""
+def cluster_spec(args, base=None, **overrides):
+    """The ``ClusterSpec`` of the options ``add_cluster_arguments`` added: one spelling for
+    every verb (extract, score and ablate pass it to their API function as ``cluster=``).
+
+    ``base``: the spec that options not given fall back to (ablate: the grid's
+    ``[cluster]`` table; default ``ClusterSpec()``); ``overrides`` set other fields (e.g.
+    extract's ``threads_per_worker``)."""
+    from dataclasses import replace
+
     from aigvqa.pipeline.extract.cluster import ClusterSpec
 
-    return ClusterSpec(scheduler=args.scheduler, gpus=args.gpus, n_workers=args.workers,
-                       torch_threads=args.torch_threads, **overrides)
+    given = {"scheduler": args.scheduler, "gpus": args.gpus or None, "n_workers": args.workers,
+             "torch_threads": args.torch_threads}
+    return replace(base or ClusterSpec(), **{k: v for k, v in given.items() if v is not None}, **overrides)

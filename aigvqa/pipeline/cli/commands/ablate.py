@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigvqa.pipeline.cli.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments, cluster_spec
 
 HELP = "run an ablation grid (heads x features x hyper-parameters x seeds) on Dask, resumable"
 DESCRIPTION = """Evaluate every cell of the grid in GRID.toml (see examples/ablate-demo.toml for the
@@ -25,13 +25,12 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.evaluation.ablate import load_grid, run_ablation
+    from aigvqa.pipeline.evaluation.ablate import grid_cluster_spec, load_grid, run_ablation
 
     grid = load_grid(args.grid)
-    overrides = {"workers": args.workers, "scheduler": args.scheduler, "gpus": args.gpus or None}
-    if args.torch_threads != 1:
-        overrides["torch_threads"] = args.torch_threads
-    results = run_ablation(grid, cluster={k: v for k, v in overrides.items() if v is not None},
-                           progress=not args.no_progress, batch_trials=args.batch_trials)
+    # the grid's [cluster] table, with the options given here on top
+    base = grid_cluster_spec(grid.cluster, where=f"{grid.source}: [cluster]")
+    results = run_ablation(grid, cluster=cluster_spec(args, base=base), progress=not args.no_progress,
+                           batch_trials=args.batch_trials)
     print(results.summary())
     return 0

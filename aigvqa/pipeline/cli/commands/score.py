@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from aigvqa.pipeline.cli.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments, cluster_spec
 
 HELP = "score videos (a manifest, video files or folders) with a trained model bundle (resumable)"
 DESCRIPTION = """Extract whatever features the model needs (with the extractor configs recorded in
@@ -69,8 +69,7 @@ def run(args) -> int:
     report, rows = score_to_rows(
         _source(args, bundle), bundle, out=args.out, cache=args.cache, work_cache=args.work_cache,
         batch_size=args.batch_size, retry_failed=args.retry_failed, weights=args.weights,
-        scheduler=args.scheduler, gpus=args.gpus, n_workers=args.workers, torch_threads=args.torch_threads,
-        progress=not args.no_progress,
+        cluster=cluster_spec(args), progress=not args.no_progress,
     )
     if args.out is None:
         writer = csv.DictWriter(sys.stdout, fieldnames=output_columns(bundle.label_names), lineterminator="\n")
