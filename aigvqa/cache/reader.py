@@ -27,6 +27,7 @@ from aigvqa.cache.schema import (
     FAILURES,
     FORMAT_VERSION,
     RESERVED_GROUPS,
+    SOURCE_ORDER,
     VIDEO_COLUMNS,
     VIDEOS,
     Failure,
@@ -139,6 +140,7 @@ def read_videos(f: h5py.File) -> dict[str, dict[str, Any]]:
         return {}
     g = f[VIDEOS]
     cols = {c: read_str(g[c]) for c in VIDEO_COLUMNS}
+    order = g[SOURCE_ORDER][()] if SOURCE_ORDER in g else None
     rows: dict[str, dict[str, Any]] = {}
     for i, vid in enumerate(cols["video_id"]):
         rows[vid] = {
@@ -149,6 +151,8 @@ def read_videos(f: h5py.File) -> dict[str, dict[str, Any]]:
             "labels": json.loads(cols["labels"][i]),
             "groups": json.loads(cols["groups"][i]),
         }
+        if order is not None and order[i] >= 0:
+            rows[vid][SOURCE_ORDER] = int(order[i])
     return rows
 
 

@@ -29,6 +29,9 @@ HDF5 tool can read it (``h5ls -r cache.h5``, ``h5py.File(path)["clip-frames/valu
         video_id, path, prompt, prompt_id, labels (JSON object name -> MOS),
         groups (JSON object, e.g. {"prompt": .., "generator": ..}); a missing prompt or
         prompt id is stored as ""
+        source_order  optional [M] int64: the video's 0-based row in the file it was
+                      imported from (import-features), -1 where unknown; VIDEVAL-style
+                      splits index rows in that order
     /failures/                id, extractor, error: [K] utf-8; at most one row per
                               (id, extractor); extractor "*" means the whole video failed
                               (e.g. it could not be decoded)
@@ -68,6 +71,8 @@ FAILURES = "failures"
 RESERVED_GROUPS = frozenset({VIDEOS, FAILURES})
 CORE_DATASETS = ("values", "lengths", "ids")
 VIDEO_COLUMNS = ("video_id", "path", "prompt", "prompt_id", "labels", "groups")
+SOURCE_ORDER = "source_order"
+"""Optional int64 column of ``/videos`` (-1: unknown); a row dict has the key only when known."""
 FAILURE_COLUMNS = ("id", "extractor", "error")
 KEYED_BY = ("video", "prompt")
 RUNTIME_KEYS = ("config.batch_size", "config.channels_last")
@@ -125,7 +130,7 @@ def video_row(video: Any) -> dict[str, Any]:
     labels = {str(k): float(v) for k, v in dict(get("labels") or {}).items()}
     groups = {str(k): str(v) for k, v in dict(get("groups") or {}).items()}
     prompt_id = get("prompt_id") or groups.get("prompt") or ""
-    return {
+    row = {
         "video_id": str(video_id),
         "path": str(get("path") or ""),
         "prompt": str(get("prompt") or ""),
@@ -133,6 +138,10 @@ def video_row(video: Any) -> dict[str, Any]:
         "labels": labels,
         "groups": groups,
     }
+    order = get(SOURCE_ORDER)
+    if order is not None and int(order) >= 0:
+        row[SOURCE_ORDER] = int(order)
+    return row
 
 
 # -- provenance -------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from aigvqa.cache.schema import (
     KEYED_BY,
     RESERVED_GROUPS,
     RUNTIME_KEYS,
+    SOURCE_ORDER,
     STR,
     VIDEO_COLUMNS,
     VIDEOS,
@@ -298,6 +299,9 @@ def _write_videos(f: h5py.File, rows: Iterable[Mapping[str, Any]]) -> None:
             _write_strings(g, col, [json.dumps(r[col], sort_keys=True) for r in rows])
         else:
             _write_strings(g, col, [r[col] for r in rows])
+    if any(SOURCE_ORDER in r for r in rows):
+        g.create_dataset(SOURCE_ORDER, data=np.array([r.get(SOURCE_ORDER, -1) for r in rows], dtype=np.int64),
+                         maxshape=(None,), chunks=(1024,))
 
 
 def _write_failures(f: h5py.File, failures: Iterable[Failure]) -> None:
@@ -622,6 +626,9 @@ def merge_shards(
                 videos = read_videos(old) if old is not None else {}
                 for s in shards:
                     for vid, row in read_videos(s).items():
+                        if SOURCE_ORDER not in row and SOURCE_ORDER in videos.get(vid, {}):
+                            # an extract's row for an imported video keeps its source row
+                            row = {**row, SOURCE_ORDER: videos[vid][SOURCE_ORDER]}
                         if vid not in videos:
                             report.videos_added += 1
                         elif videos[vid] != row:
