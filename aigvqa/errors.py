@@ -30,3 +30,8 @@ class ProvenanceMismatchError(AigvqaError, ValueError):
 
 class CacheError(AigvqaError, OSError):
     """A cache file is missing, unreadable or lacks a requested group or id."""
+
+
+class HeadParameterError(AigvqaError, ValueError):
+    """A head hyper-parameter (e.g. from a head config file) is invalid; the message names the
+    head, the parameter, the bad value and what is allowed (``aigvqa.heads.params``)."""

@@ -21,8 +21,8 @@ import scipy.io
 from aigvqa.heads.blend import StackingHead
 from aigvqa.heads.classical import ElasticNetHead, LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.evaluate import evaluate
-from aigvqa.pipeline.splits import videval_splits
+from aigvqa.pipeline.evaluation.evaluate import evaluate
+from aigvqa.pipeline.evaluation.splits import videval_splits
 
 PUBLISHED = {"srcc": 0.7832, "plcc_logistic": 0.7803}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc"

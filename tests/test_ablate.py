@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_cli_train_evaluate import make_cache
 
-from aigvqa.pipeline import ablate
-from aigvqa.pipeline.ablate import GridError, load_grid, run_ablation
+from aigvqa.pipeline.evaluation import ablate
+from aigvqa.pipeline.evaluation.ablate import GridError, load_grid, run_ablation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ablate-demo.toml"
@@ -105,6 +105,15 @@ def test_malformed_grids_are_refused_naming_the_file(tmp_path, text, message):
     path = _write_grid(tmp_path, text)
     with pytest.raises(GridError, match=message) as err:
         load_grid(path)
+    assert str(path) in str(err.value)
+
+
+def test_run_ablation_takes_the_grid_file_path(tmp_path):
+    """The API reads the TOML itself: a path is parsed (here it names a cache that does not
+    exist, so the run stops before any cluster starts)."""
+    path = _write_grid(tmp_path)
+    with pytest.raises(GridError, match="feats.h5 does not exist") as err:
+        run_ablation(str(path), progress=False, echo=lambda *a: None)
     assert str(path) in str(err.value)
 
 

@@ -139,7 +139,7 @@ def test_grouped_inner_folds_never_predict_a_row_from_its_own_group():
 
 
 def test_prompt_disjoint_evaluation_hands_prompt_groups_to_stacking(monkeypatch):
-    from aigvqa.pipeline.evaluate import evaluate
+    from aigvqa.pipeline.evaluation.evaluate import evaluate
 
     seen = []
     real_fit = StackingHead.fit
@@ -337,7 +337,7 @@ def test_from_config_builds_a_stack_from_tables_per_base():
         StackingHead.from_config({"estimators": {"svr": {}}, "svr__Cee": 1.0})
     with pytest.raises(HeadParameterError, match="stack parameters"):
         StackingHead.from_config({"estimators": {"svr": {}}, "metta": "nnls"})
-    with pytest.raises(HeadParameterError, match="one table per base"):
+    with pytest.raises(HeadParameterError, match=r"\[estimators.<name>\] table per base"):
         StackingHead({"svr": {}}).fit(X, y)
 
 

@@ -12,7 +12,7 @@ from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+from aigvqa.pipeline.model.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
 
 PROVENANCE = {
     "handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32, "device": "cpu"}, "view": None,
@@ -146,3 +146,18 @@ def test_blend_of_deep_and_classical_heads_round_trips(data, tmp_path):
     names = sorted(p.name for p in path.iterdir())
     assert any(n.startswith("part-") and n.endswith(".safetensors") for n in names)  # the fitted MLP
     assert any(n.startswith("lightgbm-") for n in names)
+
+
+def test_bundle_records_the_versions_of_the_packages_that_shape_a_model(data, tmp_path):
+    """One package_versions (cache.schema) serves caches and bundles; a bundle asks it for
+    the model packages (scikit-learn, skops, ...), a cache for the feature ones."""
+    import importlib.metadata
+
+    from aigvqa.cache.schema import FEATURE_PACKAGES, MODEL_PACKAGES, package_versions
+
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y), tmp_path / "m", {}, X.names, ["mos"])
+    versions = json.loads((path / BUNDLE_JSON).read_text())["versions"]
+    assert versions == package_versions(MODEL_PACKAGES)
+    assert versions["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert "h5py" in package_versions() and "h5py" in FEATURE_PACKAGES and "h5py" not in versions

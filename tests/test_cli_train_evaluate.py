@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from aigvqa.cache import FeatureCache, GroupData, merge_shards, write_shard
-from aigvqa.pipeline.bundle import load_bundle
 from aigvqa.pipeline.cli import main
-from aigvqa.pipeline.train import featureset_from_cache, load_training_data
+from aigvqa.pipeline.model.bundle import load_bundle
+from aigvqa.pipeline.training_data import featureset_from_cache, load_training_data
 
 N_PROMPTS, GENERATORS = 10, ("g1", "g2", "g3", "g4")
 PROV_A = {"extractor": "a", "config": {"size": 32}, "view": None, "weights": None}

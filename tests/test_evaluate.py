@@ -6,9 +6,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from aigvqa.heads.classical import ElasticNetHead
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.evaluate import accepts_validation, cross_dataset, evaluate
-from aigvqa.pipeline.metrics import MappingFitWarning
-from aigvqa.pipeline.splits import Split, SplitError
+from aigvqa.pipeline.evaluation.evaluate import accepts_validation, cross_dataset, evaluate
+from aigvqa.pipeline.evaluation.metrics import MappingFitWarning
+from aigvqa.pipeline.evaluation.splits import Split, SplitError
 
 
 class SpyHead(RegressorMixin, BaseEstimator):

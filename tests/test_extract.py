@@ -17,13 +17,13 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
-    ALL_EXTRACTORS,
     ExtractError,
     extract,
     resolve_extractors,
@@ -386,7 +386,7 @@ def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(clie
 
 def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, monkeypatch):
     # workers may run elsewhere with another working directory: paths leave the client absolute
-    from aigvqa.pipeline.commands.extract import extractor_spec
+    from aigvqa.pipeline.cli.commands.extract import extractor_spec
 
     config = tmp_path / "conf" / "extractors.toml"
     config.parent.mkdir()

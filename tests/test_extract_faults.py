@@ -18,12 +18,13 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline import extract as extract_module
-from aigvqa.pipeline.extract import ALL_EXTRACTORS, extract, shard_dir_for
+from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aigvqa.pipeline import metrics as M
+from aigvqa.pipeline.evaluation import metrics as M
 
 
 def _noisy_pair(n=200, seed=0):

@@ -23,7 +23,7 @@ from aigvqa.extractors.registry import ConfiguredExtractor, TorchExtractor
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registrations made by a test vanish after it."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.EXTRACTORS, "_entries", dict(registry.EXTRACTORS._entries))
 
 
 def test_importing_the_package_registers_every_family():
@@ -43,7 +43,7 @@ def test_unknown_name_lists_the_available_extractors():
     assert "unknown extractor 'clip-frame'" in message
     for name in list_extractors():
         assert name in message
-    assert "clip-frames" in message.split("Available")[0]  # the close match is suggested
+    assert "did you mean 'clip-frames'" in message  # the close match is suggested
 
 
 def test_unknown_option_is_refused_with_the_accepted_ones():
@@ -154,3 +154,87 @@ def test_channels_last_format_fits_2d_and_3d_nets():
     assert converted[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(RuntimeError):
         net3d.to(memory_format=torch.channels_last)
+
+
+# -- the one Registry class both families use -------------------------------------------------
+
+
+def test_both_families_are_instances_of_one_registry_class():
+    from aigvqa.heads.registry import HEADS
+    from aigvqa.registry import Registry
+
+    assert type(HEADS) is Registry and type(registry.EXTRACTORS) is Registry
+    assert get_extractor_class("clip-frames").name == "clip-frames"
+    from aigvqa.heads.registry import get_head_class
+
+    assert get_head_class("svr").name == "svr"  # heads get their name set the same way
+
+
+def test_generic_registry_rules(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    (tmp_path / "toy_base.py").write_text(
+        "from aigvqa.errors import AigvqaError\nfrom aigvqa.registry import Registry\n\n"
+        "class Missing(AigvqaError, ValueError):\n    pass\n\n"
+        "TOYS = Registry('toy', error=Missing, builtins={'lazy-one': 'toy_plugins:Lazy'})\n")
+    (tmp_path / "toy_plugins.py").write_text(
+        "from toy_base import TOYS\n\n@TOYS.register('lazy-one')\nclass Lazy:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("toy_base", "toy_plugins"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    toy_base = importlib.import_module("toy_base")
+    toys, Missing = toy_base.TOYS, toy_base.Missing
+
+    @toys.register("Alpha")
+    class Alpha:
+        pass
+
+    class Child(Alpha):  # inherits the class attribute, not the registration
+        pass
+
+    assert Alpha.name == "Alpha" and toys.name_of(Alpha) == "Alpha"
+    with pytest.raises(Missing, match="not a registered toy"):
+        toys.name_of(Child)
+    # built-ins are listed before their module is imported; patterns are case-sensitive
+    assert toys.names() == ["Alpha", "lazy-one"] and "toy_plugins" not in sys.modules
+    assert toys.names("alpha") == [] and toys.names("A*") == ["Alpha"] and "lazy-one" in toys
+    assert toys.get("lazy-one").__module__ == "toy_plugins" and toys.name_of(toys.get("lazy-one")) == "lazy-one"
+    with pytest.raises(ValueError, match="'Alpha' is already registered by .*Alpha"):
+        toys.register("Alpha")(Child)
+    with pytest.raises(ValueError, match="already registered by toy_plugins:Lazy"):
+
+        @toys.register("lazy-one")
+        class Impostor:
+            pass
+
+    with pytest.raises(Missing, match=r"unknown toy 'alpah' \(did you mean 'Alpha'\?\); available toys: Alpha, lazy-one"):
+        toys.create("alpah")
+    with pytest.raises(Missing) as caught:
+        toys.get("zzz")
+    assert "did you mean" not in str(caught.value)
+
+
+def test_a_builtin_whose_module_does_not_register_it_is_a_packaging_error(tmp_path, monkeypatch):
+    from aigvqa.registry import Registry
+
+    (tmp_path / "toy_silent.py").write_text("class Quiet:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toys = Registry("toy", builtins={"quiet": "toy_silent:Quiet"})
+    with pytest.raises(RuntimeError, match="toy_silent did not register the built-in toy 'quiet'"):
+        toys.get("quiet")
+
+
+def test_listing_heads_and_building_a_classical_one_never_import_torch():
+    """Deep heads are registered lazily: `aigvqa.list_heads()` names them without importing
+    their modules, and a classical head needs no torch (issue 14)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, aigvqa\n"
+            "names = aigvqa.list_heads()\n"
+            "aigvqa.create_head('svr'); aigvqa.create_head('stack', estimators=[('s', 'svr')])\n"
+            "print(','.join(names)); print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out[0].split(",")) >= {"ugvq", "msavqa", "branchsum", "mlp", "svr", "elasticnet", "lightgbm", "stack"}
+    assert out[1] == "False"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from aigvqa.errors import ProvenanceMismatchError
-from aigvqa.pipeline import score as score_module
-from aigvqa.pipeline.bundle import Bundle
 from aigvqa.pipeline.demo import make_demo_dataset
 from aigvqa.pipeline.extract import extract
-from aigvqa.pipeline.score import ScoreError, score
-from aigvqa.pipeline.train import train
+from aigvqa.pipeline.model import score as score_module
+from aigvqa.pipeline.model.bundle import Bundle
+from aigvqa.pipeline.model.score import ScoreError, score
+from aigvqa.pipeline.model.train import train
 
 EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
 

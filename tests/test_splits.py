@@ -5,7 +5,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from aigvqa.errors import AigvqaError
-from aigvqa.pipeline.splits import (
+from aigvqa.pipeline.evaluation.splits import (
     SplitError,
     leave_one_group_out,
     make_splits,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from aigvqa.heads.classical import SVRHead
-from aigvqa.pipeline.evaluate import evaluate
+from aigvqa.pipeline.evaluation.evaluate import evaluate
 from aigvqa.pipeline.import_features import import_features
-from aigvqa.pipeline.train import load_training_data
+from aigvqa.pipeline.training_data import load_training_data
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc" / "features"
 PUBLISHED_SRCC, PUBLISHED_PLCC = 0.7832, 0.7803

@@ -205,11 +205,17 @@ def is_random_init(provenance: Mapping) -> bool:
     )
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape feature values, read without importing them."""
+FEATURE_PACKAGES = ("aigvqa", "numpy", "h5py", "torch", "torchvision", "open_clip_torch",
+                    "transformers", "timm", "pytorchvideo", "av")
+"""Packages that shape feature values: what a cache records."""
+MODEL_PACKAGES = ("aigvqa", "numpy", "scikit-learn", "torch", "lightgbm", "skops", "safetensors")
+"""Packages that shape a fitted head and its files: what a model bundle records."""
+
+
+def package_versions(dists: tuple[str, ...] = FEATURE_PACKAGES) -> dict[str, str]:
+    """Python's version and those of the installed ``dists``, read without importing them."""
     out = {"python": platform.python_version()}
-    for dist in ("aigvqa", "numpy", "h5py", "torch", "torchvision", "open_clip_torch",
-                 "transformers", "timm", "pytorchvideo", "av"):
+    for dist in dists:
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -22,18 +22,21 @@ loaded state lives in attributes ending in ``_``.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 from typing import Any, ClassVar
 
 from aigvqa.errors import AigvqaError
 from aigvqa.extractors.base import Extractor
-
-_REGISTRY: dict[str, type[Extractor]] = {}
+from aigvqa.registry import Registry
 
 
 class ExtractorConfigError(AigvqaError, ValueError):
     """An extractor was asked for by an unknown name or with an unknown / invalid option."""
+
+
+EXTRACTORS = Registry("extractor", error=ExtractorConfigError, base=Extractor)
+"""The extractors' ``aigvqa.registry.Registry`` (the heads use the same class)."""
+_REGISTRY = EXTRACTORS._entries  # the same dict: tests register throw-away extractors in it
 
 
 def register_extractor(name: str):
@@ -43,39 +46,18 @@ def register_extractor(name: str):
     silently shadow each other otherwise); re-registering the same class is a no-op so
     module reloads in tests keep working.
     """
-
-    def decorate(cls: type[Extractor]) -> type[Extractor]:
-        if not (isinstance(cls, type) and issubclass(cls, Extractor)):
-            raise TypeError(f"@register_extractor({name!r}) must decorate an Extractor subclass")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(
-                f"extractor name {name!r} is already registered by "
-                f"{existing.__module__}.{existing.__qualname__}"
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+    return EXTRACTORS.register(name)
 
 
 def list_extractors(pattern: str = "*") -> list[str]:
     """Registered extractor names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    return EXTRACTORS.names(pattern)
 
 
 def get_extractor_class(name: str) -> type[Extractor]:
-    """The class registered under ``name``; unknown names list what is available."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = [n for n in _REGISTRY if n.split("-")[0] in name or name in n]
-        hint = f" Did you mean {', '.join(sorted(close))}?" if close else ""
-        raise ExtractorConfigError(
-            f"unknown extractor {name!r}.{hint} Available extractors: "
-            f"{', '.join(list_extractors()) or '(none registered)'}"
-        ) from None
+    """The class registered under ``name``; unknown names get a "did you mean" hint and
+    the list of what is available."""
+    return EXTRACTORS.get(name)
 
 
 def create_extractor(name: str, **config: Any) -> Extractor:
@@ -84,7 +66,7 @@ def create_extractor(name: str, **config: Any) -> Extractor:
     Call ``extractor.load(device)`` (or let ``runner.extract_video`` do it) to build the
     model. Raises ``ExtractorConfigError`` for unknown names or options.
     """
-    return get_extractor_class(name)(**config)
+    return EXTRACTORS.create(name, **config)
 
 
 class ConfiguredExtractor(Extractor):

@@ -26,6 +26,8 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,7 +38,8 @@ from torch import nn
 
 from aigvqa.errors import AigvqaError, CheckpointMismatchError
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.heads.losses import FGM, get_loss
+from aigvqa.heads.losses import FGM, LOSSES, get_loss
+from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
 
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -131,6 +134,45 @@ class CrossAttentionBlock(nn.Module):
 FUSED_ADAM_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
 
 
+SIZE = [None, Interval(Integral, 1, None)]
+"""A width, depth or count; None takes the preset's value."""
+RATE = [None, Interval(Real, 0, None, closed="neither")]
+DROPOUT = [None, Interval(Real, 0, 1, closed="left")]
+LOSS = [Options(*LOSSES)]
+
+
+def _role_map(roles: Mapping[str, str]) -> Check:
+    return Check(
+        lambda v: isinstance(v, dict) and set(v) <= set(roles) and all(isinstance(n, str) for n in v.values()),
+        f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
+    )
+
+
+def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own: list) -> dict[str, list]:
+    """The ``PARAMETER_CONSTRAINTS`` of a deep head: the parameters every ``TorchHead`` has
+    (``preset`` among ``presets``, ``features`` mapping ``roles``), plus the head's ``own``."""
+    return {
+        "preset": [Options(*presets)],
+        "features": [None, _role_map(roles)],
+        "epochs": SIZE,
+        "batch_size": SIZE,
+        "lr": RATE,
+        "lr_step": SIZE,
+        "lr_gamma": RATE,
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "val_fraction": [Interval(Real, 0, 1, closed="left")],
+        "patience": [None, Interval(Integral, 1, None)],
+        "fgm_epsilon": [Interval(Real, 0, None, closed="left")],
+        "fgm_params": [str, Check(lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
+                                  "a list of parameter-name patterns")],
+        "seed": [Integral],
+        "device": [str],
+        "amp": [bool],
+        "verbose": [bool],
+        **own,
+    }
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -149,6 +191,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     DEFAULT_FEATURES: ClassVar[dict[str, str]] = {}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # what each parameter may be (aigvqa.heads.params), checked at the top of fit
+    PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {}
     # learned numpy arrays exported by get_state (subclasses extend)
     FITTED_ARRAYS: ClassVar[tuple[str, ...]] = ("y_mean_", "y_std_", "output_scale_", "output_shift_")
     # losses that fix neither scale nor shift: predictions get a linear calibration after training
@@ -156,23 +200,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     # -- hyper-parameters ---------------------------------------------------------------
     def _hp(self, name: str) -> Any:
-        """A parameter's value, or its preset's value when the parameter is None."""
+        """A parameter's value, or its preset's value when the parameter is None (``fit``
+        has checked the preset name)."""
         value = getattr(self, name)
-        if value is not None:
-            return value
-        preset = getattr(self, "preset", None)
-        if preset not in self.PRESETS:
-            raise ValueError(f"{type(self).__name__}: unknown preset {preset!r}; choose one of {sorted(self.PRESETS)}")
-        return self.PRESETS[preset][name]
+        return self.PRESETS[self.preset][name] if value is None else value
 
     def _resolve_features(self, X: FeatureSet) -> dict[str, str]:
-        """role -> FeatureSet name, checked against X."""
-        roles = dict(self.DEFAULT_FEATURES)
-        if self.features is not None:
-            unknown = set(self.features) - set(roles)
-            if unknown:
-                raise ValueError(f"{type(self).__name__} has no feature roles {sorted(unknown)}; its roles are {sorted(roles)}")
-            roles.update(self.features)
+        """role -> FeatureSet name, checked against X (the roles were checked by ``fit``)."""
+        roles = {**self.DEFAULT_FEATURES, **(self.features or {})}
         missing = {r: n for r, n in roles.items() if n not in X.arrays}
         if missing:
             raise AigvqaError(
@@ -247,6 +282,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self, X: FeatureSet, y) -> TorchHead:
+        check_parameters(self)
         if not isinstance(X, FeatureSet):
             raise TypeError(f"{type(self).__name__}.fit takes a FeatureSet, got {type(X).__name__}")
         y = np.asarray(y, dtype=np.float64)
@@ -269,9 +305,13 @@ class TorchHead(RegressorMixin, BaseEstimator):
         order = rng.permutation(len(X))
         n_val = int(round(self.val_fraction * len(X))) if self.val_fraction else 0
         if self.patience is not None and not n_val:
-            raise ValueError("patience (early stopping) needs a validation split: set val_fraction > 0")
+            raise parameter_error(self, "patience", self.patience,
+                                  f"None without a validation split: early stopping needs val_fraction > 0 "
+                                  f"(val_fraction={self.val_fraction} holds out no row of {len(X)})")
         if n_val and (n_val < 2 or len(X) - n_val < 2):
-            raise ValueError(f"val_fraction={self.val_fraction} leaves too few rows of {len(X)} for training or validation")
+            raise parameter_error(self, "val_fraction", self.val_fraction,
+                                  f"0 or a fraction leaving at least 2 of the {len(X)} rows for training and "
+                                  "2 for validation", where=f" (on {len(X)} rows)")
         val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
 
         fork_devices = [device.index or 0] if device.type == "cuda" else []

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -46,8 +48,10 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.validation import check_is_fitted
 
-from aigvqa.heads.classical import HeadParameterError, as_featureset, fit_counting_convergence
+from aigvqa.errors import HeadParameterError
+from aigvqa.heads.classical import as_featureset, fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.params import Check, Interval, Options, check_parameters
 from aigvqa.heads.registry import create_head, register_head
 
 META_LEARNERS = ("linear", "nnls")
@@ -121,6 +125,15 @@ def choose_meta(P: np.ndarray, y: np.ndarray, meta: str, folds) -> tuple[np.ndar
     return fit_best_base(P, y, meta)
 
 
+def _estimator_list(value) -> bool:
+    if not isinstance(value, list | tuple) or not value:
+        return False
+    if not all(isinstance(e, tuple | list) and len(e) == 2 and isinstance(e[0], str) for e in value):
+        return False
+    names = [name for name, _ in value]
+    return len(set(names)) == len(names) and all(isinstance(h, str) or hasattr(h, "fit") for _, h in value)
+
+
 def _tunable(estimator) -> bool:
     """A classical head with a standard search grid and no search set."""
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
@@ -166,6 +179,20 @@ class StackingHead(RegressorMixin, _BaseComposition):
     ``best_params_`` {name: that base's best_params_} for searched bases,
     ``n_convergence_warnings_``.
     """
+
+    PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {
+        "estimators": [Check(_estimator_list, "a non-empty list of (name, head or registered head name) "
+                                              "pairs with unique names (in a head config: one "
+                                              "[estimators.<name>] table per base)")],
+        "meta": [Options(*META_LEARNERS)],
+        "cv": [Interval(Integral, 2, None), Check(lambda v: callable(getattr(v, "split", None)),
+                                                  "a splitter with a split() method (e.g. KFold)")],
+        "tune_bases": [None, Options("standard")],
+        "tune_per_fold": [bool],
+        "allow_best_base": [bool],
+        "random_state": [None, Integral, np.random.RandomState],
+        "n_jobs": [None, Integral],
+    }
 
     def __init__(self, estimators, *, meta="nnls", cv=5, tune_bases="standard", tune_per_fold=False,
                  allow_best_base=True, random_state=0, n_jobs=1):
@@ -319,12 +346,10 @@ class StackingHead(RegressorMixin, _BaseComposition):
 
     # -- fitting ------------------------------------------------------------------------
     def _bases(self) -> list[tuple[str, object]]:
-        if self.tune_bases not in (None, False, "standard"):
-            raise HeadParameterError(f"tune_bases={self.tune_bases!r}: use 'standard' or None")
         out = []
         for name, est in self._pairs():
             est = create_head(est) if isinstance(est, str) else est
-            if self.tune_bases and _tunable(est):
+            if self.tune_bases is not None and _tunable(est):
                 est = clone(est).set_params(search=self.tune_bases)
             out.append((name, est))
         return out
@@ -355,8 +380,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
         """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
         out-of-fold predictions the meta-learner sees are for unseen groups."""
-        if self.meta not in META_LEARNERS:
-            raise HeadParameterError(f"meta={self.meta!r}: use one of {META_LEARNERS}")
+        check_parameters(self)
         X = _as_rows(X)
         if X_val is not None:
             X_val = _as_rows(X_val)

@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigvqa.heads.base import Batch, TorchHead, make_mlp, masked_mean
+from aigvqa.heads.base import (
+    DROPOUT,
+    LOSS,
+    SIZE,
+    Batch,
+    TorchHead,
+    deep_constraints,
+    make_mlp,
+    masked_mean,
+)
 from aigvqa.heads.registry import register_head
 
 BRANCHES = ("technical", "aesthetic", "alignment")
@@ -68,6 +77,8 @@ class BranchSumHead(TorchHead):
     PRESETS = {
         "default": dict(d_model=128, mlp_hidden=128, dropout=0.1, epochs=30, batch_size=32, lr=1e-3, lr_step=10, lr_gamma=0.3),
     }
+    PARAMETER_CONSTRAINTS = deep_constraints(PRESETS, DEFAULT_FEATURES, d_model=SIZE, mlp_hidden=SIZE,
+                                             dropout=DROPOUT, loss=LOSS)
 
     def __init__(self, preset="default", features=None, d_model=None, mlp_hidden=None, dropout=None,
                  loss="plcc_rank", epochs=None, batch_size=None, lr=None, lr_step=None, lr_gamma=None,

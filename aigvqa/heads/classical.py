@@ -36,6 +36,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral, Real
 from typing import ClassVar
 
 import numpy as np
@@ -54,18 +55,23 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import SVR
 from sklearn.utils.validation import check_is_fitted
 
-from aigvqa.errors import AigvqaError
+from aigvqa.errors import AigvqaError, HeadParameterError
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.params import (
+    Check,
+    Interval,
+    Options,
+    check_parameters,
+    check_value,
+    parameter_error,
+    sequence_of,
+)
 from aigvqa.heads.registry import register_head
 
 POOL_STATS = ("mean", "std", "min", "max")
 SCALERS = {"minmax": MinMaxScaler, "standard": StandardScaler}
 # Parameters that change the pooled matrix (the rest only change the fitted pipeline).
 _POOL_PARAMS = ("features", "pooling", "percentiles")
-
-
-class HeadParameterError(AigvqaError, ValueError):
-    """A head hyper-parameter (e.g. from a head config file) is invalid."""
 
 
 class FeatureValueError(AigvqaError, ValueError):
@@ -235,12 +241,44 @@ def _thread_count(n_jobs) -> int:
     return max(1, (os.cpu_count() or 1) + 1 + n_jobs if n_jobs < 0 else n_jobs)
 
 
+def _is_grid(value) -> bool:
+    """A ParameterGrid input: {param: [values]} or a list of such dicts."""
+    grids = value if isinstance(value, list) else [value]
+    return bool(grids) and all(
+        isinstance(g, dict) and all(isinstance(k, str) and isinstance(v, list | tuple) and len(v) for k, v in g.items())
+        for g in grids
+    )
+
+
+POSITIVE = Interval(Real, 0, None, closed="neither")
+NON_NEGATIVE = Interval(Real, 0, None, closed="left")
+SEED = [None, Integral, np.random.RandomState]
+# What the parameters every classical head has may be (aigvqa.heads.params).
+POOLED_CONSTRAINTS: dict[str, list] = {
+    "features": [None, sequence_of(str, "a list of feature names", empty=False)],
+    "pooling": [sequence_of(str, f"a list of statistics from {POOL_STATS}", allowed=POOL_STATS)],
+    "percentiles": [Check(lambda v: isinstance(v, list | tuple) and all(
+        isinstance(q, Real) and not isinstance(q, bool) and 0 <= q <= 100 for q in v), "a list of numbers in [0, 100]")],
+    "scaler": [None, Options(*SCALERS)],
+    "pca": [None, Interval(Integral, 1, None), Interval(Real, 0, 1, closed="neither")],
+    "scale_target": [bool],
+    "search": [None, Options("standard"), Check(_is_grid, "a dict {parameter: [values]} or a list of them")],
+    "inner_split": [Interval(Real, 0, 1, closed="neither"), Interval(Integral, 2, None)],
+    "search_scoring": [Options(*SEARCH_SCORINGS)],
+    "random_state": SEED,
+    "n_jobs": [None, Integral],
+}
+
+
 class PooledHead(RegressorMixin, BaseEstimator):
     """Base of the classical heads (see the module docstring). Subclasses declare their
-    parameters in ``__init__`` and implement ``_make_regressor``."""
+    parameters in ``__init__``, their constraints in ``PARAMETER_CONSTRAINTS`` and
+    implement ``_make_regressor``."""
 
     #: the grid ``search="standard"`` stands for
     standard_search: ClassVar[dict] = {}
+    #: what each parameter may be (aigvqa.heads.params), checked at the top of fit
+    PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = POOLED_CONSTRAINTS
 
     def _make_regressor(self, params: dict, n_jobs: int):
         raise NotImplementedError
@@ -250,24 +288,22 @@ class PooledHead(RegressorMixin, BaseEstimator):
         search = self.search
         if search is None:
             return []
-        if isinstance(search, str):
-            if search != "standard":
-                raise HeadParameterError(f"search={search!r}: use None, 'standard' or a dict of lists")
+        if search == "standard":
             search = self.standard_search
         grid = list(ParameterGrid(search))
         allowed = set(self.get_params(deep=False)) - {"search", "n_jobs", "inner_split", "search_scoring"}
         bad = sorted({k for cand in grid for k in cand} - allowed)
         if bad:
-            raise HeadParameterError(
-                f"{type(self).__name__} search over unknown parameters {bad}; searchable: {sorted(allowed)}"
-            )
+            raise parameter_error(self, "search", self.search, f"a grid over searchable parameters {sorted(allowed)}",
+                                  where=f" (unknown parameters {bad})")
+        for cand in grid:  # a searched value must be a valid value of its parameter
+            for key, value in cand.items():
+                check_value(self, key, value, where=" (in search)")
         return grid
 
     def _params(self, overrides: Mapping) -> dict:
         params = self.get_params(deep=False)
         params.update(overrides)
-        if params["scaler"] is not None and params["scaler"] not in SCALERS:
-            raise HeadParameterError(f"scaler={params['scaler']!r}: use 'minmax', 'standard' or None")
         if params["features"] is None:
             params["features"] = self.features_used_
         return params
@@ -304,14 +340,12 @@ class PooledHead(RegressorMixin, BaseEstimator):
         return model
 
     def _inner_folds(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        split = self.inner_split
+        split = self.inner_split  # a fold count >= 2 or a fraction in (0, 1): checked by fit
         rows = np.arange(n)
-        if isinstance(split, (int, np.integer)) and not isinstance(split, bool) and split >= 2:
+        if isinstance(split, Integral):
             return list(KFold(int(split), shuffle=True, random_state=self.random_state).split(rows))
-        if isinstance(split, float) and 0.0 < split < 1.0:
-            # same call as VIDEVAL's inner split, on row indices (identical rows and order)
-            return [tuple(train_test_split(rows, test_size=split, random_state=self.random_state))]
-        raise HeadParameterError(f"inner_split={split!r}: use a fraction in (0, 1) or a fold count >= 2")
+        # same call as VIDEVAL's inner split, on row indices (identical rows and order)
+        return [tuple(train_test_split(rows, test_size=float(split), random_state=self.random_state))]
 
     def _score_candidate(self, params, Z_fit, y_fit, Z_eval, y_eval) -> tuple[float, int]:
         """(mean loss over the inner splits, ConvergenceWarnings raised by the fits)."""
@@ -357,14 +391,11 @@ class PooledHead(RegressorMixin, BaseEstimator):
         ``X_val, y_val`` (optional, disjoint rows): used to rank search candidates instead of
         an inner split; the final model is still fit on ``X`` only.
         """
+        check_parameters(self)
         X = as_featureset(X)
         Y, single = _as_2d(y)
         if len(Y) != len(X):
             raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
-        if self.search_scoring not in SEARCH_SCORINGS:
-            raise HeadParameterError(
-                f"search_scoring={self.search_scoring!r}: use one of {', '.join(map(repr, SEARCH_SCORINGS))}"
-            )
         Y_val = None
         if (X_val is None) != (y_val is None):
             raise ValueError("give both X_val and y_val, or neither")
@@ -435,6 +466,10 @@ class SVRHead(PooledHead):
     standard_search: ClassVar[dict] = {
         "C": list(np.logspace(1, 10, 10, base=2)),
         "gamma": list(np.logspace(-8, 1, 10, base=2)),
+    }
+
+    PARAMETER_CONSTRAINTS = {
+        **POOLED_CONSTRAINTS, "C": [POSITIVE], "gamma": [Options("scale", "auto"), POSITIVE], "epsilon": [NON_NEGATIVE],
     }
 
     def __init__(self, *, C=1.0, gamma="scale", epsilon=0.1, features=None, pooling=("mean", "std"),
@@ -520,6 +555,11 @@ class ElasticNetHead(PooledHead):
         "l1_ratio": [0.1, 0.5, 0.9, 1.0],
     }
 
+    PARAMETER_CONSTRAINTS = {
+        **POOLED_CONSTRAINTS, "alpha": [NON_NEGATIVE], "l1_ratio": [Interval(Real, 0, 1)],
+        "max_iter": [Interval(Integral, 1, None)],
+    }
+
     def __init__(self, *, alpha=0.01, l1_ratio=0.5, max_iter=10000, features=None, pooling=("mean", "std"),
                  percentiles=(), scaler="standard", pca=None, scale_target=False, search=None,
                  inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
@@ -538,6 +578,13 @@ class LightGBMHead(PooledHead):
         "num_leaves": [7, 15, 31],
         "learning_rate": [0.02, 0.05, 0.1],
         "min_child_samples": [5, 20],
+    }
+
+    PARAMETER_CONSTRAINTS = {
+        **POOLED_CONSTRAINTS, "n_estimators": [Interval(Integral, 1, None)], "learning_rate": [POSITIVE],
+        "num_leaves": [Interval(Integral, 2, None)], "min_child_samples": [Interval(Integral, 0, None)],
+        "subsample": [Interval(Real, 0, 1, closed="right")], "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        "reg_lambda": [NON_NEGATIVE],
     }
 
     def __init__(self, *, n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=10,

@@ -10,8 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigvqa.heads.base import Batch, TorchHead, make_mlp, masked_mean, masked_std
+from aigvqa.heads.base import (
+    DROPOUT,
+    LOSS,
+    SIZE,
+    Batch,
+    TorchHead,
+    deep_constraints,
+    make_mlp,
+    masked_mean,
+    masked_std,
+)
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.params import Options, sequence_of
 from aigvqa.heads.registry import register_head
 
 POOLINGS = ("mean", "mean_std")
@@ -47,6 +58,10 @@ class PooledMLPHead(TorchHead):
     """MLP on temporally pooled features. ``features``: list of FeatureSet names (None: all)."""
 
     PRESETS = {"default": dict(hidden=256, layers=2, dropout=0.1, epochs=60, batch_size=32, lr=1e-3, lr_step=20, lr_gamma=0.3)}
+    PARAMETER_CONSTRAINTS = deep_constraints(
+        PRESETS, {}, features=[None, sequence_of(str, "a list of feature names", empty=False)],
+        pooling=[Options(*POOLINGS)], hidden=SIZE, layers=SIZE, dropout=DROPOUT, loss=LOSS,
+    )
 
     def __init__(self, preset="default", features=None, pooling="mean_std", hidden=None, layers=None,
                  dropout=None, loss="mae_rank", epochs=None, batch_size=None, lr=None, lr_step=None,
@@ -82,8 +97,6 @@ class PooledMLPHead(TorchHead):
         return {n: n for n in names}
 
     def _build_module(self, dims, n_outputs):
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r}; choose one of {POOLINGS}")
         return PooledMLPModule(dims, n_outputs, self.pooling, int(self._hp("hidden")), int(self._hp("layers")), float(self._hp("dropout")))
 
     @torch.no_grad()

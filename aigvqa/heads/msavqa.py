@@ -23,6 +23,8 @@ Targets are mapped to [0.1, 0.9] on the training range (sigmoid outputs must rea
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,16 +32,20 @@ from scipy.optimize import nnls
 from torch import nn
 
 from aigvqa.heads.base import (
+    DROPOUT,
+    SIZE,
     Adapter,
     Batch,
     CrossAttentionBlock,
     TorchHead,
+    deep_constraints,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.losses import frame_consistency_loss, mae_rank_loss, plcc_loss, smooth_l1_loss
+from aigvqa.heads.params import Check, Interval, Options
 from aigvqa.heads.registry import register_head
 
 LEVELS = ("frame", "segment", "video")
@@ -142,6 +148,14 @@ class MSAVQAHead(TorchHead):
                       dropout=0.0, epochs=30, batch_size=32, lr=2e-3, lr_step=15, lr_gamma=0.3),
     }
     FITTED_ARRAYS = TorchHead.FITTED_ARRAYS + ("y_min_", "y_max_", "ensemble_weights_", "ensemble_bias_")
+    PARAMETER_CONSTRAINTS = deep_constraints(
+        PRESETS, DEFAULT_FEATURES, d_model=SIZE, adapter_dim=SIZE, heads=SIZE, queries=SIZE, segments=SIZE,
+        mlp_hidden=SIZE, dropout=DROPOUT, frame_loss=[Options(*FRAME_LOSSES)],
+        frame_beta=[Interval(Real, 0, None, closed="neither")], fcl_sigma=[Interval(Real, 0, None, closed="neither")],
+        level_weights=[Check(lambda v: isinstance(v, list | tuple) and len(v) == 3
+                             and all(isinstance(w, Real) and not isinstance(w, bool) and w >= 0 for w in v),
+                             "3 non-negative weights (frame, segment, video level)")],
+    )
 
     def __init__(self, preset="default", features=None, d_model=None, adapter_dim=None, heads=None,
                  queries=None, segments=None, mlp_hidden=None, dropout=None, frame_loss="smooth_l1",
@@ -178,8 +192,6 @@ class MSAVQAHead(TorchHead):
         self.verbose = verbose
 
     def _build_module(self, dims, n_outputs):
-        if self.frame_loss not in FRAME_LOSSES:
-            raise ValueError(f"frame_loss={self.frame_loss!r}; choose one of {FRAME_LOSSES}")
         return MSAVQAModule(
             dims, n_outputs,
             **{k: self._hp(k) for k in ("d_model", "adapter_dim", "heads", "queries", "segments", "mlp_hidden", "dropout")},

@@ -19,9 +19,13 @@ import torch
 from torch import nn
 
 from aigvqa.heads.base import (
+    DROPOUT,
+    LOSS,
+    SIZE,
     Batch,
     CrossAttentionBlock,
     TorchHead,
+    deep_constraints,
     key_padding,
     make_mlp,
     masked_mean,
@@ -97,6 +101,10 @@ class UGVQHead(TorchHead):
                       scma_ffn=128, mlp_hidden=64, dropout=0.0, epochs=40, batch_size=32, lr=2e-3,
                       lr_step=15, lr_gamma=0.3),
     }
+    PARAMETER_CONSTRAINTS = deep_constraints(
+        PRESETS, DEFAULT_FEATURES, d_model=SIZE, encoder_layers=SIZE, encoder_heads=SIZE, encoder_ffn=SIZE,
+        scma_heads=SIZE, scma_ffn=SIZE, mlp_hidden=SIZE, dropout=DROPOUT, loss=LOSS,
+    )
 
     def __init__(self, preset="paper", features=None, d_model=None, encoder_layers=None,
                  encoder_heads=None, encoder_ffn=None, scma_heads=None, scma_ffn=None,

@@ -361,10 +361,11 @@ def run_demo(
     import time
     import warnings
 
+    from aigvqa.pipeline.evaluation.metrics import MappingFitWarning
     from aigvqa.pipeline.extract import extract
-    from aigvqa.pipeline.metrics import MappingFitWarning
-    from aigvqa.pipeline.score import score
-    from aigvqa.pipeline.train import build_head, fit_head, load_training_data
+    from aigvqa.pipeline.model.score import score
+    from aigvqa.pipeline.model.train import fit_head
+    from aigvqa.pipeline.training_data import build_head, load_training_data
 
     settings = DemoSettings.make(videos, quick, seed)
     out = Path(out)
@@ -395,7 +396,7 @@ def run_demo(
         # a handful of test videos per trial: logistic fits often fall back; the tables count them
         warnings.simplefilter("ignore", MappingFitWarning)
         warnings.filterwarnings("ignore", message="model-level correlation needs")
-        from aigvqa.pipeline.evaluate import evaluate
+        from aigvqa.pipeline.evaluation.evaluate import evaluate
 
         for name, params in settings.heads().values():
             _, head = build_head(name, params=params)
@@ -411,7 +412,7 @@ def run_demo(
          f"{len(data.X)} videos and scoring them with the saved bundle")
     _, head = build_head(name, params=params)
     fit_head(head, data)
-    from aigvqa.pipeline.bundle import save_bundle
+    from aigvqa.pipeline.model.bundle import save_bundle
 
     model = save_bundle(head, out / "model", data.provenance, data.X.names, data.label_names, head_name=name)
     scores_csv = out / "scores.csv"
@@ -450,7 +451,7 @@ def results_table(results, label_names) -> str:
 def write_demo_report(folder: Path, results, data, settings: DemoSettings, videos: list[DemoVideo],
                       best, timings: dict[str, float], cache: Path) -> Path:
     from aigvqa.cache import FeatureCache
-    from aigvqa.pipeline.report import evaluation_plots, write_csv
+    from aigvqa.pipeline.evaluation.report import evaluation_plots, write_csv
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = [row for r in results for row in r.rows()]

@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
+from aigvqa.pipeline.training_data import provenance_problems
 
 BUNDLE_FORMAT = "aigvqa-bundle"
 BUNDLE_VERSION = 1
@@ -111,38 +111,7 @@ class Bundle:
             )
 
 
-def provenance_problems(
-    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
-) -> list[str]:
-    """What differs between two {cache group: provenance} maps, one line per group; runtime
-    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
-    Empty when every expected group matches."""
-    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
-
-    problems = []
-    for group, want in expected.items():
-        if group not in actual:
-            problems.append(f"group {group!r} is missing (have {sorted(actual)})")
-            continue
-        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
-        if diffs:
-            problems.append(f"group {group!r}: " + "; ".join(diffs))
-    return problems
-
-
 # -- save ---------------------------------------------------------------------------------
-def package_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("aigvqa", "numpy", "scikit-learn", "torch", "lightgbm", "skops", "safetensors"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def _jsonable(obj: Any) -> Any:
     """Parameters as JSON (tuples -> lists, numpy scalars -> numbers); refuses the rest."""
     try:
@@ -174,6 +143,8 @@ def save_bundle(
     ``provenance`` maps every cache group the features came from to its provenance;
     ``extra`` is free JSON stored alongside (e.g. training-set size, evaluation summary).
     """
+    from aigvqa.cache.schema import MODEL_PACKAGES, package_versions
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for old in [*path.glob("*.safetensors"), *path.glob("*.skops"), *path.glob("lightgbm-*.txt")]:
@@ -188,7 +159,7 @@ def save_bundle(
         "feature_names": list(feature_names),
         "label_names": list(label_names),
         "provenance": _jsonable(dict(provenance)),
-        "versions": package_versions(),
+        "versions": package_versions(MODEL_PACKAGES),
         "state": state,
         "extra": _jsonable(dict(extra or {})),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigvqa.pipeline.commands.train import add_head_arguments
+from aigvqa.pipeline.cli.commands.train import add_head_arguments
 
 HELP = "evaluate a head on a cache: repeated splits, per-dimension median/std tables"
 DESCRIPTION = """Fit and test fresh copies of a head on repeated splits of CACHE and print, per MOS
@@ -33,7 +33,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.train import evaluate_cache
+    from aigvqa.pipeline.evaluation.evaluate import evaluate_cache
 
     result = evaluate_cache(
         args.cache, args.head, config=args.config, features=args.features, labels=args.labels,
@@ -45,7 +45,7 @@ def run(args) -> int:
         result.to_csv(args.out, per_trial=args.per_trial)
         print(f"\nwrote {args.out}")
     if args.plots:
-        from aigvqa.pipeline.report import evaluation_plots
+        from aigvqa.pipeline.evaluation.report import evaluation_plots
 
         for path in evaluation_plots([result], args.plots):
             print(f"wrote {path}")

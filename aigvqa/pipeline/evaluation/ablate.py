@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aigvqa.errors import AigvqaError
-from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+from aigvqa.pipeline.config import TOMLDecodeError, load_toml
 
 
 class GridError(AigvqaError, ValueError):
@@ -213,7 +213,7 @@ _DATA: dict[tuple, Any] = {}  # per worker process: loaded training data, reused
 
 
 def _training_data(cache: str, features: tuple[str, ...], labels: tuple[str, ...] | None):
-    from aigvqa.pipeline.train import load_training_data
+    from aigvqa.pipeline.training_data import load_training_data
 
     key = (cache, os.stat(cache).st_mtime_ns, features, labels)
     if key not in _DATA:
@@ -228,9 +228,9 @@ def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     import time
     import warnings
 
-    from aigvqa.pipeline.evaluate import cross_dataset, evaluate
-    from aigvqa.pipeline.metrics import MappingFitWarning
-    from aigvqa.pipeline.train import build_head
+    from aigvqa.pipeline.evaluation.evaluate import cross_dataset, evaluate
+    from aigvqa.pipeline.evaluation.metrics import MappingFitWarning
+    from aigvqa.pipeline.training_data import build_head
 
     started = time.perf_counter()
     labels = tuple(spec["labels"]) if spec["labels"] else None
@@ -317,14 +317,15 @@ def _fingerprint(cache: Path, groups: tuple[str, ...], labels: list[str] | None)
 
 
 def run_ablation(
-    grid: AblationGrid,
+    grid: AblationGrid | str | Path,
     *,
     client=None,
     cluster: dict[str, Any] | None = None,
     progress: bool = True,
     echo=print,
 ) -> AblationResults:
-    """Run every unfinished cell of ``grid`` on Dask and write the results (module docstring).
+    """Run every unfinished cell of ``grid`` (an ``AblationGrid`` or the path of its TOML
+    file, read by ``load_grid``) on Dask and write the results (module docstring).
 
     ``client``: an existing ``distributed.Client``; otherwise a cluster is started from the
     grid's ``[cluster]`` table, overridden by ``cluster`` (same keys), only if some cell
@@ -332,6 +333,8 @@ def run_ablation(
     """
     from aigvqa.cache import FeatureCache
 
+    if not isinstance(grid, AblationGrid):
+        grid = load_grid(grid)
     if not grid.cache.exists():
         raise GridError(f"{grid.source}: cache {grid.cache} does not exist; make it with `aigvqa extract` "
                         "(or `aigvqa demo` for the example grid)")
@@ -415,7 +418,7 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
     """results.csv, results.md and plots/*.png under the grid's ``out`` folder."""
     import numpy as np
 
-    from aigvqa.pipeline.report import metric_bars, scatter_with_fit, write_csv
+    from aigvqa.pipeline.evaluation.report import metric_bars, scatter_with_fit, write_csv
 
     out = results.grid.out
     rows = results.rows()

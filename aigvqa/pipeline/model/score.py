@@ -205,7 +205,7 @@ def _failure_text(cache: Path | None, vid: str, groups: Sequence[str]) -> str:
 
 def _predict(bundle, cache: Path, ids: list[str]) -> np.ndarray:
     from aigvqa.cache import FeatureCache
-    from aigvqa.pipeline.train import featureset_from_cache
+    from aigvqa.pipeline.training_data import featureset_from_cache
 
     data = FeatureCache(cache).read(bundle.groups, ids=ids)
     return bundle.predict(featureset_from_cache(data))
@@ -234,8 +234,8 @@ def score(
     """
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.bundle import load_bundle
     from aigvqa.pipeline.cluster import ClusterSpec, open_cluster
+    from aigvqa.pipeline.model.bundle import load_bundle
 
     started = time.perf_counter()
     if batch_size < 1:

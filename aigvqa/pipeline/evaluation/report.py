@@ -4,7 +4,7 @@ Rows are plain dicts (one per model x MOS dimension); tables go out as CSV and m
 plots as PNG through matplotlib's non-interactive Agg backend (no display needed):
 
 - ``scatter_with_fit``: predicted score vs MOS, with the 4-parameter logistic the PLCC is
-  computed after (``aigvqa.pipeline.metrics.fit_logistic``);
+  computed after (``aigvqa.pipeline.evaluation.metrics.fit_logistic``);
 - ``metric_bars``: median SRCC / PLCC per model with std error bars.
 """
 
@@ -88,7 +88,7 @@ def scatter_with_fit(
 ) -> Path:
     """Predicted score vs MOS, coloured by ``groups`` (e.g. generator), with the fitted
     4-parameter logistic curve; when the fit fails the plot says so instead of a curve."""
-    from aigvqa.pipeline.metrics import fit_logistic, logistic_4, plcc, srcc
+    from aigvqa.pipeline.evaluation.metrics import fit_logistic, logistic_4, plcc, srcc
 
     plt = _pyplot()
     y_true = np.asarray(y_true, dtype=np.float64).ravel()

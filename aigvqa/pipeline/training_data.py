@@ -1,4 +1,6 @@
-"""Stage two from a cache: features + labels -> a head -> a model bundle.
+"""Training data: the rows of a feature cache as heads take them, shared by the model
+lifecycle (``pipeline.model``) and evaluation (``pipeline.evaluation``), which import each
+other only through this module.
 
 ``load_training_data`` turns cache groups into the ``FeatureSet`` every head takes. Names of
 the feature arrays (what heads' ``features`` parameters refer to):
@@ -9,13 +11,8 @@ the feature arrays (what heads' ``features`` parameters refer to):
   one vector per video); boolean extras (token masks) are not features: the lengths
   already carry them.
 
-Head hyper-parameters come from a TOML file (``--config head.toml``): top-level keys are
-passed to the head's constructor; an optional ``head = "svr"`` names the head::
-
-    head = "svr"
-    C = 8.0
-    pooling = ["mean", "std"]
-    search = { gamma = [0.01, 0.1, 1.0] }
+``build_head`` makes a head from its name, a head TOML file (``pipeline.config``) and
+explicit parameters; ``provenance_problems`` compares where two sets of features came from.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import numpy as np
 
 from aigvqa.errors import AigvqaError
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+from aigvqa.pipeline.config import load_head_config
 
 
 class TrainingDataError(AigvqaError, ValueError):
@@ -145,28 +142,11 @@ def load_training_data(
     return TrainingData(cache, X, y, label_names, groups, provenance, wanted, dropped)
 
 
-def read_head_config(path: str | Path | None) -> tuple[str | None, dict[str, Any]]:
-    """(head name or None, parameters) from a head TOML file (module docstring)."""
-    if path is None:
-        return None, {}
-    path = Path(path)
-    try:
-        params = load_toml(path)
-    except FileNotFoundError as err:
-        raise TrainingDataError(f"head config {path} does not exist") from err
-    except TOMLDecodeError as err:
-        raise TrainingDataError(f"head config {path} is not valid TOML ({err})") from err
-    name = params.pop("head", None)
-    if name is not None and not isinstance(name, str):
-        raise TrainingDataError(f"{path}: `head` must be a head name string, got {name!r}")
-    return name, params
-
-
 def build_head(name: str | None, config: str | Path | None = None, params: Mapping[str, Any] | None = None):
     """A head from its name, a TOML config and explicit parameters (these win)."""
     from aigvqa.heads.registry import create_head
 
-    config_name, config_params = read_head_config(config)
+    config_name, config_params = load_head_config(config)
     if name and config_name and name != config_name:
         raise TrainingDataError(f"--head {name} contradicts head = {config_name!r} in {config}; drop one")
     name = name or config_name
@@ -181,70 +161,20 @@ def build_head(name: str | None, config: str | Path | None = None, params: Mappi
         ) from err
 
 
-def fit_head(head, data: TrainingData):
-    """Fit on every row; y is [N] for one label, [N, k] for several."""
-    y = data.y[:, 0] if data.y.shape[1] == 1 else data.y
-    return head.fit(data.X, y)
+def provenance_problems(
+    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """What differs between two {cache group: provenance} maps, one line per group; runtime
+    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
+    Empty when every expected group matches."""
+    from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
 
-
-def train(
-    cache: str | Path,
-    head: str,
-    out: str | Path,
-    *,
-    config: str | Path | None = None,
-    params: Mapping[str, Any] | None = None,
-    features: str | Sequence[str] | None = None,
-    labels: str | Sequence[str] | None = None,
-) -> tuple[Path, TrainingData]:
-    """Fit ``head`` on every labelled video of ``cache`` and save a bundle to ``out``."""
-    from aigvqa.pipeline.bundle import save_bundle
-
-    data = load_training_data(cache, features, labels)
-    name, estimator = build_head(head, config, params)
-    fit_head(estimator, data)
-    path = save_bundle(
-        estimator, out, data.provenance, data.X.names, data.label_names, head_name=name,
-        extra={"trained_on": {"cache": str(Path(cache).name), "videos": len(data.X)}},
-    )
-    return path, data
-
-
-def evaluate_cache(
-    cache: str | Path,
-    head: str | None,
-    *,
-    config: str | Path | None = None,
-    params: Mapping[str, Any] | None = None,
-    features: str | Sequence[str] | None = None,
-    labels: str | Sequence[str] | None = None,
-    split: str = "random-8:2",
-    trials: int = 10,
-    seed: int = 0,
-    n_jobs: int = 1,
-    test_cache: str | Path | None = None,
-    progress: bool = True,
-):
-    """``evaluate`` (or ``cross_dataset`` with ``test_cache``) of a named head on a cache.
-
-    With ``test_cache`` the head trains on every video of ``cache`` and is tested on every
-    video of ``test_cache``, whose groups must come from the same extractors and weights.
-    """
-    from aigvqa.errors import ProvenanceMismatchError
-    from aigvqa.pipeline.bundle import provenance_problems
-    from aigvqa.pipeline.evaluate import cross_dataset, evaluate
-
-    data = load_training_data(cache, features, labels)
-    name, estimator = build_head(head, config, params)
-    if test_cache is None:
-        return evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
-                        label_names=data.label_names, n_jobs=n_jobs, progress=progress)
-    test = load_training_data(test_cache, data.cache_groups, data.label_names)
-    problems = provenance_problems(data.provenance, test.provenance)
-    if problems:
-        raise ProvenanceMismatchError(
-            f"{test_cache} holds features of another origin than {cache}: " + " | ".join(problems)
-            + f" ({cache} vs {test_cache}); extract both caches with the same extractor configs and weights"
-        )
-    return cross_dataset(estimator, data.X, data.y, test.X, test.y, test.groups, label_names=data.label_names,
-                         seed=seed, name=f"{Path(cache).stem}->{Path(test_cache).stem}")
+    problems = []
+    for group, want in expected.items():
+        if group not in actual:
+            problems.append(f"group {group!r} is missing (have {sorted(actual)})")
+            continue
+        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
+        if diffs:
+            problems.append(f"group {group!r}: " + "; ".join(diffs))
+    return problems

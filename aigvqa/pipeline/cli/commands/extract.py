@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aigvqa.pipeline.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments
 from aigvqa.pipeline.extract import DEFAULT_CHUNK_SIZE, ExtractError
 
 HELP = "stage one: decode each video once, run the extractors on Dask, cache features (HDF5)"
@@ -51,7 +51,7 @@ def extractor_spec(names: str | None, config_path: Path | None) -> dict[str, dic
     """--extractors + --config -> {name: options}, refusing config sections nobody asked for."""
     config: dict[str, dict] = {}
     if config_path is not None:
-        from aigvqa.pipeline.config_files import TOMLDecodeError, load_toml
+        from aigvqa.pipeline.config import TOMLDecodeError, load_toml
 
         try:
             config = load_toml(config_path)

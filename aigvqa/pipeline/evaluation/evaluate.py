@@ -11,6 +11,9 @@ Each trial fits a fresh ``sklearn.base.clone`` of the head, seeded with the spli
 (its ``random_state`` or ``seed`` parameter), on the training rows only. Protocols with a
 validation part (``random-7:1:2``) hand it to heads whose ``fit`` accepts ``X_val, y_val``
 (the classical heads rank their search candidates on it); other heads do not see it.
+
+``evaluate_cache`` does the same from a feature cache and a head name (what ``aigvqa
+evaluate`` runs), reading rows through ``pipeline.training_data``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +33,8 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.metrics import METRIC_NAMES, all_metrics, model_level_correlation
-from aigvqa.pipeline.splits import Split, make_splits
+from aigvqa.pipeline.evaluation.metrics import METRIC_NAMES, all_metrics, model_level_correlation
+from aigvqa.pipeline.evaluation.splits import Split, make_splits
 
 MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc")
 FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
@@ -368,3 +372,42 @@ def cross_dataset(
     trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
                         _score(Y_b, pred, labels, gen), seconds, best)
     return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])
+
+
+def evaluate_cache(
+    cache: str | Path,
+    head: str | None,
+    *,
+    config: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    features: str | Sequence[str] | None = None,
+    labels: str | Sequence[str] | None = None,
+    split: str = "random-8:2",
+    trials: int = 10,
+    seed: int = 0,
+    n_jobs: int = 1,
+    test_cache: str | Path | None = None,
+    progress: bool = True,
+):
+    """``evaluate`` (or ``cross_dataset`` with ``test_cache``) of a named head on a cache.
+
+    With ``test_cache`` the head trains on every video of ``cache`` and is tested on every
+    video of ``test_cache``, whose groups must come from the same extractors and weights.
+    """
+    from aigvqa.errors import ProvenanceMismatchError
+    from aigvqa.pipeline.training_data import build_head, load_training_data, provenance_problems
+
+    data = load_training_data(cache, features, labels)
+    name, estimator = build_head(head, config, params)
+    if test_cache is None:
+        return evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
+                        label_names=data.label_names, n_jobs=n_jobs, progress=progress)
+    test = load_training_data(test_cache, data.cache_groups, data.label_names)
+    problems = provenance_problems(data.provenance, test.provenance)
+    if problems:
+        raise ProvenanceMismatchError(
+            f"{test_cache} holds features of another origin than {cache}: " + " | ".join(problems)
+            + f" ({cache} vs {test_cache}); extract both caches with the same extractor configs and weights"
+        )
+    return cross_dataset(estimator, data.X, data.y, test.X, test.y, test.groups, label_names=data.label_names,
+                         seed=seed, name=f"{Path(cache).stem}->{Path(test_cache).stem}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from aigvqa.pipeline.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments
 
 HELP = "score the videos of a manifest with a trained model bundle (resumable)"
 DESCRIPTION = """Extract whatever features the model needs (with the extractor configs recorded in
@@ -29,7 +29,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.score import score
+    from aigvqa.pipeline.model.score import score
 
     report = score(
         args.manifest, args.model, args.out, cache=args.cache, work_cache=args.work_cache,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigvqa.pipeline.commands import add_cluster_arguments
+from aigvqa.pipeline.cli.commands import add_cluster_arguments
 
 HELP = "run an ablation grid (heads x features x hyper-parameters x seeds) on Dask, resumable"
 DESCRIPTION = """Evaluate every cell of the grid in GRID.toml (see examples/ablate-demo.toml for the
@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.ablate import load_grid, run_ablation
+    from aigvqa.pipeline.evaluation.ablate import load_grid, run_ablation
 
     grid = load_grid(args.grid)
     overrides = {"workers": args.workers, "scheduler": args.scheduler, "gpus": args.gpus or None}

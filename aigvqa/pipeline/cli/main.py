@@ -1,6 +1,6 @@
 """``aigvqa`` command line: a thin layer over the Python API.
 
-Each verb lives in ``aigvqa/pipeline/commands/<verb>.py`` and defines ``HELP``,
+Each verb lives in ``aigvqa/pipeline/cli/commands/<verb>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``; adding a verb is adding a file and
 listing it in ``VERBS``. Errors the user can fix (``AigvqaError``) print one clear
 message and exit 2 instead of a traceback.
@@ -29,7 +29,7 @@ VERBS = [
 
 
 def _module(verb: str):
-    return importlib.import_module(f"aigvqa.pipeline.commands.{verb.replace('-', '_')}")
+    return importlib.import_module(f"aigvqa.pipeline.cli.commands.{verb.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ Every split carries the seed its head should use (``Split.seed``): evaluation se
 head's ``random_state`` so a trial is reproducible on its own and VIDEVAL's inner
 hyper-parameter split (``random_state=ceil(6.6*i)``) is reproduced exactly.
 Cross-dataset evaluation (train on A, test on B) needs no index split: see
-``aigvqa.pipeline.evaluate.cross_dataset``.
+``aigvqa.pipeline.evaluation.evaluate.cross_dataset``.
 """
 
 from __future__ import annotations

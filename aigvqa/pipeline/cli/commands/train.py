@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from aigvqa.pipeline.train import train
+    from aigvqa.pipeline.model.train import train
 
     path, data = train(args.cache, args.head, args.out, config=args.config, features=args.features,
                        labels=args.labels)
