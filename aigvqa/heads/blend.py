@@ -134,6 +134,45 @@ def _estimator_list(value) -> bool:
     return len(set(names)) == len(names) and all(isinstance(h, str) or hasattr(h, "fit") for _, h in value)
 
 
+def stack_base_tables(raw) -> list[tuple[str, object]]:
+    """The bases of a stack config as (name, spec) pairs; a spec is a table
+    ``{"head": registered name, **parameters}`` (a bare head name becomes ``{"head": name}``)
+    or, from Python, an estimator. Accepts a list of [name, head] pairs, one table per base
+    ({name: {...}}, ``head`` defaulting to the name) or a list of tables with ``name``."""
+    if raw is None:
+        raise HeadParameterError("a stack config needs estimators (e.g. [estimators.svr] tables, one per base)")
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, list | tuple):
+        items = []
+        for entry in raw:
+            if isinstance(entry, Mapping):
+                entry = dict(entry)
+                if "name" not in entry:
+                    raise HeadParameterError(f"stack estimators table {entry} needs a name = \"...\" key")
+                items.append((entry.pop("name"), entry))
+            elif isinstance(entry, list | tuple) and len(entry) == 2:
+                items.append((entry[0], entry[1]))
+            else:
+                raise HeadParameterError(f"stack estimators entry {entry!r}: use [name, head] or a table")
+    else:
+        raise HeadParameterError(f"stack estimators {raw!r}: use a list of [name, head] or one table per base")
+    out = []
+    for name, spec in items:
+        if not isinstance(name, str):
+            raise HeadParameterError(f"stack estimator name {name!r} must be a string")
+        if isinstance(spec, str):
+            spec = {"head": spec}
+        elif isinstance(spec, Mapping):
+            spec = {"head": name, **spec}
+            if not isinstance(spec["head"], str):
+                raise HeadParameterError(f"stack base {name!r}: head = {spec['head']!r} must be a head name")
+        elif not hasattr(spec, "fit"):
+            raise HeadParameterError(f"stack base {name!r}: give a registered head name or a table, not {spec!r}")
+        out.append((name, spec))
+    return out
+
+
 def _tunable(estimator) -> bool:
     """A classical head with a standard search grid and no search set."""
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
@@ -297,32 +336,13 @@ class StackingHead(RegressorMixin, _BaseComposition):
         """
         config = dict(config)
         config.pop("head", None)
-        raw = config.pop("estimators", None)
-        if raw is None:
-            raise HeadParameterError("a stack config needs estimators (e.g. [estimators.svr] tables, one per base)")
-        if isinstance(raw, Mapping):
-            items = [(name, table) for name, table in raw.items()]
-        elif isinstance(raw, (list, tuple)):
-            items = []
-            for entry in raw:
-                if isinstance(entry, Mapping):
-                    entry = dict(entry)
-                    if "name" not in entry:
-                        raise HeadParameterError(f"stack estimators table {entry} needs a name = \"...\" key")
-                    items.append((entry.pop("name"), entry))
-                elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-                    items.append((entry[0], entry[1]))
-                else:
-                    raise HeadParameterError(f"stack estimators entry {entry!r}: use [name, head] or a table")
-        else:
-            raise HeadParameterError(f"stack estimators {raw!r}: use a list of [name, head] or one table per base")
         pairs = []
-        for name, spec in items:
-            if not isinstance(name, str):
-                raise HeadParameterError(f"stack estimator name {name!r} must be a string")
-            if isinstance(spec, Mapping):
+        for name, spec in stack_base_tables(config.pop("estimators", None)):
+            if isinstance(spec, Mapping) and set(spec) == {"head"}:
+                pairs.append((name, spec["head"]))  # a bare registered name stays a name
+            elif isinstance(spec, Mapping):
                 spec = dict(spec)
-                head = spec.pop("head", name)
+                head = spec.pop("head")
                 try:
                     est = create_head(head, **spec)
                 except TypeError as err:
@@ -332,10 +352,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
                         f"its parameters: {', '.join(valid)}"
                     ) from err
                 pairs.append((name, est))
-            elif isinstance(spec, str):
-                pairs.append((name, spec))
             else:
-                raise HeadParameterError(f"stack base {name!r}: give a registered head name or a table, not {spec!r}")
+                pairs.append((name, spec))
         nested = {k: config.pop(k) for k in list(config) if "__" in k}
         try:
             stack = cls(pairs, **config)

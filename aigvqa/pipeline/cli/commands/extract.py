@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
+    parser.add_argument("--labels", metavar="COL[=NAME],...",
+                        help="manifest columns to store as labels (MOS), optionally renamed: "
+                        "Overall=mos,tq (default: the format's own, e.g. mos and mos_<name>)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument("--decode-threads", type=int, default=None,
                          help="FFmpeg decoder threads per video (default: --torch-threads on CPU "
@@ -88,7 +91,11 @@ def run(args) -> int:
     from aigvqa.pipeline.manifest import read_manifest
 
     spec = extractor_spec(args.extractors, args.config)
-    records = read_manifest(args.manifest, fmt=args.manifest_format)
+    from aigvqa.pipeline.cli.commands.import_features import parse_labels
+
+    labels = parse_labels(args.labels)
+    records = read_manifest(args.manifest, fmt=args.manifest_format,
+                            label_cols={name: col for col, name in labels.items()} if labels else None)
     report = extract(
         records,
         spec,
