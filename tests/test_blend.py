@@ -217,6 +217,8 @@ def test_untuned_bases_on_request():
     X, y = _data(60)
     stack = StackingHead([("en", ElasticNetHead()), ("en2", ElasticNetHead(alpha=0.3))], cv=3, tune_bases=None).fit(X, y)
     assert stack.named_estimators_["en"].search is None and stack.best_params_ is None
+    off = StackingHead([("en", ElasticNetHead())], cv=3, tune_bases=False).fit(X, y)  # what a TOML file can say
+    assert off.named_estimators_["en"].search is None
     with pytest.raises(HeadParameterError, match="tune_bases"):
         StackingHead([("en", ElasticNetHead())], tune_bases="grid").fit(X, y)
 

@@ -185,3 +185,13 @@ def test_protocol_defaults_reach_every_classical_base_of_a_stack_unless_set(tmp_
                                            "search_scoring": "logistic-rmse", "scaler": "minmax"}
     assert "search_scoring" not in params["estimators"]["boost"]  # its top-level key wins
     assert protocol_params("videval", "mlp", {"epochs": 3}) == {"epochs": 3}  # deep heads: untouched
+
+
+def test_a_stacks_bases_get_the_trials_seed(tmp_path, trials_seen):
+    from aigvqa.heads.blend import StackingHead
+    from aigvqa.heads.classical import ElasticNetHead
+    from aigvqa.pipeline.evaluation.evaluate import seeded
+
+    stack = seeded(StackingHead([("svr", "svr"), ("en", ElasticNetHead(random_state=3))]), 14)
+    bases = dict(stack.estimators)
+    assert stack.random_state == 14 and bases["svr"].random_state == 14 and bases["en"].random_state == 14

@@ -208,7 +208,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
 
     Parameters: ``estimators`` list of (name, head or registered head name); ``meta``
     "nnls" | "linear"; ``cv`` fold count or an sklearn splitter; ``tune_bases`` "standard"
-    (classical bases without a search get their standard grid) or None (bases as given);
+    (classical bases without a search get their standard grid) or None / False (bases as
+    given);
     ``tune_per_fold`` repeat each base's search inside every fold; ``allow_best_base`` the
     meta-learner may pick the best single base over the blend; ``random_state`` shuffles the
     folds; ``n_jobs`` fits (fold, head) pairs in parallel.
@@ -226,7 +227,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
         "meta": [Options(*META_LEARNERS)],
         "cv": [Interval(Integral, 2, None), Check(lambda v: callable(getattr(v, "split", None)),
                                                   "a splitter with a split() method (e.g. KFold)")],
-        "tune_bases": [None, Options("standard")],
+        "tune_bases": [None, Options("standard"), Check(lambda v: v is False, "False (bases as given)")],
         "tune_per_fold": [bool],
         "allow_best_base": [bool],
         "random_state": [None, Integral, np.random.RandomState],
@@ -367,7 +368,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
         out = []
         for name, est in self._pairs():
             est = create_head(est) if isinstance(est, str) else est
-            if self.tune_bases is not None and _tunable(est):
+            if self.tune_bases and _tunable(est):
                 est = clone(est).set_params(search=self.tune_bases)
             out.append((name, est))
         return out

@@ -128,7 +128,7 @@ def load_training_data(
         if not label_names:
             raise TrainingDataError(
                 f"cache {cache} holds no labels (MOS); extract from a manifest with label columns, "
-                "or import them with `aigvqa import-features ... --label-columns`"
+                "or import them with `aigvqa import-features ... --labels COLUMN`"
             )
         absent = [name for name in label_names if name not in data.labels]
         if absent:

@@ -311,11 +311,22 @@ def accepts_validation(head) -> bool:
 
 
 def seeded(head, seed: int):
-    """``head`` with its ``random_state`` / ``seed`` parameter set to ``seed`` (when it has one)."""
+    """``head`` with its ``random_state`` / ``seed`` parameter set to ``seed`` (when it has one);
+    a stack's bases get it too, so each searches and trains as it would alone in this trial
+    (under VIDEVAL's protocol: the inner split seeded ``ceil(6.6 * i)``)."""
     params = head.get_params(deep=False)
     for key in ("random_state", "seed"):
         if key in params:
             head.set_params(**{key: seed})
+    bases = params.get("estimators")
+    if isinstance(bases, list) and all(isinstance(b, tuple | list) and len(b) == 2 for b in bases):
+        from aigvqa.heads.registry import create_head
+
+        nested = {}
+        for name, base in bases:
+            base_params = (create_head(base) if isinstance(base, str) else base).get_params(deep=False)
+            nested.update({f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params})
+        head.set_params(**nested)
     return head
 
 
