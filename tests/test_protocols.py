@@ -195,3 +195,11 @@ def test_a_stacks_bases_get_the_trials_seed(tmp_path, trials_seen):
     stack = seeded(StackingHead([("svr", "svr"), ("en", ElasticNetHead(random_state=3))]), 14)
     bases = dict(stack.estimators)
     assert stack.random_state == 14 and bases["svr"].random_state == 14 and bases["en"].random_state == 14
+
+
+def test_help_names_the_protocol_and_keeps_example_lines(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert "\n  videval  VIDEVAL's 100 80/20 splits" in text
+    assert "\n  aigvqa evaluate konvid.h5 --protocol videval --features videval --labels mos --jobs 2\n" in text
