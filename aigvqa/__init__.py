@@ -50,6 +50,7 @@ _LAZY = {
     "save_bundle": "aigvqa.pipeline.model.bundle",
     "load_bundle": "aigvqa.pipeline.model.bundle",
     "score": "aigvqa.pipeline.model.score",
+    "score_videos": "aigvqa.pipeline.model.score",
     "run_demo": "aigvqa.pipeline.demo",
 }
 

@@ -4,6 +4,7 @@ Run: python bench/cache_merge.py [--videos 5000]   (prints seconds; nothing is a
 """
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -55,11 +56,14 @@ def main() -> None:
     sub = list(data.ids[::50])
     _, dt = timed(lambda: FeatureCache(cache).read(["clip-frames", "slowfast"], ids=sub))
     print(f"read {len(sub)} scattered rows: {dt:.2f} s")
+    report, dt = timed(lambda: FeatureCache(cache).verify())
+    print(f"verify (read every byte, check every checksum): {dt:.2f} s ({'ok' if report.ok else 'DAMAGED'})")
     once = root / "cache_once.h5"
     _, dt = timed(lambda: merge_shards(once, shards))
     print(f"merge all {len(shards)} shards in one call: {dt:.2f} s")
     _, dt = timed(lambda: merge_shards(once, shards))
     print(f"re-merge of already-cached shards (no rewrite): {dt:.2f} s")
+    shutil.rmtree(root)
 
 
 if __name__ == "__main__":

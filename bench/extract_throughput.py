@@ -1,7 +1,9 @@
 """Stage-one throughput and memory (prints measured numbers; nothing is asserted).
 
-    python bench/extract_throughput.py                      # both inputs; RSS 10 s vs 120 s 1080p
+    python bench/extract_throughput.py                      # both inputs, the decode pool, RSS
     python bench/extract_throughput.py --inputs hd --no-rss # quicker
+    python bench/extract_throughput.py --only pool          # the decode-pool comparison alone
+    python bench/extract_throughput.py --device cuda        # a GPU node: end to end vs its ceilings
 
 Two inputs of N generated clips each: ``hd`` (720p, 2 s: decoding matters) and ``t2v``
 (512 x 512, 4 s: what text-to-video generators emit). One extractor mix of small backbones
@@ -12,20 +14,36 @@ the models:
       RGB again (OpenCV, as research scripts do), build that extractor's view from the
       decoded array and run the forward pass; one process, sequential;
   (b) ``aigvqa.pipeline.extract`` on a LocalCluster of 1 worker (decode once per video,
-      every extractor, shards, merge; a decoder thread runs ahead of the forward passes);
-  (c) the same with 2 workers;
-  (b1), (c1) (b) and (c) with ``videos_in_flight=1``: decoding and forward passes in turn;
+      every extractor, shards, merge) with its default decode processes (the cores the
+      worker can spare: 1 on 2 cores);
+  (b0) the same with ``decode_workers=0``: a decoder thread in the worker runs ahead;
+  (c) the same with 2 workers (default: no decode processes on 2 cores);
+  (b1), (c1) (b0) and (c) with ``videos_in_flight=1``: decoding and forward passes in turn;
   (d) the pure forward time of the same extractors on views decoded beforehand (the
       compute floor of (b)).
 
 Every run uses one torch thread per worker/process. Ratios are throughputs (videos/s):
 targets (b)/(a) >= 2 (on the input where decoding matters), (b)/(d) >= 0.9,
 (c)/(b) >= 1.7. The workers' CPU time is measured too: (b) keeps more than one core busy
-(its decoder thread runs beside the forward passes), and the bench prints how far
-(c)/(b) can go on this machine's cores. Then the peak RSS of a fresh worker running the
-pipeline on one 1080p clip of 10 s and one of 120 s (it should be flat: the decoder
-streams, views keep only the frames of unfinished items, and the decoder thread holds at
-most ``PREFETCH_BYTES`` of items ahead).
+(its decoder runs beside the forward passes), and the bench prints how far (c)/(b) can go
+on this machine's cores.
+
+The decode pool: 1 model worker and one extractor cheap next to decoding (vit-keyframes,
+``vit_tiny_patch16_224``, random init, 8 key frames of 720p clips of ``--pool-seconds``),
+``decode_workers=2`` vs ``decode_workers=1`` (target >= 1.5 on 2 cores): with one decode
+process the model waits for FFmpeg, with two the cores decode in parallel. The bench
+first times decoding and the forward pass of a clip in one process and prints the best
+ratio the cores allow (three processes share two cores).
+
+Then the peak RSS of a fresh worker running the pipeline with 2 decode processes on one
+1080p clip of 10 s and one of 120 s, for the worker and for its decode processes (it
+should be flat: the decoder streams, views keep only the frames of unfinished items, and
+the rings hold at most ``PREFETCH_BYTES`` of items ahead).
+
+``--device cuda`` measures a GPU node instead (see ``node_report``): the paper set (six
+backbones, random init) on 512 x 512 4-s clips end to end, with GPU utilisation sampled,
+against the node's CPU decode ceiling (all views, one process per core) and the pure
+forward with batches across videos.
 
 The numbers depend on the machine and on what else runs on it: the script prints the core
 count and load average next to each table.
@@ -151,41 +169,56 @@ def pure_forward(models, paths) -> float:
 
 
 # -- (b), (c): the pipeline -------------------------------------------------------------------
-def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the worker processes) of one ``extract`` run."""
+def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2,
+             decode_workers: int | None = None, mix=None) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the worker processes and their decode processes,
+    decode processes per worker) of one ``extract`` run, after a warm-up run on two other
+    ids (models loaded, decode processes started)."""
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
+
+    mix = MIX if mix is None else mix
 
     def cpu_seconds() -> float:
         import psutil
 
-        times = psutil.Process().cpu_times()
-        return times.user + times.system
+        me = psutil.Process()
+        total = 0.0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        return total
 
     records = [VideoRecord(p.stem, p) for p in paths]
+    tag = f"{n_workers}-{videos_in_flight}-{decode_workers}-{abs(hash(str(sorted(mix)))) % 10**6}"
+    options = dict(progress=False, videos_in_flight=videos_in_flight, decode_workers=decode_workers)
     with local_cluster(n_workers, dashboard_address=":0") as cluster, Client(cluster) as client:
-        extractors = ex.resolve_extractors(MIX)
-        client.run(lambda: [ex._loaded(e) for e in extractors])  # load models everywhere
+        warm = [VideoRecord(f"warm-{i}-{p.stem}", p) for i, p in enumerate(paths[: 2 * n_workers])]
+        ex.extract(warm, mix, workdir / f"warm-{tag}.h5", client=client, chunk_size=1, **options)
         cpu_before = sum(client.run(cpu_seconds).values())
         started = time.perf_counter()
-        report = ex.extract(records, MIX, workdir / f"pipeline-{n_workers}-{videos_in_flight}.h5",
-                            client=client, progress=False, videos_in_flight=videos_in_flight)
+        report = ex.extract(records, mix, workdir / f"pipeline-{tag}.h5", client=client, **options)
         seconds = time.perf_counter() - started
         cpu = sum(client.run(cpu_seconds).values()) - cpu_before
     assert report.succeeded == len(paths), report.summary()
-    return seconds, cpu
+    return seconds, cpu, report.decode_workers
 
 
-def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
-    """(MiB after loading the models, peak MiB while extracting ``path`` twice) of a fresh worker,
-    sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of the parent
-    process the worker was forked from)."""
+def worker_peak_rss(path: Path, workdir: Path, tag: str, decode_workers: int = 2) -> tuple[float, float, float]:
+    """(MiB after loading the models, peak MiB of the worker, peak MiB of its decode processes
+    together) while a fresh worker extracts ``path`` twice with ``decode_workers`` decode
+    processes; sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of
+    the parent process the worker was forked from)."""
     from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
+    from aigvqa.pipeline.extract.worker import loaded as load
 
     def start_sampling(dask_worker) -> float:
         import threading
@@ -194,30 +227,90 @@ def worker_peak_rss(path: Path, workdir: Path, tag: str) -> tuple[float, float]:
 
         proc = psutil.Process()
         dask_worker.rss_peak = proc.memory_info().rss
+        dask_worker.rss_children_peak = 0
         dask_worker.rss_sampling = True
 
         def sample():
             while dask_worker.rss_sampling:
                 dask_worker.rss_peak = max(dask_worker.rss_peak, proc.memory_info().rss)
+                children = 0
+                for child in proc.children(recursive=True):
+                    try:
+                        children += child.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+                dask_worker.rss_children_peak = max(dask_worker.rss_children_peak, children)
                 time.sleep(0.01)
 
         threading.Thread(target=sample, daemon=True).start()
         return dask_worker.rss_peak / 2**20
 
-    def stop_sampling(dask_worker) -> float:
+    def stop_sampling(dask_worker) -> tuple[float, float]:
         dask_worker.rss_sampling = False
-        return dask_worker.rss_peak / 2**20
+        return dask_worker.rss_peak / 2**20, dask_worker.rss_children_peak / 2**20
 
     with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
         extractors = ex.resolve_extractors(MIX)
-        client.run(lambda: [ex._loaded(e) for e in extractors])
+        client.run(lambda: [load(e) for e in extractors])
+        # start the decode processes before sampling: between fork and exec a new process
+        # briefly counts all of the worker's pages as its own RSS
+        warm = make_clip(workdir / "rss-warm.mp4", 1, 64, 64, seed=1)
+        client.submit(ex.run_video_chunk, [VideoRecord(f"{tag}-warm", warm)], extractors,
+                      str(workdir / f"rss-{tag}-warm.h5"), decode_workers=decode_workers,
+                      decode_threads=1, pure=False).result()
         (loaded,) = client.run(start_sampling).values()
-        # one worker task over the clip twice (two ids), so its decoder thread runs ahead
+        # one worker task over the clip twice (two ids): both decode processes busy
         records = [VideoRecord(f"{tag}-{k}", path) for k in range(2)]
         client.submit(ex.run_video_chunk, records, extractors, str(workdir / f"rss-{tag}.h5"),
-                      videos_in_flight=2, decode_threads=1, pure=False).result()
-        (peak,) = client.run(stop_sampling).values()
-    return loaded, peak
+                      decode_workers=decode_workers, decode_threads=1, pure=False).result()
+        ((peak, children),) = client.run(stop_sampling).values()
+    return loaded, peak, children
+
+
+# -- the decode pool ------------------------------------------------------------------------
+POOL_MIX = {"vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 64}}
+
+
+def pool_bound(paths) -> tuple[float, float, float]:
+    """(decode s, forward s per video, one process each, in this process; the best (p2)/(p1)
+    this machine allows): 2 decoders + 1 model on ``cores`` cores run at most
+    min(2 / D, 1 / F, cores / (D + F)) videos/s, 1 decoder at most min(1 / D, 1 / F, ...)."""
+    import torch
+
+    from aigvqa.extractors.views import build_views
+
+    torch.set_num_threads(1)
+    (model,) = load_models(POOL_MIX)
+    view = model.view()
+    decode, forward = [], []
+    for path in paths[:3]:
+        started = time.perf_counter()
+        items = build_views(path, [view])[view.key]
+        decoded = time.perf_counter()
+        forward_all(model, items)
+        decode.append(decoded - started)
+        forward.append(time.perf_counter() - decoded)
+    d, f = float(np.median(decode[1:] or decode)), float(np.median(forward[1:] or forward))
+    cores = os.cpu_count() or 1
+    best = min(2 / d, 1 / f, cores / (d + f)) / min(1 / d, 1 / f, cores / (d + f))
+    return d, f, best
+
+
+def pool_comparison(paths, workdir: Path) -> dict:
+    """videos/s of 1 model worker with 1 and with 2 decode processes (POOL_MIX)."""
+    d, f, best = pool_bound(paths)
+    print(f"per video, one process each: decode + key frames {1e3 * d:.0f} ms, forward {1e3 * f:.0f} ms: "
+          f"(p2)/(p1) can reach at most {best:.2f} on {os.cpu_count()} cores", flush=True)
+    times = {}
+    for n in (1, 2):
+        times[n], cpu, _ = pipeline(paths, 1, workdir, decode_workers=n, mix=POOL_MIX)
+        print(f"(p{n}) 1 model worker, {n} decode process(es): {times[n]:.1f} s "
+              f"({len(paths) / times[n]:.2f} videos/s, {cpu:.1f} CPU s)", flush=True)
+    ratio = times[1] / times[2]
+    print(f"(p2)/(p1) decode workers 2 vs 1: {ratio:.2f} (target >= 1.5) "
+          f"{'met' if ratio >= 1.5 else 'NOT met'}; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (other processes share them)", flush=True)
+    return {"p1_seconds": times[1], "p2_seconds": times[2], "ratio": ratio, "bound": best}
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -229,17 +322,19 @@ INPUTS = {
 }
 ROWS = [
     ("(a) peer-style: decode per extractor, sequential", "a"),
-    ("(b) aigvqa extract, 1 worker", "b"),
-    ("(b1) same, videos_in_flight=1 (decode and compute in turn)", "b1"),
-    ("(c) aigvqa extract, 2 workers", "c"),
-    ("(c1) same, videos_in_flight=1", "c1"),
+    ("(b) aigvqa extract, 1 worker, default decode processes", "b"),
+    ("(b0) same, decode_workers=0 (a decoder thread in the worker)", "b0"),
+    ("(b1) same, decode_workers=0, videos_in_flight=1 (decode and compute in turn)", "b1"),
+    ("(c) aigvqa extract, 2 workers, default decode processes", "c"),
+    ("(c1) same, decode_workers=0, videos_in_flight=1", "c1"),
     ("(d) pure forward on pre-decoded views", "d"),
 ]
 
 
-def measure(paths, workdir: Path) -> tuple[dict, dict]:
-    """Wall seconds of every run and the workers' CPU seconds of the pipeline runs."""
-    times, cpu = {}, {}
+def measure(paths, workdir: Path) -> tuple[dict, dict, dict]:
+    """Wall seconds of every run, the workers' CPU seconds and decode processes of the
+    pipeline runs."""
+    times, cpu, pools = {}, {}, {}
     models = load_models(MIX)
     peer_style(models, paths[:1])  # warm-up (allocators, lazy imports)
     times["a"] = peer_style(models, paths)
@@ -247,11 +342,13 @@ def measure(paths, workdir: Path) -> tuple[dict, dict]:
     times["d"] = pure_forward(models, paths)
     print(f"(d) pure forward: {times['d']:.1f} s", flush=True)
     del models
-    for key, workers, in_flight in (("b", 1, 2), ("c", 2, 2), ("b1", 1, 1), ("c1", 2, 1)):
-        times[key], cpu[key] = pipeline(paths, workers, workdir, videos_in_flight=in_flight)
-        print(f"({key}) pipeline, {workers} worker(s), videos_in_flight={in_flight}: {times[key]:.1f} s "
-              f"({cpu[key]:.1f} CPU s in the workers)", flush=True)
-    return times, cpu
+    runs = (("b", 1, 2, None), ("b0", 1, 2, 0), ("b1", 1, 1, 0), ("c", 2, 2, None), ("c1", 2, 1, 0))
+    for key, workers, in_flight, decode_workers in runs:
+        times[key], cpu[key], pools[key] = pipeline(paths, workers, workdir, in_flight, decode_workers)
+        print(f"({key}) pipeline, {workers} worker(s), {pools[key]} decode process(es) each, "
+              f"videos_in_flight={in_flight}: {times[key]:.1f} s ({cpu[key]:.1f} CPU s in the workers)",
+              flush=True)
+    return times, cpu, pools
 
 
 def report(label: str, n: int, times: dict, cpu: dict) -> None:
@@ -281,44 +378,78 @@ def report(label: str, n: int, times: dict, cpu: dict) -> None:
           f"{min(2.0, times['b'] * cores / work):.2f} here")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--videos", type=int, default=None,
+                        help="clips per input (default 40; 200 with --device cuda)")
     parser.add_argument("--inputs", default="hd,t2v",
                         help="comma list of: " + ", ".join(f"{k} ({w}x{h}, {s:g} s)" for k, (s, h, w) in INPUTS.items()))
+    parser.add_argument("--only", default="rows,pool,rss",
+                        help="comma list of parts to run: rows (a)-(d), pool, rss (default: all)")
+    parser.add_argument("--pool-seconds", type=float, default=16.0,
+                        help="length of the 720p clips of the decode-pool comparison (default 16: "
+                        "8-s clips looped; the longer, the cheaper the model next to decoding)")
     parser.add_argument("--data-dir", type=Path, help="keep generated clips here between runs")
     parser.add_argument("--no-rss", action="store_true", help="skip the 10 s vs 120 s 1080p memory check")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU node report")
+    parser.add_argument("--node-report", action="store_true",
+                        help="run the GPU node report on --device (cpu: a smoke run of its CPU parts)")
+    parser.add_argument("--extractor-set", choices=("paper", "small"), default=None,
+                        help="node report extractors (default: paper on cuda, small on cpu)")
+    parser.add_argument("--json", type=Path, help="node report: also write its numbers here")
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data = args.data_dir or workdir
         data.mkdir(parents=True, exist_ok=True)
-        print("extractors: " + ", ".join(f"{k} {v}" for k, v in MIX.items()), flush=True)
-        results = {}
-        for label in [x for x in args.inputs.split(",") if x]:
-            seconds, height, width = INPUTS[label]
-            started = time.perf_counter()
-            paths = [
-                make_clip(data / f"clip{width}x{height}-{seconds:g}s-{i:03d}.mp4", seconds, height, width, seed=i)
-                for i in range(args.videos)
-            ]
-            print(f"input {label}: {len(paths)} clips {width}x{height}, {seconds:g} s at {FPS} fps "
-                  f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
-            results[label] = measure(paths, workdir)
-        for label, (times, cpu) in results.items():
-            seconds, height, width = INPUTS[label]
-            report(f"{label} ({args.videos} clips {width}x{height}, {seconds:g} s)", args.videos, times, cpu)
+        if args.device.startswith("cuda") or args.node_report:
+            from node_report import node_report
 
-        if not args.no_rss:
+            node_report(args, data, workdir)
+            return 0
+        parts = set(args.only.split(","))
+        n_videos = args.videos or 40
+        if "rows" in parts:
+            print("extractors: " + ", ".join(f"{k} {v}" for k, v in MIX.items()), flush=True)
+            results = {}
+            for label in [x for x in args.inputs.split(",") if x]:
+                seconds, height, width = INPUTS[label]
+                paths = clips(data, n_videos, seconds, height, width)
+                results[label] = measure(paths, workdir)
+            for label, (times, cpu, _) in results.items():
+                seconds, height, width = INPUTS[label]
+                report(f"{label} ({n_videos} clips {width}x{height}, {seconds:g} s)", n_videos, times, cpu)
+
+        if "pool" in parts:
+            print()
+            print("decode pool: " + ", ".join(f"{k} {v}" for k, v in POOL_MIX.items()), flush=True)
+            base = clips(data, n_videos, min(8.0, args.pool_seconds), 720, 1280)
+            times = max(1, round(args.pool_seconds / 8.0)) if args.pool_seconds > 8 else 1
+            paths = base if times == 1 else [
+                loop_clip(p, p.with_name(f"{p.stem}-x{times}.mp4"), times) for p in base]
+            pool_comparison(paths, workdir)
+
+        if "rss" in parts and not args.no_rss:
             print()
             short = make_clip(data / "rss-1080p-10s.mp4", 10, 1080, 1920, seed=99)
             long = loop_clip(short, data / "rss-1080p-120s.mp4", 12)
-            print("| input (1080p, 24 fps) | worker RSS after loading models (MiB) | peak worker RSS (MiB) |")
-            print("|---|---:|---:|")
+            print("| input (1080p, 24 fps), 2 decode processes | worker RSS after loading models (MiB) "
+                  "| peak worker RSS (MiB) | peak RSS of its decode processes (MiB) |")
+            print("|---|---:|---:|---:|")
             for label, path in (("10 s", short), ("120 s", long)):
-                loaded, peak = worker_peak_rss(path, workdir, label.replace(" ", ""))
-                print(f"| {label} | {loaded:.0f} | {peak:.0f} |", flush=True)
+                loaded, peak, children = worker_peak_rss(path, workdir, label.replace(" ", ""))
+                print(f"| {label} | {loaded:.0f} | {peak:.0f} | {children:.0f} |", flush=True)
+    return 0
+
+
+def clips(data: Path, n: int, seconds: float, height: int, width: int) -> list[Path]:
+    started = time.perf_counter()
+    paths = [make_clip(data / f"clip{width}x{height}-{seconds:g}s-{i:03d}.mp4", seconds, height, width, seed=i)
+             for i in range(n)]
+    print(f"{n} clips {width}x{height}, {seconds:g} s at {FPS} fps (made in "
+          f"{time.perf_counter() - started:.0f} s)", flush=True)
+    return paths
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ as with real weights, the features are meaningless.
 Settings (the papers'): clip-frames 16 frames ViT-B-32 (MSA-VQA), clip-text one prompt,
 slowfast 4 one-second 32-frame clips at 224 (SimpleVQA), swin-fragments 1 clip of
 32 x 7 x 7 fragments (FAST-VQA), vit-keyframes 8 key frames ViT-B/16 (UGVQ),
-convnext-frames 16 frames ConvNeXt-T, handcrafted 64 frame pairs at 256.
+convnext-frames 16 frames ConvNeXt-T, handcrafted 64 frame pairs at 256; blip-itm 16 frames
+at 384 with the default BlipConfig (ViT-B/16 + BERT-base, the size of
+Salesforce/blip-itm-base-coco: vision, text-only and cross-attention text passes, every frame
+scored against the prompt), blip-text one prompt, imagereward 16 frames at 224 (ViT-L/16 +
+BERT-base cross-attention + the reward MLP, ImageReward's size).
 
 For each extractor, after loading it and one untimed warm-up run, ``--repeats`` runs
 time separately:
@@ -27,7 +31,7 @@ time separately:
   ``torch.utils.flop_counter``; none for OpenCV/NumPy extractors).
 
 Threads: one torch thread by default, because that is how a stage-one worker runs
-(``pipeline.cluster``: one worker process per core, one torch thread each), so
+(``pipeline.extract.cluster``: one worker process per core, one torch thread each), so
 ``forward_ms`` is the per-worker cost later benches divide among workers.
 
 The medians in ms per video go to the table and to ``bench/out/extractors.json``; later
@@ -67,6 +71,9 @@ SETTINGS: dict[str, dict] = {
     "vit-keyframes": {"arch": "vit_base_patch16_224", "n_frames": 8},
     "convnext-frames": {"arch": "convnext_tiny", "n_frames": 16},
     "handcrafted": {},
+    "blip-itm": {"n_frames": 16},  # default BlipConfig: blip-itm-base-coco's size
+    "blip-text": {},
+    "imagereward": {"n_frames": 16},  # ImageReward's size (IMAGEREWARD_CONFIG)
 }
 NO_WEIGHTS = {"handcrafted"}
 
@@ -79,7 +86,13 @@ def make_clip(folder: Path) -> Path:
 
 def forward_all(extractor, items: list[np.ndarray]) -> np.ndarray:
     batch = int(extractor.config().get("batch_size", 16))
-    parts = [extractor.forward(np.stack(items[i : i + batch])) for i in range(0, len(items), batch)]
+    parts = []
+    for i in range(0, len(items), batch):
+        chunk = np.stack(items[i : i + batch])
+        if getattr(extractor, "needs_prompt", False):  # scored against the video's prompt
+            parts.append(extractor.forward(chunk, prompts=[PROMPT] * len(chunk)))
+        else:
+            parts.append(extractor.forward(chunk))
     return np.concatenate(parts)
 
 
@@ -207,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             del extractor
 
-        views = [create_extractor(n, **SETTINGS[n]).view() for n in names if n != "clip-text"]
+        views = []
+        for n in names:
+            config = dict(SETTINGS[n]) if n in NO_WEIGHTS else {**SETTINGS[n], "random_init": True}
+            extractor = create_extractor(n, **config)
+            if extractor.modality == "video":
+                views.append(extractor.view())
         shared = []
         for run in range(args.repeats + 1):
             start = time.perf_counter()

@@ -132,8 +132,11 @@ def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path
     assert {r["head"] for r in rows} == {"svr", "elasticnet"}
     assert {r["features"] for r in rows} == {"a", "a+b", "b"}
     assert all(r["srcc_median"] and r["plcc_logistic_std"] for r in rows)
+    # the cache has prompt and generator groups: the ranking metrics come along
+    assert all(r["pair_acc_median"] and r["prompt_srcc_std"] and r["model_pair_acc_median"] for r in rows)
     markdown = (out / "results.md").read_text()
     assert "## mos" in markdown and "## alignment" in markdown and '`{"C": 4.0, "scaler": "standard"}`' in markdown
+    assert "| pair acc (in prompt) | SRCC (in prompt) | model pair acc |" in markdown
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert pngs == ["best-alignment.png", "best-mos.png", "srcc-plcc-alignment.png", "srcc-plcc-mos.png"]
     for name in pngs:

@@ -36,6 +36,15 @@ def data():
     return X, y
 
 
+def _reseal(path):
+    """What an adversary who also edits bundle.json does: record the new files' sha256."""
+    import hashlib
+
+    meta = json.loads((path / BUNDLE_JSON).read_text())
+    meta["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in path.iterdir() if f.name != BUNDLE_JSON}
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+
+
 def _round_trip(head, X, y, tmp_path):
     head.fit(X, y)
     labels = ["mos", "alignment"][: 1 if y.ndim == 1 else y.shape[1]]
@@ -89,6 +98,7 @@ def test_loading_refuses_untrusted_types_in_a_skops_file(data, tmp_path):
     path = save_bundle(SVRHead().fit(X, y[:, 0]), tmp_path / "model", PROVENANCE, X.names, ["mos"])
     # A hostile bundle: the estimator would call os.system on predict.
     skops.io.dump(make_pipeline(FunctionTransformer(os.system)), path / "model.skops")
+    _reseal(path)  # the checksums would refuse it first; here its author rewrote them too
     with pytest.raises(BundleError, match="not trusted.*system"):
         load_bundle(path)
 

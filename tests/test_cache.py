@@ -200,23 +200,24 @@ def test_crash_mid_merge_keeps_previous_cache_and_remerge_succeeds(tmp_path, mon
     shards = [frames_shard(tmp_path / "s1.h5", ids[3:6], values[3:6]),
               frames_shard(tmp_path / "s2.h5", ids[6:], values[6:])]
 
-    real = store._write_rows
+    real = store._write_videos
     calls = []
 
-    def crash_on_second_shard(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("simulated kill half-way through the merge")
-        real(*args)
+    class Killed(BaseException):
+        """Stands for a kill: not an error a damaged file raises."""
 
-    monkeypatch.setattr(store, "_write_rows", crash_on_second_shard)
-    with pytest.raises(RuntimeError, match="half-way"):
+    def crash_half_way(*args):  # the groups are written, the videos table not yet
+        calls.append(1)
+        raise Killed("simulated kill half-way through the merge")
+
+    monkeypatch.setattr(store, "_write_videos", crash_half_way)
+    with pytest.raises(Killed, match="half-way"):
         merge_shards(cache, shards)
-    assert len(calls) == 2
+    assert len(calls) == 1
     assert_same_snapshot(before, snapshot(cache))
     assert no_partials(tmp_path)
 
-    monkeypatch.setattr(store, "_write_rows", real)
+    monkeypatch.setattr(store, "_write_videos", real)
     report = merge_shards(cache, shards)
     assert report.added == {"clip-frames": 6}
     assert FeatureCache(cache).ids("clip-frames") == ids

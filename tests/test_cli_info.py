@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aigvqa.cache import Failure, GroupData, merge_shards, write_shard
+from aigvqa.cache import FORMAT_VERSION, Failure, GroupData, merge_shards, write_shard
 from aigvqa.pipeline.cli import main
 
 SHA = "sha256:" + "cd" * 32
@@ -40,7 +40,7 @@ def small_cache(tmp_path):
 def test_info_prints_groups_shapes_and_random_init_warning(small_cache, capsys):
     assert main(["info", str(small_cache)]) == 0
     out = capsys.readouterr().out
-    assert str(small_cache) in out and "format 1" in out
+    assert str(small_cache) in out and f"format {FORMAT_VERSION}, checksummed" in out
     frames_line = next(line for line in out.splitlines() if line.strip().startswith("clip-frames") and "video" in line)
     assert frames_line.split()[:6] == ["clip-frames", "video", "4", "8", "16", "float16"]
     assert "3/6.5/8" in frames_line  # lengths min/median/max
@@ -72,3 +72,23 @@ def test_info_on_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["info", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "aigvqa info: error:" in err and str(missing) in err and "aigvqa extract" in err
+
+
+def test_info_verify_passes_a_sound_cache_and_names_what_is_damaged(small_cache, tmp_path, capsys):
+    import h5py
+
+    assert main(["info", "--verify", str(small_cache)]) == 0
+    assert "OK" in capsys.readouterr().out
+    with h5py.File(small_cache, "r") as f:
+        offset = f["clip-frames/values"].id.get_chunk_info(0).byte_offset
+    data = bytearray(small_cache.read_bytes())
+    data[offset + 3] ^= 0x10
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(bytes(data))
+    assert main(["info", "--verify", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED" in out and "clip-frames/values" in out and "Traceback" not in out
+    assert main(["info", "--verify", "--json", str(damaged)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and any("clip-frames/values" in p for p in report["problems"])
+    assert main(["info", str(damaged)]) == 0  # the summary itself reads no values

@@ -12,7 +12,11 @@ import pytest
 from aigvqa.cache import FeatureCache, GroupData, merge_shards, write_shard
 from aigvqa.pipeline.cli import main
 from aigvqa.pipeline.model.bundle import load_bundle
-from aigvqa.pipeline.training_data import featureset_from_cache, load_training_data
+from aigvqa.pipeline.training_data import (
+    TrainingDataError,
+    featureset_from_cache,
+    load_training_data,
+)
 
 N_PROMPTS, GENERATORS = 10, ("g1", "g2", "g3", "g4")
 PROV_A = {"extractor": "a", "config": {"size": 32}, "view": None, "weights": None}
@@ -58,6 +62,20 @@ def test_featureset_names_groups_and_float_extras(cache):
     assert X.names == ["a", "text", "text-pooled"]  # the bool mask is not a feature
     assert X.arrays["text-pooled"].shape == (40, 1, 3)
     np.testing.assert_array_equal(X.lengths["a"], data.lengths["a"])
+
+
+def test_column_ranges_recorded_in_the_provenance_become_features(cache):
+    store = FeatureCache(cache)
+    data = store.read(["a", "b"])
+    width = data.arrays["a"].shape[-1]
+    provenance = {"a": {**store.group_info("a").provenance, "columns": {"head": [0, 1], "rest": [1, width]}}}
+    X = featureset_from_cache(data, provenance)
+    assert X.names == ["a", "a-head", "a-rest", "b"]
+    np.testing.assert_array_equal(X.arrays["a-head"], data.arrays["a"][..., :1])
+    np.testing.assert_array_equal(X.arrays["a-rest"], data.arrays["a"][..., 1:])
+    np.testing.assert_array_equal(X.lengths["a-rest"], data.lengths["a"])
+    with pytest.raises(TrainingDataError, match=r"'head' = \[0, 99\)"):
+        featureset_from_cache(data, {"a": {"columns": {"head": [0, 99]}}})
 
 
 def test_train_writes_a_bundle_that_predicts_like_the_fitted_head(cache, tmp_path, capsys):

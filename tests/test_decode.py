@@ -120,13 +120,14 @@ def _zeroed_payload(path: Path) -> Path:
         (lambda p: p / "missing.mp4", "no such video file"),
         (lambda p: _write(p / "empty.mp4", b""), "empty"),
         (lambda p: _write(p / "text.mp4", b"not a video\n" * 20), "not a readable video container"),
-        (lambda p: _audio_only(p / "audio.wav"), "no video stream"),
+        (lambda p: _audio_only(p / "audio.mkv"), "no video stream"),
+        (lambda p: _audio_only(p / "audio.wav"), "not a video"),
         (
             lambda p: _zeroed_payload(write_video(p / "ok.mp4", moving_pattern(8, 32, 32), 8)),
             "no frame of the video stream could be decoded",
         ),
     ],
-    ids=["missing", "zero-byte", "text-renamed-mp4", "audio-only", "undecodable"],
+    ids=["missing", "zero-byte", "text-renamed-mp4", "audio-only-mkv", "wav", "undecodable"],
 )
 def test_bad_files_raise_decode_error_naming_the_file(tmp_path, make_bad, reason):
     path = make_bad(tmp_path)
@@ -136,6 +137,52 @@ def test_bad_files_raise_decode_error_naming_the_file(tmp_path, make_bad, reason
     assert isinstance(probed.value, AigvqaError)
     with pytest.raises(DecodeError, match=re.escape(str(path))):
         list(iter_frames(path))
+
+
+def _text_file(path: Path) -> Path:
+    """Text long enough for FFmpeg's ``tty`` demuxer, which renders it as a picture."""
+    lines = [f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(60)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _image(path: Path, ext: str | None = None) -> Path:
+    import cv2
+
+    ok, data = cv2.imencode(ext or path.suffix, np.full((32, 48, 3), 128, np.uint8))
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_bad, reason",
+    [
+        (lambda p: _text_file(p / "notes.txt"), "not a video"),
+        (lambda p: _write(p / "subs.srt", b"1\n00:00:01,000 --> 00:00:02,000\nHello\n"), "not a video"),
+        (lambda p: _image(p / "frame.png"), "a still image"),
+        (lambda p: _image(p / "frame.jpg"), "a still image"),
+        (lambda p: _image(p / "frame.mp4", ".png"), "a still image"),  # the name does not matter
+        (lambda p: _write(p / "empty.gif", b""), "empty"),
+    ],
+    ids=["txt-tty", "srt", "png", "jpeg", "png-renamed-mp4", "zero-byte-gif"],
+)
+def test_files_ffmpeg_opens_but_are_no_video_are_refused(tmp_path, make_bad, reason):
+    """FFmpeg "decodes" a .txt into a picture of its text (tty demuxer) and an image into one
+    frame; both used to be scored ok. Only video containers are accepted."""
+    path = make_bad(tmp_path)
+    with pytest.raises(DecodeError) as probed:
+        probe(path)
+    assert str(path) in str(probed.value) and reason in str(probed.value)
+    with pytest.raises(DecodeError):
+        next(iter_frames(path))
+
+
+def test_every_video_container_name_is_one_ffmpeg_knows():
+    known = set()
+    for name in av.formats_available:
+        known.update(name.split(","))
+    assert decode.VIDEO_CONTAINERS <= known | {"mp4"}  # FFmpeg lists mp4 as part of "mov,mp4,..."
 
 
 def _truncated(path: Path) -> Path:
@@ -249,3 +296,11 @@ def test_every_real_sample_decodes_completely():
             assert index == count and frame.shape == (height, width, 3)
             count += 1
         assert count == frames, name
+
+
+def test_every_fetv_gif_is_accepted_as_a_video():
+    gifs = sorted((SHARED_DATA / "fetv" / "gifs").rglob("*.gif"))
+    if not gifs:
+        pytest.skip(f"FETV GIFs not present at {SHARED_DATA / 'fetv'}")
+    for path in gifs:
+        assert probe(path).num_frames >= 1, path

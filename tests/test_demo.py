@@ -75,8 +75,10 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(RANDOM_WEIGHTS_BANNER) == 2  # loud, before and after
 
+    assert "blip-itm" in out and "imagereward" in out  # where real alignment features come from
     report = result.report.read_text()
     assert "RANDOM WEIGHTS" in report
+    assert "`blip-itm`" in report and "`imagereward`" in report and "pair acc (in prompt)" in report
     for head in ("svr", "lightgbm", "mlp"):
         for label in LABEL_NAMES:
             assert f"| {head} | {label} |" in report

@@ -1,4 +1,5 @@
-"""`aigvqa dump`: npy and csv exports keyed by video id, prompt groups expanded."""
+"""`aigvqa dump`: npy and csv exports sorted by id, the cache's dtype kept, prompt-keyed
+groups once per prompt (or expanded), column names as CSV headers, failures.csv always."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_npy_dump_writes_values_lengths_ids_and_extras_per_group(cache, tmp_path):
     out = tmp_path / "out"
     report = dump(cache, out, format="npy", chunk_rows=2)  # several chunks per group
-    assert report.rows == {"frames": 3, "text": 3}
+    assert report.rows == {"frames": 3, "text": 2}
 
     ids = np.load(out / "frames.ids.npy")
     assert list(ids) == ["a", "b", "c"]
@@ -63,12 +64,13 @@ def test_npy_dump_writes_values_lengths_ids_and_extras_per_group(cache, tmp_path
         np.testing.assert_array_equal(values[row, : lengths[row]], FRAMES[video])
         assert not values[row, lengths[row]:].any()  # zero padding
 
-    # prompt-keyed group: one row per video, through the videos table
-    assert list(np.load(out / "text.ids.npy")) == ["a", "b", "c"]
-    pooled = np.load(out / "text.pooled.npy")
-    np.testing.assert_array_equal(pooled, [POOLED[PROMPT_OF[v]] for v in "abc"])
+    # prompt-keyed group: one row per prompt, as stored, and a video -> prompt map
+    assert list(np.load(out / "text.ids.npy")) == ["p1", "p2"]
+    np.testing.assert_array_equal(np.load(out / "text.pooled.npy"), [POOLED["p1"], POOLED["p2"]])
     text_values = np.load(out / "text.values.npy")
-    np.testing.assert_array_equal(text_values[2, :1], PROMPTS["p2"])
+    np.testing.assert_array_equal(text_values[1, :1], PROMPTS["p2"])
+    assert {r["video_id"]: r["prompt_id"] for r in read_csv(out / "video_prompt.csv")} == PROMPT_OF
+    assert report.keyed_by == {"frames": "video", "text": "prompt"} and report.rows["text"] == 2
 
     videos = read_csv(out / "videos.csv")
     assert [v["video_id"] for v in videos] == ["a", "b", "c"]
@@ -109,8 +111,64 @@ def test_cli_dump(cache, tmp_path, capsys):
 
     assert main(["dump", str(cache), "--format", "npy", "--out", str(tmp_path / "o"),
                  "--groups", "text"]) == 0
-    assert "text (3 rows)" in capsys.readouterr().out
+    assert "text (2 prompt rows)" in capsys.readouterr().out
     assert (tmp_path / "o" / "text.values.npy").exists()
     assert not (tmp_path / "o" / "frames.values.npy").exists()
     assert main(["dump", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_expand_prompts_gives_one_row_per_video(cache, tmp_path):
+    out = tmp_path / "out"
+    report = dump(cache, out, format="npy", groups=["text"], expand_prompts=True)
+    assert report.rows == {"text": 3} and not (out / "video_prompt.csv").exists()
+    assert list(np.load(out / "text.ids.npy")) == ["a", "b", "c"]
+    np.testing.assert_array_equal(np.load(out / "text.pooled.npy"), [POOLED[PROMPT_OF[v]] for v in "abc"])
+    dump(cache, tmp_path / "csv", format="csv", groups=["text"])
+    rows = read_csv(tmp_path / "csv" / "text.csv")
+    assert [r["prompt_id"] for r in rows] == ["p1", "p2"]
+
+
+def _half_cache(tmp_path: Path, failures=()) -> Path:
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=(2, 3)).astype(np.float16) for _ in range(2)]
+    group = GroupData("stats", "video", ["x", "y"], values, provenance={"extractor": "stats"},
+                      columns=["sharpness", "noise", "flicker"])
+    shard = write_shard(tmp_path / "half.shard.h5", [group], failures,
+                        [{"video_id": v, "labels": {"mos": 1.0}, "source_order": i} for i, v in enumerate("xy")])
+    merge_shards(tmp_path / "half.h5", [shard])
+    return tmp_path / "half.h5"
+
+
+def test_float16_stays_float16_unless_widened_and_columns_name_the_csv_header(tmp_path):
+    cache = _half_cache(tmp_path)
+    dump(cache, tmp_path / "keep")
+    kept = np.load(tmp_path / "keep" / "stats.values.npy")
+    assert kept.dtype == np.float16  # was doubled to float32
+    assert (tmp_path / "keep" / "stats.columns.txt").read_text().split() == ["sharpness", "noise", "flicker"]
+    dump(cache, tmp_path / "wide", dtype="float32")
+    wide = np.load(tmp_path / "wide" / "stats.values.npy")
+    assert wide.dtype == np.float32 and np.array_equal(wide, kept.astype(np.float32))
+    dump(cache, tmp_path / "csv", format="csv", pool="flatten")
+    rows = read_csv(tmp_path / "csv" / "stats.csv")
+    assert list(rows[0])[:3] == ["video_id", "stats.t0.sharpness", "stats.t0.noise"]
+    assert np.float16(rows[0]["stats.t1.flicker"]) == kept[0, 1, 2]  # float16 text round trip
+    dump(cache, tmp_path / "mean", format="csv")
+    assert list(read_csv(tmp_path / "mean" / "stats.csv")[0]) == ["video_id", "stats.sharpness", "stats.noise",
+                                                                  "stats.flicker"]
+    videos = read_csv(tmp_path / "csv" / "videos.csv")
+    assert [v["source_order"] for v in videos] == ["0", "1"]  # extra per-video fields travel too
+    with pytest.raises(AigvqaError, match="unknown dump dtype"):
+        dump(cache, tmp_path / "o", dtype="int8")
+
+
+def test_failures_csv_is_always_written(tmp_path, capsys):
+    from aigvqa.pipeline.cli import main
+
+    cache = _half_cache(tmp_path)
+    dump(cache, tmp_path / "o", format="csv")
+    assert (tmp_path / "o" / "failures.csv").read_text().strip() == "id,extractor,error"
+    with pytest.raises(SystemExit):
+        main(["dump", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "failures.csv (only its header when nothing failed)" in help_text

@@ -144,3 +144,50 @@ def test_custom_splits_and_cross_dataset():
     assert len(cross.trials) == 1 and cross.y_true.shape == (120, 2)
     assert cross.median("srcc", "t") > 0.8 and np.isfinite(cross.median("model_srcc", "s"))
     assert cross.split.startswith("cross-dataset")
+
+
+def test_ranking_metrics_per_trial_in_table_and_csv(tmp_path):
+    from aigvqa.pipeline.evaluation.metrics import (
+        generator_rank_agreement,
+        pairwise_accuracy,
+        per_group_srcc,
+    )
+
+    X, y, groups = _data(prompts_per=4)
+    result = evaluate(SpyHead(), X, y, groups, split="prompt-disjoint", trials=3,
+                      label_names=["spatial", "temporal"], progress=False)
+    names = result.metric_names()
+    assert {"pair_acc", "prompt_srcc", "model_pair_acc"} <= set(names)
+    prompts = np.asarray(groups["prompt"])
+    for j, label in enumerate(result.label_names):
+        for t, value in zip(result.trials, result.values("pair_acc", label)):
+            mos, pred = y[t.test, j], t.y_pred[:, j]
+            assert value == pytest.approx(pairwise_accuracy(mos, pred, prompts[t.test]))
+            assert t.metrics[label]["prompt_srcc"] == pytest.approx(per_group_srcc(mos, pred, prompts[t.test]))
+            assert t.metrics[label]["model_pair_acc"] == pytest.approx(
+                generator_rank_agreement(pred, mos, groups["generator"][t.test])["pair_acc"])
+    # a head that orders by the right feature ranks each prompt's videos mostly right
+    assert result.median("pair_acc", "temporal") > 0.8
+    table = result.table()
+    assert "pair acc (in prompt)" in table and "SRCC (in prompt)" in table and "model pair acc" in table
+    result.to_csv(tmp_path / "r.csv")
+    with open(tmp_path / "r.csv") as fh:
+        header = next(csv.reader(fh))
+    assert {"pair_acc_median", "prompt_srcc_std", "model_pair_acc_median"} <= set(header)
+
+
+def test_ranking_metrics_need_prompt_labels():
+    X, y, groups = _data()
+    plain = evaluate(SpyHead(), X, y[:, 0], None, split="random-8:2", trials=2, progress=False)
+    assert "pair_acc" not in plain.metric_names() and "model_pair_acc" not in plain.metric_names()
+    unlabelled = {"prompt": np.full(len(y), ""), "generator": groups["generator"]}
+    result = evaluate(SpyHead(), X, y[:, 0], unlabelled, split="random-8:2", trials=2, progress=False)
+    assert "pair_acc" not in result.metric_names() and "model_pair_acc" in result.metric_names()
+
+
+def test_leave_one_generator_out_pools_the_generator_pair_accuracy():
+    X, y, groups = _data(generators=5)
+    result = evaluate(SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False)
+    assert np.isnan(result.values("model_pair_acc")).all()  # one generator per fold
+    assert 0.0 <= result.pooled_model_level["mos"]["pair_acc"] <= 1.0
+    assert "pair acc" in result.table()

@@ -22,6 +22,7 @@ from aigvqa.cache.store import FeatureCache
 from aigvqa.errors import AigvqaError, ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.handcrafted import FEATURE_NAMES
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import (
     ExtractError,
@@ -101,6 +102,24 @@ class PromptLength(Extractor):
         return prov
 
 
+class PromptScore(MeanColour):
+    """A needs_prompt video extractor: [mean red, len(prompt)] per key frame; logs the
+    prompts of every forward call (one line per item)."""
+
+    name = "prompt-score"
+    needs_prompt = True
+
+    def output_dims(self):
+        return {"values": 2}
+
+    def forward(self, items, prompts=None):
+        if self._config["log"]:
+            with open(self._config["log"], "a") as fh:
+                fh.writelines(p + "\n" for p in prompts)
+        red = items.reshape(len(items), -1, 3).mean(axis=1)[:, :1]
+        return np.hstack([red, [[len(p)] for p in prompts]]).astype(np.float32)
+
+
 def calls(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
@@ -110,7 +129,7 @@ def calls(log: Path) -> int:
 def client():
     from distributed import Client
 
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
 
     with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
@@ -159,6 +178,7 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)  # named for outside readers
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
@@ -240,6 +260,40 @@ def test_prompts_are_encoded_once_per_distinct_prompt(client, videos, tmp_path):
 
     extract(recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client, progress=False)
     assert len(log.read_text().splitlines()) == 2  # cached prompts are not encoded again
+
+
+def test_prompt_scored_extractors_get_each_videos_prompt(client, videos, tmp_path):
+    cache, log, colour_log = tmp_path / "feats.h5", tmp_path / "prompts.log", tmp_path / "colour.log"
+    texts = {"good0": "a red fox", "good1": "two cats dancing", "one-frame": None}
+    recs = records_of(videos, list(texts), prompt=texts.get)
+    report = extract(recs, [PromptScore(n=3, log=str(log)), MeanColour(n=3, log=str(colour_log))],
+                     cache, client=client, progress=False)
+    # every item of a video is scored against that video's prompt; the prompt-less video is
+    # planned without the extractor (no item of it reaches forward)
+    assert sorted(log.read_text().splitlines()) == ["a red fox"] * 3 + ["two cats dancing"] * 3
+    reader = FeatureCache(cache)
+    data = reader.read(["prompt-score"])
+    assert data.ids == ["good0", "good1"]
+    np.testing.assert_array_equal(data.arrays["prompt-score"][:, :, 1], [[9] * 3, [16] * 3])
+    assert [(f.id, f.extractor) for f in reader.failures()] == [("one-frame", "prompt-score")]
+    assert "needs one" in reader.failures()[0].error
+    assert sorted(reader.ids("mean-colour")) == ["good0", "good1", "one-frame"]
+    assert (report.succeeded, report.failed) == (2, 1)
+
+
+def test_decoding_ahead_hands_each_video_its_own_prompt(videos, tmp_path):
+    from aigvqa.pipeline.extract import run_video_chunk
+
+    log = tmp_path / "prompts.log"
+    texts = {"good0": "a red fox", "good1": "two cats dancing", "good2": None}
+    recs = records_of(videos, list(texts), prompt=texts.get)
+    result = run_video_chunk(recs, [PromptScore(n=2, log=str(log)), MeanColour(n=2)],
+                             str(tmp_path / "shard.h5"), videos_in_flight=2)
+    assert log.read_text().splitlines() == ["a red fox"] * 2 + ["two cats dancing"] * 2
+    assert result.done["prompt-score"] == ["good0", "good1"]
+    assert result.done["mean-colour"] == ["good0", "good1", "good2"]  # isolated: kept
+    assert [(f[0], f[1]) for f in result.failures] == [("good2", "prompt-score")]
+    assert "MissingPromptError" in result.failures[0][2]
 
 
 def test_leftover_shards_of_a_killed_run_are_merged_not_recomputed(client, videos, tmp_path):
@@ -336,7 +390,7 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(config),
                  "--cache", str(cache), "--scheduler", client.scheduler.address, "--no-progress"])
     out = capsys.readouterr()
-    assert code == 0, out.err
+    assert code == 1, out.err  # one video failed: the exit status says so (0 only when all succeeded)
     assert "2 succeeded, 1 failed, 0 skipped" in out.out
     info = FeatureCache(cache).group_info("handcrafted")
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
@@ -350,7 +404,7 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
 
 def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails():
     from aigvqa.extractors.decode import TruncatedVideoWarning
-    from aigvqa.pipeline.extract import _truncation
+    from aigvqa.pipeline.extract.failures import truncation as _truncation
 
     def caught(decoded, expected):
         return [TruncatedVideoWarning("short", "x.mp4", decoded, expected)]
@@ -369,7 +423,7 @@ def test_scheduler_file_connects_to_a_running_cluster(client, videos, tmp_path):
 
 
 def test_default_worker_count_follows_cores_and_torch_threads():
-    from aigvqa.pipeline.cluster import default_n_workers
+    from aigvqa.pipeline.extract.cluster import default_n_workers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 1 <= default_n_workers(1) <= cores
@@ -378,7 +432,7 @@ def test_default_worker_count_follows_cores_and_torch_threads():
 
 
 def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(client):
-    from aigvqa.pipeline.cluster import MALLOC_ENV
+    from aigvqa.pipeline.extract.cluster import MALLOC_ENV
 
     env = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert set(env.values()) == {(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "1")}
@@ -386,12 +440,12 @@ def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(clie
 
 def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, monkeypatch):
     # workers may run elsewhere with another working directory: paths leave the client absolute
-    from aigvqa.pipeline.cli.commands.extract import extractor_spec
+    from aigvqa.pipeline.extract import extractor_options
 
     config = tmp_path / "conf" / "extractors.toml"
     config.parent.mkdir()
     config.write_text('[vit-keyframes]\nweights = "weights/vit.safetensors"\n')
-    spec = extractor_spec("vit-keyframes", config)
+    spec = extractor_options(config, "vit-keyframes")
     assert spec["vit-keyframes"]["weights"] == str(config.parent / "weights" / "vit.safetensors")
 
     monkeypatch.chdir(tmp_path)
@@ -498,7 +552,7 @@ def test_the_next_video_decodes_while_this_ones_forward_passes_run(videos, tmp_p
 def test_decode_ahead_is_bounded_in_videos_and_in_bytes():
     import threading
 
-    from aigvqa.pipeline.extract import _DecodeAhead, _DecoderStopped
+    from aigvqa.pipeline.extract.sources import _DecodeAhead, _DecoderStopped
 
     hand_off = _DecodeAhead(max_videos=2, max_bytes=150)
 
@@ -587,7 +641,6 @@ def test_a_forward_failure_stops_the_decoding_of_that_video(videos, tmp_path, mo
     import aigvqa.extractors.views as views_module
     from aigvqa.pipeline import extract as extract_module
 
-    monkeypatch.setattr(extract_module, "PREFETCH_BYTES", 1)  # one item at a time: no run-ahead within a video
     handed_over = []
     real_stream = views_module.stream_views
 
@@ -598,7 +651,8 @@ def test_a_forward_failure_stops_the_decoding_of_that_video(videos, tmp_path, mo
 
     monkeypatch.setattr(views_module, "stream_views", counting)
     result = extract_module.run_video_chunk(records_of(videos, ["good0", "good1"]), [FailsOnItsFirstBatch()],
-                                            str(tmp_path / "shard.h5"), videos_in_flight=2)
+                                            str(tmp_path / "shard.h5"), videos_in_flight=2,
+                                            decode_ahead_bytes=1)  # one item at a time: no run-ahead
     assert result.done["fails-early"] == []
     assert {vid for vid, _, _ in result.failures} == {"good0", "good1"}
     # the decoder thread gave up after a few of each video's 12 items (the retry alone
@@ -636,14 +690,14 @@ def test_cli_passes_decode_threads_to_extract(videos, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
                   "--decode-threads", "3", "--torch-threads", "2"])
-    assert seen["decode_threads"] == 3 and seen["torch_threads"] == 2
+    assert seen["decode_threads"] == 3 and seen["cluster"].torch_threads == 2
 
 
 def test_the_truncation_hook_survives_code_that_restores_the_warnings_state():
     import warnings
 
     from aigvqa.extractors.decode import TruncatedVideoWarning
-    from aigvqa.pipeline.extract import _truncation_warnings
+    from aigvqa.pipeline.extract.failures import truncation_warnings as _truncation_warnings
 
     def warn_truncated():
         warnings.warn(TruncatedVideoWarning("cut short", "v.mp4", 3, 8), stacklevel=1)

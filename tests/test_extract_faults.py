@@ -23,8 +23,8 @@ from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
-from aigvqa.pipeline import extract as extract_module
 from aigvqa.pipeline.extract import extract, shard_dir_for
+from aigvqa.pipeline.extract import run as run_module
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -36,7 +36,8 @@ class CountingMean(Extractor):
     """Mean colour of 4 key frames. Options (bookkeeping, not part of the provenance):
     ``log`` gets one line per forward call; ``sleep`` seconds per call; ``kill_once``: the
     first call anywhere (a marker file decides) ends its process with ``os._exit``;
-    ``kill_on_black``: every call on an all-black video ends its process."""
+    ``kill_on_black``: every call whose batch holds an all-black item ends its process
+    (batches mix videos: the black video's key frames share a batch with others')."""
 
     name = "counting-mean"
 
@@ -62,7 +63,7 @@ class CountingMean(Extractor):
                 os._exit(1)  # a worker process dying mid-task (segfault, OOM kill)
             except FileExistsError:
                 pass
-        if cfg["kill_on_black"] and items.max() == 0:
+        if cfg["kill_on_black"] and any(item.max() == 0 for item in items):
             os._exit(1)
         if cfg["sleep"]:
             time.sleep(cfg["sleep"])
@@ -88,7 +89,7 @@ def client():
     import dask
     from distributed import Client
 
-    from aigvqa.pipeline.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import local_cluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
@@ -192,7 +193,7 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
 ):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     landed_futures = []
-    original = extract_module._Run._merge_due
+    original = run_module.ExtractRun._merge_due
 
     def interrupt_after_two(self, merge_every):
         landed_futures.append(1)
@@ -200,7 +201,7 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
             raise KeyboardInterrupt
         return original(self, merge_every)
 
-    monkeypatch.setattr(extract_module._Run, "_merge_due", interrupt_after_two)
+    monkeypatch.setattr(run_module.ExtractRun, "_merge_due", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         extract(records, [CountingMean(log=str(log), sleep=0.2)], cache, client=client,
                 chunk_size=1, progress=False)

@@ -265,6 +265,38 @@ def test_openai_torchscript_checkpoint_is_read_without_unpickling_code(tmp_path,
     )
 
 
+def test_torchscript_weights_with_code_that_runs_on_load_are_refused_before_it_runs(tmp_path, capfd):
+    """OpenAI's archive format can carry a __setstate__ that torch.jit.load executes; the
+    extractor reads tensors only and refuses a module it cannot read without running code."""
+    import warnings
+
+    class Crafted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.proj
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[torch.Tensor, bool]:
+            return (self.proj, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+            print("CRAFTED-CODE-RAN")
+            self.proj = state[0]
+            self.training = state[1]
+
+    path = tmp_path / f"{TINY}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(Crafted()).save(str(path))
+    with pytest.raises(CheckpointMismatchError, match="never runs code|custom state"):
+        tiny(weights=str(path)).load()
+    assert "CRAFTED-CODE-RAN" not in capfd.readouterr().out
+
+
 # -- failures ----------------------------------------------------------------------------------
 def test_missing_weights_name_every_place_searched(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path / "weights"))

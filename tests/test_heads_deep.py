@@ -377,3 +377,70 @@ def test_sma_beats_pooled_mlp_on_content_mutations():
     sma = held_out_srcc(MSAVQAHead(preset="small", epochs=15, seed=1), X, y, 400)
     pooled = held_out_srcc(PooledMLPHead(seed=1), X, y, 400)
     assert sma > 0.7 and sma - pooled > 0.4, (sma, pooled)
+
+
+# --------------------------------------------------------------------------------------
+# branch-sum with BLIP / ImageReward features
+# --------------------------------------------------------------------------------------
+def blip_features(n, seed=0):
+    """What a cache of blip-itm + blip-text + imagereward (+ the quality groups) gives."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(3, 7, size=n)
+    arrays = {
+        "swin-fragments": rng.normal(size=(n, 2, 12)), "convnext-frames": rng.normal(size=(n, 4, 12)),
+        "blip-itm-image": rng.normal(size=(n, 6, 16)), "blip-text-pooled": rng.normal(size=(n, 1, 16)),
+        "blip-itm-match": np.concatenate([rng.uniform(0, 1, (n, 6, 1)), rng.uniform(-1, 1, (n, 6, 1))], -1),
+        "imagereward": rng.normal(size=(n, 6, 1)),
+    }
+    for name in ("blip-itm-image", "blip-itm-match", "imagereward"):
+        arrays[name][np.arange(6)[None, :] >= frames[:, None]] = 0
+    lengths = {name: frames for name in ("blip-itm-image", "blip-itm-match", "imagereward")}
+    X = FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}, lengths)
+    y = arrays["blip-itm-match"][:, :, 0].sum(1) / frames + arrays["imagereward"][:, 0, 0]
+    return X, y
+
+
+def test_branchsum_takes_blip_features_for_its_alignment_branch():
+    X, y = blip_features(40)
+    head = tiny("branchsum").fit(X, y)
+    assert head.feature_names_ == {
+        "technical": "swin-fragments", "aesthetic": "convnext-frames", "frames": "blip-itm-image",
+        "text": "blip-text-pooled", "match": "blip-itm-match", "reward": "imagereward",
+    }
+    module = head.module_
+    assert module.raw_alignment and module.score_roles == ["match", "reward"]
+    # the alignment MLP reads 3 statistics of each score column (2 ITM/ITC + 1 reward)
+    assert module.branch_heads["alignment"][0].in_features == 16 + 3 + 3 * 2 + 3 * 1
+    before = head.predict(X)
+    for role in ("blip-itm-match", "imagereward"):  # both score groups reach the prediction
+        changed = {**X.arrays, role: (X.arrays[role].astype(np.float32) + 1).astype(np.float16)}
+        assert not np.allclose(head.predict(FeatureSet(changed, X.lengths, X.ids)), before)
+    padded = {k: v.copy() for k, v in X.arrays.items()}
+    for role in ("blip-itm-match", "imagereward"):  # frames beyond a video's length do not count
+        padded[role][np.arange(6)[None, :] >= X.lengths[role][:, None]] = 9
+    np.testing.assert_allclose(head.predict(FeatureSet(padded, X.lengths, X.ids)), before, rtol=1e-5)
+
+
+def test_branchsum_prefers_clip_and_uses_score_roles_only_when_present():
+    X, y = all_features(30)
+    head = tiny("branchsum").fit(X, y)
+    assert head.feature_names_["frames"] == "clip-frames" and "match" not in head.feature_names_
+    assert head.module_.score_roles == []
+    B, _ = blip_features(30)
+    both = FeatureSet({**X.arrays, "imagereward": B.arrays["imagereward"]},
+                      {**X.lengths, "imagereward": B.lengths["imagereward"]}, X.ids)
+    head = tiny("branchsum").fit(both, y)
+    assert head.feature_names_["frames"] == "clip-frames" and head.feature_names_["reward"] == "imagereward"
+    assert "match" not in head.feature_names_
+
+
+def test_branchsum_score_roles_can_be_mapped_and_are_checked():
+    X, y = blip_features(20)
+    head = tiny("branchsum", features={"match": "imagereward"}).fit(X.select(
+        ["swin-fragments", "convnext-frames", "blip-itm-image", "blip-text-pooled", "imagereward"]), y)
+    assert head.feature_names_["match"] == "imagereward" and head.feature_names_["reward"] == "imagereward"
+    with pytest.raises(AigvqaError, match="'match': 'blip-itm-match'"):
+        tiny("branchsum", features={"match": "blip-itm-match"}).fit(X.select(
+            ["swin-fragments", "convnext-frames", "blip-itm-image", "blip-text-pooled"]), y)
+    with pytest.raises(AigvqaError, match="clip-frames or blip-itm-image"):
+        tiny("branchsum").fit(X.select(["swin-fragments", "convnext-frames", "blip-text-pooled"]), y)

@@ -125,6 +125,31 @@ def test_a_different_file_into_the_same_group_is_refused(feats, tmp_path):
         import_features(second, tmp_path / "c.h5", "g", ids_from=meta)
 
 
+def test_cross_dataset_evaluation_between_two_imported_files_is_not_refused(tmp_path):
+    """KoNViD-1k -> LIVE-VQC with VIDEVAL features: two files, one feature definition. The
+    file a matrix came from is information; a different variable is still refused."""
+    from aigvqa.pipeline.evaluation.evaluate import evaluate_cache
+
+    rng = np.random.default_rng(3)
+    caches = []
+    for name, n in (("KONVID_feats", 40), ("LIVEVQC_feats", 30)):
+        values = rng.normal(size=(n, D))
+        ids = [f"{name}-{i}" for i in range(n)]
+        mat = tmp_path / f"{name}.mat"
+        scipy.io.savemat(mat, {"feats_mat": values})
+        meta = _metadata(tmp_path / f"{name}.csv", ids, values[:, 0] * 2 + 3)
+        caches.append(tmp_path / f"{name}.h5")
+        import_features(mat, caches[-1], "videval", ids_from=meta, label_columns=["mos"])
+    result = evaluate_cache(caches[0], "elasticnet", test_cache=caches[1], progress=False)
+    assert result.median("srcc", "mos") > 0.9  # mos follows feature 0 in both datasets
+    other = tmp_path / "other.mat"
+    scipy.io.savemat(other, {"other_name": rng.normal(size=(30, D))})
+    meta = _metadata(tmp_path / "other.csv", [f"o{i}" for i in range(30)], rng.uniform(1, 5, 30))
+    import_features(other, tmp_path / "other.h5", "videval", ids_from=meta, label_columns=["mos"])
+    with pytest.raises(ProvenanceMismatchError, match="config.variable: 'feats_mat' vs 'other_name'"):
+        evaluate_cache(caches[0], "elasticnet", test_cache=tmp_path / "other.h5", progress=False)
+
+
 def test_videval_konvid_features(tmp_path):
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc" / "features"
     if not data.is_dir():

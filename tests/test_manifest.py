@@ -318,6 +318,47 @@ def test_missing_columns_and_files_name_the_fix(folder):
 # -- writing -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fmt, suffix, body", [
+    ("csv", ".csv", "video_id,path,prompt,mos\na,videos/a.mp4,plain,3\nb,videos/b.mp4,un caf\u00e9 cr\u00e8me,4\n"),
+    ("jsonl", ".jsonl", '{"id": "a", "video": "videos/a.mp4", "mos": 3}\n'
+                        '{"id": "b", "video": "videos/b.mp4", "caption": "cr\u00e8me", "mos": 4}\n'),
+    ("t2vqa", ".txt", "a.mp4|plain|3\nb.mp4|un caf\u00e9|4\n"),
+])
+def test_a_latin1_manifest_names_the_line_and_the_expected_encoding(folder, fmt, suffix, body):
+    manifest = folder / f"m{suffix}"
+    manifest.write_bytes(body.encode("latin-1"))
+    video_dir = folder / "videos" if fmt == "t2vqa" else None
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest, video_dir=video_dir)
+    message = str(err.value)
+    line = next(i for i, text in enumerate(body.splitlines(), start=1) if not text.isascii())
+    assert str(manifest) in message and f"line {line}," in message and "utf-8" in message
+    assert "encoding='latin-1'" in message and "UnicodeDecodeError" not in message
+    records = read_manifest(manifest, encoding="latin-1", video_dir=video_dir)
+    assert "é" in (records[1].prompt or "") or "è" in (records[1].prompt or "")
+
+
+def test_extract_cli_names_the_line_and_takes_an_encoding(folder, capsys):
+    from aigvqa.pipeline.cli import main
+
+    manifest = folder / "m.csv"
+    manifest.write_bytes("video_id,path,prompt\na,videos/a.mp4,caf\u00e9\n".encode("latin-1"))
+    assert main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(folder / "c.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "--encoding latin-1" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    assert "--encoding" in capsys.readouterr().out
+
+
+def test_a_utf8_manifest_with_a_byte_order_mark_reads(folder):
+    manifest = folder / "m.csv"
+    manifest.write_bytes("video_id,path,mos\na,videos/a.mp4,3\n".encode("utf-8-sig"))
+    assert read_manifest(manifest)[0].video_id == "a"
+    with pytest.raises(ManifestError, match="unknown text encoding"):
+        read_manifest(manifest, encoding="no-such-codec")
+
+
 def test_write_manifest_csv_round_trips(folder):
     records = [
         VideoRecord(

@@ -133,3 +133,79 @@ def test_logistic_plcc_matches_videvals_reference_computation():
     reference = stats.pearsonr(y, videval_logistic(pred, *popt))[0]
     assert M.plcc_logistic(y, pred) == pytest.approx(reference, abs=1e-6)
     assert M.plcc_logistic(y, pred) > M.plcc(y, pred)
+
+
+# -- ranking within prompts and across generators ------------------------------------------------
+def brute_force_pair_accuracy(y_true, y_pred, groups):
+    """The definition, pair by pair: per group, ordered-correctly pairs (prediction ties half)
+    over pairs with different MOS; the mean over groups that have such pairs."""
+    fractions = []
+    for g in dict.fromkeys(groups):
+        rows = [i for i, h in enumerate(groups) if h == g]
+        correct = pairs = 0
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                i, j = rows[a], rows[b]
+                if y_true[i] == y_true[j]:
+                    continue
+                pairs += 1
+                if y_pred[i] == y_pred[j]:
+                    correct += 0.5
+                elif (y_pred[i] > y_pred[j]) == (y_true[i] > y_true[j]):
+                    correct += 1
+        if pairs:
+            fractions.append(correct / pairs)
+    return sum(fractions) / len(fractions) if fractions else float("nan")
+
+
+def test_pairwise_accuracy_matches_a_brute_force_count_with_ties():
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n = int(rng.integers(2, 12))
+        groups = [f"p{g}" for g in rng.integers(0, 3, size=n)]
+        y_true = rng.integers(1, 4, size=n).astype(float)  # few values: MOS ties
+        y_pred = rng.integers(0, 3, size=n).astype(float)  # few values: prediction ties
+        expected = brute_force_pair_accuracy(list(y_true), list(y_pred), groups)
+        got = M.pairwise_accuracy(y_true, y_pred, groups)
+        if np.isnan(expected):
+            assert np.isnan(got), case
+        else:
+            assert got == pytest.approx(expected, abs=1e-12), case
+
+
+def test_pairwise_accuracy_small_cases_by_hand():
+    assert M.pairwise_accuracy([1, 2, 3], [10, 20, 30], ["a"] * 3) == 1.0
+    assert M.pairwise_accuracy([1, 2, 3], [30, 20, 10], ["a"] * 3) == 0.0
+    assert M.pairwise_accuracy([1, 2, 3], [5, 5, 5], ["a"] * 3) == 0.5  # all tied: half each
+    # per prompt, then the mean: a (1 of 1) and b (0 of 1); pairs across prompts never count
+    assert M.pairwise_accuracy([1, 2, 1, 2], [0, 1, 9, 3], ["a", "a", "b", "b"]) == 0.5
+    # equal MOS is no pair; a group with none is left out, as are rows without a prompt
+    assert M.pairwise_accuracy([2, 2, 1, 3, 5], [0, 1, 0, 1, 0], ["a", "a", "b", "b", ""]) == 1.0
+    assert np.isnan(M.pairwise_accuracy([2, 2], [0, 1], ["a", "a"]))
+
+
+def test_per_prompt_srcc_is_the_mean_of_scipys_per_prompt_spearman():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(["p0", "p1", "p2", "p3"], [5, 4, 6, 3])
+    y_true = rng.normal(size=groups.size)
+    y_pred = y_true + rng.normal(scale=0.8, size=groups.size)
+    y_pred[:2] = y_pred[2]  # prediction ties inside a prompt
+    expected = np.mean([stats.spearmanr(y_true[groups == g], y_pred[groups == g])[0] for g in np.unique(groups)])
+    assert M.per_group_srcc(y_true, y_pred, groups) == pytest.approx(expected, abs=1e-12)
+    # a prompt with one MOS value is left out; one with constant predictions counts 0
+    y_true[groups == "p3"] = 3.0
+    y_pred[groups == "p2"] = 1.0
+    kept = [stats.spearmanr(y_true[groups == g], y_pred[groups == g])[0] for g in ("p0", "p1")]
+    assert M.per_group_srcc(y_true, y_pred, groups) == pytest.approx((sum(kept) + 0.0) / 3, abs=1e-12)
+
+
+def test_generator_rank_agreement_orders_the_leaderboard():
+    gen = np.repeat(["g1", "g2", "g3", "g4"], 3)
+    mos = np.repeat([1.0, 2.0, 3.0, 4.0], 3)
+    right = M.generator_rank_agreement(mos * 10, mos, gen)
+    assert (right["pair_acc"], right["srcc"], right["n_models"]) == (1.0, 1.0, 4)
+    swapped = np.repeat([2.0, 1.0, 3.0, 4.0], 3)  # g1 and g2 swapped: 5 of 6 pairs right
+    assert M.generator_rank_agreement(swapped, mos, gen)["pair_acc"] == pytest.approx(5 / 6)
+    tied = np.repeat([1.0, 1.0, 3.0, 4.0], 3)  # g1 and g2 tied: half a pair
+    assert M.generator_rank_agreement(tied, mos, gen)["pair_acc"] == pytest.approx(5.5 / 6)
+    assert np.isnan(M.generator_rank_agreement([1.0, 2.0], [1.0, 2.0], ["g", "g"])["pair_acc"])

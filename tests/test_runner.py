@@ -10,6 +10,7 @@ import pytest
 from aigvqa.extractors import create_extractor, encode_prompts, extract_video, run_stats, views
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.registry import ConfiguredExtractor
+from aigvqa.extractors.runner import MissingPromptError, VideoFeatureBuilder
 
 N_FRAMES = 8
 
@@ -47,6 +48,18 @@ class Broken(Brightness):
 
     def forward(self, items):
         return np.zeros((len(items) + 1, 1))
+
+
+class PromptMatch(Brightness):
+    """A needs_prompt extractor: brightness plus the length of the prompt it was handed."""
+
+    name = "test-prompt-match"
+    needs_prompt = True
+
+    def forward(self, items, prompts=None):
+        self.prompts_seen = [*getattr(self, "prompts_seen", []), list(prompts)]
+        lengths = np.array([[len(p)] for p in prompts], dtype=np.float32)
+        return np.hstack([super().forward(items), lengths])
 
 
 class PromptLength(ConfiguredExtractor):
@@ -160,3 +173,22 @@ def test_encode_prompts_encodes_each_distinct_prompt_once():
     assert run_stats.text_calls["test-prompt-length"] == 2
     with pytest.raises(ValueError, match="not a text extractor"):
         encode_prompts(Brightness(), prompts)
+
+
+def test_needs_prompt_extractors_get_the_videos_prompt_with_every_item(video):
+    matcher, plain = PromptMatch(), Brightness()
+    out = extract_video(video, [matcher, plain], prompt="a fox")
+    assert matcher.prompts_seen == [["a fox"] * 3, ["a fox"] * 3, ["a fox"] * 2]  # batches of 3
+    np.testing.assert_array_equal(out["test-prompt-match"][:, 1], 5.0)
+    np.testing.assert_allclose(out["test-prompt-match"][:, 0], out["test-brightness"][:, 0])
+    assert not hasattr(plain, "prompts_seen")  # the others keep forward(items)
+
+
+@pytest.mark.parametrize("prompt", [None, "", "   "])
+def test_a_needs_prompt_extractor_without_a_prompt_fails_at_its_first_item(video, prompt):
+    builder = VideoFeatureBuilder([PromptMatch()], prompt=prompt)
+    assert [v.key for v in builder.views]  # the views are known without a prompt
+    with pytest.raises(MissingPromptError, match="test-prompt-match"):
+        extract_video(video, [PromptMatch()], prompt=prompt)
+    out = extract_video(video, [Brightness()], prompt=prompt)  # others do not need one
+    assert out["test-brightness"].shape == (N_FRAMES, 1)

@@ -60,7 +60,8 @@ class Counters:
         counters = self
 
         def spy_extract(records, *args, **kwargs):
-            counters.extracted += [r.video_id for r in records]
+            # the work cache keys rows <video id>@<file identity> (score's docstring)
+            counters.extracted += [r.video_id.rpartition("@")[0] for r in records]
             return real_extract(records, *args, **kwargs)
 
         def spy_predict(bundle, X):

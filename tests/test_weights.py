@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from aigvqa.extractors.weights import (
     load_state_dict_file,
     load_state_dict_strict,
     random_init_context,
+    read_torchscript_state_dict,
     resolve_weights,
     sha256_of,
     torch_hub_candidate,
@@ -224,3 +226,99 @@ def test_random_init_context_is_seeded_and_restores_the_rng():
     assert torch.equal(torch.rand(3), after)
     with random_init_context():
         assert torch.equal(torch.nn.Linear(4, 4).weight, first)
+
+
+# -- TorchScript archives: tensors read, code never run ----------------------------------------
+class _Inner(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(n))
+        self.plain = torch.ones(n)  # a tensor attribute: not in state_dict()
+        self.k = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w.sum() + self.plain.sum()
+
+
+class _Outer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _Inner(2), _Inner(3)
+        self.seq = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        self.lst = torch.nn.ModuleList([torch.nn.Linear(2, 2).half() for _ in range(2)])
+        self.register_buffer("buf", torch.arange(3.0))
+        self.register_buffer("ints", torch.arange(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.lst:
+            x = m(x.half()).float()
+        return self.seq(self.a(x) + self.b(x)) + self.buf.sum() + self.ints.sum()
+
+
+class _Crafted(torch.nn.Module):
+    """A module whose TorchScript __setstate__ runs on torch.jit.load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("CRAFTED-CODE-RAN")
+        self.weight = state[0]
+        self.training = state[1]
+
+
+def _script(module, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+def test_torchscript_tensors_are_what_jit_load_gives_without_compiling_anything(tmp_path, monkeypatch):
+    path = _script(_Outer(), tmp_path / "outer.pt")
+    trusted = torch.jit.load(str(path)).state_dict()
+
+    def no_jit(*args, **kwargs):
+        raise AssertionError("torch.jit.load must not be called")
+
+    monkeypatch.setattr(torch.jit, "load", no_jit)
+    state = read_torchscript_state_dict(path)
+    assert sorted(state) == sorted(trusted)
+    for key, value in trusted.items():
+        assert state[key].dtype == value.dtype
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
+def test_a_crafted_torchscript_setstate_never_runs(tmp_path, capfd):
+    path = _script(_Crafted(), tmp_path / "crafted.pt")
+    torch.jit.load(str(path))  # the payload is real: torch.jit.load runs it
+    assert "CRAFTED-CODE-RAN" in capfd.readouterr().out
+    with pytest.raises(CheckpointMismatchError, match="custom state") as err:
+        read_torchscript_state_dict(path)
+    assert str(path) in str(err.value) and "state_dict()" in str(err.value)
+    assert "CRAFTED-CODE-RAN" not in capfd.readouterr().out
+
+
+def test_a_torchscript_pickle_asking_for_other_globals_is_refused(tmp_path):
+    import pickle
+    import zipfile
+
+    path = _script(_Inner(2), tmp_path / "inner.pt")
+    patched = tmp_path / "patched.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(patched, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/data.pkl"):
+                data = pickle.dumps(os.system)  # a global that would run a command
+            dst.writestr(item, data)
+    with pytest.raises(CheckpointMismatchError, match="refusing to load posix.system"):
+        read_torchscript_state_dict(patched)

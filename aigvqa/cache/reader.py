@@ -11,9 +11,10 @@ switch ``HDF5_USE_FILE_LOCKING=FALSE``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,19 +27,27 @@ from aigvqa.cache.schema import (
     FAILURE_COLUMNS,
     FAILURES,
     FORMAT_VERSION,
+    GROUP_PREFIX,
+    LABEL_PREFIX,
+    READABLE_VERSIONS,
     RESERVED_GROUPS,
-    SOURCE_ORDER,
     VIDEO_COLUMNS,
+    VIDEO_CORE,
     VIDEOS,
     Failure,
     flatten,
     is_random_init,
+    is_scale,
+    read_attrs,
     read_str,
     weights_identity,
 )
-from aigvqa.errors import CacheError
+from aigvqa.errors import AigvqaError, CacheError
 
 _LIST_LIMIT = 10  # ids named in an error message before "... and N more"
+H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError)
+"""What h5py (and json / numpy on damaged attributes) raise on a damaged file."""
+VERIFY_BLOCK_BYTES = 64 << 20  # ``verify`` reads big datasets in blocks of about this size
 
 
 @dataclass
@@ -57,6 +66,8 @@ class GroupInfo:
     lengths_median: float
     lengths_max: int
     extras: dict[str, list[int]] = field(default_factory=dict)  # name -> per-row shape
+    checksums: bool = False  # Fletcher-32 on its datasets (format 2); False: unverified
+    columns: list[str] | None = None  # names of the D features, when the extractor gave them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,10 +90,84 @@ class CacheData:
     groups: dict[str, np.ndarray]
 
 
+@dataclass
+class VerifyReport:
+    """What ``FeatureCache.verify`` found: ``problems`` empty means every byte checked out."""
+
+    path: Path
+    format_version: int | None = None
+    checksums: bool = False  # the file carries checksums (format 2); False: values unverified
+    datasets: int = 0  # datasets read in full
+    problems: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)  # datasets read without a checksum
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.problems:
+            head = f"{self.path}: DAMAGED: {len(self.problems)} problem(s)"
+            lines = [head] + [f"  {p}" for p in self.problems]
+            lines.append(
+                "Restore the file from a copy, or re-create it (`aigvqa extract MANIFEST --cache "
+                f"{self.path} --overwrite`, or into a new --cache file)."
+            )
+            return "\n".join(lines)
+        if not self.checksums:
+            return (
+                f"{self.path}: readable, UNVERIFIED: format {self.format_version} was written "
+                f"without checksums, so damaged values cannot be detected ({self.datasets} "
+                "datasets read; the structure is sound). The next merge into it (any extract "
+                "or import-features run) rewrites it with checksums."
+            )
+        return f"{self.path}: OK: {self.datasets} datasets read in full, every checksum matches"
+
+
 def _name_some(items: Sequence[str]) -> str:
+    items = list(items)
     shown = ", ".join(items[:_LIST_LIMIT])
     more = len(items) - _LIST_LIMIT
     return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def _fix_hint(path: Path, what: str) -> str:
+    if what == "shard":
+        return (
+            "delete it: its videos are computed again by the next run (ids already in the "
+            "cache are skipped)"
+        )
+    return (
+        f"see `aigvqa info --verify {path}` for every damaged part; restore the file from a copy "
+        f"or re-create it (`aigvqa extract MANIFEST --cache {path}`)"
+    )
+
+
+def damaged(path: Path, where: str | None, err: BaseException, what: str = "cache file") -> CacheError:
+    place = f"group {where!r}" if where else "its structure"
+    detail = str(err).strip() or type(err).__name__
+    return CacheError(
+        f"{what} {path} is damaged: {place} cannot be read ({type(err).__name__}: {detail}); "
+        + _fix_hint(path, what)
+    )
+
+
+class Place:
+    """Where a read is (file, group), for the message of an error HDF5 raises there."""
+
+    def __init__(self, path: Path, what: str = "cache file") -> None:
+        self.path, self.what, self.group = Path(path), what, None
+
+
+@contextlib.contextmanager
+def guarded(place: Place) -> Iterator[Place]:
+    """Turn every error a damaged file makes h5py raise into a CacheError naming it."""
+    try:
+        yield place
+    except AigvqaError:
+        raise
+    except H5_ERRORS as err:
+        raise damaged(place.path, place.group, err, place.what) from err
 
 
 def open_h5(path: Path, what: str = "cache file") -> h5py.File:
@@ -96,63 +181,178 @@ def open_h5(path: Path, what: str = "cache file") -> h5py.File:
         )
     try:
         f = h5py.File(path, "r")
-    except OSError as err:
+    except H5_ERRORS as err:
         raise CacheError(
             f"{what} {path} is not a readable HDF5 file ({err}); if a copy of it was "
             f"interrupted, restore it or re-create it with `aigvqa extract MANIFEST --cache {path}`"
         ) from err
-    version = f.attrs.get("format_version")
-    if version is None:
+    try:
+        version = f.attrs.get("format_version")
+        if version is None:
+            raise CacheError(f"{path} is an HDF5 file but not an aigvqa cache (no format_version attribute)")
+        version = int(version)
+        if version > FORMAT_VERSION:
+            raise CacheError(
+                f"{path} uses cache format {version}, newer than this aigvqa reads "
+                f"({FORMAT_VERSION}); upgrade aigvqa (pip install -U aigvqa)"
+            )
+        if version not in READABLE_VERSIONS:
+            raise CacheError(f"{path}: unknown cache format {version} (this aigvqa reads {READABLE_VERSIONS})")
+        read_attrs(f)  # format 2: the root's attributes match their sealed checksum
+    except BaseException as err:
         f.close()
-        raise CacheError(f"{path} is an HDF5 file but not an aigvqa cache (no format_version attribute)")
-    if int(version) > FORMAT_VERSION:
-        f.close()
-        raise CacheError(
-            f"{path} uses cache format {int(version)}, newer than this aigvqa reads "
-            f"({FORMAT_VERSION}); upgrade aigvqa (pip install -U aigvqa)"
-        )
+        if isinstance(err, H5_ERRORS) and not isinstance(err, AigvqaError):
+            raise damaged(path, None, err, what) from err
+        raise
     return f
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str = "cache file") -> Iterator[tuple[h5py.File, Place]]:
+    """``with reading(path) as (f, place)``: the open file, errors mapped to CacheError
+    (set ``place.group`` to name the group being read)."""
+    place = Place(path, what)
+    with guarded(place):
+        f = open_h5(path, what)
+        with f:
+            yield f, place
+
+
+def file_format(f: h5py.File) -> int:
+    return int(f.attrs["format_version"])
 
 
 def feature_group_names(f: h5py.File) -> list[str]:
     return sorted(k for k in f.keys() if k not in RESERVED_GROUPS and isinstance(f[k], h5py.Group))
 
 
-def group_meta(g: h5py.Group) -> dict[str, Any]:
-    """Everything that decides whether rows may join this group (compared on merge)."""
+def extra_names(g: h5py.Group) -> list[str]:
+    """Per-row extras of a group: its datasets that are neither core nor dimension scales."""
+    return sorted(k for k in g.keys() if k not in CORE_DATASETS and not is_scale(g[k]))
+
+
+def group_meta(g: h5py.Group, attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that decides whether rows may join this group (compared on merge).
+    ``attrs``: ``read_attrs(g)`` when the caller has it (it checks a digest each call)."""
     values = g["values"]
+    attrs = read_attrs(g) if attrs is None else attrs
     return {
-        "keyed_by": str(g.attrs["keyed_by"]),
+        "keyed_by": str(attrs["keyed_by"]),
         "dtype": str(values.dtype),
         "dim": int(values.shape[2]),
         "extras": {
-            k: {"shape": list(g[k].shape[1:]), "dtype": str(g[k].dtype)}
-            for k in sorted(g.keys())
-            if k not in CORE_DATASETS
+            k: {"shape": list(g[k].shape[1:]), "dtype": str(g[k].dtype)} for k in extra_names(g)
         },
-        "provenance": json.loads(g.attrs["provenance"]),
+        "provenance": json.loads(attrs["provenance"]),
     }
 
 
+def keyed_by(g: h5py.Group) -> str:
+    return str(read_attrs(g)["keyed_by"])
+
+
+def group_versions(g: h5py.Group, attrs: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    return json.loads((read_attrs(g) if attrs is None else attrs).get("versions", "[]"))
+
+
+def group_columns(g: h5py.Group, attrs: dict[str, Any] | None = None) -> list[str] | None:
+    columns = (read_attrs(g) if attrs is None else attrs).get("columns")
+    if columns is None:
+        return None
+    return [str(c) for c in (columns if isinstance(columns, list) else [columns])]
+
+
+def has_checksums(g: h5py.Group) -> bool:
+    return bool(g["values"].fletcher32)
+
+
+def check_group(g: h5py.Group, name: str, path: Path, what: str = "cache file") -> tuple[list[str], np.ndarray]:
+    """A group's ids and lengths, refusing what a writer never produces: rows of unequal
+    count across datasets, duplicate ids, lengths outside 1..T_max (a zero length would
+    make a row of padding only)."""
+    values = g["values"]
+    n, t_max = int(values.shape[0]), int(values.shape[1])
+    ids = read_str(g["ids"])
+    lengths = g["lengths"][()]
+    counts = {"ids": len(ids), "lengths": int(lengths.shape[0])}
+    counts.update({k: int(g[k].shape[0]) for k in extra_names(g)})
+    bad = {k: c for k, c in counts.items() if c != n}
+    fix = _fix_hint(path, what)
+    if bad:
+        raise CacheError(
+            f"{what} {path}, group {name!r}: values has {n} rows but "
+            + ", ".join(f"{k} has {c}" for k, c in bad.items()) + f"; the file is damaged: {fix}"
+        )
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise CacheError(
+            f"{what} {path}, group {name!r}: duplicate ids {_name_some(dupes)}; a row per id is "
+            f"the cache's contract (the file was damaged or written by another tool): {fix}"
+        )
+    wrong = np.flatnonzero((lengths < 1) | (lengths > t_max))
+    if wrong.size:
+        shown = [f"{ids[i]} ({int(lengths[i])})" for i in wrong]
+        raise CacheError(
+            f"{what} {path}, group {name!r}: {wrong.size} row(s) with a length outside 1..{t_max} "
+            f"(T_max): {_name_some(shown)}; such a row holds no features: {fix}"
+        )
+    return ids, lengths
+
+
+def _decode_field(ds: h5py.Dataset) -> list[Any]:
+    """A /videos field column back to Python values (None where a row lacks the field)."""
+    kind = str(read_attrs(ds).get("kind", ""))
+    if ds.dtype.kind in "OSU":
+        return [v if v != "" else None for v in read_str(ds)]
+    data = ds[()]
+    out: list[Any] = []
+    for x in data.tolist():
+        if isinstance(x, float) and math.isnan(x):
+            out.append(None)
+        elif kind == "bool":
+            out.append(bool(x))
+        elif kind == "int":
+            out.append(int(x))
+        else:
+            out.append(float(x) if kind == "float" else x)
+    return out
+
+
 def read_videos(f: h5py.File) -> dict[str, dict[str, Any]]:
-    """video_id -> row, in table order."""
+    """video_id -> row (video_id, path, prompt, prompt_id, labels, groups, other fields),
+    in table order."""
     if VIDEOS not in f:
         return {}
     g = f[VIDEOS]
-    cols = {c: read_str(g[c]) for c in VIDEO_COLUMNS}
-    order = g[SOURCE_ORDER][()] if SOURCE_ORDER in g else None
     rows: dict[str, dict[str, Any]] = {}
-    for i, vid in enumerate(cols["video_id"]):
-        rows[vid] = {
-            "video_id": vid,
-            "path": cols["path"][i],
-            "prompt": cols["prompt"][i],
-            "prompt_id": cols["prompt_id"][i],
-            "labels": json.loads(cols["labels"][i]),
-            "groups": json.loads(cols["groups"][i]),
-        }
-        if order is not None and order[i] >= 0:
-            rows[vid][SOURCE_ORDER] = int(order[i])
+    if file_format(f) == 1:
+        cols = {c: read_str(g[c]) for c in VIDEO_COLUMNS}
+        for i, vid in enumerate(cols["video_id"]):
+            rows[vid] = {c: cols[c][i] for c in VIDEO_CORE}
+            rows[vid]["labels"] = json.loads(cols["labels"][i])
+            rows[vid]["groups"] = json.loads(cols["groups"][i])
+        return rows
+    core = {c: read_str(g[c]) for c in VIDEO_CORE}
+    n = len(core["video_id"])
+    labels, groups, fields = {}, {}, {}
+    for key in sorted(g.keys()):
+        if key in VIDEO_CORE:
+            continue
+        if g[key].shape != (n,):
+            raise ValueError(f"/videos/{key} has shape {g[key].shape}, expected ({n},)")
+        if key.startswith(LABEL_PREFIX):
+            labels[key[len(LABEL_PREFIX):]] = g[key][()]
+        elif key.startswith(GROUP_PREFIX):
+            groups[key[len(GROUP_PREFIX):]] = read_str(g[key])
+        else:
+            fields[key] = _decode_field(g[key])
+    for i, vid in enumerate(core["video_id"]):
+        row: dict[str, Any] = {c: core[c][i] for c in VIDEO_CORE}
+        row["labels"] = {k: float(v[i]) for k, v in labels.items() if not math.isnan(v[i])}
+        row["groups"] = {k: v[i] for k, v in groups.items() if v[i] != ""}
+        row.update({k: v[i] for k, v in fields.items() if v[i] is not None})
+        rows[vid] = row
     return rows
 
 
@@ -165,7 +365,8 @@ def read_failures(f: h5py.File) -> list[Failure]:
 
 
 def group_info(g: h5py.Group, name: str) -> GroupInfo:
-    meta = group_meta(g)
+    attrs = read_attrs(g)
+    meta = group_meta(g, attrs)
     lengths = g["lengths"][()]
     prov = meta["provenance"]
     return GroupInfo(
@@ -176,13 +377,15 @@ def group_info(g: h5py.Group, name: str) -> GroupInfo:
         dtype=meta["dtype"],
         keyed_by=meta["keyed_by"],
         provenance=prov,
-        versions=json.loads(g.attrs.get("versions", "[]")),
+        versions=group_versions(g, attrs),
         weights=weights_identity(prov),
         random_init=is_random_init(prov),
         lengths_min=int(lengths.min()) if lengths.size else 0,
         lengths_median=float(np.median(lengths)) if lengths.size else 0.0,
         lengths_max=int(lengths.max()) if lengths.size else 0,
         extras={k: v["shape"] for k, v in meta["extras"].items()},
+        checksums=has_checksums(g),
+        columns=group_columns(g, attrs),
     )
 
 
@@ -194,6 +397,8 @@ def take_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     if rows.size == ds.shape[0] and (rows == np.arange(rows.size)).all():
         return ds[()]
     unique, inverse = np.unique(rows, return_inverse=True)
+    if unique[-1] - unique[0] + 1 == unique.size:  # one contiguous run: a plain slice
+        return ds[int(unique[0]) : int(unique[-1]) + 1][inverse]
     if unique.size * 4 >= ds.shape[0]:  # a large share: one sequential read beats a hyperslab list
         return ds[()][rows]
     return ds[unique][inverse]
@@ -201,6 +406,20 @@ def take_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
 
 def _as_float32(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+
+def _read_blocks(ds: h5py.Dataset) -> int:
+    """Read a dataset in full (in row blocks: bounded memory); return its element count."""
+    if ds.dtype.kind == "O" or h5py.check_string_dtype(ds.dtype) is not None:
+        return len(read_str(ds))
+    if ds.shape is None or ds.ndim == 0:
+        ds[()]
+        return 1
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    step = max(1, VERIFY_BLOCK_BYTES // row_bytes)
+    for start in range(0, ds.shape[0], step):
+        ds[start : start + step]
+    return int(ds.size)
 
 
 class FeatureCache:
@@ -212,9 +431,12 @@ class FeatureCache:
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.path)!r})"
 
+    def _reading(self):
+        return reading(self.path)
+
     # -- listing -----------------------------------------------------------------------
     def groups(self) -> list[str]:
-        with open_h5(self.path) as f:
+        with self._reading() as (f, _):
             return feature_group_names(f)
 
     def _group(self, f: h5py.File, name: str) -> h5py.Group:
@@ -228,35 +450,47 @@ class FeatureCache:
         return f[name]
 
     def group_info(self, name: str) -> GroupInfo:
-        with open_h5(self.path) as f:
-            return group_info(self._group(f, name), name)
+        with self._reading() as (f, place):
+            g = self._group(f, name)
+            place.group = name
+            return group_info(g, name)
 
     def ids(self, name: str) -> list[str]:
         """Stored ids of a group: video ids, or prompt ids for prompt-keyed groups."""
-        with open_h5(self.path) as f:
-            return read_str(self._group(f, name)["ids"])
+        with self._reading() as (f, place):
+            g = self._group(f, name)
+            place.group = name
+            return check_group(g, name, self.path)[0]
 
     def failures(self) -> list[Failure]:
-        with open_h5(self.path) as f:
+        with self._reading() as (f, place):
+            place.group = FAILURES
             return read_failures(f)
 
     def videos(self) -> list[dict[str, Any]]:
-        """Videos-table rows: video_id, path, prompt, prompt_id, labels {}, groups {}."""
-        with open_h5(self.path) as f:
+        """Videos-table rows: video_id, path, prompt, prompt_id, labels {}, groups {}, and any
+        other field the writer stored (e.g. source_order)."""
+        with self._reading() as (f, place):
+            place.group = VIDEOS
             return list(read_videos(f).values())
 
     # -- reading arrays ----------------------------------------------------------------
-    def read(self, groups: str | Iterable[str], ids: Iterable[str] | None = None) -> CacheData:
+    def read(
+        self, groups: str | Iterable[str], ids: Iterable[str] | None = None, *, stored_dtype: bool = False
+    ) -> CacheData:
         """Aligned rows of every requested group.
 
-        ``ids=None`` reads the videos present in *all* requested groups, sorted by video id
-        (merge order depends on which worker finished first, so it is not a stable order).
-        Prompt-keyed groups are expanded to video rows via the videos table.
+        ``ids=None`` reads the videos present in *all* requested groups, sorted by video id.
+        Prompt-keyed groups are expanded to video rows via the videos table. Floating
+        arrays come as float32 unless ``stored_dtype`` (float16 groups stay float16). A
+        group with duplicate ids or a row of length 0, or a damaged byte anywhere in what
+        is read, raises CacheError naming the file and group.
         """
+        convert = (lambda a: a) if stored_dtype else _as_float32
         names = [groups] if isinstance(groups, str) else list(groups)
         if not names:
             raise ValueError("read() needs at least one group name")
-        with open_h5(self.path) as f:
+        with self._reading() as (f, place):
             missing = [n for n in names if n in RESERVED_GROUPS or n not in f]
             if missing:
                 have = feature_group_names(f)
@@ -265,12 +499,14 @@ class FeatureCache:
                     f"{', '.join(have) or 'none'}); compute them with "
                     f"`aigvqa extract MANIFEST --cache {self.path} --extractors {','.join(missing)}`"
                 )
+            place.group = VIDEOS
             videos = read_videos(f)
             row_of: dict[str, dict[str, int]] = {}  # group -> video id -> stored row
             for name in names:
+                place.group = name
                 g = f[name]
-                stored = {s: i for i, s in enumerate(read_str(g["ids"]))}
-                if str(g.attrs["keyed_by"]) == "prompt":
+                stored = {s: i for i, s in enumerate(check_group(g, name, self.path)[0])}
+                if keyed_by(g) == "prompt":
                     row_of[name] = {
                         vid: stored[v["prompt_id"]]
                         for vid, v in videos.items()
@@ -288,12 +524,13 @@ class FeatureCache:
 
             arrays, lengths, extras = {}, {}, {}
             for name in names:
+                place.group = name
                 g = f[name]
                 rows = np.fromiter((row_of[name][v] for v in selected), dtype=np.int64, count=len(selected))
-                arrays[name] = _as_float32(take_rows(g["values"], rows))
+                arrays[name] = convert(take_rows(g["values"], rows))
                 lengths[name] = take_rows(g["lengths"], rows).astype(np.int64)
-                for extra in sorted(k for k in g.keys() if k not in CORE_DATASETS):
-                    extras[f"{name}/{extra}"] = _as_float32(take_rows(g[extra], rows))
+                for extra in extra_names(g):
+                    extras[f"{name}/{extra}"] = convert(take_rows(g[extra], rows))
 
         label_names = sorted({k for v in selected if v in videos for k in videos[v]["labels"]})
         group_names = sorted({k for v in selected if v in videos for k in videos[v]["groups"]})
@@ -308,6 +545,33 @@ class FeatureCache:
         }
         return CacheData(selected, arrays, lengths, extras, labels, groups_out)
 
+    def read_stored(
+        self, name: str, ids: Iterable[str] | None = None, *, stored_dtype: bool = False
+    ) -> CacheData:
+        """Rows of one group by its own ids (prompt ids for a prompt-keyed group: nothing
+        is expanded to videos), in stored order (sorted) when ``ids`` is None; ``labels``
+        and ``groups`` are left empty. Floating arrays as float32 unless ``stored_dtype``."""
+        convert = (lambda a: a) if stored_dtype else _as_float32
+        with self._reading() as (f, place):
+            g = self._group(f, name)
+            place.group = name
+            stored = check_group(g, name, self.path)[0]
+            if ids is None:
+                selected, rows = stored, np.arange(len(stored), dtype=np.int64)
+            else:
+                index = {s: i for i, s in enumerate(stored)}
+                selected = [str(i) for i in ids]
+                absent = [i for i in selected if i not in index]
+                if absent:
+                    raise CacheError(
+                        f"cache {self.path}, group {name!r}: no rows for ids {_name_some(absent)}"
+                    )
+                rows = np.array([index[i] for i in selected], dtype=np.int64)
+            arrays = {name: convert(take_rows(g["values"], rows))}
+            lengths = {name: take_rows(g["lengths"], rows).astype(np.int64)}
+            extras = {f"{name}/{e}": convert(take_rows(g[e], rows)) for e in extra_names(g)}
+        return CacheData(list(selected), arrays, lengths, extras, {}, {})
+
     def _check_present(self, f, names, selected, row_of, videos) -> None:
         problems = []
         for name in names:
@@ -315,7 +579,7 @@ class FeatureCache:
             if not absent:
                 continue
             line = f"  {name}: {len(absent)} of {len(selected)} ids missing ({_name_some(absent)})"
-            if str(f[name].attrs["keyed_by"]) == "prompt":
+            if keyed_by(f[name]) == "prompt":
                 unknown = [v for v in absent if v not in videos]
                 if unknown:
                     line += f"; {len(unknown)} of them are not in the videos table, so their prompt is unknown"
@@ -333,14 +597,79 @@ class FeatureCache:
                 f"--extractors {','.join(names)}` (ids already cached are skipped)." + hint
             )
 
+    # -- integrity -------------------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        """Read every dataset of the file in full and check it: Fletcher-32 checksums (HDF5
+        verifies them on read), the sha256 of every utf-8 dataset, and the structure
+        (equal row counts, unique ids, lengths in 1..T_max, parseable attributes). Never
+        raises for a damaged file: the report lists each damaged part."""
+        report = VerifyReport(self.path)
+        try:
+            f = open_h5(self.path)
+        except CacheError as err:
+            report.problems.append(str(err))
+            return report
+        with f:
+            try:
+                report.format_version = file_format(f)
+                names = list(f.keys())
+            except H5_ERRORS as err:
+                report.problems.append(f"the file's root group cannot be read ({type(err).__name__}: {err})")
+                return report
+            report.checksums = report.format_version >= 2
+            for name in names:
+                self._verify_group(f, name, report)
+        return report
+
+    def _verify_group(self, f: h5py.File, name: str, report: VerifyReport) -> None:
+        try:
+            g = f[name]
+            keys = sorted(g.keys())
+        except H5_ERRORS as err:
+            report.problems.append(f"group {name!r} cannot be opened ({type(err).__name__}: {err})")
+            return
+        sound = True
+        for key in keys:
+            try:
+                ds = g[key]
+                _read_blocks(ds)
+                read_attrs(ds)
+                report.datasets += 1
+                if ds.dtype.kind not in "OSU" and not ds.fletcher32:
+                    report.unverified.append(f"{name}/{key}")
+            except H5_ERRORS as err:
+                sound = False
+                report.problems.append(f"{name}/{key}: cannot be read ({type(err).__name__}: {err})")
+        if not sound:
+            return
+        try:
+            read_attrs(g)
+            if name == VIDEOS:
+                read_videos(f)
+            elif name == FAILURES:
+                read_failures(f)
+            else:
+                group_meta(g)
+                group_versions(g)
+                check_group(g, name, self.path)
+        except CacheError as err:
+            report.problems.append(str(err))
+        except H5_ERRORS as err:
+            report.problems.append(f"group {name!r}: {type(err).__name__}: {err}")
+
     # -- description ---------------------------------------------------------------------
     def describe(self, max_failures: int = 5) -> dict[str, Any]:
         """Everything ``aigvqa info`` shows, as JSON-serialisable data."""
-        with open_h5(self.path) as f:
-            format_version = int(f.attrs["format_version"])
-            kind = str(f.attrs.get("kind", "cache"))
-            infos = [group_info(f[n], n).to_dict() for n in feature_group_names(f)]
+        with self._reading() as (f, place):
+            format_version = file_format(f)
+            kind = str(read_attrs(f).get("kind", "cache"))
+            infos = []
+            for n in feature_group_names(f):
+                place.group = n
+                infos.append(group_info(f[n], n).to_dict())
+            place.group = VIDEOS
             videos = read_videos(f)
+            place.group = FAILURES
             failures = read_failures(f)
         label_stats: dict[str, dict[str, float]] = {}
         for v in videos.values():
@@ -356,6 +685,7 @@ class FeatureCache:
             "file": str(self.path),
             "kind": kind,
             "format_version": format_version,
+            "checksums": format_version >= 2 and all(g["checksums"] for g in infos),
             "size_bytes": self.path.stat().st_size,
             "groups": infos,
             "videos": len(videos),
@@ -407,7 +737,12 @@ def _size(n: float) -> str:
 def format_summary(d: dict[str, Any]) -> str:
     lines = [
         f"file:     {d['file']}  ({_size(d['size_bytes'])})",
-        f"format:   aigvqa {d['kind']} format {d['format_version']}",
+        f"format:   aigvqa {d['kind']} format {d['format_version']}, " + (
+            "checksummed (verified on read; `aigvqa info --verify` checks every byte)"
+            if d.get("checksums") else
+            "UNVERIFIED: written without checksums (an older aigvqa), so damaged values "
+            "cannot be detected; the next extract / import-features merge rewrites it with checksums"
+        ),
     ]
     groups = d["groups"]
     if groups:

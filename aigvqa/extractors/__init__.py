@@ -24,6 +24,7 @@ from aigvqa.extractors.runner import encode_prompts, extract_video, run_stats
 
 # Family modules: importing one registers its extractors (timm-style, one file per family).
 from aigvqa.extractors import (  # noqa: E402,F401  isort: skip
+    blip,
     clip,
     handcrafted,
     slowfast,

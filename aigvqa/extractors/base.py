@@ -84,6 +84,11 @@ class Extractor(ABC):
 
     name: ClassVar[str] = ""
     modality: ClassVar[str] = "video"  # "video" or "text"
+    needs_prompt: ClassVar[bool] = False
+    """A video extractor that scores frames *against the video's prompt* (BLIP ITM,
+    ImageReward) sets this: the runner then calls ``forward(items, prompts=[...])`` with
+    one prompt per item (the prompt of the video the item came from), and a video without
+    a prompt is a failure for this extractor alone."""
     cache_dtype: ClassVar[str] = "float16"
     """How the cache stores this extractor's values: float16 halves the file for network
     embeddings; extractors whose outputs can exceed float16's range (+-65504) say float32."""
@@ -105,14 +110,33 @@ class Extractor(ABC):
         """The view this extractor consumes (None for text extractors)."""
         return None
 
+    def feature_names(self) -> list[str] | None:
+        """Names of the D columns of ``values`` when they mean something on their own
+        (handcrafted statistics); None for embeddings. The cache stores them as the
+        group's ``columns`` and ``dump`` writes them as CSV headers."""
+        return None
+
+    def output_columns(self) -> dict[str, tuple[int, int]]:
+        """Named column ranges ``[start, stop)`` of ``values`` when one row packs several
+        outputs (blip-itm: ``{"match": (0, 2), "image": (2, 258)}``); {} when it does not.
+
+        Recorded in the provenance, so the cache itself says how to split the values:
+        stage two exposes each range as a feature of its own (``<group>-<column>``).
+        """
+        return {}
+
     def provenance(self) -> dict[str, Any]:
         """What the cache stores to refuse mixing features of different origins."""
-        return {
+        provenance = {
             "extractor": self.name,
             "config": self.config(),
             "view": self.view().config() if self.view() is not None else None,
             "weights": self.weights_identity,
         }
+        columns = self.output_columns()
+        if columns:  # absent otherwise: older caches' provenance stays comparable
+            provenance["columns"] = {k: [int(a), int(b)] for k, (a, b) in columns.items()}
+        return provenance
 
     # -- running --------------------------------------------------------------------
     @abstractmethod
@@ -120,7 +144,11 @@ class Extractor(ABC):
         """Build the model and load weights (sets ``weights_identity``)."""
 
     def forward(self, items: np.ndarray) -> np.ndarray:
-        """Video extractors: a batch of view items [B, ...] -> features [B, D] float32."""
+        """Video extractors: a batch of view items [B, ...] -> features [B, D] float32.
+
+        An extractor with ``needs_prompt = True`` takes ``forward(items, prompts)`` instead:
+        ``prompts`` is a list of B strings, the prompt of each item's video.
+        """
         raise NotImplementedError(f"{self.name} is not a video extractor")
 
     def encode_text(self, prompts: list[str]) -> dict[str, np.ndarray]:

@@ -73,6 +73,7 @@ from aigvqa.extractors.weights import (
     load_state_dict_file,
     load_state_dict_strict,
     random_init_context,
+    read_torchscript_state_dict,
     resolve_weights,
     weights_identity,
 )
@@ -265,15 +266,14 @@ class _ClipFamily(TorchExtractor):
 # -- open_clip -------------------------------------------------------------------------------
 def _read_open_clip_state_dict(path: Path) -> dict[str, Any]:
     """A plain state dict, or the weights of an OpenAI TorchScript archive (``ViT-B-32.pt``,
-    which ``torch.load(weights_only=True)`` cannot read; its TorchScript is not executed,
-    only its tensors are taken)."""
-    import torch
-
+    which ``torch.load(weights_only=True)`` cannot read). The archive's TorchScript is
+    never compiled or run (``torch.jit.load`` would run a crafted ``__setstate__``): only
+    its tensors are read (``weights.read_torchscript_state_dict``)."""
     if path.suffix != ".safetensors" and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             is_torchscript = any(n.endswith("/constants.pkl") for n in archive.namelist())
         if is_torchscript:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            state = read_torchscript_state_dict(path)
             for key in ("input_resolution", "context_length", "vocab_size"):
                 state.pop(key, None)
             return {k: v.float() for k, v in state.items()}

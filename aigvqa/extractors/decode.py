@@ -29,7 +29,33 @@ DEFAULT_FPS = 25.0
 MAX_FPS = 240.0
 """Rates above this are container artefacts (e.g. a 1/90000 time base), not frame rates."""
 
-__all__ = ["DEFAULT_FPS", "TruncatedVideoWarning", "iter_frames", "probe", "write_video"]
+VIDEO_CONTAINERS = frozenset({
+    "mov", "mp4",  # .mp4 / .mov / .m4v / .3gp: what most generators and datasets ship
+    "matroska", "webm",  # .mkv / .webm
+    "avi",
+    "gif", "apng",  # animated images: FETV and many T2V demo pages ship GIFs
+    "flv", "mpegts", "mpeg", "asf", "ogg",  # .flv, .ts, .mpg, .wmv, .ogv
+    "ivf", "yuv4mpegpipe",  # VP8/VP9/AV1 test streams, .y4m raw video (research pipelines)
+    "h264", "hevc", "m4v", "obu",  # raw elementary video streams
+})
+"""FFmpeg demuxer names accepted as video. Anything else FFmpeg can open is refused: it
+would "decode" a .txt file into a picture of its text (the ``tty`` demuxer), a subtitle
+file into nothing, and a still image (``png_pipe``, ``jpeg_pipe``, ``image2``, ...) into
+one frame. Still images are refused by choice: the temporal views (SlowFast clips, frame
+pairs for flicker and flow) need motion, and a quality score for a photo among videos
+would be compared with video scores as if it meant the same thing."""
+
+TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
+"""Decoders that render text files as pictures; never a video even inside an allowed container."""
+
+__all__ = [
+    "DEFAULT_FPS",
+    "VIDEO_CONTAINERS",
+    "TruncatedVideoWarning",
+    "iter_frames",
+    "probe",
+    "write_video",
+]
 
 
 class TruncatedVideoWarning(RuntimeWarning):
@@ -59,12 +85,38 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.video.stream.Vide
             f"{path}: not a readable video container ({err}); check that the file is a "
             "complete mp4/avi/webm/gif and not another kind of file renamed"
         ) from err
-    if not container.streams.video:
+    try:
+        _check_is_video(path, container)
+    except DecodeError:
         container.close()
-        raise DecodeError(
-            f"{path}: the file has no video stream (audio or data only); remove it from the manifest"
-        )
+        raise
     return container, container.streams.video[0]
+
+
+def _check_is_video(path: Path, container) -> None:
+    """Refuse what FFmpeg opens but is no video: see ``VIDEO_CONTAINERS``."""
+    fmt = container.format
+    names = set(fmt.name.split(","))
+    if not names & VIDEO_CONTAINERS:
+        still = any(n.endswith("_pipe") or n.startswith("image2") for n in names)
+        kind = "a still image" if still else "not a video"
+        raise DecodeError(
+            f"{path}: {kind} (FFmpeg reads it as {fmt.long_name or fmt.name!r}, demuxer "
+            f"{fmt.name!r}); aigvqa decodes video files only (mp4/mov, mkv/webm, avi, gif, "
+            "flv, mpeg-ts, ...): remove it from the manifest"
+            + ("; to score a still image, encode it as a short video first" if still else "")
+        )
+    if not container.streams.video:
+        raise DecodeError(
+            f"{path}: the file has no video stream (audio, subtitles or data only); remove it "
+            "from the manifest"
+        )
+    codec = container.streams.video[0].codec_context.name
+    if not codec or codec in TEXT_CODECS:
+        raise DecodeError(
+            f"{path}: its video stream has {'no known codec' if not codec else 'the text codec ' + repr(codec)} "
+            "(not a video); re-encode it (e.g. to H.264 mp4) or remove it from the manifest"
+        )
 
 
 def _valid_rate(rate: fractions.Fraction | None) -> float | None:

@@ -248,6 +248,9 @@ class Handcrafted(ConfiguredExtractor):
     def output_dims(self) -> dict[str, int]:
         return {"values": len(FEATURE_NAMES)}
 
+    def feature_names(self) -> list[str]:
+        return list(FEATURE_NAMES)
+
     def load(self, device: str = "cpu") -> None:
         self.weights_identity = WEIGHTS_IDENTITY
 

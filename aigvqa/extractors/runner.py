@@ -7,6 +7,13 @@ pass whenever an extractor's batch is full. Memory holds one batch per extractor
 the frames of items still being assembled. Extractors sharing a view receive the same
 item arrays, so ``forward`` must not modify its input in place.
 
+Extractors that score frames against the video's prompt (``needs_prompt = True``: blip-itm,
+imagereward) get it through ``extract_video(..., prompt=...)`` /
+``VideoFeatureBuilder(..., prompt=...)``: each item carries its video's prompt, and the
+forward pass is ``forward(batch, prompts=[one per item])``. A video without a prompt is a
+``MissingPromptError`` for them, raised at their first item (other extractors are not
+affected until then; the pipeline plans such videos without them).
+
 ``run_stats`` counts videos, forward calls, items and encoded prompts per extractor in
 this process: tests (and the pipeline's resume test) assert on it to prove that work
 was not redone; ``run_stats.reset()`` clears it.
@@ -21,7 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aigvqa.errors import AigvqaError
 from aigvqa.extractors.base import Extractor, VideoInfo
+
+
+class MissingPromptError(AigvqaError, ValueError):
+    """A ``needs_prompt`` extractor got a video without a prompt."""
 
 
 @dataclass
@@ -58,12 +70,21 @@ class _Batcher:
 
     def __init__(self, extractor: Extractor) -> None:
         self.extractor = extractor
+        self.needs_prompt = bool(getattr(extractor, "needs_prompt", False))
         self.batch_size = int(extractor.config().get("batch_size", 16))
         self.pending_index: list[int] = []
         self.pending_items: list[np.ndarray] = []
+        self.pending_prompts: list[str] = []
         self.results: dict[int, np.ndarray] = {}
 
-    def add(self, index: int, item: np.ndarray) -> None:
+    def add(self, index: int, item: np.ndarray, prompt: str | None = None) -> None:
+        if self.needs_prompt:
+            if prompt is None or not str(prompt).strip():
+                raise MissingPromptError(
+                    f"extractor {self.extractor.name!r} scores frames against the video's "
+                    "prompt, and this video has none; give the manifest a prompt column"
+                )
+            self.pending_prompts.append(str(prompt))
         self.pending_index.append(index)
         self.pending_items.append(item)
         if len(self.pending_items) >= self.batch_size:
@@ -74,7 +95,11 @@ class _Batcher:
             return
         name = self.extractor.name
         batch = np.stack(self.pending_items)
-        features = np.asarray(self.extractor.forward(batch), dtype=np.float32)
+        if self.needs_prompt:
+            output = self.extractor.forward(batch, prompts=list(self.pending_prompts))
+        else:
+            output = self.extractor.forward(batch)
+        features = np.asarray(output, dtype=np.float32)
         if features.ndim != 2 or features.shape[0] != len(self.pending_index):
             raise RuntimeError(
                 f"extractor {name!r} returned features of shape {features.shape} for a batch "
@@ -84,7 +109,7 @@ class _Batcher:
         run_stats.items[name] += len(self.pending_index)
         for row, index in enumerate(self.pending_index):
             self.results[index] = features[row]
-        self.pending_index, self.pending_items = [], []
+        self.pending_index, self.pending_items, self.pending_prompts = [], [], []
 
     def output(self) -> np.ndarray:
         self.flush()
@@ -102,10 +127,12 @@ class VideoFeatureBuilder:
     every item ``stream_views`` yields to ``add`` (a forward pass runs whenever an
     extractor's batch is full), then ``outputs`` flushes and returns ``{name: [items, D]}``.
     ``extract_video`` is this plus the decoder; the pipeline uses it directly to decode the
-    next video in another thread while this one's forward passes run.
+    next video in another thread while this one's forward passes run. ``prompt`` is the
+    video's prompt, handed with every item to the extractors that need one.
     """
 
-    def __init__(self, extractors: Sequence[Extractor]) -> None:
+    def __init__(self, extractors: Sequence[Extractor], prompt: str | None = None) -> None:
+        self.prompt = prompt
         video_extractors = [e for e in extractors if e.modality == "video"]
         names = [e.name for e in video_extractors]
         duplicated = sorted(n for n, c in Counter(names).items() if c > 1)
@@ -125,7 +152,7 @@ class VideoFeatureBuilder:
 
     def add(self, view_key: str, item_index: int, item: np.ndarray) -> None:
         for batcher in self._by_view[view_key]:
-            batcher.add(item_index, item)
+            batcher.add(item_index, item, self.prompt)
 
     def outputs(self) -> dict[str, np.ndarray]:
         result = {b.extractor.name: b.output() for b in self._batchers}
@@ -139,6 +166,7 @@ def extract_video(
     info: VideoInfo | None = None,
     *,
     decode_threads: int = 0,
+    prompt: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of one video for each video extractor: ``{name: [items, D] float32}``.
 
@@ -146,10 +174,12 @@ def extract_video(
     Text extractors in ``extractors`` are ignored (use ``encode_prompts``). Two
     extractors with the same name would overwrite each other and are refused.
     ``decode_threads``: FFmpeg decoder threads (0 = FFmpeg's default, one per core).
+    ``prompt``: the video's prompt, which ``needs_prompt`` extractors (blip-itm,
+    imagereward) score every frame against; without one they raise MissingPromptError.
     """
     from aigvqa.extractors.views import stream_views  # lazy: decoding stack (PyAV)
 
-    builder = VideoFeatureBuilder(extractors)
+    builder = VideoFeatureBuilder(extractors, prompt=prompt)
     if builder.views:
         for view_key, item_index, item in stream_views(path, builder.views, info=info,
                                                          threads=decode_threads):

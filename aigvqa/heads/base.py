@@ -3,8 +3,12 @@ torch building blocks (masked pooling, positions, adapters, MLPs) the heads are 
 
 A deep head subclass declares
 
-- ``DEFAULT_FEATURES``: role -> FeatureSet name (e.g. ``{"spatial": "vit-keyframes"}``),
-  overridable per instance with the ``features`` parameter;
+- ``DEFAULT_FEATURES``: role -> FeatureSet name (e.g. ``{"spatial": "vit-keyframes"}``), or
+  a tuple of names of which the first one the feature set holds is taken (branch-sum's
+  frames: ``("clip-frames", "blip-itm-image")``); overridable per instance with the
+  ``features`` parameter;
+- optionally ``OPTIONAL_FEATURES``: roles used only when the feature set holds one of their
+  default names, or when ``features`` maps them (branch-sum's per-frame match scores);
 - ``PRESETS``: named hyper-parameter sets; any parameter left ``None`` takes its preset value;
 - ``_build_module(dims, n_outputs)``: the ``nn.Module``, whose ``forward`` takes
   ``{role: (values [B, T, D] float32, mask [B, T] bool)}`` and returns a dict of tensors with
@@ -189,7 +193,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
     Mixins come before BaseEstimator, as scikit-learn requires for its estimator tags.
     """
 
-    DEFAULT_FEATURES: ClassVar[dict[str, str]] = {}
+    DEFAULT_FEATURES: ClassVar[dict[str, str | tuple[str, ...]]] = {}
+    OPTIONAL_FEATURES: ClassVar[dict[str, tuple[str, ...]]] = {}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # what each parameter may be (aigvqa.heads.params), checked at the top of fit
     PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {}
@@ -207,7 +212,18 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     def _resolve_features(self, X: FeatureSet) -> dict[str, str]:
         """role -> FeatureSet name, checked against X (the roles were checked by ``fit``)."""
-        roles = {**self.DEFAULT_FEATURES, **(self.features or {})}
+        given = dict(self.features or {})
+        roles: dict[str, str] = {}
+        for role, default in {**self.DEFAULT_FEATURES, **self.OPTIONAL_FEATURES}.items():
+            if role in given:
+                roles[role] = given[role]
+                continue
+            candidates = (default,) if isinstance(default, str) else tuple(default)
+            present = [name for name in candidates if name in X.arrays]
+            if present:
+                roles[role] = present[0]
+            elif role in self.DEFAULT_FEATURES:  # required: reported below with every choice
+                roles[role] = " or ".join(candidates)
         missing = {r: n for r, n in roles.items() if n not in X.arrays}
         if missing:
             raise AigvqaError(

@@ -429,11 +429,23 @@ def run_demo(
     echo(f"report: {report}  (plots and results.csv next to it)")
     echo("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     echo(RANDOM_WEIGHTS_BANNER)
+    echo(f"\n{ALIGNMENT_NOTE}")
     return DemoResult(out, report, results, best.head, timings)
 
 
 SUMMARY_METRICS = (("srcc", "SRCC"), ("plcc_logistic", "PLCC (logistic)"), ("krcc", "KRCC"),
-                   ("rmse", "RMSE"), ("model_srcc", "model-level SRCC"))
+                   ("rmse", "RMSE"), ("pair_acc", "pair acc (in prompt)"), ("model_srcc", "model-level SRCC"))
+
+ALIGNMENT_NOTE = (
+    "Alignment the way the AIGC papers measure it needs real image-text weights, which this demo "
+    "does not download: `blip-itm` (BLIP's ITM probability, ITC cosine and image embedding of "
+    "every frame against the video's prompt), `blip-text` (the prompt's BLIP embedding) and "
+    "`imagereward` (ImageReward's reward per frame). Put the weights in place (README, "
+    "Extractors) and add them to the extractors, e.g. `aigvqa extract manifest.csv --extractors "
+    "handcrafted,blip-itm,blip-text,imagereward --cache features.h5`; the `branchsum` head's "
+    "alignment branch then reads `blip-itm-match` and `imagereward` per frame, and the "
+    "`mismatch` videos of this dataset (another prompt's scene) are what they should catch."
+)
 
 
 def results_table(results, label_names) -> str:
@@ -491,7 +503,9 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         "",
         f"## Results: {DEMO_SPLIT}, {settings.trials} trials, median ± std",
         "",
-        "Prompt-disjoint 70/30 splits: no prompt of a test set is seen in training. Model-level SRCC correlates the mean",
+        "Prompt-disjoint 70/30 splits: no prompt of a test set is seen in training. Pair acc (in prompt) is the",
+        "fraction of one prompt's video pairs with different MOS that the prediction orders right (ties half),",
+        "averaged over the test prompts. Model-level SRCC correlates the mean",
         "prediction and mean MOS of each generator in the test set (3 generators: a coarse number).",
         "",
         results_table(results, data.label_names),
@@ -503,6 +517,10 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         *[f"![{p.stem}]({p.name})" for p in shown],
         "",
         "Scatter plots of the other heads: " + ", ".join(f"[{p.stem}]({p.name})" for p in plots if p not in shown),
+        "",
+        "## Text-video alignment with real weights",
+        "",
+        ALIGNMENT_NOTE,
         "",
         "## Full tables",
         "",

@@ -12,8 +12,10 @@ Accepted files:
 Rows of .mat / .npy files carry no ids: ``ids_from`` names a CSV whose rows are in the same
 order (e.g. VIDEVAL's ``KONVID_1K_metadata.csv``), with ``id_column`` and optional
 ``label_columns`` (MOS) and ``group_columns`` (prompt, generator). The group's provenance
-records the source file name and its sha256 (``"imported from FILE sha256"``), so a model
-trained on imported features refuses features imported from a different file.
+records the source file name and its sha256 (``"imported from FILE sha256"``), so one
+cache group never mixes rows of two files. The file is where the rows came from, not how
+the features were made: cross-dataset evaluation and a model scoring features imported
+from another file compare the rest (``variable``, the group's shape), not the file.
 
 NaN / Inf values: ``nan="zero"`` (default, as the VIDEVAL authors do) replaces them by 0 and
 says how many it replaced; ``nan="error"`` refuses the file.

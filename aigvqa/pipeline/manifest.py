@@ -32,7 +32,9 @@ unparsable line) is collected and reported in ONE ``ManifestError`` naming each 
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -102,8 +104,27 @@ class _Row:
 # -- reading the raw rows ---------------------------------------------------------------------
 
 
-def _csv_rows(path: Path, delimiter: str) -> tuple[list[str], list[_Row]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def _read_text(path: Path, encoding: str) -> str:
+    """The whole manifest decoded strictly; a byte the encoding cannot decode is a
+    ManifestError naming its line (a raw UnicodeDecodeError names neither line nor fix)."""
+    data = path.read_bytes()
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # drop a BOM
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        bad = data[err.start : max(err.end, err.start + 1)]
+        raise ManifestError(
+            f"{path}: line {line}, column {column}: byte(s) {bad.hex(' ')} are not valid "
+            f"{encoding} ({err.reason}); manifests are read as {encoding}. Re-save the file as "
+            "UTF-8, or name its encoding (`aigvqa extract --encoding latin-1`, "
+            "read_manifest(..., encoding='latin-1'); 'cp1252' for files saved by Excel on Windows)"
+        ) from err
+
+
+def _csv_rows(text: str, path: Path, delimiter: str) -> tuple[list[str], list[_Row]]:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = list(reader.fieldnames or [])
         rows = []
@@ -134,10 +155,10 @@ def _flatten_json(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _jsonl_rows(path: Path) -> tuple[list[str], list[_Row]]:
+def _jsonl_rows(text: str) -> tuple[list[str], list[_Row]]:
     rows: list[_Row] = []
     header: dict[str, None] = {}
-    with path.open(encoding="utf-8-sig") as handle:
+    with io.StringIO(text, newline=None) as handle:  # universal newlines, as open() reads
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -155,9 +176,9 @@ def _jsonl_rows(path: Path) -> tuple[list[str], list[_Row]]:
     return list(header), rows
 
 
-def _t2vqa_rows(path: Path) -> tuple[list[str], list[_Row]]:
+def _t2vqa_rows(text: str) -> tuple[list[str], list[_Row]]:
     rows: list[_Row] = []
-    with path.open(encoding="utf-8-sig") as handle:
+    with io.StringIO(text, newline=None) as handle:  # universal newlines, as open() reads
         for line_number, line in enumerate(handle, start=1):
             text = line.strip()
             if not text:
@@ -369,13 +390,13 @@ def _fetv_ids(rows: list[_Row], manifest: Path) -> list[_Row]:
     return kept
 
 
-def _detect_format(path: Path) -> str:
+def _detect_format(path: Path, text: str) -> str:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
     if suffix == ".txt":
         return "t2vqa"
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(text, newline="") as handle:
         header = next(csv.reader(handle, delimiter=_delimiter(path)), [])
     lower = {name.lower().strip() for name in header}
     if _FETV_COLUMNS <= lower:
@@ -400,28 +421,36 @@ def read_manifest(
     group_cols: Mapping[str, str] | None = None,
     video_dir: str | Path | None = None,
     check_files: bool = True,
+    encoding: str = "utf-8",
 ) -> list[VideoRecord]:
     """Read a manifest into records (see the module docstring for formats and defaults).
 
     Column arguments override the format's defaults: ``label_cols`` is a list of columns
     (label name = column name) or a ``{label name: column}`` mapping (``[]`` = unlabelled,
     e.g. for scoring); ``group_cols`` maps group names ("prompt", "generator") to columns.
-    ``check_files=False`` skips the check that every video exists.
+    ``check_files=False`` skips the check that every video exists. ``encoding``: the
+    file's text encoding (default UTF-8, a byte-order mark allowed); a byte it cannot
+    decode is a ManifestError naming the line.
 
     Raises ManifestError listing every bad row with its line number.
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file; check the path")
-    fmt = _detect_format(path) if fmt == "auto" else fmt
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise ManifestError(f"{path}: unknown text encoding {encoding!r} (e.g. 'utf-8', 'latin-1', 'cp1252')") from err
+    text = _read_text(path, encoding)
+    fmt = _detect_format(path, text) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ManifestError(f"{path}: unknown manifest format {fmt!r}; use one of {FORMATS}")
     if fmt == "jsonl":
-        header, rows = _jsonl_rows(path)
+        header, rows = _jsonl_rows(text)
     elif fmt == "t2vqa":
-        header, rows = _t2vqa_rows(path)
+        header, rows = _t2vqa_rows(text)
     else:
-        header, rows = _csv_rows(path, _delimiter(path))
+        header, rows = _csv_rows(text, path, _delimiter(path))
     if fmt == "fetv":
         missing = {name for name in _FETV_COLUMNS if name not in header}
         if missing:

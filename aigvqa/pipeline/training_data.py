@@ -9,7 +9,11 @@ the feature arrays (what heads' ``features`` parameters refer to):
   for ``clip-text`` they are the token sequence, its lengths the valid tokens);
 - every floating-point extra ``e`` of group ``g`` becomes ``g-e`` (``clip-text-pooled``,
   one vector per video); boolean extras (token masks) are not features: the lengths
-  already carry them.
+  already carry them;
+- every named column range ``c`` a group's provenance records (``"columns"``, from
+  ``Extractor.output_columns``) becomes ``g-c``, a view of those columns with the group's
+  lengths: blip-itm's [T, 2 + E] values give ``blip-itm-match`` [T, 2] (ITM probability,
+  ITC cosine) and ``blip-itm-image`` [T, E].
 
 ``build_head`` makes a head from its name, a head TOML file (``pipeline.config``) and
 explicit parameters; ``provenance_problems`` compares where two sets of features came from.
@@ -81,12 +85,25 @@ def _split_names(value: str | Sequence[str] | None) -> list[str] | None:
     return names or None
 
 
-def featureset_from_cache(data) -> FeatureSet:
-    """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says."""
+def featureset_from_cache(data, provenance: Mapping[str, Mapping[str, Any]] | None = None) -> FeatureSet:
+    """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says.
+
+    ``provenance`` (cache group -> its provenance) adds the named column ranges of groups
+    that record them; without it only the groups and extras are named.
+    """
     arrays: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for group, values in data.arrays.items():
         arrays[group], lengths[group] = values, data.lengths[group]
+        columns = ((provenance or {}).get(group) or {}).get("columns") or {}
+        for column, (start, stop) in columns.items():
+            if not 0 <= start < stop <= values.shape[-1]:
+                raise TrainingDataError(
+                    f"cache group {group!r} records column range {column!r} = [{start}, {stop}) "
+                    f"but its values are {values.shape[-1]} wide; re-extract the group"
+                )
+            name = f"{group}-{column}"
+            arrays[name], lengths[name] = values[..., start:stop], data.lengths[group]
     for key, values in data.extras.items():
         group, _, extra = key.partition("/")
         if not np.issubdtype(values.dtype, np.floating):
@@ -135,7 +152,7 @@ def load_training_data(
             raise TrainingDataError(
                 f"cache {cache} has no label(s) {', '.join(absent)}; it has {', '.join(sorted(data.labels)) or 'none'}"
             )
-    X = featureset_from_cache(data)
+    X = featureset_from_cache(data, provenance)
     y = np.column_stack([data.labels.get(n, np.full(len(X), math.nan)) for n in label_names]) if label_names else np.zeros((len(X), 0))
     dropped: list[str] = []
     if require_labels:
@@ -241,8 +258,11 @@ def provenance_problems(
     expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
     """What differs between two {cache group: provenance} maps, one line per group; runtime
-    options that change speed, not values (the cache's ``RUNTIME_KEYS``) are ignored.
-    Empty when every expected group matches."""
+    options that change speed, not values (the cache's ``RUNTIME_KEYS``), the weights'
+    path and the data file imported rows came from are ignored: both callers (cross-dataset
+    evaluation, a model checking the features it scores) compare features of *other*
+    videos, so only how the features were made matters. Empty when every expected group
+    matches."""
     from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
 
     problems = []
@@ -250,7 +270,7 @@ def provenance_problems(
         if group not in actual:
             problems.append(f"group {group!r} is missing (have {sorted(actual)})")
             continue
-        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS)
+        diffs = describe_differences(want, actual[group], ignore=RUNTIME_KEYS, same_source=False)
         if diffs:
             problems.append(f"group {group!r}: " + "; ".join(diffs))
     return problems

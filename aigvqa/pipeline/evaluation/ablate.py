@@ -375,7 +375,7 @@ def run_ablation(
 def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[str, Any], progress, echo) -> None:
     from tqdm.auto import tqdm
 
-    from aigvqa.pipeline.cluster import (
+    from aigvqa.pipeline.extract.cluster import (
         ClusterSpec,
         describe_client,
         open_cluster,
@@ -413,6 +413,9 @@ def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster: dict[st
 # -- results files ------------------------------------------------------------------------------
 
 MD_METRICS = (("srcc", "SRCC"), ("plcc_logistic", "PLCC (logistic)"), ("krcc", "KRCC"), ("rmse", "RMSE"))
+# shown when the cache has prompt / generator groups (the AIGC benchmarks' ranking view)
+MD_RANKING = (("pair_acc", "pair acc (in prompt)"), ("prompt_srcc", "SRCC (in prompt)"),
+              ("model_pair_acc", "model pair acc"))
 
 
 def write_ablation_report(results: AblationResults) -> list[Path]:
@@ -425,6 +428,7 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
     rows = results.rows()
     files = [write_csv(rows, out / "results.csv")]
     labels = list(dict.fromkeys(r["dimension"] for r in rows))
+    shown = MD_METRICS + tuple(m for m in MD_RANKING if any(f"{m[0]}_median" in r for r in rows))
     protocol = "cross-dataset" if results.grid.test_cache else f"{results.grid.split}, {results.grid.trials} trials"
     md = [f"# Ablation: {results.grid.source.name if results.grid.source else ''}", "",
           f"cache `{results.grid.cache.name}`, {protocol}, seeds {results.grid.seeds}; "
@@ -433,10 +437,10 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
         mine = sorted((r for r in rows if r["dimension"] == label),
                       key=lambda r: -np.nan_to_num(r.get("srcc_median", np.nan), nan=-9.0))
         md += [f"## {label}", "",
-               "| rank | head | params | features | seed | " + " | ".join(h for _, h in MD_METRICS) + " |",
-               "|---|---|---|---|---|" + "---|" * len(MD_METRICS)]
+               "| rank | head | params | features | seed | " + " | ".join(h for _, h in shown) + " |",
+               "|---|---|---|---|---|" + "---|" * len(shown)]
         for rank, r in enumerate(mine, 1):
-            cells = [f"{r.get(f'{m}_median', np.nan):.4f} ± {r.get(f'{m}_std', np.nan):.4f}" for m, _ in MD_METRICS]
+            cells = [f"{r.get(f'{m}_median', np.nan):.4f} ± {r.get(f'{m}_std', np.nan):.4f}" for m, _ in shown]
             md.append(f"| {rank} | {r['head']} | `{r['params']}` | {r['features']} | {r['seed']} | " + " | ".join(cells) + " |")
         stacks = [r for r in mine if r.get("meta_weights_median")]
         if stacks:  # what each stack did: its meta weights (median over trials; per trial in cells/*.json)

@@ -1,5 +1,7 @@
 """Evaluate a head under the field's protocols: repeated splits, metrics per MOS dimension,
-median and std over trials, model-level (per generator) correlation.
+median and std over trials, model-level (per generator) correlation and, with prompt
+groups, the AIGC benchmarks' ranking metrics (within-prompt pairwise accuracy, mean
+per-prompt SRCC) and the generator leaderboard's pairwise agreement.
 
     result = evaluate(create_head("svr", search="standard"), X, y, groups={"prompt": p, "generator": g},
                       split="prompt-disjoint", trials=10)
@@ -35,16 +37,24 @@ from tqdm.auto import tqdm
 
 from aigvqa.heads.classical import fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
-from aigvqa.pipeline.evaluation.metrics import METRIC_NAMES, all_metrics, model_level_correlation
+from aigvqa.pipeline.evaluation.metrics import (
+    METRIC_NAMES,
+    RANKING_NAMES,
+    all_metrics,
+    generator_rank_agreement,
+    model_level_correlation,
+    ranking_metrics,
+)
 from aigvqa.pipeline.evaluation.splits import Split, make_splits
 
-MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc")
+MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc", "model_pair_acc")
 FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
 # Columns of the markdown table, and their headers.
 TABLE_METRICS = {
     "srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)",
-    "plcc_poly3": "PLCC (poly3)", "rmse": "RMSE", "ntire": "NTIRE", "model_srcc": "model SRCC",
-    "model_plcc": "model PLCC",
+    "plcc_poly3": "PLCC (poly3)", "rmse": "RMSE", "ntire": "NTIRE",
+    "pair_acc": "pair acc (in prompt)", "prompt_srcc": "SRCC (in prompt)",
+    "model_srcc": "model SRCC", "model_plcc": "model PLCC", "model_pair_acc": "model pair acc",
 }
 
 
@@ -58,7 +68,7 @@ class TrialResult:
     val: np.ndarray | None
     test: np.ndarray
     y_pred: np.ndarray  # [n_test, k]
-    metrics: dict[str, dict[str, Any]]  # label -> all_metrics (+ model_srcc / model_plcc)
+    metrics: dict[str, dict[str, Any]]  # label -> all_metrics (+ ranking, model-level)
     fit_seconds: float
     best_params: Any = None  # the head's best_params_ after fit, when it has one
     meta_weights: Any = None  # a stack's meta_weights_ ({base: weight}, a list per output)
@@ -101,7 +111,7 @@ class EvaluationResult:
 
     def metric_names(self) -> list[str]:
         present = set(self.trials[0].metrics[self.label_names[0]]) if self.trials else set()
-        return [m for m in (*METRIC_NAMES, *MODEL_LEVEL_NAMES) if m in present]
+        return [m for m in (*METRIC_NAMES, *RANKING_NAMES, *MODEL_LEVEL_NAMES) if m in present]
 
     def values(self, metric: str, label: str | None = None) -> np.ndarray:
         """Per-trial values of one metric for one dimension."""
@@ -169,7 +179,8 @@ class EvaluationResult:
             for label, ml in self.pooled_model_level.items():
                 lines.append(
                     f"\nModel level, {label}, pooled over folds ({ml['n_models']} generators): "
-                    f"SRCC {ml['srcc']:.{digits}f}, PLCC {ml['plcc']:.{digits}f}"
+                    f"SRCC {ml['srcc']:.{digits}f}, PLCC {ml['plcc']:.{digits}f}, "
+                    f"pair acc {ml['pair_acc']:.{digits}f}"
                 )
         for label in self.label_names:
             fb = self.fallbacks(label)
@@ -348,18 +359,29 @@ def _labels(label_names, k: int) -> list[str]:
     return label_names
 
 
-def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators) -> dict:
+def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None) -> dict:
     metrics = {}
     for j, label in enumerate(labels):
         m = all_metrics(Y_test[:, j], pred[:, j])
+        if prompts is not None:
+            m.update(ranking_metrics(Y_test[:, j], pred[:, j], prompts))
         if generators is not None:
             if np.unique(generators).size >= 3:
                 ml = model_level_correlation(pred[:, j], Y_test[:, j], generators)
                 m["model_srcc"], m["model_plcc"] = ml["srcc"], ml["plcc"]
             else:  # a fold of one or two generators has no model-level correlation
                 m["model_srcc"] = m["model_plcc"] = float("nan")
+            m["model_pair_acc"] = generator_rank_agreement(pred[:, j], Y_test[:, j], generators)["pair_acc"]
         metrics[label] = m
     return metrics
+
+
+def _prompt_groups(groups) -> np.ndarray | None:
+    """Per-row prompt labels for the ranking metrics, None when no row has one."""
+    if not groups or "prompt" not in groups:
+        return None
+    prompts = np.asarray(groups["prompt"], dtype=object).ravel()
+    return prompts if any(p is not None and str(p) != "" for p in prompts) else None
 
 
 def accepts_groups(head) -> bool:
@@ -403,7 +425,7 @@ def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompt
 
 
 def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators,
-               prompts=None) -> TrialResult:
+               prompts=None, prompt_groups=None) -> TrialResult:
     has_val = split.val is not None and len(split.val) > 0
     pred, seconds, best = _fit_predict(
         head, X[split.train], Y[split.train],
@@ -412,8 +434,9 @@ def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generat
         prompts_train=None if prompts is None else prompts[split.train],
     )
     gen = None if generators is None else generators[split.test]
+    ranked = None if prompt_groups is None else prompt_groups[split.test]
     return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
-                       _score(Y[split.test], pred, labels, gen), seconds, *best)
+                       _score(Y[split.test], pred, labels, gen, ranked), seconds, *best)
 
 
 def _head_label(head) -> str:
@@ -440,7 +463,9 @@ def evaluate(
     """Fit and test clones of ``head`` on every split of a protocol (see ``splits``).
 
     ``groups``: per-row "prompt" / "generator" labels (needed by prompt-disjoint and
-    leave-one-generator-out; a "generator" group also adds model-level correlation).
+    leave-one-generator-out; a "generator" group also adds model-level correlation and the
+    generator pairwise accuracy, a "prompt" group the within-prompt ranking metrics, computed
+    on each trial's test rows).
     ``split``: a protocol name or a list of ``Split`` objects. ``n_jobs`` runs trials in
     parallel processes; results do not depend on it.
     """
@@ -449,6 +474,7 @@ def evaluate(
         raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
     labels = _labels(label_names, Y.shape[1])
     generators = None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    prompt_groups = _prompt_groups(groups)
     prompts = None
     if isinstance(split, str) and split.startswith("prompt-disjoint") and groups and "prompt" in groups:
         prompts = np.asarray(groups["prompt"]).ravel()
@@ -462,11 +488,11 @@ def evaluate(
     results: list[TrialResult | None] = [None] * len(splits)
     if n_jobs == 1:
         for i, s in enumerate(splits):
-            results[i] = _run_trial(head, X, Y, s, labels, generators, prompts)
+            results[i] = _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
             bar.update()
     else:
         def indexed(i, s):
-            return i, _run_trial(head, X, Y, s, labels, generators, prompts)
+            return i, _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
 
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         for i, r in runner(delayed(indexed)(i, s) for i, s in enumerate(splits)):
@@ -485,6 +511,8 @@ def evaluate(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 result.pooled_model_level[label] = model_level_correlation(pred, Y[:, j], generators)
+            result.pooled_model_level[label]["pair_acc"] = generator_rank_agreement(
+                pred, Y[:, j], generators)["pair_acc"]
     return result
 
 
@@ -510,7 +538,7 @@ def cross_dataset(
     pred, seconds, best = _fit_predict(head, X_a, Y_a, None, None, X_b, seed)
     gen = None if not groups_b or "generator" not in groups_b else np.asarray(groups_b["generator"]).ravel()
     trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
-                        _score(Y_b, pred, labels, gen), seconds, *best)
+                        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)), seconds, *best)
     return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])
 
 

@@ -6,6 +6,9 @@
 * PLCC after a 3rd-order polynomial fit (NTIRE 2024 AIGC video challenge).
 * NTIRE main score ``(|SRCC| + |PLCC_poly3|) / 2``.
 * Model-level correlation: mean prediction vs mean MOS per generator.
+* Ranking as the AIGC benchmarks read it: within-prompt pairwise accuracy, mean per-prompt
+  SRCC (which of one prompt's videos is better?) and generator rank agreement (is the
+  generator leaderboard right?).
 
 A mapping fit that does not converge never raises: it warns (``MappingFitWarning``), falls
 back to the raw predictions and says so in its ``MappingFit.fell_back`` flag, which
@@ -163,6 +166,8 @@ def ntire_score(srcc_value: float, plcc_value: float) -> float:
 
 # Names and order of the numeric entries of ``all_metrics``; the evaluation tables use them.
 METRIC_NAMES = ("srcc", "krcc", "plcc", "plcc_logistic", "plcc_poly3", "rmse", "rmse_logistic", "ntire")
+# ``ranking_metrics``: within-prompt ranking (needs prompt groups).
+RANKING_NAMES = ("pair_acc", "prompt_srcc")
 
 
 def all_metrics(y_true, y_pred) -> dict:
@@ -217,3 +222,97 @@ def model_level_correlation(pred, mos, generator, min_models: int = 3) -> dict:
         srcc=srcc(mean_mos, mean_pred), krcc=krcc(mean_mos, mean_pred), plcc=plcc(mean_mos, mean_pred)
     )
     return out
+
+
+# -- ranking within prompts and across generators (the AIGC benchmarks' view) ----------------
+# Text-to-video benchmarks compare videos *of one prompt* (which generator did this prompt
+# best?) and generators with each other (the leaderboard), not every video with every other.
+
+
+def _group_index(groups, n: int) -> tuple[np.ndarray, int]:
+    """Group number of each row (-1 for a row without one: None, NaN or ""), group count."""
+    groups = np.asarray(groups, dtype=object).ravel()
+    if groups.shape != (n,):
+        raise ValueError(f"{groups.size} group labels for {n} predictions")
+    labels = np.array(["" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
+                       for g in groups], dtype=object)
+    present = labels != ""
+    inverse = np.full(n, -1, dtype=np.int64)
+    names, inverse[present] = np.unique(labels[present].astype(str), return_inverse=True)
+    return inverse, int(names.size)
+
+
+def _group_rows(inverse: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Row indices of each group (rows without a group, -1, are in none)."""
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse[inverse >= 0], minlength=n_groups)
+    start = int((inverse < 0).sum())
+    return np.split(order[start:], np.cumsum(counts)[:-1]) if n_groups else []
+
+
+def _pair_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, int]:
+    """(correctly ordered pairs, ties in the prediction counted half; pairs with different MOS)."""
+    dt = np.sign(y_true[:, None] - y_true[None, :])
+    dp = np.sign(y_pred[:, None] - y_pred[None, :])
+    upper = np.triu(np.ones_like(dt, dtype=bool), k=1) & (dt != 0)
+    agree = (dt == dp) & upper
+    tied = (dp == 0) & upper
+    return float(agree.sum() + 0.5 * tied.sum()), int(upper.sum())
+
+
+def pairwise_accuracy(y_true, y_pred, groups) -> float:
+    """Within-group pairwise accuracy: for each group (prompt), the fraction of its video pairs
+    with different MOS that the prediction orders the same way (a tie in the prediction
+    counts half, as a coin toss would), averaged over the groups that have such a pair.
+    Rows without a group label are left out; nan when no group has a pair."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    fractions = []
+    for rows in _group_rows(*_group_index(groups, y_true.size)):
+        correct, pairs = _pair_counts(y_true[rows], y_pred[rows])
+        if pairs:
+            fractions.append(correct / pairs)
+    return float(np.mean(fractions)) if fractions else float("nan")
+
+
+def per_group_srcc(y_true, y_pred, groups) -> float:
+    """Mean over groups (prompts) of the SRCC between prediction and MOS inside the group.
+
+    Groups with fewer than two videos or one MOS value are left out (nothing to rank), as
+    are rows without a group label; a group whose predictions are all equal counts 0 (it
+    ranks nothing), rather than being left out, which would flatter a head that cannot
+    tell a prompt's videos apart. nan when no group is left."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    values = []
+    for rows in _group_rows(*_group_index(groups, y_true.size)):
+        t, p = y_true[rows], y_pred[rows]
+        if _constant(t):
+            continue
+        values.append(0.0 if _constant(p) else float(stats.spearmanr(t, p)[0]))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def generator_rank_agreement(pred, mos, generator) -> dict:
+    """How well the generator leaderboard by mean prediction agrees with the one by mean MOS:
+    ``{"pair_acc": fraction of generator pairs (different mean MOS) in the same order, ties
+    half; "srcc": SRCC of the means; "n_models"}``. Rows without a generator label are left
+    out; pair_acc is nan with fewer than two generators, srcc with fewer than three distinct
+    means (``model_level_correlation`` gives the same SRCC with PLCC and KRCC)."""
+    pred, mos = _pair(pred, mos)
+    inverse, n_models = _group_index(generator, pred.size)
+    known = inverse >= 0
+    inverse, pred, mos = inverse[known], pred[known], mos[known]
+    counts = np.bincount(inverse, minlength=n_models)
+    mean_pred = np.bincount(inverse, weights=pred, minlength=n_models) / np.maximum(counts, 1)
+    mean_mos = np.bincount(inverse, weights=mos, minlength=n_models) / np.maximum(counts, 1)
+    correct, pairs = _pair_counts(mean_mos, mean_pred)
+    return {
+        "pair_acc": correct / pairs if pairs else float("nan"),
+        "srcc": srcc(mean_mos, mean_pred),
+        "n_models": n_models,
+    }
+
+
+def ranking_metrics(y_true, y_pred, prompts) -> dict:
+    """``{"pair_acc": pairwise_accuracy, "prompt_srcc": per_group_srcc}`` over ``prompts``."""
+    return {"pair_acc": pairwise_accuracy(y_true, y_pred, prompts),
+            "prompt_srcc": per_group_srcc(y_true, y_pred, prompts)}

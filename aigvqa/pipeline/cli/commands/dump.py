@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigvqa.pipeline.dump import CSV_POOLS, FORMATS
+from aigvqa.pipeline.dump import CSV_POOLS, DTYPES, FORMATS, VIDEO_PROMPT_MAP
 
 HELP = "export cached features as .npy (values, lengths, ids) or .csv files"
 DESCRIPTION = (
-    "Write the features of CACHE into --out, keyed by video id. npy: per group "
-    "G.values.npy [N, T, D], G.lengths.npy, G.ids.npy (+ extras); csv: G.csv with "
-    "video_id and mean-pooled (or flattened) feature columns. Both add videos.csv "
-    "(labels, prompts, groups) and failures.csv."
+    "Write the features of CACHE into --out, rows sorted by id. npy: per group "
+    "G.values.npy [N, T, D] in the cache's dtype, G.lengths.npy, G.ids.npy (+ extras, "
+    "G.columns.txt when the extractor names its columns); csv: G.csv with the id and "
+    "mean-pooled (or flattened) feature columns named after the extractor's columns. A "
+    "prompt-keyed group (clip-text) has one row per prompt id, and "
+    f"{VIDEO_PROMPT_MAP} maps video ids to prompt ids (--expand-prompts: one row per "
+    "video). Every dump also writes videos.csv (labels, prompts, groups) and failures.csv "
+    "(only its header when nothing failed)."
 )
 
 
@@ -22,12 +26,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--groups", help="comma-separated groups to export (default: all)")
     parser.add_argument("--pool", choices=CSV_POOLS, default="mean",
                         help="csv only: mean over time steps (default) or flatten every step")
+    parser.add_argument("--dtype", choices=DTYPES, default="cache",
+                        help="npy value dtype: the cache's own (default; float16 stays float16) or wider")
+    parser.add_argument("--expand-prompts", action="store_true",
+                        help="prompt-keyed groups as one row per video (default: one row per prompt)")
 
 
 def run(args) -> int:
     from aigvqa.pipeline.dump import dump
 
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-    report = dump(args.cache, args.out, format=args.format, groups=groups, pool=args.pool)
+    report = dump(args.cache, args.out, format=args.format, groups=groups, pool=args.pool,
+                  dtype=args.dtype, expand_prompts=args.expand_prompts)
     print(report.summary())
     return 0

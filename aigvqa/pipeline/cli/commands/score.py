@@ -1,43 +1,86 @@
-"""`aigvqa score`: predict quality scores for the videos of a manifest with a model bundle."""
+"""`aigvqa score`: predict quality scores with a model bundle, for the videos of a manifest
+or for bare video files and folders."""
 
 from __future__ import annotations
 
+import csv
 import sys
 
 from aigvqa.pipeline.cli.commands import add_cluster_arguments
 
-HELP = "score the videos of a manifest with a trained model bundle (resumable)"
+HELP = "score videos (a manifest, video files or folders) with a trained model bundle (resumable)"
 DESCRIPTION = """Extract whatever features the model needs (with the extractor configs recorded in
-the bundle, or from --cache when it holds them), predict, and append one row per video to the
-output CSV: video_id, path, status (ok / failed), one column per predicted label, error.
-Re-running the command skips videos already in the CSV.
+the bundle, or from --cache when it holds them for the same files), predict, and write one row
+per video: video_id, path, status (ok / failed), one column per predicted label, error.
 
-example:
-  aigvqa score new_videos.csv --model model/ --out scores.csv"""
+INPUT is one manifest (.csv / .tsv / .jsonl / .json / T2VQA-DB info.txt), or video files and
+folders of videos (ids are the file names without suffix; --prompt gives their prompt).
+With --out the rows are appended to that CSV and a re-run skips videos already in it;
+without --out they are printed as CSV on stdout (the summary goes to stderr).
+
+A bad video never stops the run: it becomes a failed row with its reason.
+Exit status: 0 every video scored; 1 some video has a failed row in the output (this run's,
+or an earlier run's that --retry-failed would retry); 2 nothing was scored because of an
+error (a damaged bundle, a cache of other features, another run writing --out, bad usage).
+
+examples:
+  aigvqa score new_videos.csv --model model/ --out scores.csv
+  aigvqa score clip.mp4 --model model/
+  aigvqa score generated/ --model model/ --prompt "a corgi surfing a wave" --out scores.csv"""
 
 
 def add_arguments(parser):
-    parser.add_argument("manifest", help="csv / jsonl / T2VQA-DB info.txt / FETV / LGVQ manifest of the videos")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a manifest, or video files / folders of videos")
     parser.add_argument("--model", required=True, help="model bundle folder written by `aigvqa train`")
-    parser.add_argument("--out", required=True, help="output CSV (appended to; existing rows are kept)")
+    parser.add_argument("--out", help="output CSV (appended to; existing rows are kept). Default: print the rows")
+    parser.add_argument("--prompt", help="the prompt of the videos given as files or folders")
     parser.add_argument("--cache", help="feature cache that may already hold the model's features")
     parser.add_argument("--work-cache", help="where extracted features go (default: OUT.features.h5)")
+    parser.add_argument("--weights", help="checkpoint of the model's extractor, when features must be extracted "
+                        "and it is not found under $AIGVQA_WEIGHTS (its sha256 must be the one the model recorded)")
     parser.add_argument("--batch-size", type=int, default=256, help="videos per extract+predict batch (default 256)")
     parser.add_argument("--retry-failed", action="store_true", help="rescore videos whose row says failed")
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args) -> int:
-    from aigvqa.pipeline.model.score import score
+def _source(args, bundle):
+    """The records to score: the manifest's, or those of the video files and folders."""
+    from aigvqa.pipeline.model.score import ScoreError, check_prompts, is_manifest, video_records
 
-    report = score(
-        args.manifest, args.model, args.out, cache=args.cache, work_cache=args.work_cache,
-        batch_size=args.batch_size, retry_failed=args.retry_failed,
+    manifests = [i for i in args.inputs if is_manifest(i)]
+    if manifests and len(args.inputs) > 1:
+        raise ScoreError(f"give one manifest, or video files and folders, not both ({', '.join(args.inputs)})")
+    if manifests:
+        if args.prompt is not None:
+            raise ScoreError("--prompt is for video files and folders; a manifest gives each video's prompt")
+        return manifests[0]
+    records = video_records(args.inputs, args.prompt)
+    check_prompts(bundle, records, '--prompt "the text"')
+    return records
+
+
+def run(args) -> int:
+    from aigvqa.pipeline.model.bundle import load_bundle
+    from aigvqa.pipeline.model.score import output_columns, score_to_rows
+
+    bundle = load_bundle(args.model)
+    report, rows = score_to_rows(
+        _source(args, bundle), bundle, out=args.out, cache=args.cache, work_cache=args.work_cache,
+        batch_size=args.batch_size, retry_failed=args.retry_failed, weights=args.weights,
         scheduler=args.scheduler, gpus=args.gpus, n_workers=args.workers, torch_threads=args.torch_threads,
         progress=not args.no_progress,
     )
-    print(report.summary())
-    if report.failed:
-        print(f"{report.failed} video(s) failed; `--retry-failed` tries them again", file=sys.stderr)
+    if args.out is None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=output_columns(bundle.label_names), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        print(report.summary(), file=sys.stderr)
+    else:
+        print(report.summary())
+    if report.any_failed:
+        print(f"{report.failed + report.failed_before} video(s) failed; `--retry-failed` tries them again",
+              file=sys.stderr)
+        return 1
     return 0
