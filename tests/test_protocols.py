@@ -203,3 +203,20 @@ def test_help_names_the_protocol_and_keeps_example_lines(capsys):
     text = capsys.readouterr().out
     assert "\n  videval  VIDEVAL's 100 80/20 splits" in text
     assert "\n  aigvqa evaluate konvid.h5 --protocol videval --features videval --labels mos --jobs 2\n" in text
+
+
+def test_the_shipped_videval_configs_build_the_protocols_heads():
+    from pathlib import Path
+
+    from aigvqa.heads.blend import StackingHead
+    from aigvqa.pipeline.evaluation.protocols import protocol_params
+    from aigvqa.pipeline.training_data import build_head
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    _, svr = build_head(None, examples / "videval-svr.toml")
+    _, protocol_svr = build_head("svr", defaults=lambda name, given: protocol_params("videval", name, given))
+    assert svr.get_params() == protocol_svr.get_params()  # the file spells the protocol's SVR out
+    _, stack = build_head(None, examples / "videval-stack.toml")
+    assert isinstance(stack, StackingHead) and stack.allow_best_base and stack.meta == "nnls"
+    assert {name: base.search for name, base in stack.estimators} == {
+        "svr": "standard", "lightgbm": "standard", "elasticnet": "standard"}
