@@ -201,3 +201,32 @@ def test_a_deep_cell_trains_its_trials_together_unless_told_not_to(tmp_path, mon
     args = build_parser().parse_args(["ablate", "grid.toml", "--no-batch-trials"])
     assert args.batch_trials is False
     assert build_parser().parse_args(["ablate", "grid.toml"]).batch_trials is True
+
+
+STACK_GRID = """
+cache = "feats.h5"
+out = "ablation"
+labels = ["mos"]
+split = "random-8:2"
+trials = 2
+seeds = [0]
+features = [["a", "b"]]
+
+[[head]]
+name = "stack"
+params = { cv = 3, estimators = { svr = { search = { C = [1.0, 4.0] } }, en = { head = "elasticnet" } } }
+"""
+
+
+def test_a_stack_cell_reports_its_meta_weights(tmp_path, client):
+    make_cache(tmp_path / "feats.h5")
+    result = run_ablation(load_grid(_write_grid(tmp_path, STACK_GRID)), client=client, progress=False,
+                          echo=lambda *a: None)
+    row = result.rows()[0]
+    assert set(json.loads(row["meta_weights_median"])) == {"svr", "en"}
+    stored = json.loads(next((tmp_path / "ablation" / "cells").glob("*.json")).read_text())
+    assert len(stored["trials"]) == 2 and all(set(json.loads(t["meta_weights"])) == {"svr", "en"}
+                                              for t in stored["trials"])
+    assert "meta weights, median over 2 trials" in stored["table"]
+    markdown = (tmp_path / "ablation" / "results.md").read_text()
+    assert "Meta weights of the stacks (median over trials):" in markdown and "svr 0." in markdown

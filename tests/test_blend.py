@@ -158,3 +158,200 @@ def test_prompt_disjoint_evaluation_hands_prompt_groups_to_stacking(monkeypatch)
     assert len(seen) == 2 and all(g is not None and len(g) == 48 for g in seen)
     evaluate(head, X, y, {"prompt": prompts}, split="random-8:2", trials=1, progress=False)
     assert seen[-1] is None
+
+
+# -- tuned bases, best-base fallback, meta weights (issue 16) --------------------------------
+
+
+class SearchWitness(RegressorMixin, BaseEstimator):
+    """A classical-looking head (``search`` parameter, ``standard_search`` grid) that logs the
+    ids and the search setting of every fit, and predicts its training mean."""
+
+    standard_search = {"shift": [0.0, 1.0]}
+    log: list = []
+
+    def __init__(self, search=None, shift=0.0):
+        self.search = search
+        self.shift = shift
+
+    def fit(self, X, y):
+        SearchWitness.log.append((frozenset(X.ids), self.search, self.shift))
+        self.mean_ = float(np.mean(y)) + self.shift
+        if self.search is not None:
+            self.best_params_ = {"shift": 0.0}
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.mean_)
+
+
+def test_bases_are_tuned_once_on_the_training_rows_and_folds_reuse_the_winner():
+    X, y = _data(100)
+    SearchWitness.log = []
+    stack = StackingHead([("w", SearchWitness()), ("en", ElasticNetHead())], cv=4).fit(X, y)
+    searched = [entry for entry in SearchWitness.log if entry[1] is not None]
+    assert len(searched) == 1 and searched[0][0] == frozenset(X.ids) and searched[0][1] == "standard"
+    fold_fits = [entry for entry in SearchWitness.log if entry[1] is None]
+    assert len(fold_fits) == 4 and all(len(ids) == 75 and shift == 0.0 for ids, _, shift in fold_fits)
+    # the classical base was given its standard grid too, and says what it chose
+    assert stack.named_estimators_["en"].search == "standard"
+    assert set(stack.best_params_) == {"w", "en"} and "alpha" in stack.best_params_["en"]
+    # the user's own base objects are left untouched
+    assert dict(stack.estimators)["en"].search is None
+
+
+def test_per_fold_tuning_never_lets_a_search_see_its_held_out_rows():
+    X, y = _data(100)
+    SearchWitness.log = []
+    StackingHead([("w", SearchWitness()), ("en", ElasticNetHead())], cv=4, tune_per_fold=True).fit(X, y)
+    folds = list(KFold(4, shuffle=True, random_state=0).split(np.arange(100)))
+    searched = sorted((entry[0] for entry in SearchWitness.log if entry[1] == "standard"), key=len)
+    assert len(searched) == 5  # one search per fold, one for the final model
+    for ids, (train, _) in zip(searched[:4], sorted(folds, key=lambda f: len(f[0]))):
+        assert len(ids) == len(train)
+    fold_sets = {frozenset(X.ids[train]) for train, _ in folds}
+    assert set(searched[:4]) == fold_sets and searched[4] == frozenset(X.ids)
+
+
+def test_untuned_bases_on_request():
+    X, y = _data(60)
+    stack = StackingHead([("en", ElasticNetHead()), ("en2", ElasticNetHead(alpha=0.3))], cv=3, tune_bases=None).fit(X, y)
+    assert stack.named_estimators_["en"].search is None and stack.best_params_ is None
+    off = StackingHead([("en", ElasticNetHead())], cv=3, tune_bases=False).fit(X, y)  # what a TOML file can say
+    assert off.named_estimators_["en"].search is None
+    with pytest.raises(HeadParameterError, match="tune_bases"):
+        StackingHead([("en", ElasticNetHead())], tune_bases="grid").fit(X, y)
+
+
+def _halves(n=400, seed=0, noise=0.3):
+    """y = f(a) + g(b) + noise, with a and b independent feature blocks."""
+    rng = np.random.default_rng(seed)
+    a, b, junk = rng.normal(size=(n, 4)), rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    y = a @ np.array([1.0, -0.6, 0.4, 0.2]) + b @ np.array([0.9, 0.5, -0.5, 0.3]) + rng.normal(0, noise, n)
+    return FeatureSet({"a": a, "b": b, "junk": junk}), y
+
+
+def _test_srcc(head, X, y, n_train=300):
+    head.fit(X[:n_train], y[:n_train])
+    return stats.spearmanr(y[n_train:], head.predict(X[n_train:]))[0], head
+
+
+def test_a_stack_whose_signal_is_in_one_base_stays_with_that_base():
+    X, y = _halves()
+    y = y - X.arrays["b"][:, 0] @ np.array([0.9, 0.5, -0.5, 0.3])  # all the signal in "a" now
+    strong, _ = _test_srcc(ElasticNetHead(features=["a"]), X, y)
+    stack_srcc, stack = _test_srcc(StackingHead([("a", ElasticNetHead(features=["a"])),
+                                                 ("junk", ElasticNetHead(features=["junk"])),
+                                                 ("lgbm", LightGBMHead(features=["junk"], n_estimators=50))]), X, y)
+    assert strong > 0.8
+    assert stack_srcc >= strong - 0.01
+    assert stack.meta_weights_["a"] > 0.8 and set(stack.meta_weights_) == {"a", "junk", "lgbm"}
+
+
+def test_a_stack_of_bases_with_independent_halves_of_the_signal_beats_both():
+    X, y = _halves()
+    only_a, _ = _test_srcc(ElasticNetHead(features=["a"]), X, y)
+    only_b, _ = _test_srcc(ElasticNetHead(features=["b"]), X, y)
+    stack_srcc, stack = _test_srcc(StackingHead([("a", ElasticNetHead(features=["a"])),
+                                                 ("b", ElasticNetHead(features=["b"]))]), X, y)
+    assert stack.meta_choice_ == "blend"
+    assert stack_srcc > max(only_a, only_b) + 0.05
+    assert min(stack.meta_weights_.values()) > 0.5
+
+
+def test_the_best_single_base_wins_when_blending_cannot_help():
+    from aigvqa.heads.blend import choose_meta
+
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=40)
+    # base 0 is informative; bases 1..10 are noise that a linear blend fits to chance structure
+    P = np.column_stack([y + rng.normal(0, 0.5, 40), rng.normal(size=(40, 10))])
+    folds = list(KFold(5, shuffle=True, random_state=0).split(P))
+    w, b, k = choose_meta(P, y, "linear", folds)
+    assert k == 0 and np.all(w[1:] == 0.0) and w[0] > 0.5
+    assert np.all(fit_meta(P, y, "linear")[0][1:] != 0.0)  # what the blend alone would do
+    # with two bases that each carry half of the signal, the blend is kept
+    z = rng.normal(size=(40, 2))
+    halves = z + rng.normal(0, 0.2, (40, 2))
+    w, b, k = choose_meta(halves, z.sum(axis=1), "nnls", folds)
+    assert k is None and np.all(w > 0.5)
+
+
+def test_deep_and_classical_bases_stack_together():
+    from aigvqa.heads.msavqa import MSAVQAHead
+
+    rng = np.random.default_rng(6)
+    n = 60
+    frames = rng.normal(size=(n, 4, 8)).astype(np.float16)
+    text = rng.normal(size=(n, 1, 8)).astype(np.float16)
+    y = frames.astype(np.float64).mean(axis=(1, 2)) + rng.normal(0, 0.1, n)
+    X = FeatureSet({"clip-frames": frames, "clip-text-pooled": text})
+    msa = MSAVQAHead(preset="small", d_model=16, adapter_dim=8, mlp_hidden=16, epochs=2, batch_size=16)
+    stack = StackingHead([("msa", msa), ("svr", "svr")], cv=3).fit(X[:45], y[:45])
+    assert np.isfinite(stack.predict(X[45:])).all()
+    assert set(stack.meta_weights_) == {"msa", "svr"}
+    assert set(stack.best_params_) == {"svr"}  # the SVR searched its grid, the deep head trained as given
+
+
+def test_named_bases_take_nested_params_and_gridsearch_over_them():
+    X, y = _data(90)
+    stack = StackingHead([("svr", "svr"), ("en", "elasticnet")], cv=3, tune_bases=None)
+    params = stack.get_params(deep=True)
+    assert params["svr"] == "svr" and params["svr__C"] == 1.0 and params["en__alpha"] == 0.01
+    tuned = clone(stack).set_params(svr__C=2.0)
+    assert dict(tuned.estimators)["svr"].C == 2.0 and dict(stack.estimators)["svr"] == "svr"
+    search = GridSearchCV(stack, {"svr__C": [0.5, 4.0]}, cv=3).fit(X, y)
+    assert search.best_params_["svr__C"] in (0.5, 4.0)
+    assert search.best_estimator_.named_estimators_["svr"].C == search.best_params_["svr__C"]
+    with pytest.raises(HeadParameterError, match="svr__C"):
+        stack.set_params(nope=1)
+    with pytest.raises(HeadParameterError, match="its parameters"):
+        clone(stack).set_params(svr__bogus=1)
+
+
+def test_plain_arrays_and_lists_are_accepted():
+    X, y = _data(60)
+    rows = X.arrays["x"][:, 0, :]
+    stack = StackingHead([("en", ElasticNetHead()), ("lgbm", LightGBMHead(n_estimators=20))], cv=3)
+    from_list = stack.fit(rows.tolist(), y).predict(rows[:5].tolist())
+    np.testing.assert_allclose(from_list, clone(stack).fit(rows, y).predict(rows[:5]))
+    with pytest.raises(HeadParameterError, match="FeatureSet"):
+        clone(stack).fit([["a", "b"]] * 60, y)
+
+
+def test_from_config_builds_a_stack_from_tables_per_base():
+    config = {"head": "stack", "meta": "nnls", "cv": 3,
+              "estimators": {"svr": {"search": {"C": [1.0, 4.0]}}, "boost": {"head": "lightgbm", "n_estimators": 20}},
+              "svr__epsilon": 0.2}
+    stack = StackingHead.from_config(config)
+    bases = dict(stack.estimators)
+    assert bases["svr"].search == {"C": [1.0, 4.0]} and bases["svr"].epsilon == 0.2
+    assert isinstance(bases["boost"], LightGBMHead) and bases["boost"].n_estimators == 20
+    pairs = StackingHead.from_config({"estimators": [["svr", "svr"], ["en", "elasticnet"]], "svr__search": "standard"})
+    assert dict(pairs.estimators)["svr"].search == "standard" and dict(pairs.estimators)["en"] == "elasticnet"
+    listed = StackingHead.from_config({"estimators": [{"name": "e", "head": "elasticnet", "alpha": 0.1}]})
+    assert dict(listed.estimators)["e"].alpha == 0.1
+    X, y = _data(60)
+    assert stack.fit(X, y).predict(X).shape == (60,)
+    with pytest.raises(HeadParameterError, match="does not take"):
+        StackingHead.from_config({"estimators": {"svr": {"Cee": 1.0}}})
+    with pytest.raises(HeadParameterError, match="no parameter"):
+        StackingHead.from_config({"estimators": {"svr": {}}, "svr__Cee": 1.0})
+    with pytest.raises(HeadParameterError, match="stack parameters"):
+        StackingHead.from_config({"estimators": {"svr": {}}, "metta": "nnls"})
+    with pytest.raises(HeadParameterError, match=r"\[estimators.<name>\] table per base"):
+        StackingHead({"svr": {}}).fit(X, y)
+
+
+def test_convergence_warnings_of_bases_are_counted_not_printed():
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = _data(80)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack = StackingHead([("en", ElasticNetHead(max_iter=1, alpha=1e-5)), ("m", MemoriserHead())], cv=3,
+                             tune_bases=None).fit(X, y)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert stack.n_convergence_warnings_ >= 4  # 3 fold fits + the final fit

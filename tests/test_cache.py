@@ -367,6 +367,30 @@ def test_videos_table_latest_row_wins(tmp_path):
 
 
 # -- failures -----------------------------------------------------------------------------
+def test_source_order_is_an_optional_videos_column_that_later_rows_keep(tmp_path):
+    rng = np.random.default_rng(0)
+    cache = tmp_path / "c.h5"
+    rows = video_rows(["b", "a", "c"])
+    for i, row in enumerate(rows):
+        row["source_order"] = i  # the order of an imported file, not the ids' order
+    merge_shards(cache, [frames_shard(tmp_path / "s1.h5", ["b", "a", "c"], ragged(rng, "bac"), videos=rows)])
+    videos = FeatureCache(cache).videos()
+    assert {v["video_id"]: v["source_order"] for v in videos} == {"b": 0, "a": 1, "c": 2}
+    with h5py.File(cache) as f:
+        assert f["videos/source_order"].dtype == np.int64
+    # a later row for "a" without a source order (e.g. from extract) keeps the known one
+    later = video_rows(["a", "d"])
+    merge_shards(cache, [frames_shard(tmp_path / "s2.h5", ["a", "d"], ragged(rng, "ad"), videos=later)])
+    orders = {v["video_id"]: v.get("source_order") for v in FeatureCache(cache).videos()}
+    assert orders == {"b": 0, "a": 1, "c": 2, "d": None}
+    # a cache that never had the column reads as before: no key at all
+    plain = tmp_path / "plain.h5"
+    merge_shards(plain, [frames_shard(tmp_path / "s3.h5", ["x"], ragged(rng, "x"))])
+    assert "source_order" not in FeatureCache(plain).videos()[0]
+    with h5py.File(plain) as f:
+        assert "source_order" not in f["videos"]
+
+
 def test_failures_round_trip_latest_wins_and_success_clears(tmp_path):
     rng = np.random.default_rng(12)
     cache = tmp_path / "c.h5"

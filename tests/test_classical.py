@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, KFold, train_test_split
+from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, train_test_split
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.svm import SVR
 
@@ -227,3 +227,117 @@ def test_heads_are_registered_by_name():
     assert isinstance(create_head("svr", C=4.0), SVRHead)
     assert isinstance(create_head("elasticnet"), ElasticNetHead)
     assert isinstance(create_head("lightgbm"), LightGBMHead)
+
+
+# -- shared SVR kernels, VIDEVAL's logistic-RMSE rule, counted warnings ----------------------
+
+
+def _svr_problem(n=120, seed=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0, 1, (n, 6))
+    y = 3 + np.sin(X[:, 0]) + 0.4 * X[:, 1] ** 2 + rng.normal(0, 0.2, n)
+    return X, y
+
+
+@pytest.mark.parametrize("scoring", ["rmse", "logistic-rmse", "srcc"])
+@pytest.mark.parametrize("setup", ["inner-split", "k-fold", "validation", "threads"])
+def test_shared_kernel_search_equals_one_rbf_svr_per_candidate(monkeypatch, scoring, setup):
+    X, y = _svr_problem()
+    grid = {"C": [0.5, 4.0, 64.0], "gamma": [0.02, 0.3, "scale", "auto"], "epsilon": [0.05, 0.2]}
+    kwargs = dict(search=grid, search_scoring=scoring, random_state=4, pca=5 if setup == "k-fold" else None)
+    if setup == "k-fold":
+        kwargs["inner_split"] = 3
+    if setup == "threads":
+        kwargs["n_jobs"] = 2
+    fit_args = {"X_val": X[90:], "y_val": y[90:]} if setup == "validation" else {}
+    kernels = []
+    real_fit = SVR.fit
+
+    def spy(self, *args, **kw):
+        kernels.append(self.kernel)
+        return real_fit(self, *args, **kw)
+
+    monkeypatch.setattr(SVR, "fit", spy)
+    shared = SVRHead(**kwargs).fit(X[:90], y[:90], **fit_args)
+    assert kernels.count("precomputed") == len(ParameterGrid(grid)) * (3 if setup == "k-fold" else 1)
+    monkeypatch.setattr(SVRHead, "shared_kernels", False)
+    kernels.clear()
+    reference = SVRHead(**kwargs).fit(X[:90], y[:90], **fit_args)
+    assert "precomputed" not in kernels
+    assert shared.best_params_ == reference.best_params_
+    # the logistic fit's own tolerance (~1e-8 on its parameters) shows in its RMSEs
+    rtol = 1e-6 if scoring == "logistic-rmse" else 1e-9
+    np.testing.assert_allclose([r[scoring] for r in shared.search_results_],
+                               [r[scoring] for r in reference.search_results_], rtol=rtol, atol=1e-12)
+    np.testing.assert_array_equal(shared.predict(X[90:]), reference.predict(X[90:]))
+
+
+def test_precomputed_kernel_svr_predicts_as_the_rbf_svr():
+    X, y = _svr_problem(150)
+    Z = MinMaxScaler().fit_transform(X)
+    head = SVRHead(scaler=None)
+    head.features_used_ = ["x"]
+    params = head._params({"C": 8.0, "gamma": 0.5})
+    preds = head._precomputed_predictions(params, [params], Z[:100], y[:100], Z[100:])
+    rbf = SVR(kernel="rbf", C=8.0, gamma=0.5).fit(Z[:100], y[:100]).predict(Z[100:])
+    np.testing.assert_allclose(preds[0], rbf, rtol=0, atol=1e-9)
+
+
+def _videval_logistic(x, b1, b2, b3, b4):
+    # VIDEVAL's logistic_func, written out as the paper's code describes it
+    return b2 + (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4)))
+
+
+def test_logistic_rmse_selection_matches_videvals_rule():
+    from scipy.optimize import curve_fit
+
+    X, y = _svr_problem(160, seed=8)
+    grid = {"C": [1.0, 16.0, 256.0], "gamma": [0.01, 0.2, 2.0]}
+    head = SVRHead(search=grid, search_scoring="logistic-rmse", random_state=21).fit(X, y)
+    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=21)
+    scaler = MinMaxScaler().fit(Xp)
+    rmses = {}
+    for C in grid["C"]:
+        for g in grid["gamma"]:
+            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
+            beta = [np.max(yv), np.min(yv), np.mean(pred), 0.5]
+            popt, _ = curve_fit(_videval_logistic, pred, yv, p0=beta, maxfev=100000)
+            rmses[(C, g)] = np.sqrt(np.mean((yv - _videval_logistic(pred, *popt)) ** 2))
+    best = min(rmses, key=rmses.get)
+    assert (head.best_params_["C"], head.best_params_["gamma"]) == best
+    for r in head.search_results_:
+        assert r["logistic-rmse"] == pytest.approx(rmses[(r["params"]["C"], r["params"]["gamma"])], rel=1e-5)
+    raw = SVRHead(search=grid, search_scoring="rmse", random_state=21).fit(X, y)
+    assert [r["rmse"] for r in raw.search_results_] != pytest.approx([r["logistic-rmse"] for r in head.search_results_])
+
+
+def test_logistic_rmse_falls_back_to_raw_rmse_for_constant_predictions():
+    from aigvqa.heads.classical import logistic_rmse
+
+    y = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    value, fell_back = logistic_rmse(y, np.full(5, 3.0))
+    assert fell_back and value == pytest.approx(np.sqrt(2.0))
+    value, fell_back = logistic_rmse(y, y * 0.1)
+    assert not fell_back and value < 0.05
+
+
+def test_search_scoring_names_are_checked():
+    X, y = _svr_problem(40)
+    with pytest.raises(HeadParameterError, match="logistic-rmse"):
+        SVRHead(search={"C": [1.0]}, search_scoring="mae").fit(X, y)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_elasticnet_convergence_warnings_are_counted_not_printed(n_jobs):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    fs, y = _signal_set(120)
+    head = ElasticNetHead(search={"alpha": [1e-5, 1e-4]}, max_iter=1, n_jobs=n_jobs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        head.fit(fs, y)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert head.n_convergence_warnings_ == 3  # two candidates on the inner split + the final fit
+    assert ElasticNetHead().fit(fs, y).n_convergence_warnings_ == 0

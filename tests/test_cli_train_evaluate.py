@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +122,19 @@ def test_evaluate_prints_per_dimension_tables_and_writes_csv_and_plots(cache, tm
 
 def test_evaluate_leave_one_generator_out(cache, tmp_path, capsys):
     out = tmp_path / "r.csv"
+    config = tmp_path / "enet.toml"
+    config.write_text('search = { alpha = [0.001, 0.1] }\n')
     assert main(["evaluate", str(cache), "--head", "elasticnet", "--features", "a", "--labels", "mos",
-                 "--split", "leave-one-generator-out", "--out", str(out), "--per-trial", "--quiet"]) == 0
-    with open(out) as fh:
-        trials = [r["trial"] for r in csv.DictReader(fh)]
-    assert trials == [f"generator={g}" for g in GENERATORS]
-    assert "Model level, mos, pooled over folds (4 generators)" in capsys.readouterr().out
+                 "--config", str(config), "--split", "leave-one-generator-out", "--out", str(out), "--per-trial",
+                 "--quiet"]) == 0
+    with open(out) as fh:  # the summary stays in --out ...
+        assert [r["dimension"] for r in csv.DictReader(fh)] == ["mos"]
+    with open(tmp_path / "r.trials.csv") as fh:  # ... and the trials go beside it
+        rows = list(csv.DictReader(fh))
+    assert [r["trial"] for r in rows] == [f"generator={g}" for g in GENERATORS]
+    assert all("alpha" in json.loads(r["best_params"]) for r in rows)  # each trial's chosen hyper-parameters
+    printed = capsys.readouterr().out
+    assert "Model level, mos, pooled over folds (4 generators)" in printed and "r.trials.csv" in printed
 
 
 def test_evaluate_cross_dataset_checks_feature_provenance(cache, tmp_path, capsys):
@@ -167,6 +175,6 @@ def test_deep_heads_train_with_epoch_progress_and_evaluate_trials_together_or_no
         assert main(["evaluate", str(cache), "--config", str(config), "--features", "a", "--labels", "mos",
                      "--trials", "2", "--quiet", "--out", str(csv_path), "--per-trial", *flag]) == 0
         assert "mlp" in capsys.readouterr().out
-        with open(csv_path) as fh:
+        with open(csv_path.with_name(csv_path.stem + ".trials.csv")) as fh:  # --per-trial rows
             srcc.append([float(row["srcc"]) for row in csv.DictReader(fh)])
     np.testing.assert_allclose(srcc[0], srcc[1], atol=1e-6)

@@ -162,3 +162,102 @@ def test_videval_konvid_features(tmp_path):
     loaded = FeatureCache(cache).read("videval")
     assert len(loaded.ids) == 1200 and np.isfinite(loaded.arrays["videval"]).all()
     assert loaded.labels["mos"].min() >= 1 and loaded.labels["mos"].max() <= 5
+
+
+# -- subsets, renamed labels, source order (issues 14 and 17) ---------------------------------
+
+
+def _unsorted(feats):
+    """The feats with ids whose sorted order differs from the file's row order."""
+    values, _, mos = feats
+    ids = [f"v{(5 * i) % N}" for i in range(N)]  # v0 v5 v3 v1 v6 v4 v2
+    return values, ids, mos
+
+
+def test_the_file_row_order_is_kept_as_source_order(feats, tmp_path):
+    values, ids, mos = _unsorted(feats)
+    npy = tmp_path / "f.npy"
+    np.save(npy, values)
+    cache = tmp_path / "c.h5"
+    import_features(npy, cache, "g", ids_from=_metadata(tmp_path / "m.csv", ids, mos), label_columns=["mos"])
+    orders = {v["video_id"]: v["source_order"] for v in FeatureCache(cache).videos()}
+    assert orders == {vid: row for row, vid in enumerate(ids)}
+    assert FeatureCache(cache).read("g").ids != ids  # the cache itself reads in id order
+
+
+def test_keep_and_drop_lists_import_a_subset_and_keep_file_rows(feats, tmp_path, capsys):
+    values, ids, mos = feats
+    mat = tmp_path / "f.mat"
+    scipy.io.savemat(mat, {"feats_mat": values})
+    meta = _metadata(tmp_path / "m.csv", ids, mos)
+    drop = tmp_path / "drop.txt"
+    drop.write_text("# grayscale\nvid1\n\nvid4  # another\n")
+    cache = tmp_path / "c.h5"
+    assert main(["import-features", str(mat), "--cache", str(cache), "--group", "g", "--ids-from", str(meta),
+                 "--id-column", "name", "--labels", "mos", "--drop-ids", str(drop), "--drop-rows", "1,7"]) == 0
+    assert "4 rows left out by the keep/drop lists" in capsys.readouterr().out  # 2 ids + 2 rows
+    store = FeatureCache(cache)
+    kept = ["vid2", "vid3", "vid5"]
+    assert sorted(store.read("g").ids) == kept
+    np.testing.assert_allclose(store.read("g", ids=kept).arrays["g"][:, 0, :], values[[2, 3, 5]], rtol=1e-6)
+    assert {v["video_id"]: v["source_order"] for v in store.videos()} == {"vid2": 2, "vid3": 3, "vid5": 5}
+    report = import_features(mat, tmp_path / "k.h5", "g", ids_from=meta, id_column="name",
+                             keep_ids=["vid0", "vid6", "vid3"], keep_rows=[1, 5, 6, 7])
+    assert report.rows == 2 and report.dropped == 5 and "5 rows left out" in report.summary()
+    rows_file = tmp_path / "rows.txt"
+    rows_file.write_text("2 3\n4,5\n")
+    assert main(["import-features", str(mat), "--cache", str(tmp_path / "r.h5"), "--group", "g",
+                 "--ids-from", str(meta), "--id-column", "name", "--keep-rows", str(rows_file)]) == 0
+    assert sorted(FeatureCache(tmp_path / "r.h5").read("g").ids) == ["vid1", "vid2", "vid3", "vid4"]
+
+
+def test_subset_lists_that_do_not_fit_the_file_are_errors(feats, tmp_path, capsys):
+    values, ids, mos = feats
+    npy = tmp_path / "f.npy"
+    np.save(npy, values)
+    meta = _metadata(tmp_path / "m.csv", ids, mos)
+    with pytest.raises(ImportFeaturesError, match="not in the file"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=meta, drop_ids=["vid1", "other"])
+    with pytest.raises(ImportFeaturesError, match="outside 1..7"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=meta, drop_rows=[0, 3])
+    with pytest.raises(ImportFeaturesError, match="leave no row"):
+        import_features(npy, tmp_path / "c.h5", "g", ids_from=meta, keep_rows=[1], drop_rows=[1])
+    assert main(["import-features", str(npy), "--cache", str(tmp_path / "c.h5"), "--group", "g",
+                 "--ids-from", str(meta), "--drop-rows", "3,x"]) == 2
+    assert "1-based row numbers" in capsys.readouterr().err
+
+
+def test_labels_can_be_renamed_on_import(feats, tmp_path):
+    values, ids, mos = feats
+    npy = tmp_path / "f.npy"
+    np.save(npy, values)
+    meta = tmp_path / "m.csv"
+    meta.write_text("name,MOSFull,tq\n" + "".join(f"{i},{float(m)!r},{float(m) / 2!r}\n" for i, m in zip(ids, mos)))
+    cache = tmp_path / "c.h5"
+    assert main(["import-features", str(npy), "--cache", str(cache), "--group", "g", "--ids-from", str(meta),
+                 "--labels", "MOSFull=mos, tq"]) == 0
+    labels = FeatureCache(cache).read("g", ids=ids).labels
+    assert sorted(labels) == ["mos", "tq"]
+    np.testing.assert_allclose(labels["mos"], mos)
+    with pytest.raises(ImportFeaturesError, match="repeat"):
+        import_features(npy, tmp_path / "d.h5", "g", ids_from=meta, label_columns={"MOSFull": "mos", "tq": "mos"})
+
+
+def test_extract_labels_option_names_and_renames_manifest_columns(tmp_path, monkeypatch):
+    from aigvqa.pipeline import extract as extract_module
+
+    seen = {}
+
+    def fake_extract(records, spec, cache, **kwargs):
+        seen["labels"] = [r.labels for r in records]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(extract_module, "extract", fake_extract)
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path,Overall,tq,other\na,{video},4.5,3.0,1\n")
+    with pytest.raises(SystemExit):
+        main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
+              "--labels", "Overall=mos,tq"])
+    assert seen["labels"] == [{"mos": 4.5, "tq": 3.0}]

@@ -799,6 +799,9 @@ def merge_shards(
 
                 for rows in shard_videos:
                     for vid, row in rows.items():
+                        if "source_order" not in row and "source_order" in videos.get(vid, {}):
+                            # an extract's row for an imported video keeps its row in the imported file
+                            row = {**row, "source_order": videos[vid]["source_order"]}
                         if vid not in videos:
                             report.videos_added += 1
                         elif videos[vid] != row:

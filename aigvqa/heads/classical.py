@@ -13,24 +13,41 @@ hyper-parameters and builds its regressor. What they share:
   (any of the head's own parameters; a list of such dicts, or ``"standard"`` for the head's
   standard grid). Candidates are fit on an inner split of the rows given to ``fit``
   (``inner_split=0.2`` -> one 80/20 ``train_test_split`` seeded by ``random_state``, as
-  VIDEVAL; an int k -> k-fold) and ranked by RMSE (or SRCC); if ``fit`` gets a validation set
-  (``X_val, y_val``), candidates are ranked on it instead. The winner is refit on all rows
-  given to ``fit``; ``best_params_`` and ``search_results_`` say what was chosen and why.
+  VIDEVAL; an int k -> k-fold) and ranked by ``search_scoring``: ``"rmse"`` of the raw
+  predictions, ``"logistic-rmse"`` (VIDEVAL's rule: RMSE after fitting the 4-parameter
+  logistic of the predictions to the MOS of the held-out rows) or ``"srcc"``; if ``fit`` gets
+  a validation set (``X_val, y_val``), candidates are ranked on it instead. The winner is
+  refit on all rows given to ``fit``; ``best_params_`` and ``search_results_`` say what was
+  chosen and why.
+* **SVR searches share kernels**: when the candidates differ only in C / gamma / epsilon
+  (VIDEVAL's grid), the scaled rows' squared distances are computed once per inner split,
+  one RBF kernel per gamma is shared by every C, and the candidates are fit on it as
+  ``SVR(kernel="precomputed")`` (``n_jobs`` threads; libsvm releases the GIL). The losses and
+  the chosen pair are those of fitting each RBF SVR on its own, up to float rounding.
+* **Convergence warnings are counted, not printed**: ElasticNet's search fits many
+  under-regularised candidates that stop at ``max_iter``; each fit's ConvergenceWarnings are
+  caught and summed in ``n_convergence_warnings_`` (callers report one line).
 * **Multi-output**: y [N, k] fits one model (and one search) per column.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed
 from scipy import stats
+from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import expit
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet
 from sklearn.model_selection import KFold, ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
@@ -155,12 +172,73 @@ def _as_2d(y) -> tuple[np.ndarray, bool]:
     raise ValueError(f"y must be [N] or [N, k], got shape {y.shape}")
 
 
+SEARCH_SCORINGS = ("rmse", "logistic-rmse", "srcc")
+
+
+def _logistic_4(x, b1, b2, b3, b4):
+    """VIDEVAL's 4-parameter logistic ``b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))``."""
+    return b2 + (b1 - b2) * expit((x - b3) / np.abs(b4))
+
+
+def logistic_rmse(y_true: np.ndarray, y_pred: np.ndarray, maxfev: int = 20000) -> tuple[float, bool]:
+    """(RMSE of the predictions mapped by a least-squares 4-parameter logistic, fell_back).
+
+    As VIDEVAL's grid search ranks candidates: the curve starts from VIDEVAL's
+    ``[max(y), min(y), mean(pred), 0.5]``. A fit that fails (constant predictions, no
+    convergence) scores the raw predictions' RMSE and says so (``fell_back`` True).
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    mapped, fell_back = y_pred, True
+    if y_pred.size >= 4 and np.ptp(y_pred) > 0 and np.ptp(y_true) > 0:
+        p0 = [y_true.max(), y_true.min(), y_pred.mean(), 0.5]
+        try:
+            with warnings.catch_warnings():
+                # "covariance could not be estimated" / overflow in exp are not failures of
+                # the fitted curve; the finiteness check below catches real ones
+                warnings.simplefilter("ignore", OptimizeWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                popt, _ = curve_fit(_logistic_4, y_pred, y_true, p0=p0, maxfev=maxfev)
+            candidate = _logistic_4(y_pred, *popt)
+            if np.all(np.isfinite(candidate)):
+                mapped, fell_back = candidate, False
+        except (RuntimeError, ValueError, FloatingPointError):
+            pass
+    return float(np.sqrt(np.mean((y_true - mapped) ** 2))), fell_back
+
+
 def _search_loss(scoring: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Lower is better: RMSE, or -SRCC (VIDEVAL ranks by RMSE)."""
+    """Lower is better: RMSE (raw or after the logistic, VIDEVAL's), or -SRCC."""
     if scoring == "rmse":
         return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    if scoring == "logistic-rmse":
+        return logistic_rmse(y_true, y_pred)[0]
     rho = stats.spearmanr(y_true, y_pred)[0] if np.ptp(y_pred) > 0 else np.nan
     return float(-rho) if np.isfinite(rho) else np.inf
+
+
+def fit_counting_convergence(model, *args, **kwargs) -> int:
+    """``model.fit(*args, **kwargs)``; returns how many ConvergenceWarnings it raised, which
+    are swallowed (other warnings are re-issued). The count travels back from worker
+    processes, where a printed warning would be lost in (or flood) their stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(*args, **kwargs)
+    count = 0
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            count += 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return count
+
+
+def _thread_count(n_jobs) -> int:
+    """joblib's n_jobs convention (None: 1, -1: every core) as a thread count."""
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    return max(1, (os.cpu_count() or 1) + 1 + n_jobs if n_jobs < 0 else n_jobs)
 
 
 def _is_grid(value) -> bool:
@@ -186,7 +264,7 @@ POOLED_CONSTRAINTS: dict[str, list] = {
     "scale_target": [bool],
     "search": [None, Options("standard"), Check(_is_grid, "a dict {parameter: [values]} or a list of them")],
     "inner_split": [Interval(Real, 0, 1, closed="neither"), Interval(Integral, 2, None)],
-    "search_scoring": [Options("rmse", "srcc")],
+    "search_scoring": [Options(*SEARCH_SCORINGS)],
     "random_state": SEED,
     "n_jobs": [None, Integral],
 }
@@ -243,12 +321,18 @@ class PooledHead(RegressorMixin, BaseEstimator):
             cache[key] = Z
         return cache[key]
 
-    def _build(self, params: dict, n_jobs: int):
+    @staticmethod
+    def _preprocessing(params: dict) -> list[tuple[str, object]]:
+        """The pipeline steps before the regressor (scaling, PCA), unfitted."""
         steps = []
         if params["scaler"] is not None:
             steps.append(("scale", SCALERS[params["scaler"]]()))
         if params["pca"] is not None:
             steps.append(("pca", PCA(n_components=params["pca"], random_state=params["random_state"])))
+        return steps
+
+    def _build(self, params: dict, n_jobs: int):
+        steps = self._preprocessing(params)
         steps.append(("regressor", self._make_regressor(params, n_jobs)))
         model = Pipeline(steps)
         if params["scale_target"]:
@@ -263,30 +347,42 @@ class PooledHead(RegressorMixin, BaseEstimator):
         # same call as VIDEVAL's inner split, on row indices (identical rows and order)
         return [tuple(train_test_split(rows, test_size=float(split), random_state=self.random_state))]
 
-    def _score_candidate(self, params, Z_fit, y_fit, Z_eval, y_eval) -> float:
-        losses = []
+    def _score_candidate(self, params, Z_fit, y_fit, Z_eval, y_eval) -> tuple[float, int]:
+        """(mean loss over the inner splits, ConvergenceWarnings raised by the fits)."""
+        losses, warned = [], 0
         for (zf, yf), (ze, ye) in zip(zip(Z_fit, y_fit), zip(Z_eval, y_eval)):
-            model = self._build(params, n_jobs=1).fit(zf, yf)
+            model = self._build(params, n_jobs=1)
+            warned += fit_counting_convergence(model, zf, yf)
             losses.append(_search_loss(self.search_scoring, ye, model.predict(ze)))
-        return float(np.mean(losses))
+        return float(np.mean(losses)), warned
 
-    def _search(self, grid, X, y, X_val, y_val, cache, val_cache) -> tuple[dict, list[dict]]:
-        """Best overrides for one target column, by inner split / folds or by the val set."""
-        folds = None if X_val is not None else self._inner_folds(len(y))
+    def _eval_pairs(self, params, X, y, X_val, y_val, folds, cache, val_cache):
+        """Pooled (Z_fit, y_fit, Z_eval, y_eval) lists: one entry per inner split, or the
+        training rows against the validation rows."""
+        Z = self._pool(X, params, cache)
+        if X_val is not None:
+            return [Z], [y], [self._pool(X_val, params, val_cache)], [y_val]
+        return ([Z[tr] for tr, _ in folds], [y[tr] for tr, _ in folds],
+                [Z[va] for _, va in folds], [y[va] for _, va in folds])
+
+    def _grid_losses(self, grid, X, y, X_val, y_val, folds, cache, val_cache) -> tuple[list[float], int]:
+        """Loss of every candidate (one fit per candidate and inner split)."""
         tasks = []
         for cand in grid:
             params = self._params(cand)
-            Z = self._pool(X, params, cache)
-            if X_val is not None:
-                Z_fit, y_fit, Z_eval, y_eval = [Z], [y], [self._pool(X_val, params, val_cache)], [y_val]
-            else:
-                Z_fit, y_fit = [Z[tr] for tr, _ in folds], [y[tr] for tr, _ in folds]
-                Z_eval, y_eval = [Z[va] for _, va in folds], [y[va] for _, va in folds]
-            tasks.append(delayed(self._score_candidate)(params, Z_fit, y_fit, Z_eval, y_eval))
-        losses = Parallel(n_jobs=self.n_jobs)(tasks)
+            pairs = self._eval_pairs(params, X, y, X_val, y_val, folds, cache, val_cache)
+            tasks.append(delayed(self._score_candidate)(params, *pairs))
+        out = Parallel(n_jobs=self.n_jobs)(tasks)
+        return [loss for loss, _ in out], sum(w for _, w in out)
+
+    def _search(self, grid, X, y, X_val, y_val, cache, val_cache) -> tuple[dict, list[dict], int]:
+        """Best overrides for one target column, by inner split / folds or by the val set;
+        also the search results and the ConvergenceWarnings the candidate fits raised."""
+        folds = None if X_val is not None else self._inner_folds(len(y))
+        losses, warned = self._grid_losses(grid, X, y, X_val, y_val, folds, cache, val_cache)
         results = [{"params": cand, self.search_scoring: (-loss if self.search_scoring == "srcc" else loss)}
                    for cand, loss in zip(grid, losses)]
-        return dict(grid[int(np.argmin(losses))]), results
+        return dict(grid[int(np.argmin(losses))]), results, warned
 
     # -- estimator API --------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None):
@@ -309,17 +405,23 @@ class PooledHead(RegressorMixin, BaseEstimator):
         self.features_used_ = list(X.names if self.features is None else self.features)
         grid = self._grid()
         cache, val_cache = {}, {}
-        best, results = [], []
+        best, results, warned = [], [], 0
         for j in range(Y.shape[1]):
             if grid:
-                b, r = self._search(grid, X, Y[:, j], X_val, None if Y_val is None else Y_val[:, j], cache, val_cache)
+                b, r, w = self._search(grid, X, Y[:, j], X_val, None if Y_val is None else Y_val[:, j],
+                                       cache, val_cache)
             else:
-                b, r = {}, []
+                b, r, w = {}, [], 0
             best.append(b)
             results.append(r)
+            warned += w
         self.target_params_ = [self._params(b) for b in best]
-        self.models_ = [self._build(p, self.n_jobs).fit(self._pool(X, p, cache), Y[:, j])
-                        for j, p in enumerate(self.target_params_)]
+        self.models_ = []
+        for j, p in enumerate(self.target_params_):
+            model = self._build(p, self.n_jobs)
+            warned += fit_counting_convergence(model, self._pool(X, p, cache), Y[:, j])
+            self.models_.append(model)
+        self.n_convergence_warnings_ = warned
         self.single_output_ = single
         self.n_outputs_ = Y.shape[1]
         self.best_params_ = best[0] if single else best
@@ -347,9 +449,11 @@ class PooledHead(RegressorMixin, BaseEstimator):
 #   scale_target  standardise y for the fit (predictions are mapped back)
 #   search        None | {param: [values]} | [dicts] | "standard" (inner search, see above)
 #   inner_split   fraction held out for the search (0.2 = VIDEVAL), or a fold count
-#   search_scoring  "rmse" (VIDEVAL) or "srcc"
+#   search_scoring  "rmse" (raw predictions), "logistic-rmse" (VIDEVAL: after the 4-parameter
+#                 logistic fit on the held-out rows) or "srcc"
 #   random_state  seeds the inner split, PCA and the regressor where it is random
-#   n_jobs        parallel search candidates (and LightGBM threads for the final fit)
+#   n_jobs        parallel search candidates (SVR: threads over gammas; LightGBM: also its
+#                 threads for the final fit)
 
 
 @register_head("svr")
@@ -373,8 +477,73 @@ class SVRHead(PooledHead):
                  inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
         _store_params(self, locals())
 
+    #: search through shared precomputed kernels when the candidates allow it (see the module
+    #: docstring); False fits every candidate as its own RBF SVR (the reference path).
+    shared_kernels: ClassVar[bool] = True
+    _KERNEL_SHARING_KEYS = frozenset({"C", "gamma", "epsilon"})
+
     def _make_regressor(self, params, n_jobs):
         return SVR(kernel="rbf", C=params["C"], gamma=params["gamma"], epsilon=params["epsilon"])
+
+    def _grid_losses(self, grid, X, y, X_val, y_val, folds, cache, val_cache):
+        varying = {key for cand in grid for key in cand}
+        if not self.shared_kernels or not varying <= self._KERNEL_SHARING_KEYS or self.scale_target:
+            return super()._grid_losses(grid, X, y, X_val, y_val, folds, cache, val_cache)
+        base = self._params({})  # pooling, scaling and PCA are the same for every candidate
+        candidates = [self._params(cand) for cand in grid]
+        losses = np.zeros(len(grid))
+        for zf, yf, ze, ye in zip(*self._eval_pairs(base, X, y, X_val, y_val, folds, cache, val_cache)):
+            preds = self._precomputed_predictions(base, candidates, zf, yf, ze)
+            # losses in this thread: the logistic fit silences warnings, which is not thread-safe
+            losses += [_search_loss(self.search_scoring, ye, pred) for pred in preds]
+        return list(losses / len(folds or [None])), 0
+
+    def _precomputed_predictions(self, base, candidates, zf, yf, ze) -> list[np.ndarray]:
+        """Predictions on ``ze`` of every candidate fit on (``zf``, ``yf``), one RBF kernel per
+        gamma shared by all C / epsilon values."""
+        steps = self._preprocessing(base)
+        for _, step in steps:  # what the candidate's Pipeline would fit, fitted once
+            zf = step.fit_transform(zf)
+            ze = step.transform(ze)
+        sq_f = np.einsum("ij,ij->i", zf, zf)
+        sq_e = np.einsum("ij,ij->i", ze, ze)
+        # libsvm's RBF: exp(-gamma * (|x|^2 + |y|^2 - 2 x.y)), exactly 1 on the diagonal
+        d2_ff = sq_f[:, None] + sq_f[None, :] - 2.0 * (zf @ zf.T)
+        np.fill_diagonal(d2_ff, 0.0)
+        d2_ef = sq_e[:, None] + sq_f[None, :] - 2.0 * (ze @ zf.T)
+        by_gamma: dict[float, list[int]] = {}
+        for i, cand in enumerate(candidates):
+            by_gamma.setdefault(self._gamma_value(cand["gamma"], zf), []).append(i)
+
+        def fit_gamma(gamma: float, members: list[int]) -> list[tuple[int, np.ndarray]]:
+            k_ff, k_ef = np.exp(-gamma * d2_ff), np.exp(-gamma * d2_ef)
+            out = []
+            for i in members:
+                svr = SVR(kernel="precomputed", C=candidates[i]["C"], epsilon=candidates[i]["epsilon"])
+                out.append((i, svr.fit(k_ff, yf).predict(k_ef)))
+            return out
+
+        preds: list[np.ndarray | None] = [None] * len(candidates)
+        workers = min(_thread_count(self.n_jobs), len(by_gamma))
+        if workers == 1:
+            done = [fit_gamma(g, m) for g, m in by_gamma.items()]
+        else:  # libsvm releases the GIL: threads share the distances instead of copying them
+            with ThreadPoolExecutor(workers) as pool:
+                done = list(pool.map(lambda item: fit_gamma(*item), by_gamma.items()))
+        for group in done:
+            for i, pred in group:
+                preds[i] = pred
+        return preds
+
+    @staticmethod
+    def _gamma_value(gamma, Z: np.ndarray) -> float:
+        """A gamma as the number sklearn's SVR resolves it to on the training rows ``Z``."""
+        if gamma == "scale":
+            var = Z.var()
+            return 1.0 / (Z.shape[1] * var) if var != 0 else 1.0
+        if gamma == "auto":
+            return 1.0 / Z.shape[1]
+        return float(gamma)
 
 
 @register_head("elasticnet")

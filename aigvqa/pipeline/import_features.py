@@ -19,12 +19,21 @@ from another file compare the rest (``variable``, the group's shape), not the fi
 
 NaN / Inf values: ``nan="zero"`` (default, as the VIDEVAL authors do) replaces them by 0 and
 says how many it replaced; ``nan="error"`` refuses the file.
+
+Subsets: ``keep_ids`` / ``drop_ids`` (video ids) and ``keep_rows`` / ``drop_rows`` (1-based
+row numbers of the feature file, as VIDEVAL lists YouTube-UGC's 57 grayscale videos) import
+only some rows. Labels can be renamed (``label_columns={"MOSFull": "mos"}``).
+
+Every imported video's row in the feature file (0-based, counted before any row is dropped)
+is stored as its ``source_order`` in the cache's videos table: VIDEVAL's splits index the
+rows of the metadata file in that order, and ``evaluate`` uses it for them.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +58,8 @@ class ForeignFeatures:
     sha256: str = ""
     variable: str | None = None
     replaced_nonfinite: int = 0
+    rows: np.ndarray | None = None  # each kept row's 0-based row in the feature file
+    dropped: int = 0  # rows left out by a keep / drop list
 
     def provenance(self) -> dict:
         return {
@@ -206,13 +217,19 @@ def load_foreign_features(
     ids_from: str | Path | None = None,
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
-    label_columns: list[str] = (),
+    label_columns: Iterable[str] | Mapping[str, str] = (),
     group_columns: list[str] = (),
     nan: str = "zero",
+    subset: Mapping[str, Iterable | None] | None = None,
 ) -> ForeignFeatures:
-    """Read the feature file, attach ids / labels / groups, and deal with non-finite values."""
+    """Read the feature file, attach ids / labels / groups, keep the rows ``subset`` (the
+    keywords of ``select_rows``) allows, and deal with non-finite values in those rows.
+
+    ``label_columns``: columns to take as labels, or {column: label name} to rename them."""
     if nan not in ("zero", "error"):
         raise ValueError(f"nan must be 'zero' or 'error', got {nan!r}")
+    renames = dict(label_columns) if isinstance(label_columns, Mapping) else {c: c for c in label_columns}
+    label_columns = list(renames)
     path = Path(path)
     in_file = path.suffix.lower() == ".csv" and ids_from is None
     feats = read_feature_file(
@@ -238,19 +255,102 @@ def load_foreign_features(
             f"{path}: rows of a {path.suffix} file have no video ids; pass --ids-from a CSV "
             "listing the videos in the same order (and --id-column)"
         )
+    names = list(renames.values())
+    if len(set(names)) != len(names):
+        raise ImportFeaturesError(f"label names {names} repeat; give each label column its own name")
+    feats.labels = {renames[col]: values for col, values in feats.labels.items()}
     duplicates = sorted({i for i in feats.ids if feats.ids.count(i) > 1}) if len(set(feats.ids)) != len(feats.ids) else []
     if duplicates:
         raise ImportFeaturesError(f"{ids_from or path}: duplicate video ids {duplicates[:5]}; ids must be unique")
+    if subset and any(v is not None for v in subset.values()):
+        feats = select_rows(feats, **subset)
     bad = ~np.isfinite(feats.values)
     if bad.any():
         if nan == "error":
             rows = sorted(set(np.nonzero(bad)[0].tolist()))
+            if feats.rows is not None:  # rows of the file, not of the kept subset
+                rows = [int(feats.rows[r]) for r in rows]
             raise ImportFeaturesError(
                 f"{path}: {int(bad.sum())} NaN/Inf values in rows {rows[:10]}; fix the file or "
                 "pass --nan zero to replace them by 0"
             )
         feats.values = np.where(bad, 0.0, feats.values)
         feats.replaced_nonfinite = int(bad.sum())
+    return feats
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Video ids from a text file: one per line; blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError as err:
+        raise ImportFeaturesError(f"{path}: no such id list") from err
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def parse_rows(text: str | Iterable[int] | None, what: str) -> list[int] | None:
+    """1-based row numbers: "3,6,10", a file of such numbers (commas / whitespace / lines),
+    or a list of ints."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return [int(r) for r in text]
+    if Path(text).is_file():
+        text = Path(text).read_text()
+    tokens = [t for t in text.replace(",", " ").split() if t]
+    try:
+        rows = [int(t) for t in tokens]
+    except ValueError as err:
+        raise ImportFeaturesError(f"{what}: {text[:60]!r} is not a list of 1-based row numbers (e.g. 3,6,10)") from err
+    return rows
+
+
+def select_rows(
+    feats: ForeignFeatures,
+    *,
+    keep_ids: Iterable[str] | None = None,
+    drop_ids: Iterable[str] | None = None,
+    keep_rows: Iterable[int] | None = None,
+    drop_rows: Iterable[int] | None = None,
+) -> ForeignFeatures:
+    """Keep the rows the lists allow (row numbers are 1-based, of the feature file); ids or
+    row numbers that are not in the file are an error, so a list for another file is caught."""
+    n = len(feats.ids)
+    keep = np.ones(n, dtype=bool)
+    position = {vid: i for i, vid in enumerate(feats.ids)}
+    for ids, wanted in ((keep_ids, True), (drop_ids, False)):
+        if ids is None:
+            continue
+        ids = list(ids)
+        unknown = [i for i in ids if i not in position]
+        if unknown:
+            raise ImportFeaturesError(
+                f"{len(unknown)} id(s) of the {'keep' if wanted else 'drop'} list are not in the file "
+                f"(first: {unknown[:5]}); the list must name ids of this file's --id-column"
+            )
+        listed = np.zeros(n, dtype=bool)
+        listed[[position[i] for i in ids]] = True
+        keep &= listed if wanted else ~listed
+    for rows, wanted in ((keep_rows, True), (drop_rows, False)):
+        if rows is None:
+            continue
+        rows = list(rows)
+        bad = [r for r in rows if not 1 <= r <= n]
+        if bad:
+            raise ImportFeaturesError(f"row numbers {bad[:5]} are outside 1..{n} (rows are 1-based)")
+        listed = np.zeros(n, dtype=bool)
+        listed[np.asarray(rows, dtype=int) - 1] = True
+        keep &= listed if wanted else ~listed
+    if not keep.any():
+        raise ImportFeaturesError("the keep / drop lists leave no row to import")
+    index = np.flatnonzero(keep)
+    feats.rows = (np.arange(n) if feats.rows is None else feats.rows)[index]
+    feats.dropped += int(n - index.size)
+    feats.ids = [feats.ids[i] for i in index]
+    feats.values = feats.values[index]
+    feats.labels = {k: v[index] for k, v in feats.labels.items()}
+    feats.groups = {k: [v[i] for i in index] for k, v in feats.groups.items()}
     return feats
 
 
@@ -264,6 +364,7 @@ class ImportReport:
     labels: list[str]
     replaced_nonfinite: int
     merge: object  # aigvqa.cache.MergeReport
+    dropped: int = 0
 
     def summary(self) -> str:
         text = (
@@ -272,6 +373,8 @@ class ImportReport:
         )
         if self.labels:
             text += f"; labels: {', '.join(self.labels)}"
+        if self.dropped:
+            text += f"; {self.dropped} rows left out by the keep/drop lists"
         if self.replaced_nonfinite:
             text += f"; {self.replaced_nonfinite} NaN/Inf values replaced by 0"
         return text + f"\n{self.merge}"
@@ -286,15 +389,19 @@ def import_features(
     ids_from: str | Path | None = None,
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
-    label_columns: list[str] = (),
+    label_columns: Iterable[str] | Mapping[str, str] = (),
     group_columns: list[str] = (),
     nan: str = "zero",
     dtype: str = "float32",
     overwrite: bool = False,
+    keep_ids: Iterable[str] | None = None,
+    drop_ids: Iterable[str] | None = None,
+    keep_rows: Iterable[int] | None = None,
+    drop_rows: Iterable[int] | None = None,
 ) -> ImportReport:
     """Import a foreign feature file into cache group ``group`` (see the module docstring).
 
-    Labels and groups go to the cache's videos table. A video the cache already knows
+    Labels, groups and each video's ``source_order`` go to the cache's videos table. A video the cache already knows
     keeps its path, prompt and other labels: imported labels are added to them.
     Re-importing the same file is a no-op (ids already cached are skipped) unless
     ``overwrite``; importing a *different* file into an existing group is refused by the
@@ -305,8 +412,11 @@ def import_features(
     cache = Path(cache)
     feats = load_foreign_features(
         file, variable=variable, ids_from=ids_from, id_column=id_column, feature_columns=feature_columns,
-        label_columns=list(label_columns), group_columns=list(group_columns), nan=nan,
+        label_columns=label_columns if isinstance(label_columns, Mapping) else list(label_columns),
+        group_columns=list(group_columns), nan=nan,
+        subset={"keep_ids": keep_ids, "drop_ids": drop_ids, "keep_rows": keep_rows, "drop_rows": drop_rows},
     )
+    rows = np.arange(len(feats.ids)) if feats.rows is None else feats.rows
     known = {v["video_id"]: v for v in FeatureCache(cache).videos()} if cache.exists() else {}
     videos = []
     for i, vid in enumerate(feats.ids):
@@ -315,7 +425,7 @@ def import_features(
         labels.update({k: float(v[i]) for k, v in feats.labels.items() if np.isfinite(v[i])})
         groups = dict(row.get("groups", {}))
         groups.update({k: v[i] for k, v in feats.groups.items()})
-        row.update(labels=labels, groups=groups)
+        row.update(labels=labels, groups=groups, source_order=int(rows[i]))
         if "prompt" in groups and not row.get("prompt_id"):
             row["prompt_id"] = groups["prompt"]
         videos.append(row)
@@ -333,4 +443,4 @@ def import_features(
     finally:
         shard.unlink(missing_ok=True)
     return ImportReport(cache, group, len(feats.ids), feats.values.shape[2], feats.values.shape[1],
-                        sorted(feats.labels), feats.replaced_nonfinite, merge)
+                        sorted(feats.labels), feats.replaced_nonfinite, merge, feats.dropped)

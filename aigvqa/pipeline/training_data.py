@@ -22,7 +22,7 @@ explicit parameters; ``provenance_problems`` compares where two sets of features
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,17 @@ class TrainingData:
     provenance: dict[str, dict[str, Any]]  # cache group -> its provenance
     cache_groups: list[str]
     dropped: list[str] = field(default_factory=list)  # ids without every requested label
+    # each row's 0-based row in the file it was imported from (-1: unknown); None: no row has one
+    source_order: np.ndarray | None = None
+
+    def take(self, rows: Sequence[int]) -> TrainingData:
+        """These rows, in this order (X, y, groups and source order together)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TrainingData(
+            self.cache, self.X[rows], self.y[rows], self.label_names,
+            {k: np.asarray(v)[rows] for k, v in self.groups.items()}, self.provenance, self.cache_groups,
+            self.dropped, None if self.source_order is None else self.source_order[rows],
+        )
 
     @property
     def ids(self) -> list[str]:
@@ -134,7 +145,7 @@ def load_training_data(
         if not label_names:
             raise TrainingDataError(
                 f"cache {cache} holds no labels (MOS); extract from a manifest with label columns, "
-                "or import them with `aigvqa import-features ... --label-columns`"
+                "or import them with `aigvqa import-features ... --labels COLUMN`"
             )
         absent = [name for name in label_names if name not in data.labels]
         if absent:
@@ -156,22 +167,87 @@ def load_training_data(
             raise TrainingDataError(f"no video in {cache} has every label of {label_names}")
     else:
         groups = dict(data.groups)
-    return TrainingData(cache, X, y, label_names, groups, provenance, wanted, dropped)
+    known = {v["video_id"]: v.get("source_order", -1) for v in store.videos()}
+    order = np.array([known.get(i, -1) for i in X.ids], dtype=np.int64)
+    return TrainingData(cache, X, y, label_names, groups, provenance, wanted, dropped,
+                        order if (order >= 0).any() else None)
 
 
-def build_head(name: str | None, config: str | Path | None = None, params: Mapping[str, Any] | None = None):
-    """A head from its name, a TOML config and explicit parameters (these win)."""
-    from aigvqa.heads.registry import create_head
+def read_row_order(path: str | Path, column: str | None = None, ids: Sequence[str] | None = None) -> list[str]:
+    """Video ids in the row order of a CSV (e.g. VIDEVAL's metadata file). ``column`` names
+    the id column; without it, the first column holding every id of ``ids`` (or the first
+    column) is used."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+    except FileNotFoundError as err:
+        raise TrainingDataError(f"--order-from {path}: no such file") from err
+    if len(rows) < 2:
+        raise TrainingDataError(f"--order-from {path}: needs a header row and one row per video")
+    header = [h.strip() for h in rows[0]]
+    if column is not None:
+        if column not in header:
+            raise TrainingDataError(f"--order-from {path}: no column {column!r}; columns are {header}")
+        index = header.index(column)
+    else:
+        wanted = set(ids or ())
+        holding = [j for j in range(len(header)) if wanted and wanted <= {r[j].strip() for r in rows[1:] if j < len(r)}]
+        index = holding[0] if holding else 0
+    return [r[index].strip() for r in rows[1:] if index < len(r)]
+
+
+def order_rows(data: TrainingData, order_from: str | Path | None = None, order_column: str | None = None,
+               *, source_order: bool = True) -> tuple[TrainingData, str]:
+    """``data`` with its rows in a file's row order, and a sentence saying which order it is.
+
+    ``order_from``: a CSV listing the videos (its id column: ``order_column`` or found);
+    ids it does not list are an error, rows it lists that the cache lacks are skipped.
+    Otherwise, with ``source_order``, the imported file's order the cache recorded, when
+    every row has one; else the cache's own order (sorted by id)."""
+    if order_from is not None:
+        listed = read_row_order(order_from, order_column, data.ids)
+        position = {vid: i for i, vid in enumerate(listed)}
+        missing = [vid for vid in data.ids if vid not in position]
+        if missing:
+            raise TrainingDataError(
+                f"--order-from {order_from}: {len(missing)} video(s) of {data.cache} are not listed "
+                f"(first: {missing[:3]}); give the metadata file the features were imported with "
+                "(and --order-column if its ids are not in the first column)"
+            )
+        rows = sorted(range(len(data.ids)), key=lambda r: position[data.ids[r]])
+        return data.take(rows), f"rows in the row order of {Path(order_from).name}"
+    if source_order and data.source_order is not None and (data.source_order >= 0).all():
+        rows = np.argsort(data.source_order, kind="stable")
+        return data.take(rows), "rows in the imported file's row order (recorded by import-features)"
+    return data, ("rows in video-id order: the cache records no source row order for every video; "
+                  "pass --order-from METADATA.csv to split over a metadata file's rows")
+
+
+def build_head(name: str | None, config: str | Path | None = None, params: Mapping[str, Any] | None = None,
+               *, default_name: str | None = None, defaults: Callable[[str, dict], dict] | None = None):
+    """A head from its name, a TOML config and explicit parameters (these win).
+
+    ``default_name``: the head when neither ``name`` nor the config names one;
+    ``defaults(name, params)``: fills in defaults under the given parameters (an evaluation
+    protocol's, ``pipeline.evaluation.protocols``). A stack's config may give one table per
+    base (``StackingHead.from_config``)."""
+    from aigvqa.heads.registry import create_head, get_head_class
 
     config_name, config_params = load_head_config(config)
     if name and config_name and name != config_name:
         raise TrainingDataError(f"--head {name} contradicts head = {config_name!r} in {config}; drop one")
-    name = name or config_name
+    name = name or config_name or default_name
     if not name:
         raise TrainingDataError("name a head with --head (or `head = \"...\"` in the --config file)")
     merged = {**config_params, **(params or {})}
+    if defaults is not None:
+        merged = defaults(name, merged)
+    from_config = getattr(get_head_class(name), "from_config", None)
     try:
-        return name, create_head(name, **merged)
+        return name, (from_config(merged) if from_config is not None else create_head(name, **merged))
     except TypeError as err:
         raise TrainingDataError(
             f"head {name!r} does not take these parameters ({err}); check {config or 'the parameters'}"

@@ -250,6 +250,7 @@ def run_cell(cell: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "cell": cell,
         "rows": result.rows(),
+        "trials": result.rows(per_trial=True),  # per trial: metrics, chosen hyper-parameters, meta weights
         "table": result.table(),
         "predictions": predictions,
         # mapping fits that fell back to raw predictions (evaluate counts them per trial)
@@ -454,6 +455,11 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
         for rank, r in enumerate(mine, 1):
             cells = [f"{r.get(f'{m}_median', np.nan):.4f} ± {r.get(f'{m}_std', np.nan):.4f}" for m, _ in shown]
             md.append(f"| {rank} | {r['head']} | `{r['params']}` | {r['features']} | {r['seed']} | " + " | ".join(cells) + " |")
+        stacks = [r for r in mine if r.get("meta_weights_median")]
+        if stacks:  # what each stack did: its meta weights (median over trials; per trial in cells/*.json)
+            md += ["", "Meta weights of the stacks (median over trials):", ""]
+            md += [f"- rank {mine.index(r) + 1} ({r['model']}, seed {r['seed']}): "
+                   + ", ".join(f"{n} {w:.3f}" for n, w in json.loads(r["meta_weights_median"]).items()) for r in stacks]
         slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         bars = metric_bars([{**r, "model": f"{r['model']} s{r['seed']}"} for r in mine], out / "plots" / f"srcc-plcc-{slug}.png",
                            title=f"{label}: median over trials (bars: std)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import sys
 import time
 import warnings
@@ -41,6 +42,7 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from aigvqa.heads.classical import fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.pipeline.evaluation.metrics import (
     METRIC_NAMES,
@@ -77,6 +79,20 @@ class TrialResult:
     metrics: dict[str, dict[str, Any]]  # label -> all_metrics (+ ranking, model-level)
     fit_seconds: float
     best_params: Any = None  # the head's best_params_ after fit, when it has one
+    meta_weights: Any = None  # a stack's meta_weights_ ({base: weight}, a list per output)
+    meta_choice: Any = None  # a stack's meta_choice_ ("blend" or the base it kept)
+    convergence_warnings: int = 0  # ConvergenceWarnings the fit raised (counted, not printed)
+
+    def weights(self, j: int) -> dict[str, float] | None:
+        """Meta weights for output column ``j`` (None for heads that are not stacks)."""
+        if self.meta_weights is None:
+            return None
+        return self.meta_weights if isinstance(self.meta_weights, Mapping) else self.meta_weights[j]
+
+    def choice(self, j: int) -> str | None:
+        if self.meta_choice is None:
+            return None
+        return self.meta_choice if isinstance(self.meta_choice, str) else self.meta_choice[j]
 
 
 @dataclass
@@ -123,6 +139,29 @@ class EvaluationResult:
         label = self._label(label)
         return {f: sum(bool(t.metrics[label][f]) for t in self.trials) for f in FALLBACK_NAMES}
 
+    def convergence_warnings(self) -> int:
+        """ConvergenceWarnings raised by the fits of every trial (counted, never printed)."""
+        return sum(t.convergence_warnings for t in self.trials)
+
+    def meta_weights(self, label: str | None = None) -> dict[str, float] | None:
+        """A stack's meta weight per base, median over trials (None for other heads)."""
+        j = self.label_names.index(self._label(label))
+        per_trial = [t.weights(j) for t in self.trials]
+        if not per_trial or any(w is None for w in per_trial):
+            return None
+        names = list(per_trial[0])
+        return {n: float(np.median([w.get(n, 0.0) for w in per_trial])) for n in names}
+
+    def meta_choices(self, label: str | None = None) -> dict[str, int]:
+        """How many trials kept the blend, and how many kept each single base."""
+        j = self.label_names.index(self._label(label))
+        counts: dict[str, int] = {}
+        for t in self.trials:
+            choice = t.choice(j)
+            if choice is not None:
+                counts[choice] = counts.get(choice, 0) + 1
+        return counts
+
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """label -> metric -> {"median", "std"} over trials."""
         return {
@@ -156,7 +195,37 @@ class EvaluationResult:
             if any(fb.values()):
                 lines.append(f"\n{label}: mapping fits fell back to raw predictions in "
                              f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials")
+        for label in self.label_names:
+            weights = self.meta_weights(label)
+            if weights is not None:
+                where = f"{label}: " if len(self.label_names) > 1 else ""
+                choices = self.meta_choices(label)
+                kept = {k: v for k, v in choices.items() if k != "blend"}
+                line = (f"\n{where}meta weights, median over {len(self.trials)} trials: "
+                        + ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
+                if kept:
+                    line += ("; the best single base was kept instead of the blend in "
+                             + ", ".join(f"{v} trials ({k})" for k, v in kept.items()))
+                lines.append(line)
+        warned = self.convergence_warnings()
+        if warned:
+            lines.append(f"\n{warned} fits over the {len(self.trials)} trials stopped at max_iter before converging "
+                         "(scikit-learn ConvergenceWarnings, counted here instead of printed); "
+                         "a larger max_iter in the head config makes them converge")
         lines += [f"\n{n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def trial_table(self, digits: int = 4) -> str:
+        """Markdown: one row per trial (and dimension): SRCC, PLCC (logistic), the chosen
+        hyper-parameters and, for a stack, its meta weights."""
+        lines = ["| trial | dimension | SRCC | PLCC (logistic) | chosen hyper-parameters | meta weights |",
+                 "|---|---|---|---|---|---|"]
+        for t in self.trials:
+            for j, label in enumerate(self.label_names):
+                m = t.metrics[label]
+                weights = t.weights(j)
+                lines.append(f"| {t.name} | {label} | {m['srcc']:.{digits}f} | {m['plcc_logistic']:.{digits}f} | "
+                             f"{_compact(t.best_params)} | {_compact(weights)} |")
         return "\n".join(lines)
 
     def rows(self, per_trial: bool = False) -> list[dict[str, Any]]:
@@ -170,6 +239,11 @@ class EvaluationResult:
                            "dimension": label, "n_train": len(t.train), "n_test": len(t.test),
                            "fit_seconds": round(t.fit_seconds, 4)}
                     row.update({m: t.metrics[label][m] for m in (*self.metric_names(), *FALLBACK_NAMES)})
+                    j = self.label_names.index(label)
+                    row["best_params"] = _json(t.best_params)
+                    row["meta_weights"] = _json(t.weights(j))
+                    row["meta_choice"] = t.choice(j) or ""
+                    row["convergence_warnings"] = t.convergence_warnings
                     out.append(row)
             return out
         for label in self.label_names:
@@ -178,6 +252,10 @@ class EvaluationResult:
                 row[f"{m}_median"] = self.median(m, label)
                 row[f"{m}_std"] = self.std(m, label)
             row.update({f"n_{k}": v for k, v in self.fallbacks(label).items()})
+            weights = self.meta_weights(label)
+            if weights is not None:
+                row["meta_weights_median"] = _json(weights)
+            row["n_convergence_warnings"] = self.convergence_warnings()
             out.append(row)
         return out
 
@@ -207,6 +285,41 @@ class EvaluationResult:
         return f"EvaluationResult({self.head!r}, split={self.split!r}, trials={len(self.trials)}, labels={self.label_names})"
 
 
+def _plain(value):
+    """JSON-ready: numpy scalars and arrays as Python numbers and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _json(value) -> str:
+    return "" if value is None else json.dumps(_plain(value), sort_keys=True, default=str)
+
+
+def _compact(value) -> str:
+    """``{"C": 8.0, "gamma": 0.125}`` as ``C=8, gamma=0.125`` for tables."""
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_compact(v) if isinstance(v, Mapping) else _short(v)}" for k, v in value.items())
+    return _short(value)
+
+
+def _short(value) -> str:
+    value = _plain(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return "{" + _compact(value) + "}"
+    return str(value)
+
+
 # -- running trials ---------------------------------------------------------------------------
 
 
@@ -217,11 +330,22 @@ def accepts_validation(head) -> bool:
 
 
 def seeded(head, seed: int):
-    """``head`` with its ``random_state`` / ``seed`` parameter set to ``seed`` (when it has one)."""
+    """``head`` with its ``random_state`` / ``seed`` parameter set to ``seed`` (when it has one);
+    a stack's bases get it too, so each searches and trains as it would alone in this trial
+    (under VIDEVAL's protocol: the inner split seeded ``ceil(6.6 * i)``)."""
     params = head.get_params(deep=False)
     for key in ("random_state", "seed"):
         if key in params:
             head.set_params(**{key: seed})
+    bases = params.get("estimators")
+    if isinstance(bases, list) and all(isinstance(b, tuple | list) and len(b) == 2 for b in bases):
+        from aigvqa.heads.registry import create_head
+
+        nested = {}
+        for name, base in bases:
+            base_params = (create_head(base) if isinstance(base, str) else base).get_params(deep=False)
+            nested.update({f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params})
+        head.set_params(**nested)
     return head
 
 
@@ -277,6 +401,19 @@ def accepts_groups(head) -> bool:
     return "groups" in inspect.signature(head.fit).parameters
 
 
+@dataclass
+class FitInfo:
+    """What a fitted head says about itself, in ``TrialResult`` field order."""
+
+    best_params: Any
+    meta_weights: Any
+    meta_choice: Any
+    convergence_warnings: int
+
+    def __iter__(self):
+        return iter((self.best_params, self.meta_weights, self.meta_choice, self.convergence_warnings))
+
+
 def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None):
     model = seeded(clone(head), seed)
     y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
@@ -288,12 +425,15 @@ def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompt
     start = time.perf_counter()
     if X_val is not None and accepts_validation(model):
         y_v = y_val[:, 0] if y_val.shape[1] == 1 else y_val
-        model.fit(X_train, y_fit, X_val=X_val, y_val=y_v, **kwargs)
-    else:
-        model.fit(X_train, y_fit, **kwargs)
+        kwargs.update(X_val=X_val, y_val=y_v)
+    # ConvergenceWarnings (ElasticNet searches raise hundreds) are counted and reported as
+    # one line: the classical heads count their own, a plain estimator's are caught here
+    warned = fit_counting_convergence(model, X_train, y_fit, **kwargs)
+    warned += int(getattr(model, "n_convergence_warnings_", 0))
     seconds = time.perf_counter() - start
     pred = np.asarray(model.predict(X_test), dtype=np.float64).reshape(len(X_test), -1)
-    return pred, seconds, getattr(model, "best_params_", None)
+    return pred, seconds, FitInfo(getattr(model, "best_params_", None), getattr(model, "meta_weights_", None),
+                                  getattr(model, "meta_choice_", None), warned)
 
 
 def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators,
@@ -308,7 +448,7 @@ def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generat
     gen = None if generators is None else generators[split.test]
     ranked = None if prompt_groups is None else prompt_groups[split.test]
     return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
-                       _score(Y[split.test], pred, labels, gen, ranked), seconds, best)
+                       _score(Y[split.test], pred, labels, gen, ranked), seconds, *best)
 
 
 def _trains_trials_together(head) -> bool:
@@ -449,8 +589,26 @@ def cross_dataset(
     pred, seconds, best = _fit_predict(head, X_a, Y_a, None, None, X_b, seed)
     gen = None if not groups_b or "generator" not in groups_b else np.asarray(groups_b["generator"]).ravel()
     trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
-                        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)), seconds, best)
+                        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)), seconds, *best)
     return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])
+
+
+def _selection_rules(estimator) -> str:
+    """How the head (or each base of a stack) picks its hyper-parameters, in words."""
+    bases = getattr(estimator, "estimators", None)
+    parts = [(n, b) for n, b in bases if hasattr(b, "get_params")] if isinstance(bases, list) else [("", estimator)]
+    words = []
+    stack_tunes = getattr(estimator, "tune_bases", None) if isinstance(bases, list) else None
+    for name, head in parts:
+        params = head.get_params(deep=False)
+        if params.get("search") is None and stack_tunes and getattr(head, "standard_search", None):
+            params["search"] = stack_tunes  # what the stack gives an untuned classical base
+        if params.get("search") is None:
+            words.append(f"{name or _head_label(head)} does not search")
+        else:
+            words.append(f"{name or _head_label(head)} searches {params['search'] if isinstance(params['search'], str) else 'a grid'}"
+                         f" ranked by {params.get('search_scoring')}")
+    return ", ".join(words)
 
 
 def evaluate_cache(
@@ -461,27 +619,61 @@ def evaluate_cache(
     params: Mapping[str, Any] | None = None,
     features: str | Sequence[str] | None = None,
     labels: str | Sequence[str] | None = None,
-    split: str = "random-8:2",
-    trials: int = 10,
+    split: str | None = None,
+    trials: int | None = None,
     seed: int = 0,
     n_jobs: int = 1,
     test_cache: str | Path | None = None,
     progress: bool = True,
     batch_trials: bool = True,
+    protocol: str | None = None,
+    order_from: str | Path | None = None,
+    order_column: str | None = None,
 ):
     """``evaluate`` (or ``cross_dataset`` with ``test_cache``) of a named head on a cache.
+
+    ``protocol`` (``pipeline.evaluation.protocols``, e.g. "videval") sets the split, the
+    number of trials and the head's search defaults (``split``, ``trials`` and the head's own
+    parameters win over it; the head defaults to the protocol's). Without either, the split
+    is random-8:2 with 10 trials.
+
+    Row order: VIDEVAL's splits index rows, so under ``split="videval"`` the rows are put in
+    the imported file's order (the cache's ``source_order``) when every video has one;
+    ``order_from`` (a CSV listing the videos, id column ``order_column`` or found) puts them
+    in that file's order under any split. The result's notes say which order was used.
 
     With ``test_cache`` the head trains on every video of ``cache`` and is tested on every
     video of ``test_cache``, whose groups must come from the same extractors and weights.
     """
     from aigvqa.errors import ProvenanceMismatchError
-    from aigvqa.pipeline.training_data import build_head, load_training_data, provenance_problems
+    from aigvqa.pipeline.evaluation.protocols import get_protocol, protocol_params
+    from aigvqa.pipeline.training_data import (
+        build_head,
+        load_training_data,
+        order_rows,
+        provenance_problems,
+    )
 
+    chosen = get_protocol(protocol) if protocol is not None else None
+    split = split or (chosen.split if chosen else "random-8:2")
+    trials = trials or (chosen.trials if chosen else 10)
     data = load_training_data(cache, features, labels)
-    name, estimator = build_head(head, config, params)
+    name, estimator = build_head(
+        head, config, params, default_name=chosen.default_head if chosen else None,
+        defaults=(lambda head_name, given: protocol_params(chosen, head_name, given)) if chosen else None,
+    )
     if test_cache is None:
-        return evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
-                        label_names=data.label_names, n_jobs=n_jobs, progress=progress, batch_trials=batch_trials)
+        notes = []
+        if order_from is not None or split == "videval":
+            data, how = order_rows(data, order_from, order_column)
+            notes.append(f"{len(data.ids)} videos, {how}.")
+        if chosen is not None:
+            notes.insert(0, f"protocol {chosen.name}: {chosen.summary}; {_selection_rules(estimator)}.")
+        result = evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
+                          label_names=data.label_names, n_jobs=n_jobs, progress=progress,
+                          batch_trials=batch_trials)
+        result.notes.extend(notes)
+        return result
     test = load_training_data(test_cache, data.cache_groups, data.label_names)
     problems = provenance_problems(data.provenance, test.provenance)
     if problems:

@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
                         help="manifest format (default: auto from the file)")
     parser.add_argument("--encoding", dest="manifest_encoding", default="utf-8",
                         help="the manifest's text encoding (default utf-8; e.g. latin-1, cp1252)")
+    parser.add_argument("--labels", metavar="COL[=NAME],...",
+                        help="manifest columns to store as labels (MOS), optionally renamed: "
+                        "Overall=mos,tq (default: the format's own, e.g. mos and mos_<name>)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument(
         "--decode-workers", type=int, default=None, metavar="N",
@@ -69,11 +72,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from aigvqa.pipeline.cli.commands.import_features import parse_labels
     from aigvqa.pipeline.extract import extract, extractor_options
     from aigvqa.pipeline.manifest import read_manifest
 
     spec = extractor_options(args.config, args.extractors)
-    records = read_manifest(args.manifest, fmt=args.manifest_format, encoding=args.manifest_encoding)
+    labels = parse_labels(args.labels)
+    records = read_manifest(args.manifest, fmt=args.manifest_format, encoding=args.manifest_encoding,
+                            label_cols={name: col for col, name in labels.items()} if labels else None)
     report = extract(
         records,
         spec,
