@@ -137,6 +137,7 @@ def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path
     markdown = (out / "results.md").read_text()
     assert "## mos" in markdown and "## alignment" in markdown and '`{"C": 4.0, "scaler": "standard"}`' in markdown
     assert "| pair acc (in prompt) | SRCC (in prompt) | model pair acc |" in markdown
+    assert "What the columns mean:" in markdown and "RMSE: " in markdown and "LOWER is better" in markdown
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert pngs == ["best-alignment.png", "best-mos.png", "srcc-plcc-alignment.png", "srcc-plcc-mos.png"]
     for name in pngs:
@@ -230,3 +231,11 @@ def test_a_stack_cell_reports_its_meta_weights(tmp_path, client):
     assert "meta weights, median over 2 trials" in stored["table"]
     markdown = (tmp_path / "ablation" / "results.md").read_text()
     assert "Meta weights of the stacks (median over trials):" in markdown and "svr 0." in markdown
+
+
+def test_cells_within_one_std_of_the_first_are_counted_until_the_first_clear_gap():
+    rows = [{"srcc_median": 0.80, "srcc_std": 0.05}, {"srcc_median": 0.77, "srcc_std": 0.02},
+            {"srcc_median": 0.70, "srcc_std": 0.12}, {"srcc_median": 0.50, "srcc_std": 0.01}]
+    assert ablate._within_one_std(rows) == 2  # 0.03 < 0.05; 0.10 < 0.12; 0.30 > 0.05
+    assert ablate._within_one_std(rows[:1]) == 0 and ablate._within_one_std([]) == 0
+    assert ablate._within_one_std([rows[0], rows[3]]) == 0

@@ -78,6 +78,15 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
     assert "blip-itm" in out and "imagereward" in out  # where real alignment features come from
     report = result.report.read_text()
     assert "RANDOM WEIGHTS" in report
+    assert "What the columns mean:" in report and "LOWER is better" in report and "0.5: chance" in report
+    assert "What the columns mean:" in out
+    assert f"highest median SRCC on overall: {result.best_head}" in report
+    # the bundle reads only the features its head was given (svr: handcrafted): a bare video
+    # needs no prompt
+    import json
+    bundle = json.loads((tmp_path / "demo" / "model" / "bundle.json").read_text())
+    assert set(bundle["provenance"]) <= {"handcrafted", "clip-frames"}
+    assert not any(name.startswith("clip-text") for name in bundle["feature_names"])
     assert "`blip-itm`" in report and "`imagereward`" in report and "pair acc (in prompt)" in report
     for head in ("svr", "lightgbm", "mlp"):
         for label in LABEL_NAMES:
@@ -95,3 +104,29 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
         scores = list(csv.DictReader(fh))
     assert len(scores) == 12 and all(s["status"] == "ok" for s in scores)
     assert (tmp_path / "demo" / "model" / "bundle.json").is_file()
+
+
+class _FakeResult:
+    def __init__(self, head, values):
+        self.head, self._values, self.trials = head, np.asarray(values), [None] * len(values)
+
+    def median(self, metric, label):
+        return float(np.median(self._values))
+
+    def std(self, metric, label):
+        return float(np.std(self._values))
+
+
+def test_the_best_head_is_named_with_its_spread_and_the_heads_it_does_not_beat():
+    from aigvqa.pipeline.demo import best_head_sentence, rank_heads
+
+    wide = _FakeResult("svr", [0.1, 0.37, 0.7])       # median 0.37, std 0.245
+    close = _FakeResult("lightgbm", [0.1, 0.15, 0.2])  # median 0.15: within one std
+    far = _FakeResult("mlp", [-0.5, -0.4, -0.45])      # median -0.45: not
+    best, within = rank_heads([close, far, wide])
+    assert best is wide and within == [close]
+    text = best_head_sentence(best, within)
+    assert "svr (0.370 ± 0.245" in text and "lightgbm (0.150 ± 0.041) is within one std" in text
+    assert "not because it is shown to be better" in text and "mlp" not in text
+    best, within = rank_heads([_FakeResult("a", [0.9, 0.91, 0.92]), far])
+    assert within == [] and "within one std" not in best_head_sentence(best, within)

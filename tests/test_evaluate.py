@@ -146,6 +146,20 @@ def test_custom_splits_and_cross_dataset():
     assert len(cross.trials) == 1 and cross.y_true.shape == (120, 2)
     assert cross.median("srcc", "t") > 0.8 and np.isfinite(cross.median("model_srcc", "s"))
     assert cross.split.startswith("cross-dataset")
+    # one trial: its values, without a "± 0.0000" that would read as a spread
+    table = cross.table()
+    assert "1 trial" in table and "median ± std" not in table and "±" not in table
+    assert f"| t | {cross.median('srcc', 't'):.4f} |" in table
+
+
+def test_table_says_what_the_metrics_mean():
+    X, y, groups = _data()
+    result = evaluate(ElasticNetHead(), X, y[:, 0], groups, split="random-8:2", trials=2, progress=False)
+    table = result.table()
+    assert "What the columns mean:" in table
+    assert "SRCC: Spearman" in table and "RMSE" in table and "LOWER is better" in table
+    assert "model SRCC:" in table  # the generator column has its line too
+    assert "What the columns mean" not in result.table(legend=False)
 
 
 def test_ranking_metrics_per_trial_in_table_and_csv(tmp_path):

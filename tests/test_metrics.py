@@ -45,10 +45,48 @@ def test_logistic_fit_recovers_a_known_4_parameter_curve():
     assert M.logistic_4(0.3, *true) == pytest.approx((4.5 + 1.2) / 2)
 
 
-def test_logistic_fit_handles_decreasing_relations_and_other_scales():
+def test_logistic_fit_handles_other_scales():
     x = np.linspace(0, 100, 80)
-    y = M.logistic_4(x, 1.0, 5.0, 50.0, 8.0)  # decreasing, predictions on a 0-100 scale
+    y = M.logistic_4(x, 5.0, 1.0, 50.0, 8.0)  # predictions on a 0-100 scale
     assert M.plcc_logistic(y, x) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_decreasing_logistic_is_not_used_so_a_backwards_ranking_keeps_a_negative_plcc():
+    # predictions that rank the videos backwards: an unconstrained least-squares logistic
+    # falls (b1 < b2) and maps them onto the MOS almost perfectly (PLCC ~ +1)
+    x = np.linspace(0, 100, 80)
+    y = M.logistic_4(x, 1.0, 5.0, 50.0, 8.0)
+    with pytest.warns(M.MappingFitWarning, match="decreasing"):
+        fit = M.fit_logistic(y, x)
+    assert fit.fell_back and "invert the ranking" in fit.reason
+    assert np.array_equal(fit.mapped, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.MappingFitWarning)
+        out = M.all_metrics(y, x)
+    assert out["srcc"] == pytest.approx(-1.0)
+    assert out["plcc_logistic"] == pytest.approx(M.plcc(y, x)) and out["plcc_logistic"] < -0.9
+    assert out["logistic_fallback"]
+    # noisy anti-correlated predictions, like a head that learned nothing on a few test videos
+    rng = np.random.default_rng(3)
+    mos = rng.uniform(1, 5, 12)
+    pred = -mos + rng.normal(0, 1.0, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.MappingFitWarning)
+        out = M.all_metrics(mos, pred)
+    assert out["srcc"] < 0 and out["plcc_logistic"] < 0
+    # an increasing fit is untouched
+    assert not M.fit_logistic(mos, -pred).fell_back
+
+
+def test_every_table_metric_has_a_legend_line_with_range_and_direction():
+    from aigvqa.pipeline.evaluation.evaluate import TABLE_METRICS
+
+    for name in TABLE_METRICS:
+        line = M.METRIC_LEGEND[name]
+        assert ".." in line and ("higher is better" in line or "LOWER is better" in line), name
+    assert "LOWER is better" in M.METRIC_LEGEND["rmse"]
+    legend = M.metric_legend(["srcc", "rmse", "no-such-metric", "srcc"])
+    assert legend.splitlines() == ["- " + M.METRIC_LEGEND["srcc"], "- " + M.METRIC_LEGEND["rmse"]]
 
 
 def test_poly3_fit_maps_a_cubic_exactly():

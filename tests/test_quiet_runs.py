@@ -115,3 +115,7 @@ def test_cli_extract_and_evaluate_print_no_noise(tmp_path):
     assert err.count("Dask dashboard: http") == 1
     assert "loading 2 model(s) (slowfast, handcrafted) on 2 worker(s)" in err
     assert "merging" in err
+    # the seconds before the first model loads and after the last merge say what they are
+    assert "starting a local Dask cluster of 2 worker process(es)" in err
+    assert err.index("starting a local Dask cluster") < err.index("loading 2 model(s)")
+    assert "stopping the local Dask cluster" in err

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigvqa.pipeline.evaluation.metrics import metric_legend
 from aigvqa.pipeline.records import VideoRecord
 
 LABEL_NAMES = ("overall", "static_quality", "temporal_quality", "alignment")
@@ -406,15 +407,19 @@ def run_demo(
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    best = max(results, key=lambda r: np.nan_to_num(r.median("srcc", "overall"), nan=-1.0))
+    best, close = rank_heads(results)
     name, params = settings.heads()[best.head]
-    echo(f"\n[4/5] training the best head ({best.head}, by median SRCC on overall) on all "
-         f"{len(data.X)} videos and scoring them with the saved bundle")
+    echo(f"\n[4/5] {best_head_sentence(best, close)}")
+    echo(f"training {best.head} on all {len(data.X)} videos and scoring them with the saved bundle")
+    # the bundle records the features the head reads, no more: a handcrafted-only head
+    # then scores a bare video without asking for its prompt
+    train_data = load_training_data(cache, features=params["features"], labels=list(LABEL_NAMES))
     _, head = build_head(name, params=params)
-    fit_head(head, data)
+    fit_head(head, train_data)
     from aigvqa.pipeline.model.bundle import save_bundle
 
-    model = save_bundle(head, out / "model", data.provenance, data.X.names, data.label_names, head_name=name)
+    model = save_bundle(head, out / "model", train_data.provenance, train_data.X.names,
+                        train_data.label_names, head_name=name)
     scores_csv = out / "scores.csv"
     scores_csv.unlink(missing_ok=True)
     scored = score(records, model, scores_csv, cache=cache, progress=False)
@@ -423,9 +428,10 @@ def run_demo(
 
     t = time.perf_counter()
     echo(f"\n[5/5] writing the report to {out / 'report'}")
-    report = write_demo_report(out / "report", results, data, settings, demo_videos, best, timings, cache)
+    report = write_demo_report(out / "report", results, data, settings, demo_videos, best, close, timings, cache)
     timings["report"] = time.perf_counter() - t
     echo(f"\n{results_table(results, data.label_names)}\n")
+    echo(f"What the columns mean:\n{metric_legend(m for m, _ in SUMMARY_METRICS)}\n")
     echo(f"report: {report}  (plots and results.csv next to it)")
     echo("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     echo(RANDOM_WEIGHTS_BANNER)
@@ -434,7 +440,7 @@ def run_demo(
 
 
 SUMMARY_METRICS = (("srcc", "SRCC"), ("plcc_logistic", "PLCC (logistic)"), ("krcc", "KRCC"),
-                   ("rmse", "RMSE"), ("pair_acc", "pair acc (in prompt)"), ("model_srcc", "model-level SRCC"))
+                   ("rmse", "RMSE"), ("pair_acc", "pair acc (in prompt)"), ("model_srcc", "model SRCC"))
 
 ALIGNMENT_NOTE = (
     "Alignment the way the AIGC papers measure it needs real image-text weights, which this demo "
@@ -446,6 +452,38 @@ ALIGNMENT_NOTE = (
     "alignment branch then reads `blip-itm-match` and `imagereward` per frame, and the "
     "`mismatch` videos of this dataset (another prompt's scene) are what they should catch."
 )
+
+
+RANK_LABEL = "overall"
+
+
+def rank_heads(results, label: str = RANK_LABEL):
+    """The result with the highest median SRCC on ``label``, and the others whose median is
+    within one std (the larger of the two) of it: heads the trials cannot tell apart."""
+    def median(r):
+        return float(np.nan_to_num(r.median("srcc", label), nan=-1.0))
+
+    ranked = sorted(results, key=median, reverse=True)
+    best = ranked[0]
+    close = [r for r in ranked[1:]
+             if median(best) - median(r) <= max(np.nan_to_num(best.std("srcc", label)),
+                                                np.nan_to_num(r.std("srcc", label)))]
+    return best, close
+
+
+def best_head_sentence(best, close, label: str = RANK_LABEL) -> str:
+    """The choice of the head to train, in words that do not claim more than the trials show."""
+    def cell(r):
+        return f"{r.median('srcc', label):.3f} ± {r.std('srcc', label):.3f}"
+
+    text = f"highest median SRCC on {label}: {best.head} ({cell(best)}, median ± std over {len(best.trials)} trials)"
+    if close:
+        others = ", ".join(f"{r.head} ({cell(r)})" for r in close)
+        verb = "is" if len(close) == 1 else "are"
+        text += (f"; {others} {verb} within one std of it, so these trials do not tell "
+                 f"{'them' if len(close) > 1 else 'the two'} apart (a few test videos per trial): "
+                 f"{best.head} is trained because its median is highest, not because it is shown to be better")
+    return text
 
 
 def results_table(results, label_names) -> str:
@@ -461,7 +499,7 @@ def results_table(results, label_names) -> str:
 
 
 def write_demo_report(folder: Path, results, data, settings: DemoSettings, videos: list[DemoVideo],
-                      best, timings: dict[str, float], cache: Path) -> Path:
+                      best, close, timings: dict[str, float], cache: Path) -> Path:
     from aigvqa.cache import FeatureCache
     from aigvqa.pipeline.evaluation.report import evaluation_plots, write_csv
 
@@ -510,9 +548,15 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         "",
         results_table(results, data.label_names),
         "",
-        f"Best head by median SRCC on `overall`: **{best.head}**. Bars: median SRCC and PLCC",
-        "over trials (error bars: std); scatter: every test prediction of every trial against",
-        "its MOS, coloured by generator, with the fitted 4-parameter logistic.",
+        "What the columns mean:",
+        "",
+        metric_legend(m for m, _ in SUMMARY_METRICS),
+        "",
+        f"Head trained for the bundle: **{best.head}**, {best_head_sentence(best, close)}.",
+        "",
+        "Bars: median SRCC and PLCC over trials (error bars: std); scatter: every test prediction",
+        "of every trial against its MOS, coloured by generator, with the fitted 4-parameter logistic",
+        "(not drawn where the fit would be decreasing: it would invert the ranking).",
         "",
         *[f"![{p.stem}]({p.name})" for p in shown],
         "",

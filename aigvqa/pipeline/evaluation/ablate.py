@@ -401,7 +401,7 @@ def _run_pending(pending, spec, stored, cell_dir: Path, client, cluster, progres
 
     with contextlib.ExitStack() as stack:
         if client is None:
-            client = stack.enter_context(open_cluster(cluster))
+            client = stack.enter_context(open_cluster(cluster, say=echo if progress else None))
             check_workers(client)  # an existing cluster's workers must run this aigvqa
             stack.enter_context(worker_torch_threads(client, cluster.torch_threads))
             echo(f"running on {describe_client(client)}")
@@ -431,10 +431,31 @@ MD_RANKING = (("pair_acc", "pair acc (in prompt)"), ("prompt_srcc", "SRCC (in pr
               ("model_pair_acc", "model pair acc"))
 
 
+def _within_one_std(ranked: list[dict]) -> int:
+    """How many rows after the first (sorted by median SRCC) have a median SRCC within one std
+    (the larger of the two) of the first's."""
+    import numpy as np
+
+    def num(row, key):
+        return float(np.nan_to_num(row.get(key, np.nan), nan=0.0))
+
+    if not ranked:
+        return 0
+    top = ranked[0]
+    count = 0
+    for row in ranked[1:]:
+        gap = num(top, "srcc_median") - num(row, "srcc_median")
+        if gap > max(num(top, "srcc_std"), num(row, "srcc_std")):
+            break
+        count += 1
+    return count
+
+
 def write_ablation_report(results: AblationResults) -> list[Path]:
     """results.csv, results.md and plots/*.png under the grid's ``out`` folder."""
     import numpy as np
 
+    from aigvqa.pipeline.evaluation.metrics import metric_legend
     from aigvqa.pipeline.evaluation.report import metric_bars, scatter_with_fit, write_csv
 
     out = results.grid.out
@@ -455,6 +476,11 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
         for rank, r in enumerate(mine, 1):
             cells = [f"{r.get(f'{m}_median', np.nan):.4f} ± {r.get(f'{m}_std', np.nan):.4f}" for m, _ in shown]
             md.append(f"| {rank} | {r['head']} | `{r['params']}` | {r['features']} | {r['seed']} | " + " | ".join(cells) + " |")
+        close = _within_one_std(mine)
+        if close:
+            md += ["", f"Ranks 2-{close + 1} are within one std of rank 1's median SRCC: these trials do "
+                   "not tell those cells apart." if close > 1 else
+                   "Rank 2 is within one std of rank 1's median SRCC: these trials do not tell the two apart."]
         stacks = [r for r in mine if r.get("meta_weights_median")]
         if stacks:  # what each stack did: its meta weights (median over trials; per trial in cells/*.json)
             md += ["", "Meta weights of the stacks (median over trials):", ""]
@@ -470,6 +496,7 @@ def write_ablation_report(results: AblationResults) -> list[Path]:
                                    title=f"best for {label}: {best['model']} seed {best['seed']}")
         files += [bars, scatter]
         md += ["", f"![{bars.stem}](plots/{bars.name})", f"![{scatter.stem}](plots/{scatter.name})", ""]
+    md += ["What the columns mean:", "", metric_legend(m for m, _ in shown), ""]
     path = out / "results.md"
     path.write_text("\n".join(md) + "\n")
     files.append(path)

@@ -50,6 +50,7 @@ from aigvqa.pipeline.evaluation.metrics import (
     MappingFitWarning,
     all_metrics,
     generator_rank_agreement,
+    metric_legend,
     model_level_correlation,
     ranking_metrics,
 )
@@ -170,18 +171,27 @@ class EvaluationResult:
         }
 
     # -- tables and files ---------------------------------------------------------------
-    def table(self, metrics: Sequence[str] | None = None, digits: int = 4) -> str:
-        """Markdown: one row per MOS dimension, "median ± std" per metric."""
+    def cell(self, metric: str, label: str | None = None, digits: int = 4) -> str:
+        """"median ± std" over trials; a single trial's value alone (its std says nothing)."""
+        if len(self.trials) == 1:
+            return f"{self.median(metric, label):.{digits}f}"
+        return f"{self.median(metric, label):.{digits}f} ± {self.std(metric, label):.{digits}f}"
+
+    def table(self, metrics: Sequence[str] | None = None, digits: int = 4, legend: bool = True) -> str:
+        """Markdown: one row per MOS dimension, "median ± std" per metric (one trial: its
+        value), and under it what each metric means (``legend=False``: the table only)."""
         names = [m for m in (metrics or TABLE_METRICS) if m in self.metric_names()]
         head = ["dimension", *[TABLE_METRICS.get(m, m) for m in names]]
+        n = len(self.trials)
+        how = "1 trial" if n == 1 else f"{n} trials · median ± std"
         lines = [
-            f"**{self.head}** · split `{self.split}` · {len(self.trials)} trials · median ± std",
+            f"**{self.head}** · split `{self.split}` · {how}",
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
         ]
         for label in self.label_names:
-            cells = [f"{self.median(m, label):.{digits}f} ± {self.std(m, label):.{digits}f}" for m in names]
+            cells = [self.cell(m, label, digits) for m in names]
             lines.append("| " + " | ".join([label, *cells]) + " |")
         if self.pooled_model_level:
             for label, ml in self.pooled_model_level.items():
@@ -194,7 +204,9 @@ class EvaluationResult:
             fb = self.fallbacks(label)
             if any(fb.values()):
                 lines.append(f"\n{label}: mapping fits fell back to raw predictions in "
-                             f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials")
+                             f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials "
+                             "(the fit did not converge, had too few points or, for the logistic, came out "
+                             "decreasing, which would invert the ranking)")
         for label in self.label_names:
             weights = self.meta_weights(label)
             if weights is not None:
@@ -213,6 +225,8 @@ class EvaluationResult:
                          "(scikit-learn ConvergenceWarnings, counted here instead of printed); "
                          "a larger max_iter in the head config makes them converge")
         lines += [f"\n{n}" for n in self.notes]
+        if legend:
+            lines += ["", "What the columns mean:", metric_legend(names)]
         return "\n".join(lines)
 
     def trial_table(self, digits: int = 4) -> str:

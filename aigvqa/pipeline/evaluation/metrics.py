@@ -13,6 +13,14 @@
 A mapping fit that does not converge never raises: it warns (``MappingFitWarning``), falls
 back to the raw predictions and says so in its ``MappingFit.fell_back`` flag, which
 ``all_metrics`` reports as ``logistic_fallback`` / ``poly3_fallback``.
+
+The logistic is kept monotone increasing: a least-squares fit that comes out decreasing
+(``b1 < b2``) maps the highest predictions to the lowest MOS, which turns a negative
+correlation into a positive PLCC (SRCC -0.19 beside "PLCC (logistic)" 0.89). Such a fit is
+not used: the raw predictions are, flagged as a fallback like a fit that did not converge.
+
+``METRIC_LEGEND`` / ``metric_legend`` say in words what each metric means, its range and
+which way is better; every table of results prints it under itself.
 """
 
 from __future__ import annotations
@@ -140,6 +148,10 @@ def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
         return _fall_back("logistic", y_pred, str(err).splitlines()[0])
     if not np.all(np.isfinite(mapped)):
         return _fall_back("logistic", y_pred, "non-finite mapped values")
+    if params[0] < params[1]:
+        # b1 (the upper asymptote's weight) below b2: the curve falls, and would reward
+        # predictions that rank the videos backwards with a high PLCC
+        return _fall_back("logistic", y_pred, "the fitted logistic is decreasing (it would invert the ranking)")
     return MappingFit(mapped, params, False)
 
 
@@ -173,6 +185,36 @@ def plcc_poly3(y_true, y_pred) -> float:
 def ntire_score(srcc_value: float, plcc_value: float) -> float:
     """NTIRE 2024 main score: (|SRCC| + |PLCC|) / 2."""
     return (abs(srcc_value) + abs(plcc_value)) / 2.0
+
+
+# What each metric means, in the words a results table prints under itself (metric_legend).
+METRIC_LEGEND = {
+    "srcc": "SRCC: Spearman rank correlation of predictions with MOS, -1..1, higher is better "
+            "(1: same order; 0: no relation; negative: backwards)",
+    "krcc": "KRCC: Kendall rank correlation, -1..1, higher is better (stricter than SRCC: "
+            "0.6 KRCC is about 0.8 SRCC)",
+    "plcc": "PLCC: Pearson linear correlation of raw predictions with MOS, -1..1, higher is better",
+    "plcc_logistic": "PLCC (logistic): PLCC after fitting an increasing 4-parameter logistic from "
+                     "predictions to MOS (VQEG, VIDEVAL), -1..1, higher is better",
+    "plcc_poly3": "PLCC (poly3): PLCC after a 3rd-order polynomial fit (NTIRE 2024), -1..1, higher is better",
+    "rmse": "RMSE: root-mean-square error of raw predictions in MOS units, 0..inf, LOWER is better",
+    "rmse_logistic": "RMSE (logistic): RMSE after the logistic fit, MOS units, LOWER is better",
+    "ntire": "NTIRE: (|SRCC| + |PLCC (poly3)|) / 2, the NTIRE 2024 challenge score, 0..1, higher is better",
+    "pair_acc": "pair acc (in prompt): share of one prompt's video pairs with different MOS "
+                "that the prediction orders right, averaged over prompts, 0..1, higher is better (0.5: chance)",
+    "prompt_srcc": "SRCC (in prompt): mean over prompts of the SRCC among one prompt's videos, "
+                   "-1..1, higher is better",
+    "model_srcc": "model SRCC: SRCC of the generators' mean prediction vs mean MOS (the "
+                  "leaderboard), -1..1, higher is better; few generators make it coarse",
+    "model_plcc": "model PLCC: PLCC of the same per-generator means, -1..1, higher is better",
+    "model_pair_acc": "model pair acc: share of generator pairs ranked right, 0..1, higher is better (0.5: chance)",
+}
+
+
+def metric_legend(metrics, *, prefix: str = "- ") -> str:
+    """The ``METRIC_LEGEND`` lines of ``metrics`` (names as in ``all_metrics``; unknown names
+    are skipped), one per line: what a reader of a results table needs to read it."""
+    return "\n".join(prefix + METRIC_LEGEND[m] for m in dict.fromkeys(metrics) if m in METRIC_LEGEND)
 
 
 # Names and order of the numeric entries of ``all_metrics``; the evaluation tables use them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,13 @@ def scatter_with_fit(
 ) -> Path:
     """Predicted score vs MOS, coloured by ``groups`` (e.g. generator), with the fitted
     4-parameter logistic curve; when the fit fails the plot says so instead of a curve."""
-    from aigvqa.pipeline.evaluation.metrics import fit_logistic, logistic_4, plcc, srcc
+    from aigvqa.pipeline.evaluation.metrics import (
+        MappingFitWarning,
+        fit_logistic,
+        logistic_4,
+        plcc,
+        srcc,
+    )
 
     plt = _pyplot()
     y_true = np.asarray(y_true, dtype=np.float64).ravel()
@@ -102,14 +109,17 @@ def scatter_with_fit(
         ax.legend(fontsize=8, loc="best")
     else:
         ax.scatter(y_pred, y_true, s=22, alpha=0.8)
-    fit = fit_logistic(y_true, y_pred)
+    with warnings.catch_warnings():
+        # a fallback is said in the plot's title, where the reader of the plot looks
+        warnings.simplefilter("ignore", MappingFitWarning)
+        fit = fit_logistic(y_true, y_pred)
     if not fit.fell_back and fit.params is not None:
         xs = np.linspace(y_pred.min(), y_pred.max(), 200)
         ax.plot(xs, logistic_4(xs, *fit.params), color="black", lw=1.5, label="4-param logistic fit")
         ax.legend(fontsize=8, loc="best")
         note = ""
     else:
-        note = f"  (logistic fit failed: {fit.reason})"
+        note = f"\n(no logistic curve: {fit.reason}; PLCC on raw predictions)"
     stats = f"SRCC {srcc(y_true, y_pred):.3f}  PLCC(logistic) {plcc(y_true, fit.mapped):.3f}  n={y_true.size}"
     ax.set_title((title + "\n" if title else "") + stats + note, fontsize=9)
     ax.set_xlabel(xlabel)

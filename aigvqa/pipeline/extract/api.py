@@ -7,6 +7,7 @@ and a ``ClusterSpec`` at once, and a ``run.ExtractRun`` gets those values.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -122,11 +123,15 @@ def extract(
         if client is not None:
             report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
         else:
-            with open_cluster(cluster) as own_client:
+            with open_cluster(cluster, say=_stderr_line if progress else None) as own_client:
                 report = ExtractRun(own_client, records, wanted, cache_path, options, cluster,
                                     release_workers=bool(cluster.scheduler)).go()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def check_weights(extractors: Sequence[Extractor]) -> None:

@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aigvqa.errors import AigvqaError
@@ -168,9 +168,14 @@ def quiet_shutdown() -> None:
 
 
 @contextlib.contextmanager
-def open_cluster(spec: ClusterSpec) -> Iterator[object]:
-    """Yield a ``distributed.Client`` for ``spec``; close the cluster if we started it."""
+def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) -> Iterator[object]:
+    """Yield a ``distributed.Client`` for ``spec``; close the cluster if we started it.
+
+    ``say`` (e.g. a progress printer) hears what takes seconds before the first task and
+    after the last: starting the worker processes, and stopping them."""
     from distributed import Client
+
+    say = say or (lambda line: None)
 
     if spec.scheduler:
         if spec.gpus or spec.n_workers:
@@ -197,14 +202,12 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
         return
 
     if spec.gpus:
+        say("starting a local Dask cluster, one worker per GPU (dask-cuda) ...")
         cluster = _cuda_cluster(spec)
     else:
-        cluster = local_cluster(
-            spec.n_workers if spec.n_workers is not None else default_n_workers(spec.torch_threads),
-            spec.threads_per_worker,
-            spec.torch_threads,
-            spec.dashboard_address,
-        )
+        n_workers = spec.n_workers if spec.n_workers is not None else default_n_workers(spec.torch_threads)
+        say(f"starting a local Dask cluster of {n_workers} worker process(es) ...")
+        cluster = local_cluster(n_workers, spec.threads_per_worker, spec.torch_threads, spec.dashboard_address)
     try:
         client = Client(cluster)
         try:
@@ -214,6 +217,7 @@ def open_cluster(spec: ClusterSpec) -> Iterator[object]:
         finally:
             client.close()
     finally:
+        say("stopping the local Dask cluster ...")
         cluster.close()
 
 

@@ -52,6 +52,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -526,14 +527,18 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                     rows[r.video_id] = _row(r, STATUS_FAILED, error=" | ".join([*reasons, *impossible.values()]))
             elif to_extract:
                 if client is None and own_cluster is None:
-                    own_cluster = open_cluster(cluster)
+                    own_cluster = open_cluster(cluster, say=(lambda line: bar.write(line, file=sys.stderr))
+                                               if progress else None)
                     client = own_cluster.__enter__()
                 keyed = [(r, work_record(r)) for r in to_extract]
+                # the bar stands still while the batch's features are extracted: say so
+                bar.set_description(f"scoring (extracting features of {len(to_extract)} video(s))", refresh=True)
                 try:
                     extract([w for _, w in keyed], configs, work, client=client, cluster=cluster,
                             progress=False, weights=weights)
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
+                bar.set_description("scoring", refresh=True)
                 report.extracted += len(to_extract)
                 _check_cache(bundle, work, missing_ok=True)
                 extracted = []
