@@ -400,10 +400,23 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
 
     bad = tmp_path / "bad.toml"
-    bad.write_text("[clip-frames]\narch = 'ViT-B-16'\n")
+    bad.write_text("[clip-frame]\narch = 'ViT-B-16'\n")  # a typo of clip-frames
     code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(bad),
                  "--cache", str(cache)])
-    assert code == 2 and "does not request" in capsys.readouterr().err
+    assert code == 2 and "[clip-frame], which name no extractor" in capsys.readouterr().err
+
+
+def test_a_config_of_many_extractors_serves_a_run_of_some():
+    # one extractors.toml for a project (the README's examples/extractors.toml); --extractors
+    # picks the tables of this run
+    from aigvqa.pipeline.extract import extractor_options
+
+    config = Path(__file__).parents[1] / "examples" / "extractors.toml"
+    spec = extractor_options(config, "blip-itm,blip-text,imagereward")
+    assert list(spec) == ["blip-itm", "blip-text", "imagereward"]
+    assert spec["imagereward"]["weights"] == str(config.parent / "weights" / "ImageReward.pt")
+    assert set(extractor_options(config)) == {"clip-frames", "slowfast", "handcrafted", "blip-itm",
+                                              "blip-text", "imagereward"}
 
 
 def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails():

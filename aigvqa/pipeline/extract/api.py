@@ -242,9 +242,10 @@ def extractor_options(path: str | os.PathLike | None, names: str | Sequence[str]
     table of options each, ``weights`` relative to the file) and/or a list of names ->
     ``{name: options}``, what ``extract`` takes.
 
-    With ``names``, every table must be one of them (a table nobody asked for is refused:
-    a typo would otherwise go unnoticed) and names without a table get ``{}``; without,
-    every table is an extractor to run."""
+    With ``names``, only their tables are used (one file can hold a project's every
+    extractor) and names without a table get ``{}``; a table that names no registered
+    extractor is refused (a typo would otherwise go unnoticed). Without ``names``, every
+    table is an extractor to run."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     config: dict[str, dict] = {}
@@ -253,11 +254,14 @@ def extractor_options(path: str | os.PathLike | None, names: str | Sequence[str]
 
         config = load_extractor_config(path)
     if names:
-        extra = sorted(set(config) - set(names))
-        if extra:
+        from aigvqa.extractors.registry import list_extractors
+
+        known = set(list_extractors())
+        unknown = sorted(set(config) - set(names) - known)
+        if unknown:
             raise ExtractError(
-                f"--config {path} configures {', '.join(extra)}, which --extractors "
-                f"does not request; add them to --extractors or remove their tables"
+                f"--config {path} has table(s) {', '.join(f'[{u}]' for u in unknown)}, which name no "
+                f"extractor (known: {', '.join(sorted(known))}); fix or remove them"
             )
         return {n: dict(config.get(n, {})) for n in names}
     if not config:

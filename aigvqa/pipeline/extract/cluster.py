@@ -175,6 +175,9 @@ def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) ->
     after the last: starting the worker processes, and stopping them."""
     from distributed import Client
 
+    # the dashboard link is shown whatever the progress setting (README: what a run shows),
+    # through ``say`` when there is one, so that it lands above a progress bar, not in it
+    show = say or (lambda line: print(line, file=sys.stderr, flush=True))
     say = say or (lambda line: None)
 
     if spec.scheduler:
@@ -195,7 +198,7 @@ def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) ->
                 "address (tcp://host:port, or a scheduler JSON file) and that it is running"
             ) from err
         try:
-            print(dashboard_message(client), file=sys.stderr, flush=True)
+            show(dashboard_message(client))
             yield client
         finally:
             client.close()
@@ -212,7 +215,7 @@ def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) ->
         client = Client(cluster)
         try:
             if spec.dashboard_address is not None:
-                print(dashboard_message(client), file=sys.stderr, flush=True)
+                show(dashboard_message(client))
             yield client
         finally:
             client.close()

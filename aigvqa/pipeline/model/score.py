@@ -531,14 +531,18 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                                                if progress else None)
                     client = own_cluster.__enter__()
                 keyed = [(r, work_record(r)) for r in to_extract]
-                # the bar stands still while the batch's features are extracted: say so
-                bar.set_description(f"scoring (extracting features of {len(to_extract)} video(s))", refresh=True)
+                # the bar stands still while the batch's features are extracted: say so, and
+                # take the bar off its line so that extract's own lines (a RANDOM-INIT
+                # banner) do not land in it; its next update draws it again
+                if progress:
+                    bar.write(f"extracting the model's features of {len(to_extract)} video(s) ...",
+                              file=sys.stderr)
+                    bar.clear()
                 try:
                     extract([w for _, w in keyed], configs, work, client=client, cluster=cluster,
                             progress=False, weights=weights)
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
-                bar.set_description("scoring", refresh=True)
                 report.extracted += len(to_extract)
                 _check_cache(bundle, work, missing_ok=True)
                 extracted = []

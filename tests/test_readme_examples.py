@@ -1,0 +1,188 @@
+"""Every example of the README runs as written after `aigvqa demo`.
+
+The README's ```bash blocks are read line by line (``\\`` continuations joined): each
+`aigvqa ...` line runs in README order, in-process through the CLI's ``main`` (the
+`aigvqa` console script calls the same function), in a working folder laid out like the
+checkout's root: ``examples/`` copied in, the demo's output in ``aigvqa-demo/``. A line whose
+comment says ``[needs ...]`` (checkpoints, a GPU, a running cluster, another dataset) is
+skipped with that reason; so are the set-up block's `pip install` (this test runs in the
+installed environment) and `python -m pytest` (the suite itself). The ```python blocks
+run in order between them, in the same folder; the ```toml blocks must be what
+``examples/`` ships (extractors.toml) or build a head (the stack).
+
+`aigvqa demo` runs once per session through the real console entry
+(``python -m aigvqa.pipeline.cli demo --quick``: the demo's files at a smaller size and
+fewer trials; every example reads them the same way), and every README line that runs the
+demo is that run. The module takes about 2-3 minutes on 2 cores: slow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+NEEDS = re.compile(r"\[needs ([^\]]+)\]")
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Example:
+    kind: str  # "bash" or "python" or "toml"
+    text: str
+    line: int  # line of the README where it starts
+
+    @property
+    def id(self) -> str:
+        first = self.text.strip().splitlines()[0] if self.text.strip() else ""
+        return f"L{self.line}:{self.kind}:{first[:50]}"
+
+
+def readme_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language, body, first body line) of every fenced block."""
+    blocks, lang, body, start = [], None, [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if lang is None and line.startswith("```"):
+            lang, body, start = line[3:].strip(), [], number + 1
+        elif lang is not None and line.startswith("```"):
+            blocks.append((lang, "\n".join(body), start))
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
+def bash_commands(body: str, start: int) -> list[tuple[str, int]]:
+    """(command with its trailing comment, README line) per command of a bash block."""
+    commands, pending, first = [], "", 0
+    for offset, line in enumerate(body.splitlines()):
+        if not pending:
+            first = start + offset
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        command = (pending + line).strip()
+        pending = ""
+        if command and not command.startswith("#"):
+            commands.append((command, first))
+    return commands
+
+
+def readme_examples() -> list[Example]:
+    out = []
+    for lang, body, start in readme_blocks(README.read_text()):
+        if lang == "bash":
+            out += [Example("bash", cmd, line) for cmd, line in bash_commands(body, start)]
+        elif lang in ("python", "toml"):
+            out.append(Example(lang, body, start))
+    return out
+
+
+EXAMPLES = readme_examples()
+
+
+def skip_reason(example: Example) -> str | None:
+    if example.kind != "bash":
+        return None
+    needs = NEEDS.search(example.text)
+    if needs:
+        return f"README marks it: needs {needs.group(1)}"
+    if example.text.startswith("pip install"):
+        return "installs the package: this test runs in the installed environment"
+    if example.text.startswith("python -m pytest"):
+        return "runs the test suite this test belongs to"
+    return None
+
+
+def split_command(command: str) -> list[list[str]]:
+    """`a && b  # comment` -> [[a...], [b...]] (shlex drops the comment)."""
+    words = shlex.split(command, comments=True)
+    parts, current = [], []
+    for word in words:
+        if word == "&&":
+            parts.append(current)
+            current = []
+        else:
+            current.append(word)
+    return [p for p in parts + [current] if p]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder laid out like the checkout's root after `aigvqa demo`."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(REPO / "examples", root / "examples")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    demo = subprocess.run([sys.executable, "-m", "aigvqa.pipeline.cli", "demo", "--quick", "--no-progress"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (root / "aigvqa-demo" / "features.h5").is_file() and (root / "aigvqa-demo" / "model").is_dir()
+    assert "Traceback" not in demo.stderr, demo.stderr[-3000:]
+    return root
+
+
+def run_cli(argv: list[str], workdir: Path, capsys) -> None:
+    from aigvqa.pipeline.cli import main
+
+    if argv[:2] == ["aigvqa", "demo"]:
+        return  # the module's demo run (fixture), through the console entry
+    assert argv[0] == "aigvqa", f"not an aigvqa command: {argv}"
+    code = main(argv[1:])
+    out = capsys.readouterr()
+    assert code == 0, f"`{shlex.join(argv)}` exited {code}\n{out.err[-3000:]}\n{out.out[-2000:]}"
+
+
+def test_the_readme_has_the_examples_this_test_runs():
+    kinds = {e.kind for e in EXAMPLES}
+    assert kinds == {"bash", "python", "toml"}
+    verbs = {split_command(e.text)[0][1] for e in EXAMPLES if e.kind == "bash" and e.text.startswith("aigvqa ")}
+    from aigvqa.pipeline.cli import VERBS
+
+    assert set(VERBS) <= verbs  # every verb has an example
+    runnable = [e for e in EXAMPLES if e.kind == "bash" and skip_reason(e) is None]
+    assert {split_command(e.text)[0][1] for e in runnable if e.text.startswith("aigvqa ")} == set(VERBS)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
+def test_readme_example_runs_as_written(example: Example, workdir: Path, capsys, monkeypatch):
+    reason = skip_reason(example)
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.chdir(workdir)
+    if example.kind == "bash":
+        for argv in split_command(example.text):
+            run_cli(argv, workdir, capsys)
+    elif example.kind == "python":
+        code = compile(example.text, f"README.md:{example.line}", "exec")
+        exec(code, {"__name__": "__main__"})
+    else:
+        check_toml(example.text)
+
+
+def check_toml(text: str) -> None:
+    config = tomllib.loads(text)
+    if "head" in config:  # a head config: it builds
+        from aigvqa.pipeline.training_data import build_head
+
+        path = Path("readme-head.toml")
+        path.write_text(text)
+        name, head = build_head(None, path)
+        assert name == config["head"] and head.get_params()
+    else:  # extractor tables: the file examples/ ships
+        shipped = tomllib.loads((REPO / "examples" / "extractors.toml").read_text())
+        assert config == shipped
