@@ -13,7 +13,8 @@ run in order between them, in the same folder; the ```toml blocks must be what
 `aigvqa demo` runs once per session through the real console entry
 (``python -m aigvqa.pipeline.cli demo --quick``: the demo's files at a smaller size and
 fewer trials; every example reads them the same way), and every README line that runs the
-demo is that run. The module takes about 2-3 minutes on 2 cores: slow.
+demo is that run. Running the examples is slow (about a minute on an idle 2-core machine);
+checking that CI runs the README's own set-up and test commands is not.
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 NEEDS = re.compile(r"\[needs ([^\]]+)\]")
-
-pytestmark = pytest.mark.slow
-
 
 @dataclass
 class Example:
@@ -158,6 +156,7 @@ def test_the_readme_has_the_examples_this_test_runs():
     assert {split_command(e.text)[0][1] for e in runnable if e.text.startswith("aigvqa ")} == set(VERBS)
 
 
+@pytest.mark.slow  # the module's demo and every example: about a minute on an idle 2-core machine
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
 def test_readme_example_runs_as_written(example: Example, workdir: Path, capsys, monkeypatch):
     reason = skip_reason(example)
@@ -186,3 +185,37 @@ def check_toml(text: str) -> None:
     else:  # extractor tables: the file examples/ ships
         shipped = tomllib.loads((REPO / "examples" / "extractors.toml").read_text())
         assert config == shipped
+
+
+def test_ci_installs_and_tests_with_the_readmes_commands():
+    setup = [cmd for lang, body, start in readme_blocks(README.read_text()) if lang == "bash"
+             for cmd, _ in bash_commands(body, start)][:2]
+    install, test = setup
+    assert install.startswith("pip install") and test == "python -m pytest"
+    ci = (REPO / ".ci" / "run").read_text()
+    ci_lines = [line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    ci_installs = [shlex.split(line) for line in ci_lines if " pip install " in f" {line} "]
+    for step in install.split(" && "):
+        if step.startswith("pip install"):
+            # the same packages and pins (pip's -q aside), through the same interpreter's pip
+            wanted = [w for w in shlex.split(step)[2:] if w != "-q"]
+            assert any([w for w in argv[argv.index("install") + 1:] if w != "-q"] == wanted
+                       for argv in ci_installs), step
+    assert ci_lines[-1] == test  # the README's test command, last: its status is CI's
+
+
+def test_the_test_extra_declares_what_the_readme_snippets_import():
+    import ast
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    declared = " ".join(pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["test"])
+    for lang, body, _ in readme_blocks(README.read_text()):
+        if lang != "python":
+            continue
+        for node in ast.walk(ast.parse(body)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top != "aigvqa" and top not in sys.stdlib_module_names:
+                    assert top in declared, f"README imports {top}, which pyproject does not declare"
