@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--config", type=Path,
         help="TOML file with one [extractor-name] table of options each, e.g. "
-        "[clip-frames] arch = \"ViT-B-16\" / weights = \"ckpt.pt\"",
+        "[clip-frames] arch = \"ViT-B-16\" / weights = \"ckpt.pt\" (see examples/extractors.toml); "
+        "with --extractors only their tables are used",
     )
     parser.add_argument("--format", dest="manifest_format", default="auto",
                         help="manifest format (default: auto from the file)")
