@@ -15,6 +15,7 @@ from aigvqa.cache import (
     Failure,
     FeatureCache,
     GroupData,
+    merge,
     merge_shards,
     store,
     write_shard,
@@ -200,7 +201,7 @@ def test_crash_mid_merge_keeps_previous_cache_and_remerge_succeeds(tmp_path, mon
     shards = [frames_shard(tmp_path / "s1.h5", ids[3:6], values[3:6]),
               frames_shard(tmp_path / "s2.h5", ids[6:], values[6:])]
 
-    real = store._write_videos
+    real = merge._write_videos
     calls = []
 
     class Killed(BaseException):
@@ -210,14 +211,14 @@ def test_crash_mid_merge_keeps_previous_cache_and_remerge_succeeds(tmp_path, mon
         calls.append(1)
         raise Killed("simulated kill half-way through the merge")
 
-    monkeypatch.setattr(store, "_write_videos", crash_half_way)
+    monkeypatch.setattr(merge, "_write_videos", crash_half_way)
     with pytest.raises(Killed, match="half-way"):
         merge_shards(cache, shards)
     assert len(calls) == 1
     assert_same_snapshot(before, snapshot(cache))
     assert no_partials(tmp_path)
 
-    monkeypatch.setattr(store, "_write_videos", real)
+    monkeypatch.setattr(merge, "_write_videos", real)
     report = merge_shards(cache, shards)
     assert report.added == {"clip-frames": 6}
     assert FeatureCache(cache).ids("clip-frames") == ids
@@ -335,8 +336,8 @@ def test_batch_merge_rewrites_the_cache_once(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     shards = [frames_shard(tmp_path / f"s{i}.h5", [f"v{i}"], ragged(rng, ["x"])) for i in range(6)]
     published = []
-    real = store._publish
-    monkeypatch.setattr(store, "_publish", lambda tmp, final: (published.append(final), real(tmp, final)))
+    real = merge._publish
+    monkeypatch.setattr(merge, "_publish", lambda tmp, final: (published.append(final), real(tmp, final)))
     report = merge_shards(tmp_path / "c.h5", shards, remove_shards=True)
     assert published == [tmp_path / "c.h5"]
     assert report.added == {"clip-frames": 6}
