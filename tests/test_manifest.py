@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from aigvqa.errors import AigvqaError, ManifestError
 from aigvqa.pipeline.manifest import read_manifest, write_manifest_csv
-from aigvqa.pipeline.records import VideoRecord, prompt_key
+from aigvqa.pipeline.records import VideoRecord, file_sha256, prompt_key
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -379,3 +380,12 @@ def test_write_manifest_csv_round_trips(folder):
     path = write_manifest_csv(records, folder / "out" / "manifest.csv")
     assert "../videos/a.mp4" in path.read_text()  # portable: relative to the manifest
     assert read_manifest(path) == records
+
+
+def test_file_sha256_is_the_digest_of_every_byte_and_follows_changes(tmp_path):
+    path = tmp_path / "features.bin"
+    data = bytes(range(256)) * 5000  # over 1 MiB: more than one read block
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1] + b"x")  # same size, last byte changed: a fresh digest
+    assert file_sha256(str(path)) == hashlib.sha256(data[:-1] + b"x").hexdigest()

@@ -32,7 +32,6 @@ rows of the metadata file in that order, and ``evaluate`` uses it for them.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from aigvqa.errors import AigvqaError
+from aigvqa.pipeline.records import file_sha256
 
 
 class ImportFeaturesError(AigvqaError, ValueError):
@@ -69,14 +69,6 @@ class ForeignFeatures:
             "weights": f"imported from {self.source.name if self.source else '?'} sha256 {self.sha256}",
             "sha256": self.sha256,
         }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
