@@ -29,6 +29,14 @@ def _metadata(path: Path, ids, mos) -> Path:
     return path
 
 
+def _mat_and_metadata(folder: Path, name: str, values, ids, mos, variable="feats_mat") -> tuple[Path, Path]:
+    """``<name>.mat`` holding ``values`` as ``variable`` and ``<name>.csv`` naming its rows:
+    the pair a VIDEVAL-style import reads."""
+    mat = folder / f"{name}.mat"
+    scipy.io.savemat(mat, {variable: values})
+    return mat, _metadata(folder / f"{name}.csv", ids, mos)
+
+
 def _check(cache: Path, group: str, values, ids, mos, source: Path):
     store = FeatureCache(cache)
     data = store.read(group, ids=ids)
@@ -41,9 +49,7 @@ def _check(cache: Path, group: str, values, ids, mos, source: Path):
 
 def test_mat_with_ids_from_metadata_via_cli(feats, tmp_path, capsys):
     values, ids, mos = feats
-    mat = tmp_path / "FEATS.mat"
-    scipy.io.savemat(mat, {"feats_mat": values})
-    meta = _metadata(tmp_path / "meta.csv", ids, mos)
+    mat, meta = _mat_and_metadata(tmp_path, "FEATS", values, ids, mos)
     cache = tmp_path / "c.h5"
     code = main(["import-features", str(mat), "--cache", str(cache), "--group", "videval", "--ids-from", str(meta),
                  "--id-column", "name", "--label-columns", "mos"])
@@ -135,16 +141,13 @@ def test_cross_dataset_evaluation_between_two_imported_files_is_not_refused(tmp_
     for name, n in (("KONVID_feats", 40), ("LIVEVQC_feats", 30)):
         values = rng.normal(size=(n, D))
         ids = [f"{name}-{i}" for i in range(n)]
-        mat = tmp_path / f"{name}.mat"
-        scipy.io.savemat(mat, {"feats_mat": values})
-        meta = _metadata(tmp_path / f"{name}.csv", ids, values[:, 0] * 2 + 3)
+        mat, meta = _mat_and_metadata(tmp_path, name, values, ids, values[:, 0] * 2 + 3)
         caches.append(tmp_path / f"{name}.h5")
         import_features(mat, caches[-1], "videval", ids_from=meta, label_columns=["mos"])
     result = evaluate_cache(caches[0], "elasticnet", test_cache=caches[1], progress=False)
     assert result.median("srcc", "mos") > 0.9  # mos follows feature 0 in both datasets
-    other = tmp_path / "other.mat"
-    scipy.io.savemat(other, {"other_name": rng.normal(size=(30, D))})
-    meta = _metadata(tmp_path / "other.csv", [f"o{i}" for i in range(30)], rng.uniform(1, 5, 30))
+    other, meta = _mat_and_metadata(tmp_path, "other", rng.normal(size=(30, D)), [f"o{i}" for i in range(30)],
+                                    rng.uniform(1, 5, 30), variable="other_name")
     import_features(other, tmp_path / "other.h5", "videval", ids_from=meta, label_columns=["mos"])
     with pytest.raises(ProvenanceMismatchError, match="config.variable: 'feats_mat' vs 'other_name'"):
         evaluate_cache(caches[0], "elasticnet", test_cache=tmp_path / "other.h5", progress=False)
@@ -187,9 +190,7 @@ def test_the_file_row_order_is_kept_as_source_order(feats, tmp_path):
 
 def test_keep_and_drop_lists_import_a_subset_and_keep_file_rows(feats, tmp_path, capsys):
     values, ids, mos = feats
-    mat = tmp_path / "f.mat"
-    scipy.io.savemat(mat, {"feats_mat": values})
-    meta = _metadata(tmp_path / "m.csv", ids, mos)
+    mat, meta = _mat_and_metadata(tmp_path, "f", values, ids, mos)
     drop = tmp_path / "drop.txt"
     drop.write_text("# grayscale\nvid1\n\nvid4  # another\n")
     cache = tmp_path / "c.h5"
