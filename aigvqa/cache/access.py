@@ -89,7 +89,9 @@ def _fix_hint(path: Path, what: str) -> str:
     )
 
 
-def damaged(path: Path, where: str | None, err: BaseException, what: str = "cache file") -> CacheError:
+def damaged(
+    path: Path, where: str | None, err: BaseException, what: str = "cache file"
+) -> CacheError:
     place = f"group {where!r}" if where else "its structure"
     detail = str(err).strip() or type(err).__name__
     return CacheError(
@@ -123,7 +125,8 @@ def open_h5(path: Path, what: str = "cache file") -> h5py.File:
         raise CacheError(
             f"{what} {path} does not exist; create it with "
             f"`aigvqa extract MANIFEST --cache {path}` (or check the path)"
-            if what == "cache file" else f"{what} {path} does not exist (check the path)"
+            if what == "cache file"
+            else f"{what} {path} does not exist (check the path)"
         )
     try:
         f = h5py.File(path, "r")
@@ -135,7 +138,9 @@ def open_h5(path: Path, what: str = "cache file") -> h5py.File:
     try:
         version = f.attrs.get("format_version")
         if version is None:
-            raise CacheError(f"{path} is an HDF5 file but not an aigvqa cache (no format_version attribute)")
+            raise CacheError(
+                f"{path} is an HDF5 file but not an aigvqa cache (no format_version attribute)"
+            )
         version = int(version)
         if version > FORMAT_VERSION:
             raise CacheError(
@@ -143,7 +148,9 @@ def open_h5(path: Path, what: str = "cache file") -> h5py.File:
                 f"({FORMAT_VERSION}); upgrade aigvqa (pip install -U aigvqa)"
             )
         if version not in READABLE_VERSIONS:
-            raise CacheError(f"{path}: unknown cache format {version} (this aigvqa reads {READABLE_VERSIONS})")
+            raise CacheError(
+                f"{path}: unknown cache format {version} (this aigvqa reads {READABLE_VERSIONS})"
+            )
         read_attrs(f)  # format 2: the root's attributes match their sealed checksum
     except BaseException as err:
         f.close()
@@ -162,7 +169,6 @@ def reading(path: Path, what: str = "cache file") -> Iterator[tuple[h5py.File, P
         f = open_h5(path, what)
         with f:
             yield f, place
-
 
 
 def file_format(f: h5py.File) -> int:
@@ -213,7 +219,9 @@ def has_checksums(g: h5py.Group) -> bool:
     return bool(g["values"].fletcher32)
 
 
-def check_group(g: h5py.Group, name: str, path: Path, what: str = "cache file") -> tuple[list[str], np.ndarray]:
+def check_group(
+    g: h5py.Group, name: str, path: Path, what: str = "cache file"
+) -> tuple[list[str], np.ndarray]:
     """A group's ids and lengths, refusing what a writer never produces: rows of unequal
     count across datasets, duplicate ids, lengths outside 1..T_max (a zero length would
     make a row of padding only)."""
@@ -228,7 +236,8 @@ def check_group(g: h5py.Group, name: str, path: Path, what: str = "cache file") 
     if bad:
         raise CacheError(
             f"{what} {path}, group {name!r}: values has {n} rows but "
-            + ", ".join(f"{k} has {c}" for k, c in bad.items()) + f"; the file is damaged: {fix}"
+            + ", ".join(f"{k} has {c}" for k, c in bad.items())
+            + f"; the file is damaged: {fix}"
         )
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -289,9 +298,9 @@ def read_videos(f: h5py.File) -> dict[str, dict[str, Any]]:
         if g[key].shape != (n,):
             raise ValueError(f"/videos/{key} has shape {g[key].shape}, expected ({n},)")
         if key.startswith(LABEL_PREFIX):
-            labels[key[len(LABEL_PREFIX):]] = g[key][()]
+            labels[key[len(LABEL_PREFIX) :]] = g[key][()]
         elif key.startswith(GROUP_PREFIX):
-            groups[key[len(GROUP_PREFIX):]] = read_str(g[key])
+            groups[key[len(GROUP_PREFIX) :]] = read_str(g[key])
         else:
             fields[key] = _decode_field(g[key])
     for i, vid in enumerate(core["video_id"]):

@@ -54,8 +54,13 @@ def _digest_strings(g: h5py.Group, name: str, values: Sequence[str]) -> h5py.Dat
 def _checked_numbers(g: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
     """A 1-D numeric dataset with a Fletcher-32 checksum per chunk."""
     data = np.asarray(data)
-    return g.create_dataset(name, data=data, maxshape=(None,), chunks=(max(1, min(len(data), 1 << 14)),),
-                            fletcher32=True)
+    return g.create_dataset(
+        name,
+        data=data,
+        maxshape=(None,),
+        chunks=(max(1, min(len(data), 1 << 14)),),
+        fletcher32=True,
+    )
 
 
 def _maxshape(shape: Sequence[int]) -> tuple[int | None, ...]:
@@ -96,13 +101,23 @@ def _create_group(
     else:
         feature = _scale(_checked_numbers(g, FEATURE, np.arange(dim, dtype=np.int32)), FEATURE)
     values = g.create_dataset(
-        "values", shape=(n, t_max, dim), maxshape=_maxshape((n, t_max, dim)), dtype=dtype,
-        fillvalue=0, fletcher32=True,
+        "values",
+        shape=(n, t_max, dim),
+        maxshape=_maxshape((n, t_max, dim)),
+        dtype=dtype,
+        fillvalue=0,
+        fletcher32=True,
         chunks=(min(max(1, n), chunk_rows(t_max * dim * itemsize, chunk_cap)), t_max, max(1, dim)),
         compression=compression,
     )
-    lengths = g.create_dataset("lengths", shape=(n,), maxshape=(None,), dtype="int32", fletcher32=True,
-                               chunks=(max(1, min(n, 1 << 14)),))
+    lengths = g.create_dataset(
+        "lengths",
+        shape=(n,),
+        maxshape=(None,),
+        dtype="int32",
+        fletcher32=True,
+        chunks=(max(1, min(n, 1 << 14)),),
+    )
     for axis, scale in enumerate((ids_ds, step, feature)):
         values.dims[axis].attach_scale(scale)
     lengths.dims[0].attach_scale(ids_ds)
@@ -111,14 +126,20 @@ def _create_group(
         edtype = np.dtype(spec["dtype"])
         row_bytes = int(np.prod(shape, dtype=np.int64)) * edtype.itemsize
         ds = g.create_dataset(
-            extra, shape=(n, *shape), maxshape=_maxshape((n, *shape)), dtype=edtype, fletcher32=True,
+            extra,
+            shape=(n, *shape),
+            maxshape=_maxshape((n, *shape)),
+            dtype=edtype,
+            fletcher32=True,
             chunks=(min(max(1, n), chunk_rows(row_bytes, chunk_cap)), *(max(1, s) for s in shape)),
             compression=compression if np.issubdtype(edtype, np.floating) else None,
         )
         ds.dims[0].attach_scale(ids_ds)
         for axis, size in enumerate(shape, start=1):
             scale_name = f"{extra}_dim{axis}"
-            ds.dims[axis].attach_scale(_scale(_checked_numbers(g, scale_name, np.arange(size, dtype=np.int32)), scale_name))
+            ds.dims[axis].attach_scale(
+                _scale(_checked_numbers(g, scale_name, np.arange(size, dtype=np.int32)), scale_name)
+            )
     g.attrs["format_version"] = FORMAT_VERSION
     g.attrs["keyed_by"] = keyed_by
     g.attrs["provenance"] = dumps(provenance)
@@ -154,7 +175,9 @@ def _write_videos(f: h5py.File, rows: Iterable[Mapping[str, Any]]) -> None:
         data = np.array([r["labels"].get(label, np.nan) for r in rows], dtype=np.float64)
         columns.append(_checked_numbers(g, LABEL_PREFIX + label, data))
     for key in sorted({k for r in rows for k in r["groups"]}):
-        columns.append(_digest_strings(g, GROUP_PREFIX + key, [r["groups"].get(key, "") for r in rows]))
+        columns.append(
+            _digest_strings(g, GROUP_PREFIX + key, [r["groups"].get(key, "") for r in rows])
+        )
     for name in sorted({k for r in rows for k in r} - set(VIDEO_CORE) - {"labels", "groups"}):
         present = [r[name] for r in rows if name in r]
         kind = field_kind(name, present)
@@ -163,7 +186,9 @@ def _write_videos(f: h5py.File, rows: Iterable[Mapping[str, Any]]) -> None:
         elif kind in ("int", "bool") and len(present) == len(rows):
             ds = _checked_numbers(g, name, np.array([int(r[name]) for r in rows], dtype=np.int64))
         else:  # floats, and ints / bools some rows lack: NaN marks the missing ones
-            ds = _checked_numbers(g, name, np.array([float(r.get(name, np.nan)) for r in rows], dtype=np.float64))
+            ds = _checked_numbers(
+                g, name, np.array([float(r.get(name, np.nan)) for r in rows], dtype=np.float64)
+            )
         ds.attrs["kind"] = kind
         seal_attrs(ds)
         columns.append(ds)
@@ -174,6 +199,8 @@ def _write_videos(f: h5py.File, rows: Iterable[Mapping[str, Any]]) -> None:
 def _write_failures(f: h5py.File, failures: Iterable[Failure]) -> None:
     failures = sorted(failures, key=lambda fl: (fl.id, fl.extractor))
     g = f.create_group(FAILURES)
-    index = _scale(_checked_numbers(g, FAILURE_DIM, np.arange(len(failures), dtype=np.int32)), FAILURE_DIM)
+    index = _scale(
+        _checked_numbers(g, FAILURE_DIM, np.arange(len(failures), dtype=np.int32)), FAILURE_DIM
+    )
     for col in FAILURE_COLUMNS:
         _digest_strings(g, col, [getattr(fl, col) for fl in failures]).dims[0].attach_scale(index)

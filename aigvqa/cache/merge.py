@@ -82,7 +82,9 @@ class MergeReport:
     videos_updated: int = 0
     stale_temps_removed: int = 0
     rewritten: bool = False
-    upgraded_from: int | None = None  # format of an older cache this merge rewrote in the current one
+    upgraded_from: int | None = (
+        None  # format of an older cache this merge rewrote in the current one
+    )
 
     def __str__(self) -> str:
         parts = []
@@ -93,7 +95,9 @@ class MergeReport:
             if self.replaced.get(name):
                 s += f" ({self.replaced[name]} replaced)"
             parts.append(s)
-        text = f"merged {self.shards} shard(s) into {self.cache}: " + (", ".join(parts) or "no features")
+        text = f"merged {self.shards} shard(s) into {self.cache}: " + (
+            ", ".join(parts) or "no features"
+        )
         text += f"; videos +{self.videos_added}"
         if self.videos_updated:
             text += f" ({self.videos_updated} updated)"
@@ -101,7 +105,10 @@ class MergeReport:
         if self.groups_replaced:
             text += f"; groups replaced (--overwrite): {', '.join(self.groups_replaced)}"
         if self.upgraded_from is not None:
-            text += f"; rewritten from cache format {self.upgraded_from} to {FORMAT_VERSION} (checksums added)"
+            text += (
+                f"; rewritten from cache format {self.upgraded_from} to {FORMAT_VERSION} "
+                "(checksums added)"
+            )
         return text
 
 
@@ -135,14 +142,18 @@ def _comparable(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _mismatch(name: str, old_label: str, new_label: str, diffs: list[str], fix: str) -> ProvenanceMismatchError:
+def _mismatch(
+    name: str, old_label: str, new_label: str, diffs: list[str], fix: str
+) -> ProvenanceMismatchError:
     return ProvenanceMismatchError(
         f"refusing to mix features in group {name!r}: {old_label} and {new_label} were made "
         f"under different settings:\n" + "\n".join(f"  {d}" for d in diffs) + f"\n{fix}"
     )
 
 
-def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, compression) -> _GroupPlan:
+def _plan_group(
+    name, cache_path, old, shard_paths, shards, overwrite, report, compression
+) -> _GroupPlan:
     """Which rows of which file make the merged group (read-only; errors name the file)."""
     contributing = [i for i, s in enumerate(shards) if name in s]
     places = [Place(p, "shard") for p in shard_paths]
@@ -161,7 +172,10 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
         diffs = describe_differences(_comparable(ref_meta), _comparable(meta), RUNTIME_KEYS)
         if diffs:
             raise _mismatch(
-                name, f"shard {shard_paths[ref_index]}", f"shard {shard_paths[i]}", diffs,
+                name,
+                f"shard {shard_paths[ref_index]}",
+                f"shard {shard_paths[i]}",
+                diffs,
                 "One batch of shards must come from one configuration; merge them into "
                 "different cache files.",
             )
@@ -183,7 +197,10 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
             diffs = describe_differences(_comparable(old_meta), _comparable(ref_meta), RUNTIME_KEYS)
             if diffs and not overwrite:
                 raise _mismatch(
-                    name, f"cache {cache_path}", f"shard {shard_paths[contributing[0]]}", diffs,
+                    name,
+                    f"cache {cache_path}",
+                    f"shard {shard_paths[contributing[0]]}",
+                    diffs,
                     "Write these features to another cache file (--cache other.h5), or pass "
                     f"--overwrite (merge_shards(..., overwrite=True)) to replace group {name!r}.",
                 )
@@ -236,24 +253,40 @@ def _plan_group(name, cache_path, old, shard_paths, shards, overwrite, report, c
     for key, (src_rows, dst_rows) in by_source.items():
         group = existing if key is None else shards[key][name]
         place = old_place if key is None else places[key]
-        sources.append(_Source(group, place, np.array(src_rows, dtype=np.int64), np.array(dst_rows, dtype=np.int64)))
+        sources.append(
+            _Source(
+                group, place, np.array(src_rows, dtype=np.int64), np.array(dst_rows, dtype=np.int64)
+            )
+        )
     meta = old_meta if keep else ref_meta
     return _GroupPlan(
-        name=name, meta=meta, ids=ids, t_max=t_max, sources=sources, versions=versions,
-        columns=columns, compression=old_compression if keep and compression is None else compression,
+        name=name,
+        meta=meta,
+        ids=ids,
+        t_max=t_max,
+        sources=sources,
+        versions=versions,
+        columns=columns,
+        compression=old_compression if keep and compression is None else compression,
         changed=bool(added or replaced or not keep),
     )
 
 
 def _one_run(rows: np.ndarray) -> bool:
-    return bool(rows.size) and int(rows[-1]) - int(rows[0]) + 1 == rows.size and bool((np.diff(rows) == 1).all())
+    return (
+        bool(rows.size)
+        and int(rows[-1]) - int(rows[0]) + 1 == rows.size
+        and bool((np.diff(rows) == 1).all())
+    )
 
 
 def _fill_group(g: h5py.Group, plan: _GroupPlan) -> None:
     """Write the merged rows block by block (bounded memory, each block written once)."""
     n = len(plan.ids)
     datasets = ["values", "lengths", *plan.meta["extras"]]
-    row_bytes = sum(int(np.prod(g[k].shape[1:], dtype=np.int64)) * g[k].dtype.itemsize for k in datasets)
+    row_bytes = sum(
+        int(np.prod(g[k].shape[1:], dtype=np.int64)) * g[k].dtype.itemsize for k in datasets
+    )
     chunk = g["values"].chunks[0]
     block = max(1, MERGE_BLOCK_BYTES // max(1, row_bytes * chunk)) * chunk  # whole chunks per block
     for start in range(0, n, block):
@@ -265,11 +298,15 @@ def _fill_group(g: h5py.Group, plan: _GroupPlan) -> None:
                 continue
             src, dst = source.src[lo:hi], source.dst[lo:hi] - start
             with guarded(source.place):
-                if _one_run(src) and _one_run(dst):  # the usual case: HDF5 reads straight into the block
+                if _one_run(src) and _one_run(
+                    dst
+                ):  # the usual case: HDF5 reads straight into the block
                     rows = np.s_[int(src[0]) : int(src[-1]) + 1]
                     into = np.s_[int(dst[0]) : int(dst[-1]) + 1]
                     t = min(int(source.group["values"].shape[1]), plan.t_max)
-                    source.group["values"].read_direct(buffers["values"], np.s_[rows, :t], np.s_[into, :t])
+                    source.group["values"].read_direct(
+                        buffers["values"], np.s_[rows, :t], np.s_[into, :t]
+                    )
                     for key in datasets[1:]:
                         source.group[key].read_direct(buffers[key], rows, into)
                     continue
@@ -287,9 +324,18 @@ def _build_merged(tmp, plans, videos, failures) -> None:
         for plan in plans:
             meta = plan.meta
             g = _create_group(
-                out, plan.name, keyed_by=meta["keyed_by"], dtype=meta["dtype"], dim=meta["dim"],
-                t_max=plan.t_max, ids=plan.ids, extras=meta["extras"], provenance=meta["provenance"],
-                versions=plan.versions, columns=plan.columns, compression=plan.compression,
+                out,
+                plan.name,
+                keyed_by=meta["keyed_by"],
+                dtype=meta["dtype"],
+                dim=meta["dim"],
+                t_max=plan.t_max,
+                ids=plan.ids,
+                extras=meta["extras"],
+                provenance=meta["provenance"],
+                versions=plan.versions,
+                columns=plan.columns,
+                compression=plan.compression,
                 chunk_cap=1024,
             )
             _fill_group(g, plan)
@@ -361,8 +407,10 @@ def merge_shards(
                     old_place.group = VIDEOS
                     videos = read_videos(old) if old is not None else {}
                     old_place.group = FAILURES
-                    old_failures = {(fl.id, fl.extractor): fl.error
-                                    for fl in (read_failures(old) if old is not None else [])}
+                    old_failures = {
+                        (fl.id, fl.extractor): fl.error
+                        for fl in (read_failures(old) if old is not None else [])
+                    }
                 shard_names = set()
                 shard_videos, shard_failures = [], []
                 for path, s in zip(shard_paths, shards):
@@ -371,13 +419,18 @@ def merge_shards(
                         shard_videos.append(read_videos(s))
                         shard_failures.append(read_failures(s))
                 names = sorted(set(old_names) | shard_names)
-                plans = [_plan_group(n, cache_path, old, shard_paths, shards, overwrite, report, compression)
-                         for n in names]
+                plans = [
+                    _plan_group(
+                        n, cache_path, old, shard_paths, shards, overwrite, report, compression
+                    )
+                    for n in names
+                ]
 
                 for rows in shard_videos:
                     for vid, row in rows.items():
                         if "source_order" not in row and "source_order" in videos.get(vid, {}):
-                            # an extract's row for an imported video keeps its row in the imported file
+                            # an extract's row for an imported video keeps its row in the
+                            # imported file
                             row = {**row, "source_order": videos[vid]["source_order"]}
                         if vid not in videos:
                             report.videos_added += 1
@@ -391,7 +444,11 @@ def merge_shards(
                         failures[(fl.id, fl.extractor)] = fl.error  # latest error text wins
                 final_ids = {p.name: set(p.ids) for p in plans}
                 prompt_groups = {p.name for p in plans if p.meta["keyed_by"] == "prompt"}
-                failures = {k: v for k, v in failures.items() if not _covered(k, final_ids, prompt_groups, videos)}
+                failures = {
+                    k: v
+                    for k, v in failures.items()
+                    if not _covered(k, final_ids, prompt_groups, videos)
+                }
                 report.failures_added = len(set(failures) - set(old_failures))
                 report.failures_cleared = len(set(old_failures) - set(failures))
 
@@ -399,7 +456,8 @@ def merge_shards(
                     old is None
                     or old_format < FORMAT_VERSION
                     or any(p.changed for p in plans)
-                    or report.videos_added or report.videos_updated
+                    or report.videos_added
+                    or report.videos_updated
                     or failures != old_failures
                 )
                 if changed:

@@ -158,7 +158,11 @@ class FeatureCache:
 
     # -- reading arrays ----------------------------------------------------------------
     def read(
-        self, groups: str | Iterable[str], ids: Iterable[str] | None = None, *, stored_dtype: bool = False
+        self,
+        groups: str | Iterable[str],
+        ids: Iterable[str] | None = None,
+        *,
+        stored_dtype: bool = False,
     ) -> CacheData:
         """Aligned rows of every requested group.
 
@@ -179,7 +183,8 @@ class FeatureCache:
                 raise CacheError(
                     f"cache {self.path} lacks feature group(s) {', '.join(missing)} (it has: "
                     f"{', '.join(have) or 'none'}); compute them with "
-                    f"`aigvqa extract MANIFEST --cache {self.path} --extractors {','.join(missing)}`"
+                    f"`aigvqa extract MANIFEST --cache {self.path} "
+                    f"--extractors {','.join(missing)}`"
                 )
             place.group = VIDEOS
             videos = read_videos(f)
@@ -208,7 +213,9 @@ class FeatureCache:
             for name in names:
                 place.group = name
                 g = f[name]
-                rows = np.fromiter((row_of[name][v] for v in selected), dtype=np.int64, count=len(selected))
+                rows = np.fromiter(
+                    (row_of[name][v] for v in selected), dtype=np.int64, count=len(selected)
+                )
                 arrays[name] = convert(take_rows(g["values"], rows))
                 lengths[name] = take_rows(g["lengths"], rows).astype(np.int64)
                 for extra in extra_names(g):
@@ -217,12 +224,20 @@ class FeatureCache:
         label_names = sorted({k for v in selected if v in videos for k in videos[v]["labels"]})
         group_names = sorted({k for v in selected if v in videos for k in videos[v]["groups"]})
         labels = {
-            k: np.array([videos[v]["labels"].get(k, math.nan) if v in videos else math.nan for v in selected],
-                        dtype=np.float64)
+            k: np.array(
+                [
+                    videos[v]["labels"].get(k, math.nan) if v in videos else math.nan
+                    for v in selected
+                ],
+                dtype=np.float64,
+            )
             for k in label_names
         }
         groups_out = {
-            k: np.array([videos[v]["groups"].get(k, "") if v in videos else "" for v in selected], dtype=object)
+            k: np.array(
+                [videos[v]["groups"].get(k, "") if v in videos else "" for v in selected],
+                dtype=object,
+            )
             for k in group_names
         }
         return CacheData(selected, arrays, lengths, extras, labels, groups_out)
@@ -264,7 +279,10 @@ class FeatureCache:
             if keyed_by(f[name]) == "prompt":
                 unknown = [v for v in absent if v not in videos]
                 if unknown:
-                    line += f"; {len(unknown)} of them are not in the videos table, so their prompt is unknown"
+                    line += (
+                        f"; {len(unknown)} of them are not in the videos table, "
+                        "so their prompt is unknown"
+                    )
             problems.append(line)
         if problems:
             failed = {fl.id for fl in read_failures(f)}
@@ -274,7 +292,8 @@ class FeatureCache:
                 else ""
             )
             raise CacheError(
-                f"cache {self.path} lacks features for requested ids:\n" + "\n".join(problems)
+                f"cache {self.path} lacks features for requested ids:\n"
+                + "\n".join(problems)
                 + f"\nCompute them with `aigvqa extract MANIFEST --cache {self.path} "
                 f"--extractors {','.join(names)}` (ids already cached are skipped)." + hint
             )
@@ -293,4 +312,3 @@ class FeatureCache:
     def summary(self, max_failures: int = 5) -> str:
         """The readable report ``aigvqa info CACHE`` prints."""
         return format_summary(self.describe(max_failures=max_failures))
-

@@ -85,8 +85,8 @@ def _check_float16(name: str, what: str, a: np.ndarray, path: Path) -> None:
         raise CacheError(
             f"{path}: {what} of group {name!r} reach {float(np.abs(finite).max()):.4g}, beyond "
             f"float16's range (+-{FLOAT16_MAX:g}), and would be stored as inf; store this group "
-            f"as float32 (write_shard(..., dtype={{{name!r}: 'float32'}}); for an extractor, set its "
-            f"class attribute cache_dtype = 'float32')"
+            f"as float32 (write_shard(..., dtype={{{name!r}: 'float32'}}); for an extractor, "
+            f"set its class attribute cache_dtype = 'float32')"
         )
 
 
@@ -105,9 +105,14 @@ def _check_columns(name: str, columns: Sequence[str] | None, dim: int) -> list[s
 def _prepare(group: GroupData, dtype: str, path: Path) -> _Prepared:
     name = group.name
     if not name or "/" in name or name.startswith(".") or name in RESERVED_GROUPS:
-        raise ValueError(f"invalid group name {name!r} (no '/', no leading '.', not one of {sorted(RESERVED_GROUPS)})")
+        raise ValueError(
+            f"invalid group name {name!r} (no '/', no leading '.', "
+            f"not one of {sorted(RESERVED_GROUPS)})"
+        )
     if group.keyed_by not in KEYED_BY:
-        raise ValueError(f"group {name!r}: keyed_by must be one of {KEYED_BY}, got {group.keyed_by!r}")
+        raise ValueError(
+            f"group {name!r}: keyed_by must be one of {KEYED_BY}, got {group.keyed_by!r}"
+        )
     if dtype not in DTYPES:
         raise ValueError(f"group {name!r}: dtype must be one of {DTYPES}, got {dtype!r}")
     ids = [str(i) for i in group.ids]
@@ -125,7 +130,10 @@ def _prepare(group: GroupData, dtype: str, path: Path) -> _Prepared:
         if a.ndim == 1:  # one vector per video: a sequence of length 1
             a = a[None, :]
         if a.ndim != 2 or not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"group {name!r}, id {ids[i]!r}: values must be numeric [T, D] or [D], got {a.shape} {a.dtype}")
+            raise ValueError(
+                f"group {name!r}, id {ids[i]!r}: values must be numeric [T, D] or [D], "
+                f"got {a.shape} {a.dtype}"
+            )
         seqs.append(a)
     empty = [ids[i] for i, a in zip(order, seqs) if a.shape[0] == 0]
     if empty:
@@ -148,14 +156,21 @@ def _prepare(group: GroupData, dtype: str, path: Path) -> _Prepared:
     extras = {}
     for extra, rows in group.extras.items():
         if extra in RESERVED_DATASETS or not extra or "/" in extra or extra.startswith("."):
-            raise ValueError(f"group {name!r}: invalid extra name {extra!r} (reserved: {sorted(RESERVED_DATASETS)})")
+            raise ValueError(
+                f"group {name!r}: invalid extra name {extra!r} "
+                f"(reserved: {sorted(RESERVED_DATASETS)})"
+            )
         rows = list(rows)
         if len(rows) != len(ids):
-            raise ValueError(f"group {name!r}: extra {extra!r} has {len(rows)} rows for {len(ids)} ids")
+            raise ValueError(
+                f"group {name!r}: extra {extra!r} has {len(rows)} rows for {len(ids)} ids"
+            )
         try:
             arr = np.stack([np.asarray(rows[i]) for i in order])
         except ValueError as err:
-            raise ValueError(f"group {name!r}: rows of extra {extra!r} must share one shape ({err})") from err
+            raise ValueError(
+                f"group {name!r}: rows of extra {extra!r} must share one shape ({err})"
+            ) from err
         if np.issubdtype(arr.dtype, np.floating):
             if dtype == "float16":
                 _check_float16(name, f"extra {extra!r}", arr, path)
@@ -164,18 +179,33 @@ def _prepare(group: GroupData, dtype: str, path: Path) -> _Prepared:
     for extra in extras:
         for k in range(1, extras[extra].ndim):
             if f"{extra}_dim{k}" in extras:
-                raise ValueError(f"group {name!r}: extra name {extra}_dim{k} is reserved (a dimension scale of {extra!r})")
+                raise ValueError(
+                    f"group {name!r}: extra name {extra}_dim{k} is reserved "
+                    f"(a dimension scale of {extra!r})"
+                )
     columns = _check_columns(name, group.columns, dim)
-    return _Prepared(name, group.keyed_by, ids, values, lengths, extras, normalize(group.provenance), columns)
+    return _Prepared(
+        name, group.keyed_by, ids, values, lengths, extras, normalize(group.provenance), columns
+    )
 
 
 def _write_group(f: h5py.File, p: _Prepared, compression: str | None) -> None:
     g = _create_group(
-        f, p.name, keyed_by=p.keyed_by, dtype=str(p.values.dtype), dim=p.values.shape[2],
-        t_max=p.values.shape[1], ids=p.ids,
-        extras={k: {"shape": list(a.shape[1:]), "dtype": str(a.dtype)} for k, a in p.extras.items()},
-        provenance=p.provenance, versions=[package_versions()], columns=p.columns,
-        compression=compression, chunk_cap=max(1, len(p.ids)),
+        f,
+        p.name,
+        keyed_by=p.keyed_by,
+        dtype=str(p.values.dtype),
+        dim=p.values.shape[2],
+        t_max=p.values.shape[1],
+        ids=p.ids,
+        extras={
+            k: {"shape": list(a.shape[1:]), "dtype": str(a.dtype)} for k, a in p.extras.items()
+        },
+        provenance=p.provenance,
+        versions=[package_versions()],
+        columns=p.columns,
+        compression=compression,
+        chunk_cap=max(1, len(p.ids)),
     )
     g["values"][...] = p.values
     g["lengths"][...] = p.lengths
@@ -217,7 +247,9 @@ def write_shard(
     for v in videos:
         row = video_row(v)
         vids[row["video_id"]] = row
-    for name in sorted({k for r in vids.values() for k in r} - set(VIDEO_CORE) - {"labels", "groups"}):
+    for name in sorted(
+        {k for r in vids.values() for k in r} - set(VIDEO_CORE) - {"labels", "groups"}
+    ):
         field_kind(name, [r[name] for r in vids.values() if name in r])  # refuse mixed kinds now
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)

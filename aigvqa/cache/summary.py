@@ -55,7 +55,9 @@ def describe_file(path: str | Path, max_failures: int = 5) -> dict[str, Any]:
         "groups": infos,
         "videos": len(videos),
         "labels": label_stats,
-        "group_keys": {k: len({v["groups"].get(k) for v in videos.values()} - {None}) for k in group_keys},
+        "group_keys": {
+            k: len({v["groups"].get(k) for v in videos.values()} - {None}) for k in group_keys
+        },
         "failures": {
             "count": len(failures),
             "first": [asdict(fl) for fl in failures[:max_failures]],
@@ -98,11 +100,13 @@ def _size(n: float) -> str:
 def format_summary(d: dict[str, Any]) -> str:
     lines = [
         f"file:     {d['file']}  ({_size(d['size_bytes'])})",
-        f"format:   aigvqa {d['kind']} format {d['format_version']}, " + (
+        f"format:   aigvqa {d['kind']} format {d['format_version']}, "
+        + (
             "checksummed (verified on read; `aigvqa info --verify` checks every byte)"
-            if d.get("checksums") else
-            "UNVERIFIED: written without checksums (an older aigvqa), so damaged values "
-            "cannot be detected; the next extract / import-features merge rewrites it with checksums"
+            if d.get("checksums")
+            else "UNVERIFIED: written without checksums (an older aigvqa), so damaged values "
+            "cannot be detected; the next extract / import-features merge rewrites it with "
+            "checksums"
         ),
     ]
     groups = d["groups"]
@@ -111,17 +115,24 @@ def format_summary(d: dict[str, Any]) -> str:
         header = ["group", "keyed_by", "N", "T_max", "D", "dtype", "lengths min/med/max", "weights"]
         rows = [header]
         for g in groups:
-            rows.append([
-                g["name"], g["keyed_by"], str(g["n"]), str(g["t_max"]), str(g["dim"]), g["dtype"],
-                f"{g['lengths_min']}/{g['lengths_median']:g}/{g['lengths_max']}",
-                _short_weights(g["weights"]),
-            ])
+            rows.append(
+                [
+                    g["name"],
+                    g["keyed_by"],
+                    str(g["n"]),
+                    str(g["t_max"]),
+                    str(g["dim"]),
+                    g["dtype"],
+                    f"{g['lengths_min']}/{g['lengths_median']:g}/{g['lengths_max']}",
+                    _short_weights(g["weights"]),
+                ]
+            )
         lines += _table(rows)
         for g in groups:
             if g["random_init"]:
                 lines.append(
-                    f"  !! {g['name']}: WEIGHTS: RANDOM-INIT (not a real model) - these features are "
-                    "noise, fit for tests and benchmarks only"
+                    f"  !! {g['name']}: WEIGHTS: RANDOM-INIT (not a real model) - these features "
+                    "are noise, fit for tests and benchmarks only"
                 )
         lines.append("config:")
         for g in groups:
@@ -133,19 +144,33 @@ def format_summary(d: dict[str, Any]) -> str:
         lines.append("groups:   none (nothing extracted yet)")
     lines.append(f"videos:   {d['videos']}")
     if d["labels"]:
-        rows = [[k, f"{s['count']} values", f"range [{s['min']:.4g}, {s['max']:.4g}]"] for k, s in sorted(d["labels"].items())]
+        rows = [
+            [k, f"{s['count']} values", f"range [{s['min']:.4g}, {s['max']:.4g}]"]
+            for k, s in sorted(d["labels"].items())
+        ]
         lines.append("labels:")
         lines += _table(rows)
     else:
         lines.append("labels:   none")
     if d["group_keys"]:
-        lines.append("grouping: " + ", ".join(f"{k} ({n} distinct)" for k, n in d["group_keys"].items()))
+        lines.append(
+            "grouping: " + ", ".join(f"{k} ({n} distinct)" for k, n in d["group_keys"].items())
+        )
     fails = d["failures"]
     lines.append(f"failures: {fails['count']}")
     if fails["first"]:
-        rows = [[fl["id"], fl["extractor"], fl["error"].strip().splitlines()[0][:100] if fl["error"].strip() else ""]
-                for fl in fails["first"]]
+        rows = [
+            [
+                fl["id"],
+                fl["extractor"],
+                fl["error"].strip().splitlines()[0][:100] if fl["error"].strip() else "",
+            ]
+            for fl in fails["first"]
+        ]
         lines += _table(rows)
         if fails["count"] > len(fails["first"]):
-            lines.append(f"  ... and {fails['count'] - len(fails['first'])} more (aigvqa info --failures N shows more)")
+            lines.append(
+                f"  ... and {fails['count'] - len(fails['first'])} more "
+                "(aigvqa info --failures N shows more)"
+            )
     return "\n".join(lines)

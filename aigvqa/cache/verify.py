@@ -95,7 +95,9 @@ def verify_file(path: str | Path) -> VerifyReport:
             report.format_version = file_format(f)
             names = list(f.keys())
         except H5_ERRORS as err:
-            report.problems.append(f"the file's root group cannot be read ({type(err).__name__}: {err})")
+            report.problems.append(
+                f"the file's root group cannot be read ({type(err).__name__}: {err})"
+            )
             return report
         report.checksums = report.format_version >= 2
         for name in names:
