@@ -1,4 +1,5 @@
-"""Cache merge/read cost at scale: 5,000 synthetic videos (clip-frames 16x512, slowfast 3-8x2304, float16).
+"""Cache merge/read cost at scale: 5,000 synthetic videos (clip-frames 16x512,
+slowfast 3-8x2304, float16).
 
 Run: python bench/cache_merge.py [--videos 5000]   (prints seconds; nothing is asserted)
 """
@@ -27,7 +28,12 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="aigvqa-cache-bench-"))
     rng = np.random.default_rng(0)
-    prov_frames = {"extractor": "clip-frames", "config": {"arch": "ViT-B-32"}, "view": None, "weights": "RANDOM-INIT"}
+    prov_frames = {
+        "extractor": "clip-frames",
+        "config": {"arch": "ViT-B-32"},
+        "view": None,
+        "weights": "RANDOM-INIT",
+    }
     prov_slowfast = {"extractor": "slowfast", "config": {}, "view": None, "weights": "RANDOM-INIT"}
 
     def make_shards():
@@ -35,7 +41,9 @@ def main() -> None:
         for s in range(args.videos // args.per_shard):
             ids = [f"v{s * args.per_shard + i:06d}" for i in range(args.per_shard)]
             frames = [rng.standard_normal((16, 512), dtype=np.float32) for _ in ids]
-            motion = [rng.standard_normal((int(rng.integers(3, 9)), 2304), dtype=np.float32) for _ in ids]
+            motion = [
+                rng.standard_normal((int(rng.integers(3, 9)), 2304), dtype=np.float32) for _ in ids
+            ]
             videos = [{"video_id": v, "path": v + ".mp4", "labels": {"mos": 3.0}} for v in ids]
             groups = [
                 GroupData("clip-frames", "video", ids, frames, provenance=prov_frames),
@@ -50,14 +58,20 @@ def main() -> None:
     for b in range(0, len(shards), 10):
         _, dt = timed(lambda b=b: merge_shards(cache, shards[b : b + 10]))
         size = cache.stat().st_size / 2**20
-        print(f"merge 10 shards into a cache of {b * args.per_shard} videos: {dt:.2f} s (cache {size:.0f} MiB)")
+        print(
+            f"merge 10 shards into a cache of {b * args.per_shard} videos: {dt:.2f} s "
+            f"(cache {size:.0f} MiB)"
+        )
     data, dt = timed(lambda: FeatureCache(cache).read(["clip-frames", "slowfast"]))
     print(f"read all {len(data.ids)} rows of 2 groups as float32: {dt:.2f} s")
     sub = list(data.ids[::50])
     _, dt = timed(lambda: FeatureCache(cache).read(["clip-frames", "slowfast"], ids=sub))
     print(f"read {len(sub)} scattered rows: {dt:.2f} s")
     report, dt = timed(lambda: FeatureCache(cache).verify())
-    print(f"verify (read every byte, check every checksum): {dt:.2f} s ({'ok' if report.ok else 'DAMAGED'})")
+    print(
+        f"verify (read every byte, check every checksum): {dt:.2f} s "
+        f"({'ok' if report.ok else 'DAMAGED'})"
+    )
     once = root / "cache_once.h5"
     _, dt = timed(lambda: merge_shards(once, shards))
     print(f"merge all {len(shards)} shards in one call: {dt:.2f} s")

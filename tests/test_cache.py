@@ -15,6 +15,7 @@ from aigvqa.cache import (
     Failure,
     FeatureCache,
     GroupData,
+    merge,
     merge_shards,
     store,
     write_shard,
@@ -34,20 +35,31 @@ def prov(arch="ViT-B-32", weights=SHA, batch_size=4, extractor="clip-frames"):
 
 
 def ragged(rng, ids, dim=6, t_max=7):
-    return [rng.standard_normal((int(rng.integers(1, t_max + 1)), dim)).astype(np.float32) * 3 for _ in ids]
+    return [
+        rng.standard_normal((int(rng.integers(1, t_max + 1)), dim)).astype(np.float32) * 3
+        for _ in ids
+    ]
 
 
 def video_rows(ids, prompt_of=lambda v: f"p-{v}"):
     return [
-        {"video_id": v, "path": f"{v}.mp4", "prompt": f"text of {prompt_of(v)}", "prompt_id": prompt_of(v),
-         "labels": {"mos": float(i) / 2}, "groups": {"prompt": prompt_of(v), "generator": f"g{i % 3}"}}
+        {
+            "video_id": v,
+            "path": f"{v}.mp4",
+            "prompt": f"text of {prompt_of(v)}",
+            "prompt_id": prompt_of(v),
+            "labels": {"mos": float(i) / 2},
+            "groups": {"prompt": prompt_of(v), "generator": f"g{i % 3}"},
+        }
         for i, v in enumerate(ids)
     ]
 
 
 def frames_shard(path, ids, values, provenance=None, failures=(), videos=None, dtype="float16"):
     group = GroupData("clip-frames", "video", ids, values, provenance=provenance or prov())
-    return write_shard(path, [group], failures, video_rows(ids) if videos is None else videos, dtype=dtype)
+    return write_shard(
+        path, [group], failures, video_rows(ids) if videos is None else videos, dtype=dtype
+    )
 
 
 def snapshot(cache_path):
@@ -96,7 +108,7 @@ def test_ragged_round_trip_exact_up_to_dtype(tmp_path, dtype):
         expected = v.astype(np.float16).astype(np.float32) if dtype == "float16" else v
         assert data.lengths["clip-frames"][row] == len(v)
         np.testing.assert_array_equal(arr[row, : len(v)], expected)
-        assert not arr[row, len(v):].any()  # zero padding after the length
+        assert not arr[row, len(v) :].any()  # zero padding after the length
     if dtype == "float16":  # float16 really rounds: the test above can fail
         assert any(not np.array_equal(v, v.astype(np.float16).astype(np.float32)) for v in values)
     assert FeatureCache(tmp_path / "cache.h5").group_info("clip-frames").dtype == dtype
@@ -118,7 +130,10 @@ def test_read_given_ids_keeps_their_order_and_repeats(tmp_path):
 
 def test_vector_rows_are_sequences_of_length_one(tmp_path):
     ids = ["a", "b"]
-    write_shard(tmp_path / "s.h5", [GroupData("pooled", "video", ids, [np.ones(4), np.zeros(4)], provenance=prov())])
+    write_shard(
+        tmp_path / "s.h5",
+        [GroupData("pooled", "video", ids, [np.ones(4), np.zeros(4)], provenance=prov())],
+    )
     data = FeatureCache(tmp_path / "s.h5").read("pooled")  # a shard is a readable cache too
     assert data.arrays["pooled"].shape == (2, 1, 4)
     np.testing.assert_array_equal(data.lengths["pooled"], [1, 1])
@@ -130,8 +145,14 @@ def test_prompt_keyed_text_features_stored_once_and_expanded(tmp_path):
     videos = video_rows(ids, prompt_of=lambda v: "prompt-0")
     tokens, pooled = rng.standard_normal((77, 8)), rng.standard_normal(8)
     mask = np.arange(77) < 12
-    text = GroupData("clip-text", "prompt", ["prompt-0"], [tokens], extras={"pooled": [pooled], "mask": [mask]},
-                     provenance=prov(extractor="clip-text"))
+    text = GroupData(
+        "clip-text",
+        "prompt",
+        ["prompt-0"],
+        [tokens],
+        extras={"pooled": [pooled], "mask": [mask]},
+        provenance=prov(extractor="clip-text"),
+    )
     frames = GroupData("clip-frames", "video", ids, ragged(rng, ids), provenance=prov())
     shard = write_shard(tmp_path / "s.h5", [text, frames], [], videos)
     merge_shards(tmp_path / "c.h5", [shard])
@@ -148,8 +169,13 @@ def test_prompt_keyed_text_features_stored_once_and_expanded(tmp_path):
     expected = tokens.astype(np.float16).astype(np.float32)
     for row in range(10):
         np.testing.assert_array_equal(data.arrays["clip-text"][row], expected)
-    np.testing.assert_array_equal(data.extras["clip-text/pooled"], np.tile(pooled.astype(np.float16).astype(np.float32), (10, 1)))
-    assert data.extras["clip-text/mask"].dtype == bool and data.extras["clip-text/mask"].sum() == 120
+    np.testing.assert_array_equal(
+        data.extras["clip-text/pooled"],
+        np.tile(pooled.astype(np.float16).astype(np.float32), (10, 1)),
+    )
+    assert (
+        data.extras["clip-text/mask"].dtype == bool and data.extras["clip-text/mask"].sum() == 120
+    )
 
 
 def test_labels_missing_are_nan(tmp_path):
@@ -158,7 +184,10 @@ def test_labels_missing_are_nan(tmp_path):
         {"video_id": "a", "path": "a.mp4", "labels": {"mos": 3.0, "alignment": 1.0}},
         {"video_id": "b", "path": "b.mp4", "labels": {"mos": 4.0}},
     ]
-    merge_shards(tmp_path / "c.h5", [frames_shard(tmp_path / "s.h5", ids, [np.ones((2, 3))] * 2, videos=videos)])
+    merge_shards(
+        tmp_path / "c.h5",
+        [frames_shard(tmp_path / "s.h5", ids, [np.ones((2, 3))] * 2, videos=videos)],
+    )
     data = FeatureCache(tmp_path / "c.h5").read("clip-frames")
     np.testing.assert_array_equal(data.labels["mos"], [3.0, 4.0])
     assert data.labels["alignment"][0] == 1.0 and np.isnan(data.labels["alignment"][1])
@@ -178,8 +207,10 @@ def test_crash_mid_shard_leaves_previous_shard_and_no_partial(tmp_path, monkeypa
         raise KeyboardInterrupt("killed mid-shard")
 
     monkeypatch.setattr(store, "_write_group", crash_after_first_group)
-    groups = [GroupData("clip-frames", "video", ["b"], ragged(rng, ["b"]), provenance=prov()),
-              GroupData("other", "video", ["b"], ragged(rng, ["b"]), provenance=prov())]
+    groups = [
+        GroupData("clip-frames", "video", ["b"], ragged(rng, ["b"]), provenance=prov()),
+        GroupData("other", "video", ["b"], ragged(rng, ["b"]), provenance=prov()),
+    ]
     with pytest.raises(KeyboardInterrupt):
         write_shard(path, groups, [], video_rows(["b"]))
     with pytest.raises(KeyboardInterrupt):
@@ -197,10 +228,12 @@ def test_crash_mid_merge_keeps_previous_cache_and_remerge_succeeds(tmp_path, mon
     cache = tmp_path / "c.h5"
     merge_shards(cache, [frames_shard(tmp_path / "s0.h5", ids[:3], values[:3])])
     before = snapshot(cache)
-    shards = [frames_shard(tmp_path / "s1.h5", ids[3:6], values[3:6]),
-              frames_shard(tmp_path / "s2.h5", ids[6:], values[6:])]
+    shards = [
+        frames_shard(tmp_path / "s1.h5", ids[3:6], values[3:6]),
+        frames_shard(tmp_path / "s2.h5", ids[6:], values[6:]),
+    ]
 
-    real = store._write_videos
+    real = merge._write_videos
     calls = []
 
     class Killed(BaseException):
@@ -210,14 +243,14 @@ def test_crash_mid_merge_keeps_previous_cache_and_remerge_succeeds(tmp_path, mon
         calls.append(1)
         raise Killed("simulated kill half-way through the merge")
 
-    monkeypatch.setattr(store, "_write_videos", crash_half_way)
+    monkeypatch.setattr(merge, "_write_videos", crash_half_way)
     with pytest.raises(Killed, match="half-way"):
         merge_shards(cache, shards)
     assert len(calls) == 1
     assert_same_snapshot(before, snapshot(cache))
     assert no_partials(tmp_path)
 
-    monkeypatch.setattr(store, "_write_videos", real)
+    monkeypatch.setattr(merge, "_write_videos", real)
     report = merge_shards(cache, shards)
     assert report.added == {"clip-frames": 6}
     assert FeatureCache(cache).ids("clip-frames") == ids
@@ -263,7 +296,9 @@ def test_resume_skips_ids_already_cached(tmp_path):
     report = merge_shards(cache, [shard1])
     assert report.added == {"clip-frames": 3} and report.skipped == {"clip-frames": 2}
     data = FeatureCache(cache).read("clip-frames", ids=["v3", "v7"])
-    np.testing.assert_array_equal(data.arrays["clip-frames"][0, : len(first[3])], first[3])  # kept the first
+    np.testing.assert_array_equal(
+        data.arrays["clip-frames"][0, : len(first[3])], first[3]
+    )  # kept the first
     np.testing.assert_array_equal(data.arrays["clip-frames"][1, : len(second[7])], second[7])
 
     again = merge_shards(cache, [shard0])  # killed after the rename, before shards were deleted
@@ -277,14 +312,20 @@ def test_overwrite_replaces_rows_and_mismatched_groups(tmp_path):
     first, second = ragged(rng, ids), ragged(rng, ids)
     cache = tmp_path / "c.h5"
     merge_shards(cache, [frames_shard(tmp_path / "s0.h5", ids, first, dtype="float32")])
-    report = merge_shards(cache, [frames_shard(tmp_path / "s1.h5", ["b"], second[1:2], dtype="float32")], overwrite=True)
+    report = merge_shards(
+        cache,
+        [frames_shard(tmp_path / "s1.h5", ["b"], second[1:2], dtype="float32")],
+        overwrite=True,
+    )
     assert report.replaced == {"clip-frames": 1} and report.added == {"clip-frames": 0}
     data = FeatureCache(cache).read("clip-frames")
     np.testing.assert_array_equal(data.arrays["clip-frames"][1, : len(second[1])], second[1])
-    assert not data.arrays["clip-frames"][1, len(second[1]):].any()
+    assert not data.arrays["clip-frames"][1, len(second[1]) :].any()
     assert data.lengths["clip-frames"][1] == len(second[1])
 
-    other = frames_shard(tmp_path / "s2.h5", ["z"], second[:1], provenance=prov(arch="ViT-L-14"), dtype="float32")
+    other = frames_shard(
+        tmp_path / "s2.h5", ["z"], second[:1], provenance=prov(arch="ViT-L-14"), dtype="float32"
+    )
     report = merge_shards(cache, [other], overwrite=True)
     assert report.groups_replaced == ["clip-frames"]
     cache_view = FeatureCache(cache)
@@ -297,14 +338,24 @@ def test_mixing_configs_or_weights_is_refused_naming_the_keys(tmp_path):
     cache = tmp_path / "c.h5"
     merge_shards(cache, [frames_shard(tmp_path / "s0.h5", ["a"], ragged(rng, ["a"]))])
     before = snapshot(cache)
-    bad = frames_shard(tmp_path / "s1.h5", ["b"], ragged(rng, ["b"]), provenance=prov(arch="ViT-L-14", weights=RANDOM_INIT))
+    bad = frames_shard(
+        tmp_path / "s1.h5",
+        ["b"],
+        ragged(rng, ["b"]),
+        provenance=prov(arch="ViT-L-14", weights=RANDOM_INIT),
+    )
     with pytest.raises(ProvenanceMismatchError) as err:
         merge_shards(cache, [bad])
     msg = str(err.value)
     assert "config.arch: 'ViT-B-32' vs 'ViT-L-14'" in msg
     assert f"weights: '{SHA}' vs 'RANDOM-INIT'" in msg
     assert "batch_size" not in msg and "view" not in msg  # only what differs
-    assert str(cache) in msg and str(bad) in msg and "--overwrite" in msg and "another cache file" in msg
+    assert (
+        str(cache) in msg
+        and str(bad) in msg
+        and "--overwrite" in msg
+        and "another cache file" in msg
+    )
     assert_same_snapshot(before, snapshot(cache))
 
     f32 = frames_shard(tmp_path / "s2.h5", ["c"], ragged(rng, ["c"]), dtype="float32")
@@ -318,7 +369,11 @@ def test_shards_of_one_batch_must_agree(tmp_path):
     b = frames_shard(tmp_path / "b.h5", ["b"], ragged(rng, ["b"]), provenance=prov(arch="RN50"))
     with pytest.raises(ProvenanceMismatchError) as err:
         merge_shards(tmp_path / "c.h5", [a, b])
-    assert "config.arch: 'ViT-B-32' vs 'RN50'" in str(err.value) and str(a) in str(err.value) and str(b) in str(err.value)
+    assert (
+        "config.arch: 'ViT-B-32' vs 'RN50'" in str(err.value)
+        and str(a) in str(err.value)
+        and str(b) in str(err.value)
+    )
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -326,17 +381,28 @@ def test_resume_with_another_batch_size_is_allowed(tmp_path):
     rng = np.random.default_rng(14)
     cache = tmp_path / "c.h5"
     merge_shards(cache, [frames_shard(tmp_path / "a.h5", ["a"], ragged(rng, ["a"]))])
-    report = merge_shards(cache, [frames_shard(tmp_path / "b.h5", ["b"], ragged(rng, ["b"]), provenance=prov(batch_size=64))])
+    report = merge_shards(
+        cache,
+        [
+            frames_shard(
+                tmp_path / "b.h5", ["b"], ragged(rng, ["b"]), provenance=prov(batch_size=64)
+            )
+        ],
+    )
     assert report.added == {"clip-frames": 1}
-    assert FeatureCache(cache).group_info("clip-frames").provenance["config"]["batch_size"] == 4  # first rows' record
+    assert (
+        FeatureCache(cache).group_info("clip-frames").provenance["config"]["batch_size"] == 4
+    )  # first rows' record
 
 
 def test_batch_merge_rewrites_the_cache_once(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     shards = [frames_shard(tmp_path / f"s{i}.h5", [f"v{i}"], ragged(rng, ["x"])) for i in range(6)]
     published = []
-    real = store._publish
-    monkeypatch.setattr(store, "_publish", lambda tmp, final: (published.append(final), real(tmp, final)))
+    real = merge._publish
+    monkeypatch.setattr(
+        merge, "_publish", lambda tmp, final: (published.append(final), real(tmp, final))
+    )
     report = merge_shards(tmp_path / "c.h5", shards, remove_shards=True)
     assert published == [tmp_path / "c.h5"]
     assert report.added == {"clip-frames": 6}
@@ -352,7 +418,9 @@ def test_later_longer_sequences_grow_t_max_and_keep_earlier_rows(tmp_path):
     data = FeatureCache(cache).read("clip-frames")
     assert data.arrays["clip-frames"].shape == (3, 9, 3)
     np.testing.assert_array_equal(data.lengths["clip-frames"], [2, 1, 9])
-    assert (data.arrays["clip-frames"][0, :2] == 1).all() and not data.arrays["clip-frames"][0, 2:].any()
+    assert (data.arrays["clip-frames"][0, :2] == 1).all() and not data.arrays["clip-frames"][
+        0, 2:
+    ].any()
     assert (data.arrays["clip-frames"][2] == 3).all()
 
 
@@ -373,14 +441,18 @@ def test_source_order_is_an_optional_videos_column_that_later_rows_keep(tmp_path
     rows = video_rows(["b", "a", "c"])
     for i, row in enumerate(rows):
         row["source_order"] = i  # the order of an imported file, not the ids' order
-    merge_shards(cache, [frames_shard(tmp_path / "s1.h5", ["b", "a", "c"], ragged(rng, "bac"), videos=rows)])
+    merge_shards(
+        cache, [frames_shard(tmp_path / "s1.h5", ["b", "a", "c"], ragged(rng, "bac"), videos=rows)]
+    )
     videos = FeatureCache(cache).videos()
     assert {v["video_id"]: v["source_order"] for v in videos} == {"b": 0, "a": 1, "c": 2}
     with h5py.File(cache) as f:
         assert f["videos/source_order"].dtype == np.int64
     # a later row for "a" without a source order (e.g. from extract) keeps the known one
     later = video_rows(["a", "d"])
-    merge_shards(cache, [frames_shard(tmp_path / "s2.h5", ["a", "d"], ragged(rng, "ad"), videos=later)])
+    merge_shards(
+        cache, [frames_shard(tmp_path / "s2.h5", ["a", "d"], ragged(rng, "ad"), videos=later)]
+    )
     orders = {v["video_id"]: v.get("source_order") for v in FeatureCache(cache).videos()}
     assert orders == {"b": 0, "a": 1, "c": 2, "d": None}
     # a cache that never had the column reads as before: no key at all
@@ -394,22 +466,39 @@ def test_source_order_is_an_optional_videos_column_that_later_rows_keep(tmp_path
 def test_failures_round_trip_latest_wins_and_success_clears(tmp_path):
     rng = np.random.default_rng(12)
     cache = tmp_path / "c.h5"
-    fails = [Failure("x", "clip-frames", "DecodeError: truncated"), ("y", ALL_EXTRACTORS, "cannot open"),
-             {"id": "z", "extractor": "clip-frames", "error": "OOM"}]
-    merge_shards(cache, [frames_shard(tmp_path / "s0.h5", ["a"], ragged(rng, ["a"]), failures=fails)])
+    fails = [
+        Failure("x", "clip-frames", "DecodeError: truncated"),
+        ("y", ALL_EXTRACTORS, "cannot open"),
+        {"id": "z", "extractor": "clip-frames", "error": "OOM"},
+    ]
+    merge_shards(
+        cache, [frames_shard(tmp_path / "s0.h5", ["a"], ragged(rng, ["a"]), failures=fails)]
+    )
     assert FeatureCache(cache).failures() == [
         Failure("x", "clip-frames", "DecodeError: truncated"),
         Failure("y", "*", "cannot open"),
         Failure("z", "clip-frames", "OOM"),
     ]
     # later: x fails again with another error, y and z succeed
-    report = merge_shards(cache, [frames_shard(
-        tmp_path / "s1.h5", ["y", "z"], ragged(rng, ["y", "z"]),
-        failures=[Failure("x", "clip-frames", "DecodeError: second try")])])
-    assert FeatureCache(cache).failures() == [Failure("x", "clip-frames", "DecodeError: second try")]
+    report = merge_shards(
+        cache,
+        [
+            frames_shard(
+                tmp_path / "s1.h5",
+                ["y", "z"],
+                ragged(rng, ["y", "z"]),
+                failures=[Failure("x", "clip-frames", "DecodeError: second try")],
+            )
+        ],
+    )
+    assert FeatureCache(cache).failures() == [
+        Failure("x", "clip-frames", "DecodeError: second try")
+    ]
     assert report.failures_cleared == 2 and report.failures_added == 0
     # a failure reported for something already cached does not hide it
-    merge_shards(cache, [write_shard(tmp_path / "s2.h5", [], [Failure("a", "clip-frames", "flaky")])])
+    merge_shards(
+        cache, [write_shard(tmp_path / "s2.h5", [], [Failure("a", "clip-frames", "flaky")])]
+    )
     assert [f.id for f in FeatureCache(cache).failures()] == ["x"]
 
 
@@ -419,10 +508,25 @@ def test_text_features_of_its_prompt_do_not_hide_a_video_that_failed_to_decode(t
     rng = np.random.default_rng(14)
     cache = tmp_path / "c.h5"
     good_and_bad = video_rows(["good", "bad"])
-    merge_shards(cache, [frames_shard(tmp_path / "v.h5", ["good"], ragged(rng, ["good"]), videos=good_and_bad,
-                                      failures=[Failure("bad", ALL_EXTRACTORS, "DecodeError: not a video")])])
-    text = GroupData("clip-text", "prompt", ["p-good", "p-bad"], ragged(rng, ["p-good", "p-bad"]),
-                     provenance=prov(extractor="clip-text"))
+    merge_shards(
+        cache,
+        [
+            frames_shard(
+                tmp_path / "v.h5",
+                ["good"],
+                ragged(rng, ["good"]),
+                videos=good_and_bad,
+                failures=[Failure("bad", ALL_EXTRACTORS, "DecodeError: not a video")],
+            )
+        ],
+    )
+    text = GroupData(
+        "clip-text",
+        "prompt",
+        ["p-good", "p-bad"],
+        ragged(rng, ["p-good", "p-bad"]),
+        provenance=prov(extractor="clip-text"),
+    )
     merge_shards(cache, [write_shard(tmp_path / "t.h5", [text], [], good_and_bad)])
     assert FeatureCache(cache).failures() == [Failure("bad", "*", "DecodeError: not a video")]
 
@@ -435,10 +539,16 @@ def test_missing_group_and_ids_name_the_cache_and_the_fix(tmp_path):
     with pytest.raises(CacheError) as err:
         FeatureCache(cache).read(["clip-frames", "slowfast"])
     msg = str(err.value)
-    assert str(cache) in msg and "slowfast" in msg and "aigvqa extract" in msg and "clip-frames" in msg
+    assert (
+        str(cache) in msg and "slowfast" in msg and "aigvqa extract" in msg and "clip-frames" in msg
+    )
     with pytest.raises(CacheError) as err:
         FeatureCache(cache).read("clip-frames", ids=["a", "ghost"])
-    assert "ghost" in str(err.value) and "1 of 2" in str(err.value) and "aigvqa extract" in str(err.value)
+    assert (
+        "ghost" in str(err.value)
+        and "1 of 2" in str(err.value)
+        and "aigvqa extract" in str(err.value)
+    )
     with pytest.raises(CacheError, match="slowfast"):
         FeatureCache(cache).group_info("slowfast")
 
@@ -458,20 +568,38 @@ def test_missing_or_foreign_file_is_a_cache_error(tmp_path):
 def test_float16_overflow_is_refused_float32_accepted(tmp_path):
     big = [np.array([[1e6, 0.5]])]
     with pytest.raises(CacheError, match="float32"):
-        write_shard(tmp_path / "s.h5", [GroupData("handcrafted", "video", ["a"], big, provenance={"weights": None})])
+        write_shard(
+            tmp_path / "s.h5",
+            [GroupData("handcrafted", "video", ["a"], big, provenance={"weights": None})],
+        )
     assert not (tmp_path / "s.h5").exists()
-    write_shard(tmp_path / "s.h5", [GroupData("handcrafted", "video", ["a"], big, provenance={"weights": None})],
-                dtype={"handcrafted": "float32"})
+    write_shard(
+        tmp_path / "s.h5",
+        [GroupData("handcrafted", "video", ["a"], big, provenance={"weights": None})],
+        dtype={"handcrafted": "float32"},
+    )
     assert FeatureCache(tmp_path / "s.h5").read("handcrafted").arrays["handcrafted"][0, 0, 0] == 1e6
 
 
-@pytest.mark.parametrize("group, message", [
-    (GroupData("videos", "video", ["a"], [np.ones((1, 2))]), "invalid group name"),
-    (GroupData("g", "video", ["a", "a"], [np.ones((1, 2))] * 2), "duplicate ids"),
-    (GroupData("g", "clip", ["a"], [np.ones((1, 2))]), "keyed_by"),
-    (GroupData("g", "video", ["a", "b"], [np.ones((1, 2)), np.ones((1, 3))]), "feature widths"),
-    (GroupData("g", "video", ["a", "b"], [np.ones((1, 2))] * 2, extras={"m": [np.ones(2), np.ones(3)]}), "one shape"),
-])
+@pytest.mark.parametrize(
+    "group, message",
+    [
+        (GroupData("videos", "video", ["a"], [np.ones((1, 2))]), "invalid group name"),
+        (GroupData("g", "video", ["a", "a"], [np.ones((1, 2))] * 2), "duplicate ids"),
+        (GroupData("g", "clip", ["a"], [np.ones((1, 2))]), "keyed_by"),
+        (GroupData("g", "video", ["a", "b"], [np.ones((1, 2)), np.ones((1, 3))]), "feature widths"),
+        (
+            GroupData(
+                "g",
+                "video",
+                ["a", "b"],
+                [np.ones((1, 2))] * 2,
+                extras={"m": [np.ones(2), np.ones(3)]},
+            ),
+            "one shape",
+        ),
+    ],
+)
 def test_bad_group_data_is_rejected_before_writing(tmp_path, group, message):
     with pytest.raises(ValueError, match=message):
         write_shard(tmp_path / "s.h5", [group])

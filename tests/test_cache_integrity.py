@@ -22,8 +22,12 @@ FIXTURE_V1 = Path(__file__).parent / "data" / "cache-format1.h5.gz"
 
 
 def prov(extractor="clip-frames", weights=SHA, path="/mnt/a/ViT-B-32.pt"):
-    return {"extractor": extractor, "config": {"arch": "ViT-B-32", "weights": path}, "view": None,
-            "weights": weights}
+    return {
+        "extractor": extractor,
+        "config": {"arch": "ViT-B-32", "weights": path},
+        "view": None,
+        "weights": weights,
+    }
 
 
 def small_cache(path: Path, seed: int = 0) -> Path:
@@ -32,24 +36,48 @@ def small_cache(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     ids = [f"v{i:02d}" for i in range(10)]
     hand = GroupData(
-        "handcrafted", "video", ids,
+        "handcrafted",
+        "video",
+        ids,
         [rng.standard_normal((int(rng.integers(1, 5)), 6)).astype(np.float32) * 1e3 for _ in ids],
-        provenance={"extractor": "handcrafted", "config": {"max_frames": 64}, "view": None, "weights": None},
+        provenance={
+            "extractor": "handcrafted",
+            "config": {"max_frames": 64},
+            "view": None,
+            "weights": None,
+        },
         columns=[f"stat{i}" for i in range(6)],
     )
     text = GroupData(
-        "clip-text", "prompt", ["p0", "p1"], [rng.standard_normal((5, 4)) for _ in range(2)],
-        extras={"pooled": [rng.standard_normal(4) for _ in range(2)], "mask": [np.arange(5) < 3, np.arange(5) < 4]},
+        "clip-text",
+        "prompt",
+        ["p0", "p1"],
+        [rng.standard_normal((5, 4)) for _ in range(2)],
+        extras={
+            "pooled": [rng.standard_normal(4) for _ in range(2)],
+            "mask": [np.arange(5) < 3, np.arange(5) < 4],
+        },
         provenance=prov("clip-text"),
     )
     videos = [
-        {"video_id": v, "path": f"/data/{v}.mp4", "prompt": f"prompt {i % 2}", "prompt_id": f"p{i % 2}",
-         "labels": {"mos": 1.0 + i / 4, **({"alignment": float(i)} if i % 3 else {})},
-         "groups": {"generator": f"g{i % 3}"}, "source_order": 9 - i}
+        {
+            "video_id": v,
+            "path": f"/data/{v}.mp4",
+            "prompt": f"prompt {i % 2}",
+            "prompt_id": f"p{i % 2}",
+            "labels": {"mos": 1.0 + i / 4, **({"alignment": float(i)} if i % 3 else {})},
+            "groups": {"generator": f"g{i % 3}"},
+            "source_order": 9 - i,
+        }
         for i, v in enumerate(ids)
     ]
-    shard = write_shard(path.with_name(path.name + ".shard.h5"), [hand, text],
-                        [Failure("bad", "*", "DecodeError: not a video")], videos, dtype={"handcrafted": "float32"})
+    shard = write_shard(
+        path.with_name(path.name + ".shard.h5"),
+        [hand, text],
+        [Failure("bad", "*", "DecodeError: not a video")],
+        videos,
+        dtype={"handcrafted": "float32"},
+    )
     merge_shards(path, [shard], remove_shards=True)
     return path
 
@@ -84,11 +112,13 @@ def chunk_spans(path: Path) -> list[tuple[int, int]]:
     """(offset, size) of every stored chunk of every chunked numeric dataset: the raw data."""
     spans = []
     with h5py.File(path, "r") as f:
+
         def visit(_name, obj):
             if isinstance(obj, h5py.Dataset) and obj.chunks is not None and obj.dtype.kind != "O":
                 for i in range(obj.id.get_num_chunks()):
                     info = obj.id.get_chunk_info(i)
                     spans.append((info.byte_offset, info.size))
+
         f.visititems(visit)
     return spans
 
@@ -124,7 +154,9 @@ def test_byte_flips_read_identical_values_or_a_cache_error(tmp_path):
             except CacheError as err:
                 outcomes["error"] += 1
                 assert str(damaged) in str(err)
-                assert not FeatureCache(damaged).verify().ok, f"verify missed the flip at {position}"
+                assert not FeatureCache(damaged).verify().ok, (
+                    f"verify missed the flip at {position}"
+                )
                 continue
             assert got == reference, f"a flip at byte {position} changed what a reader sees"
             outcomes["same"] += 1
@@ -222,12 +254,22 @@ def test_format_1_cache_still_reads_is_marked_unverified_and_is_upgraded_by_a_me
     report = cache.verify()
     assert report.ok and not report.checksums and "UNVERIFIED" in report.summary()
     videos = {v["video_id"]: v for v in cache.videos()}
-    assert videos["v1"]["labels"] == {"mos": 4.0, "alignment": 1.5} and videos["v1"]["groups"]["generator"] == "g0"
+    assert (
+        videos["v1"]["labels"] == {"mos": 4.0, "alignment": 1.5}
+        and videos["v1"]["groups"]["generator"] == "g0"
+    )
 
     rng = np.random.default_rng(5)  # a new video whose id sorts between the old ones
-    new = GroupData("clip-frames", "video", ["v25"], [rng.standard_normal((2, 8)).astype(np.float32)],
-                    provenance=cache.group_info("clip-frames").provenance)
-    merged = merge_shards(old, [write_shard(tmp_path / "s.h5", [new], videos=[{"video_id": "v25"}])])
+    new = GroupData(
+        "clip-frames",
+        "video",
+        ["v25"],
+        [rng.standard_normal((2, 8)).astype(np.float32)],
+        provenance=cache.group_info("clip-frames").provenance,
+    )
+    merged = merge_shards(
+        old, [write_shard(tmp_path / "s.h5", [new], videos=[{"video_id": "v25"}])]
+    )
     assert merged.upgraded_from == 1 and "checksums added" in str(merged)
     after = FeatureCache(old)
     assert after.describe()["format_version"] == FORMAT_VERSION and after.describe()["checksums"]
@@ -238,7 +280,9 @@ def test_format_1_cache_still_reads_is_marked_unverified_and_is_upgraded_by_a_me
     reread = after.read(["clip-frames", "clip-text", "handcrafted"], ids=["v0", "v1", "v2", "v3"])
     (tmp_path / "pristine").mkdir()
     pristine = FeatureCache(v1_fixture(tmp_path / "pristine"))
-    expected = pristine.read(["clip-frames", "clip-text", "handcrafted"], ids=["v0", "v1", "v2", "v3"])
+    expected = pristine.read(
+        ["clip-frames", "clip-text", "handcrafted"], ids=["v0", "v1", "v2", "v3"]
+    )
     for key in expected.arrays:
         np.testing.assert_array_equal(reread.arrays[key], expected.arrays[key])
     for key in expected.extras:
@@ -254,8 +298,12 @@ def test_rows_are_sorted_by_id_across_interleaving_merges(tmp_path):
     for i, ids in enumerate(batches):
         rows = [rng.standard_normal((int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in ids]
         values.update(zip(ids, rows))
-        shard = write_shard(tmp_path / f"s{i}.h5", [GroupData("g", "video", ids, rows, provenance=prov())],
-                            videos=[{"video_id": v} for v in ids], dtype="float32")
+        shard = write_shard(
+            tmp_path / f"s{i}.h5",
+            [GroupData("g", "video", ids, rows, provenance=prov())],
+            videos=[{"video_id": v} for v in ids],
+            dtype="float32",
+        )
         with h5py.File(shard, "r") as f:
             assert list(f["g/ids"].asstr()[()]) == sorted(ids)  # a shard too
         merge_shards(cache, [shard])
@@ -270,21 +318,40 @@ def test_rows_are_sorted_by_id_across_interleaving_merges(tmp_path):
 
 def test_labels_groups_and_extra_fields_are_typed_columns_and_round_trip(tmp_path):
     rows = [
-        {"video_id": "b", "labels": {"mos": 2.5}, "groups": {"generator": "g1"}, "source_order": 1,
-         "fps": 8.0, "split": "test", "real": True},
-        {"video_id": "a", "labels": {"mos": 1.5, "alignment": 3.0}, "source_order": 0, "split": "train",
-         "real": False},
+        {
+            "video_id": "b",
+            "labels": {"mos": 2.5},
+            "groups": {"generator": "g1"},
+            "source_order": 1,
+            "fps": 8.0,
+            "split": "test",
+            "real": True,
+        },
+        {
+            "video_id": "a",
+            "labels": {"mos": 1.5, "alignment": 3.0},
+            "source_order": 0,
+            "split": "train",
+            "real": False,
+        },
         {"video_id": "c", "labels": {}, "groups": {"generator": "g2"}},
     ]
     group = GroupData("g", "video", ["a", "b", "c"], [np.ones((1, 2))] * 3, provenance=prov())
     shard = write_shard(tmp_path / "s.h5", [group], videos=rows)
     cache = tmp_path / "c.h5"
     merge_shards(cache, [shard])
-    merge_shards(cache, [write_shard(tmp_path / "s2.h5", [], videos=[{"video_id": "d", "source_order": 7}])])
+    merge_shards(
+        cache, [write_shard(tmp_path / "s2.h5", [], videos=[{"video_id": "d", "source_order": 7}])]
+    )
     with h5py.File(cache, "r") as f:
         v = f["videos"]
         np.testing.assert_array_equal(v["label.mos"][()], [1.5, 2.5, np.nan, np.nan])
-        assert v["label.mos"].dtype == np.float64 and list(v["group.generator"].asstr()[()]) == ["", "g1", "g2", ""]
+        assert v["label.mos"].dtype == np.float64 and list(v["group.generator"].asstr()[()]) == [
+            "",
+            "g1",
+            "g2",
+            "",
+        ]
         assert v["source_order"].dtype == np.float64  # c lacks it: NaN marks the gap
         assert list(v["split"].asstr()[()]) == ["train", "test", "", ""]
     got = {r["video_id"]: r for r in FeatureCache(cache).videos()}
@@ -294,7 +361,11 @@ def test_labels_groups_and_extra_fields_are_typed_columns_and_round_trip(tmp_pat
     assert got["a"]["real"] is False and got["a"]["labels"] == {"mos": 1.5, "alignment": 3.0}
     assert got["c"]["labels"] == {} and got["c"]["groups"] == {"generator": "g2"}
     with pytest.raises(ValueError, match="mixes strings and numbers"):
-        write_shard(tmp_path / "bad.h5", [], videos=[{"video_id": "x", "k": 1}, {"video_id": "y", "k": "one"}])
+        write_shard(
+            tmp_path / "bad.h5",
+            [],
+            videos=[{"video_id": "x", "k": 1}, {"video_id": "y", "k": "one"}],
+        )
     with pytest.raises(ValueError, match="not a number or a string"):
         write_shard(tmp_path / "bad.h5", [], videos=[{"video_id": "x", "k": [1, 2]}])
 
@@ -305,12 +376,19 @@ def test_columns_and_dimension_scales_name_every_axis(tmp_path):
     assert FeatureCache(cache).group_info("clip-text").columns is None
     with h5py.File(cache, "r") as f:
         values = f["handcrafted/values"]
-        assert [values.dims[i][0].name.rsplit("/", 1)[1] for i in range(3)] == ["ids", "step", "feature"]
+        assert [values.dims[i][0].name.rsplit("/", 1)[1] for i in range(3)] == [
+            "ids",
+            "step",
+            "feature",
+        ]
         assert list(f["handcrafted/feature"].asstr()[()]) == [f"stat{i}" for i in range(6)]
         assert f["clip-text/mask"].dims[1][0].name.endswith("mask_dim1")
         assert f["videos/label.mos"].dims[0][0].name == "/videos/video_id"
     with pytest.raises(ValueError, match="columns must be 3 distinct"):
-        write_shard(tmp_path / "s.h5", [GroupData("g", "video", ["a"], [np.ones((1, 3))], columns=["x", "y"])])
+        write_shard(
+            tmp_path / "s.h5",
+            [GroupData("g", "video", ["a"], [np.ones((1, 3))], columns=["x", "y"])],
+        )
 
 
 def test_xarray_sees_named_dimensions(tmp_path):
@@ -322,7 +400,9 @@ def test_xarray_sees_named_dimensions(tmp_path):
         assert list(ds["feature"].values) == [f"stat{i}" for i in range(6)]
         assert ds["ids"].values[0] == "v00"
     with xr.open_dataset(cache, group="videos", engine="h5netcdf") as ds:
-        assert ds["label.mos"].dims == ("video_id",) and not any(d.startswith("phony") for d in ds.dims)
+        assert ds["label.mos"].dims == ("video_id",) and not any(
+            d.startswith("phony") for d in ds.dims
+        )
 
 
 # -- provenance: paths are information ---------------------------------------------------------
@@ -332,12 +412,19 @@ def test_same_weights_at_another_path_may_join_a_group_other_weights_may_not(tmp
 
     def shard(name, ids, provenance):
         rows = [rng.standard_normal((2, 3)) for _ in ids]
-        return write_shard(tmp_path / name, [GroupData("clip-frames", "video", ids, rows, provenance=provenance)])
+        return write_shard(
+            tmp_path / name, [GroupData("clip-frames", "video", ids, rows, provenance=provenance)]
+        )
 
     merge_shards(cache, [shard("sa.h5", ["a"], prov(path="/mnt/a/ViT-B-32.pt"))])
-    report = merge_shards(cache, [shard("sb.h5", ["b"], prov(path="/scratch/other/mount/ViT-B-32.pt"))])
+    report = merge_shards(
+        cache, [shard("sb.h5", ["b"], prov(path="/scratch/other/mount/ViT-B-32.pt"))]
+    )
     assert report.added == {"clip-frames": 1}
-    assert FeatureCache(cache).group_info("clip-frames").provenance["config"]["weights"] == "/mnt/a/ViT-B-32.pt"
+    assert (
+        FeatureCache(cache).group_info("clip-frames").provenance["config"]["weights"]
+        == "/mnt/a/ViT-B-32.pt"
+    )
     with pytest.raises(ProvenanceMismatchError, match="weights: 'sha256:abab"):
         merge_shards(cache, [shard("sc.h5", ["c"], prov(weights="sha256:" + "cd" * 32))])
 
@@ -350,8 +437,19 @@ def test_every_provenance_check_ignores_the_weights_path_but_not_the_weights(tmp
 
     cache = tmp_path / "c.h5"
     rows = [np.ones((2, 3))]
-    merge_shards(cache, [write_shard(tmp_path / "s.h5", [GroupData("clip-frames", "video", ["a"], rows,
-                                                                  provenance=prov(path="/mnt/a/w.pt"))])])
+    merge_shards(
+        cache,
+        [
+            write_shard(
+                tmp_path / "s.h5",
+                [
+                    GroupData(
+                        "clip-frames", "video", ["a"], rows, provenance=prov(path="/mnt/a/w.pt")
+                    )
+                ],
+            )
+        ],
+    )
     check_provenance(cache, {"clip-frames": prov(path="/home/me/weights/clip-frames/w.pt")})
     with pytest.raises(ProvenanceMismatchError, match="weights"):
         check_provenance(cache, {"clip-frames": prov(weights="sha256:" + "cd" * 32)})
@@ -366,7 +464,7 @@ def test_the_readme_snippets_for_outside_readers_run(tmp_path, monkeypatch):
 
     pytest.importorskip("pandas")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### The feature cache, for outside readers"):]
+    section = readme[readme.index("### The feature cache, for outside readers") :]
     snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
     assert len(snippets) == 2 and "h5py" in snippets[0] and "xarray" in snippets[1]
     cache = small_cache(tmp_path / "feats.h5")
@@ -375,9 +473,16 @@ def test_the_readme_snippets_for_outside_readers_run(tmp_path, monkeypatch):
     exec(compile(snippets[0], "README.md", "exec"), scope)  # noqa: S102 - our own documentation
     table = scope["table"]
     assert list(table.index) == [f"v{i:02d}" for i in range(10)]
-    assert "stat0" in table.columns and "label.mos" in table.columns and table["source_order"].iloc[0] == 9
+    assert (
+        "stat0" in table.columns
+        and "label.mos" in table.columns
+        and table["source_order"].iloc[0] == 9
+    )
     expected = FeatureCache(cache).read("handcrafted")
-    pooled = [expected.arrays["handcrafted"][i, :n].mean(0) for i, n in enumerate(expected.lengths["handcrafted"])]
+    pooled = [
+        expected.arrays["handcrafted"][i, :n].mean(0)
+        for i, n in enumerate(expected.lengths["handcrafted"])
+    ]
     np.testing.assert_allclose(table[[f"stat{i}" for i in range(6)]].to_numpy(), pooled, rtol=1e-5)
     if all(__import__("importlib").util.find_spec(m) for m in ("xarray", "h5netcdf")):
         exec(compile(snippets[1], "README.md", "exec"), scope)  # noqa: S102

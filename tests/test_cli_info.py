@@ -18,18 +18,41 @@ def small_cache(tmp_path):
     rng = np.random.default_rng(0)
     ids = [f"vid{i}" for i in range(4)]
     frames = GroupData(
-        "clip-frames", "video", ids,
+        "clip-frames",
+        "video",
+        ids,
         [rng.standard_normal((t, 16)) for t in (3, 8, 8, 5)],
-        provenance={"extractor": "clip-frames", "config": {"arch": "ViT-B-32"},
-                    "view": {"n": 8, "size": 224}, "weights": "RANDOM-INIT"},
+        provenance={
+            "extractor": "clip-frames",
+            "config": {"arch": "ViT-B-32"},
+            "view": {"n": 8, "size": 224},
+            "weights": "RANDOM-INIT",
+        },
     )
     text = GroupData(
-        "clip-text", "prompt", ["p0", "p1"], [rng.standard_normal((77, 16)) for _ in range(2)],
+        "clip-text",
+        "prompt",
+        ["p0", "p1"],
+        [rng.standard_normal((77, 16)) for _ in range(2)],
         extras={"pooled": [rng.standard_normal(16) for _ in range(2)]},
-        provenance={"extractor": "clip-text", "config": {"arch": "ViT-B-32"}, "view": None, "weights": SHA},
+        provenance={
+            "extractor": "clip-text",
+            "config": {"arch": "ViT-B-32"},
+            "view": None,
+            "weights": SHA,
+        },
     )
-    videos = [{"video_id": v, "path": f"{v}.mp4", "prompt": "a dog", "prompt_id": f"p{i % 2}",
-               "labels": {"mos": 1.5 + i}, "groups": {"generator": "gen-a"}} for i, v in enumerate(ids)]
+    videos = [
+        {
+            "video_id": v,
+            "path": f"{v}.mp4",
+            "prompt": "a dog",
+            "prompt_id": f"p{i % 2}",
+            "labels": {"mos": 1.5 + i},
+            "groups": {"generator": "gen-a"},
+        }
+        for i, v in enumerate(ids)
+    ]
     failures = [Failure("vid9", "clip-frames", "DecodeError: moov atom not found\nTraceback ...")]
     shard = write_shard(tmp_path / "shard.h5", [frames, text], failures, videos)
     cache = tmp_path / "cache.h5"
@@ -41,10 +64,18 @@ def test_info_prints_groups_shapes_and_random_init_warning(small_cache, capsys):
     assert main(["info", str(small_cache)]) == 0
     out = capsys.readouterr().out
     assert str(small_cache) in out and f"format {FORMAT_VERSION}, checksummed" in out
-    frames_line = next(line for line in out.splitlines() if line.strip().startswith("clip-frames") and "video" in line)
+    frames_line = next(
+        line
+        for line in out.splitlines()
+        if line.strip().startswith("clip-frames") and "video" in line
+    )
     assert frames_line.split()[:6] == ["clip-frames", "video", "4", "8", "16", "float16"]
     assert "3/6.5/8" in frames_line  # lengths min/median/max
-    text_line = next(line for line in out.splitlines() if line.strip().startswith("clip-text") and "prompt" in line)
+    text_line = next(
+        line
+        for line in out.splitlines()
+        if line.strip().startswith("clip-text") and "prompt" in line
+    )
     assert text_line.split()[:6] == ["clip-text", "prompt", "2", "77", "16", "float16"]
     assert "sha256:cdcd" in text_line
     assert "clip-frames: WEIGHTS: RANDOM-INIT (not a real model)" in out
@@ -60,8 +91,15 @@ def test_info_json_is_machine_readable(small_cache, capsys):
     assert main(["info", "--json", str(small_cache)]) == 0
     data = json.loads(capsys.readouterr().out)
     by_name = {g["name"]: g for g in data["groups"]}
-    assert by_name["clip-frames"]["random_init"] is True and by_name["clip-text"]["random_init"] is False
-    assert (by_name["clip-text"]["n"], by_name["clip-text"]["t_max"], by_name["clip-text"]["dim"]) == (2, 77, 16)
+    assert (
+        by_name["clip-frames"]["random_init"] is True
+        and by_name["clip-text"]["random_init"] is False
+    )
+    assert (
+        by_name["clip-text"]["n"],
+        by_name["clip-text"]["t_max"],
+        by_name["clip-text"]["dim"],
+    ) == (2, 77, 16)
     assert by_name["clip-text"]["provenance"]["weights"] == SHA
     assert data["videos"] == 4 and data["failures"]["count"] == 1
     assert data["labels"]["mos"] == {"count": 4, "min": 1.5, "max": 4.5}
@@ -103,14 +141,24 @@ def test_info_piped_into_head_ends_quietly(tmp_path):
     import sys
     from pathlib import Path
 
-    failures = [Failure(f"vid{i:05d}", "clip-frames", "DecodeError: " + "x" * 120) for i in range(3000)]
+    failures = [
+        Failure(f"vid{i:05d}", "clip-frames", "DecodeError: " + "x" * 120) for i in range(3000)
+    ]
     shard = write_shard(tmp_path / "shard.h5", [], failures, [])
     cache = tmp_path / "cache.h5"
     merge_shards(cache, [shard])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    writer = subprocess.Popen([sys.executable, "-m", "aigvqa.pipeline.cli", "info", str(cache),
-                               "--failures", "3000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "aigvqa.pipeline.cli", "info", str(cache), "--failures", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
     writer.stdout.close()  # only head reads it now
     first_line, _ = head.communicate(timeout=120)

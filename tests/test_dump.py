@@ -17,7 +17,10 @@ RNG = np.random.default_rng(0)
 VIDEO_IDS = ["b", "a", "c"]  # stored out of order on purpose: exports sort by id
 LENGTHS = {"b": 3, "a": 1, "c": 2}
 FRAMES = {v: RNG.normal(size=(LENGTHS[v], 4)).astype(np.float32) for v in VIDEO_IDS}
-PROMPTS = {"p1": RNG.normal(size=(2, 3)).astype(np.float32), "p2": RNG.normal(size=(1, 3)).astype(np.float32)}
+PROMPTS = {
+    "p1": RNG.normal(size=(2, 3)).astype(np.float32),
+    "p2": RNG.normal(size=(1, 3)).astype(np.float32),
+}
 POOLED = {"p1": np.array([1.0, 2.0], np.float32), "p2": np.array([3.0, 4.0], np.float32)}
 PROMPT_OF = {"a": "p1", "b": "p1", "c": "p2"}
 
@@ -29,15 +32,34 @@ def cache(tmp_path) -> Path:
     shard = write_shard(
         tmp_path / "shard.h5",
         [
-            GroupData("frames", "video", VIDEO_IDS, [FRAMES[v] for v in VIDEO_IDS],
-                      provenance={"extractor": "frames"}),
-            GroupData("text", "prompt", list(PROMPTS), list(PROMPTS.values()),
-                      extras={"pooled": list(POOLED.values())}, provenance={"extractor": "text"}),
+            GroupData(
+                "frames",
+                "video",
+                VIDEO_IDS,
+                [FRAMES[v] for v in VIDEO_IDS],
+                provenance={"extractor": "frames"},
+            ),
+            GroupData(
+                "text",
+                "prompt",
+                list(PROMPTS),
+                list(PROMPTS.values()),
+                extras={"pooled": list(POOLED.values())},
+                provenance={"extractor": "text"},
+            ),
         ],
         [Failure("d", "*", "DecodeError: d.mp4: the file is empty")],
-        [{"video_id": v, "path": f"{v}.mp4", "prompt": f"text {PROMPT_OF[v]}",
-          "prompt_id": PROMPT_OF[v], "labels": {"mos": i + 0.5}, "groups": {"generator": "g"}}
-         for i, v in enumerate(VIDEO_IDS)],
+        [
+            {
+                "video_id": v,
+                "path": f"{v}.mp4",
+                "prompt": f"text {PROMPT_OF[v]}",
+                "prompt_id": PROMPT_OF[v],
+                "labels": {"mos": i + 0.5},
+                "groups": {"generator": "g"},
+            }
+            for i, v in enumerate(VIDEO_IDS)
+        ],
         dtype="float32",
     )
     path = tmp_path / "feats.h5"
@@ -62,7 +84,7 @@ def test_npy_dump_writes_values_lengths_ids_and_extras_per_group(cache, tmp_path
     for row, video in enumerate(ids):
         assert lengths[row] == LENGTHS[video]
         np.testing.assert_array_equal(values[row, : lengths[row]], FRAMES[video])
-        assert not values[row, lengths[row]:].any()  # zero padding
+        assert not values[row, lengths[row] :].any()  # zero padding
 
     # prompt-keyed group: one row per prompt, as stored, and a video -> prompt map
     assert list(np.load(out / "text.ids.npy")) == ["p1", "p2"]
@@ -109,8 +131,21 @@ def test_dump_refuses_unknown_groups_formats_and_file_outputs(cache, tmp_path):
 def test_cli_dump(cache, tmp_path, capsys):
     from aigvqa.pipeline.cli import main
 
-    assert main(["dump", str(cache), "--format", "npy", "--out", str(tmp_path / "o"),
-                 "--groups", "text"]) == 0
+    assert (
+        main(
+            [
+                "dump",
+                str(cache),
+                "--format",
+                "npy",
+                "--out",
+                str(tmp_path / "o"),
+                "--groups",
+                "text",
+            ]
+        )
+        == 0
+    )
     assert "text (2 prompt rows)" in capsys.readouterr().out
     assert (tmp_path / "o" / "text.values.npy").exists()
     assert not (tmp_path / "o" / "frames.values.npy").exists()
@@ -123,7 +158,9 @@ def test_expand_prompts_gives_one_row_per_video(cache, tmp_path):
     report = dump(cache, out, format="npy", groups=["text"], expand_prompts=True)
     assert report.rows == {"text": 3} and not (out / "video_prompt.csv").exists()
     assert list(np.load(out / "text.ids.npy")) == ["a", "b", "c"]
-    np.testing.assert_array_equal(np.load(out / "text.pooled.npy"), [POOLED[PROMPT_OF[v]] for v in "abc"])
+    np.testing.assert_array_equal(
+        np.load(out / "text.pooled.npy"), [POOLED[PROMPT_OF[v]] for v in "abc"]
+    )
     dump(cache, tmp_path / "csv", format="csv", groups=["text"])
     rows = read_csv(tmp_path / "csv" / "text.csv")
     assert [r["prompt_id"] for r in rows] == ["p1", "p2"]
@@ -132,10 +169,20 @@ def test_expand_prompts_gives_one_row_per_video(cache, tmp_path):
 def _half_cache(tmp_path: Path, failures=()) -> Path:
     rng = np.random.default_rng(1)
     values = [rng.normal(size=(2, 3)).astype(np.float16) for _ in range(2)]
-    group = GroupData("stats", "video", ["x", "y"], values, provenance={"extractor": "stats"},
-                      columns=["sharpness", "noise", "flicker"])
-    shard = write_shard(tmp_path / "half.shard.h5", [group], failures,
-                        [{"video_id": v, "labels": {"mos": 1.0}, "source_order": i} for i, v in enumerate("xy")])
+    group = GroupData(
+        "stats",
+        "video",
+        ["x", "y"],
+        values,
+        provenance={"extractor": "stats"},
+        columns=["sharpness", "noise", "flicker"],
+    )
+    shard = write_shard(
+        tmp_path / "half.shard.h5",
+        [group],
+        failures,
+        [{"video_id": v, "labels": {"mos": 1.0}, "source_order": i} for i, v in enumerate("xy")],
+    )
     merge_shards(tmp_path / "half.h5", [shard])
     return tmp_path / "half.h5"
 
@@ -145,7 +192,11 @@ def test_float16_stays_float16_unless_widened_and_columns_name_the_csv_header(tm
     dump(cache, tmp_path / "keep")
     kept = np.load(tmp_path / "keep" / "stats.values.npy")
     assert kept.dtype == np.float16  # was doubled to float32
-    assert (tmp_path / "keep" / "stats.columns.txt").read_text().split() == ["sharpness", "noise", "flicker"]
+    assert (tmp_path / "keep" / "stats.columns.txt").read_text().split() == [
+        "sharpness",
+        "noise",
+        "flicker",
+    ]
     dump(cache, tmp_path / "wide", dtype="float32")
     wide = np.load(tmp_path / "wide" / "stats.values.npy")
     assert wide.dtype == np.float32 and np.array_equal(wide, kept.astype(np.float32))
@@ -154,8 +205,12 @@ def test_float16_stays_float16_unless_widened_and_columns_name_the_csv_header(tm
     assert list(rows[0])[:3] == ["video_id", "stats.t0.sharpness", "stats.t0.noise"]
     assert np.float16(rows[0]["stats.t1.flicker"]) == kept[0, 1, 2]  # float16 text round trip
     dump(cache, tmp_path / "mean", format="csv")
-    assert list(read_csv(tmp_path / "mean" / "stats.csv")[0]) == ["video_id", "stats.sharpness", "stats.noise",
-                                                                  "stats.flicker"]
+    assert list(read_csv(tmp_path / "mean" / "stats.csv")[0]) == [
+        "video_id",
+        "stats.sharpness",
+        "stats.noise",
+        "stats.flicker",
+    ]
     videos = read_csv(tmp_path / "csv" / "videos.csv")
     assert [v["source_order"] for v in videos] == ["0", "1"]  # extra per-video fields travel too
     with pytest.raises(AigvqaError, match="unknown dump dtype"):

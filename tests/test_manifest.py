@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from aigvqa.errors import AigvqaError, ManifestError
 from aigvqa.pipeline.manifest import read_manifest, write_manifest_csv
-from aigvqa.pipeline.records import VideoRecord, prompt_key
+from aigvqa.pipeline.records import VideoRecord, file_sha256, prompt_key
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -318,12 +319,24 @@ def test_missing_columns_and_files_name_the_fix(folder):
 # -- writing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt, suffix, body", [
-    ("csv", ".csv", "video_id,path,prompt,mos\na,videos/a.mp4,plain,3\nb,videos/b.mp4,un caf\u00e9 cr\u00e8me,4\n"),
-    ("jsonl", ".jsonl", '{"id": "a", "video": "videos/a.mp4", "mos": 3}\n'
-                        '{"id": "b", "video": "videos/b.mp4", "caption": "cr\u00e8me", "mos": 4}\n'),
-    ("t2vqa", ".txt", "a.mp4|plain|3\nb.mp4|un caf\u00e9|4\n"),
-])
+@pytest.mark.parametrize(
+    "fmt, suffix, body",
+    [
+        (
+            "csv",
+            ".csv",
+            "video_id,path,prompt,mos\na,videos/a.mp4,plain,3\n"
+            "b,videos/b.mp4,un caf\u00e9 cr\u00e8me,4\n",
+        ),
+        (
+            "jsonl",
+            ".jsonl",
+            '{"id": "a", "video": "videos/a.mp4", "mos": 3}\n'
+            '{"id": "b", "video": "videos/b.mp4", "caption": "cr\u00e8me", "mos": 4}\n',
+        ),
+        ("t2vqa", ".txt", "a.mp4|plain|3\nb.mp4|un caf\u00e9|4\n"),
+    ],
+)
 def test_a_latin1_manifest_names_the_line_and_the_expected_encoding(folder, fmt, suffix, body):
     manifest = folder / f"m{suffix}"
     manifest.write_bytes(body.encode("latin-1"))
@@ -343,7 +356,19 @@ def test_extract_cli_names_the_line_and_takes_an_encoding(folder, capsys):
 
     manifest = folder / "m.csv"
     manifest.write_bytes("video_id,path,prompt\na,videos/a.mp4,caf\u00e9\n".encode("latin-1"))
-    assert main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(folder / "c.h5")]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                str(manifest),
+                "--extractors",
+                "handcrafted",
+                "--cache",
+                str(folder / "c.h5"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "line 2" in err and "--encoding latin-1" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
@@ -379,3 +404,12 @@ def test_write_manifest_csv_round_trips(folder):
     path = write_manifest_csv(records, folder / "out" / "manifest.csv")
     assert "../videos/a.mp4" in path.read_text()  # portable: relative to the manifest
     assert read_manifest(path) == records
+
+
+def test_file_sha256_is_the_digest_of_every_byte_and_follows_changes(tmp_path):
+    path = tmp_path / "features.bin"
+    data = bytes(range(256)) * 5000  # over 1 MiB: more than one read block
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1] + b"x")  # same size, last byte changed: a fresh digest
+    assert file_sha256(str(path)) == hashlib.sha256(data[:-1] + b"x").hexdigest()

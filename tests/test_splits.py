@@ -54,7 +54,9 @@ def test_videval_splits_are_train_test_split_with_ceil_8_8_i():
     splits = videval_splits(1200, trials=100)
     assert len(splits) == 100
     for i in (1, 5, 37, 100):
-        train, test = train_test_split(np.arange(1200), test_size=0.2, random_state=math.ceil(8.8 * i))
+        train, test = train_test_split(
+            np.arange(1200), test_size=0.2, random_state=math.ceil(8.8 * i)
+        )
         s = splits[i - 1]
         np.testing.assert_array_equal(s.train, train)  # same rows in the same order
         np.testing.assert_array_equal(s.test, test)

@@ -70,14 +70,23 @@ def readme_command(prefix: str) -> list[str]:
 def konvid_cache(tmp_path_factory):
     mat, meta = DATA / "KONVID_1K_VIDEVAL_feats.mat", DATA / "KONVID_1K_metadata.csv"
     if not (mat.exists() and meta.exists()):
-        pytest.skip(f"VIDEVAL KoNViD-1k features not found in {DATA} (the shared data folder is absent)")
+        pytest.skip(
+            f"VIDEVAL KoNViD-1k features not found in {DATA} (the shared data folder is absent)"
+        )
     folder = tmp_path_factory.mktemp("konvid")
     argv = readme_command("aigvqa import-features $VIDEVAL/KONVID_1K")
-    argv = [a.replace("$VIDEVAL", str(DATA)).replace("konvid.h5", str(folder / "konvid.h5")) for a in argv]
+    argv = [
+        a.replace("$VIDEVAL", str(DATA)).replace("konvid.h5", str(folder / "konvid.h5"))
+        for a in argv
+    ]
     assert main(argv) == 0
     with open(meta, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return folder / "konvid.h5", [r["flickr_id"] for r in rows], np.array([float(r["mos"]) for r in rows])
+    return (
+        folder / "konvid.h5",
+        [r["flickr_id"] for r in rows],
+        np.array([float(r["mos"]) for r in rows]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +110,9 @@ def readme_run(konvid_cache, tmp_path_factory):
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main([*argv, "--trials", str(splits), "--per-trial", "--out", str(out), "--quiet"])
+            code = main(
+                [*argv, "--trials", str(splits), "--per-trial", "--out", str(out), "--quiet"]
+            )
     finally:
         mp.undo()
     assert code == 0, stderr.getvalue()
@@ -113,7 +124,9 @@ def test_readme_command_splits_the_metadata_rows_as_videval(konvid_cache, readme
     result, ids, printed, errors, _ = readme_run
     assert ids == metadata_ids  # rows in the metadata file's order, not the cache's id order
     for i, trial in enumerate(result.trials, start=1):
-        train, test = train_test_split(range(len(metadata_ids)), test_size=0.2, random_state=math.ceil(8.8 * i))
+        train, test = train_test_split(
+            range(len(metadata_ids)), test_size=0.2, random_state=math.ceil(8.8 * i)
+        )
         assert [ids[r] for r in trial.train] == [metadata_ids[r] for r in train]
         assert [ids[r] for r in trial.test] == [metadata_ids[r] for r in test]
         assert trial.seed == math.ceil(6.6 * i)
@@ -121,19 +134,25 @@ def test_readme_command_splits_the_metadata_rows_as_videval(konvid_cache, readme
     assert result.fallbacks() == {"logistic_fallback": 0, "poly3_fallback": 0}
     # one table, a few notes and the columns' legend: no flood
     table, legend = printed.split("What the columns mean:")
-    assert "Warning" not in errors and len(table.splitlines()) < 20 and len(legend.splitlines()) < 12
+    assert (
+        "Warning" not in errors and len(table.splitlines()) < 20 and len(legend.splitlines()) < 12
+    )
 
 
 def test_readme_command_reproduces_the_recorded_and_published_medians(readme_run):
     result, _, printed, _, _ = readme_run
     srcc, plcc = result.median("srcc"), result.median("plcc_logistic")
-    print(f"\nVIDEVAL KoNViD-1k, {len(result.trials)} splits: SRCC {srcc:.4f} PLCC {plcc:.4f} "
-          f"(published {PUBLISHED_SRCC} / {PUBLISHED_PLCC})")
+    print(
+        f"\nVIDEVAL KoNViD-1k, {len(result.trials)} splits: SRCC {srcc:.4f} PLCC {plcc:.4f} "
+        f"(published {PUBLISHED_SRCC} / {PUBLISHED_PLCC})"
+    )
     assert f"{srcc:.4f} ± " in printed
     if len(result.trials) == 100:
         assert srcc == pytest.approx(RECORDED_100["srcc"], abs=2e-3)
         assert plcc == pytest.approx(RECORDED_100["plcc_logistic"], abs=2e-3)
-        assert srcc == pytest.approx(PUBLISHED_SRCC, abs=0.01) and plcc == pytest.approx(PUBLISHED_PLCC, abs=0.01)
+        assert srcc == pytest.approx(PUBLISHED_SRCC, abs=0.01) and plcc == pytest.approx(
+            PUBLISHED_PLCC, abs=0.01
+        )
     elif len(result.trials) == 8:
         assert srcc == pytest.approx(RECORDED_FIRST_8["srcc"], abs=2e-3)
         assert plcc == pytest.approx(RECORDED_FIRST_8["plcc_logistic"], abs=2e-3)
@@ -154,15 +173,22 @@ def _videval_choice(X, y, i):
     the RMSE of the mapped predictions; the first (C, gamma) with the lowest RMSE."""
     train, _ = train_test_split(range(len(y)), test_size=0.2, random_state=math.ceil(8.8 * i))
     X_train, y_train = X[train], y[train]
-    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=0.2, random_state=math.ceil(6.6 * i))
+    X_fit, X_val, y_fit, y_val = train_test_split(
+        X_train, y_train, test_size=0.2, random_state=math.ceil(6.6 * i)
+    )
     scaler = MinMaxScaler().fit(X_fit)
     X_fit, X_val = scaler.transform(X_fit), scaler.transform(X_val)
     best, best_rmse = None, np.inf
     for C in np.logspace(1, 10, 10, base=2):
         for gamma in np.logspace(-8, 1, 10, base=2):
             pred = SVR(kernel="rbf", C=C, gamma=gamma).fit(X_fit, y_fit).predict(X_val)
-            popt, _ = curve_fit(_videval_logistic, pred, y_val, p0=[np.max(y_val), np.min(y_val), np.mean(pred), 0.5],
-                                maxfev=100000)
+            popt, _ = curve_fit(
+                _videval_logistic,
+                pred,
+                y_val,
+                p0=[np.max(y_val), np.min(y_val), np.mean(pred), 0.5],
+                maxfev=100000,
+            )
             rmse = np.sqrt(np.mean((y_val - _videval_logistic(pred, *popt)) ** 2))
             if rmse < best_rmse:
                 best, best_rmse = (C, gamma), rmse
@@ -187,6 +213,9 @@ def test_logistic_rmse_selection_picks_videvals_pair(konvid_cache, readme_run):
 def test_readme_numbers_are_the_recorded_run():
     """The README shows what the recorded 100-split run printed."""
     readme = (ROOT / "README.md").read_text()
-    medians = re.findall(r"\| mos \| (0\.\d{4}) ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| "
-                         r"(0\.\d{4}) ± ", readme)
+    medians = re.findall(
+        r"\| mos \| (0\.\d{4}) ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| "
+        r"(0\.\d{4}) ± ",
+        readme,
+    )
     assert (f"{RECORDED_100['srcc']:.4f}", f"{RECORDED_100['plcc_logistic']:.4f}") in medians

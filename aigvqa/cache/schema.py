@@ -193,7 +193,9 @@ _ROW_KEYS = frozenset((*VIDEO_CORE, "labels", "groups"))
 def _check_name(kind: str, name: str, video_id: str) -> str:
     name = str(name)
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"video {video_id!r}: invalid {kind} name {name!r} (not empty, no '/', no leading '.')")
+        raise ValueError(
+            f"video {video_id!r}: invalid {kind} name {name!r} (not empty, no '/', no leading '.')"
+        )
     return name
 
 
@@ -224,8 +226,12 @@ def video_row(video: Any) -> dict[str, Any]:
     if not video_id:
         raise ValueError(f"video row without a video_id: {video!r}")
     video_id = str(video_id)
-    labels = {_check_name("label", k, video_id): float(v) for k, v in dict(get("labels") or {}).items()}
-    groups = {_check_name("group", k, video_id): str(v) for k, v in dict(get("groups") or {}).items()}
+    labels = {
+        _check_name("label", k, video_id): float(v) for k, v in dict(get("labels") or {}).items()
+    }
+    groups = {
+        _check_name("group", k, video_id): str(v) for k, v in dict(get("groups") or {}).items()
+    }
     prompt_id = get("prompt_id") or groups.get("prompt") or ""
     row = {
         "video_id": video_id,
@@ -241,16 +247,28 @@ def video_row(video: Any) -> dict[str, Any]:
                 continue
             name = _check_name("field", key, video_id)
             if name.startswith((LABEL_PREFIX, GROUP_PREFIX)):
-                raise ValueError(f"video {video_id!r}: field name {name!r} is reserved (labels / groups columns)")
+                raise ValueError(
+                    f"video {video_id!r}: field name {name!r} is reserved (labels / groups columns)"
+                )
             row[name] = _field_value(name, value, video_id)
     return row
 
 
 def field_kind(name: str, values: Sequence[Any]) -> str:
-    """"bool" | "int" | "float" | "str" of a field's present values (mixing numbers and
+    """ "bool" | "int" | "float" | "str" of a field's present values (mixing numbers and
     strings is refused; ints mixed with floats are floats)."""
-    kinds = {("str" if isinstance(v, str) else "bool" if isinstance(v, bool)
-              else "int" if isinstance(v, int) else "float") for v in values}
+    kinds = {
+        (
+            "str"
+            if isinstance(v, str)
+            else "bool"
+            if isinstance(v, bool)
+            else "int"
+            if isinstance(v, int)
+            else "float"
+        )
+        for v in values
+    }
     if "str" in kinds and len(kinds) > 1:
         raise ValueError(f"videos field {name!r} mixes strings and numbers across rows")
     if len(kinds) == 1:
@@ -334,8 +352,18 @@ def is_random_init(provenance: Mapping) -> bool:
     )
 
 
-FEATURE_PACKAGES = ("aigvqa", "numpy", "h5py", "torch", "torchvision", "open_clip_torch",
-                    "transformers", "timm", "pytorchvideo", "av")
+FEATURE_PACKAGES = (
+    "aigvqa",
+    "numpy",
+    "h5py",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "transformers",
+    "timm",
+    "pytorchvideo",
+    "av",
+)
 """Packages that shape feature values: what a cache records."""
 MODEL_PACKAGES = ("aigvqa", "numpy", "scikit-learn", "torch", "lightgbm", "skops", "safetensors")
 """Packages that shape a fitted head and its files: what a model bundle records."""
@@ -394,7 +422,9 @@ def attrs_digest(attrs: h5py.AttributeManager) -> str:
         if name == ATTRS_DIGEST or name in HDF5_ATTRS:
             continue
         digest.update(name.encode("utf-8") + b"\0")
-        digest.update(json.dumps(_plain(attrs[name]), sort_keys=True, default=str).encode("utf-8") + b"\0")
+        digest.update(
+            json.dumps(_plain(attrs[name]), sort_keys=True, default=str).encode("utf-8") + b"\0"
+        )
     return digest.hexdigest()
 
 

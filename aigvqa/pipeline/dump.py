@@ -148,7 +148,11 @@ class _Group:
             self.ids = sorted(reader.ids(name))
         self.id_column = "prompt_id" if self.by_prompt else "video_id"
         dim = info.dim
-        self.columns = list(info.columns) if info.columns and len(info.columns) == dim else [str(d) for d in range(dim)]
+        self.columns = (
+            list(info.columns)
+            if info.columns and len(info.columns) == dim
+            else [str(d) for d in range(dim)]
+        )
 
     def read(self, ids: list[str]):
         if self.by_prompt:
@@ -175,7 +179,9 @@ def _dump_npy(group: _Group, out: Path, chunk_rows: int) -> list[Path]:
     lengths_path = out / f"{name}.lengths.npy"
     ids_path = out / f"{name}.ids.npy"
     value_dtype = group.dtype or np.dtype(info.dtype)
-    values = np.lib.format.open_memmap(values_path, mode="w+", dtype=value_dtype, shape=(n, t_max, dim))
+    values = np.lib.format.open_memmap(
+        values_path, mode="w+", dtype=value_dtype, shape=(n, t_max, dim)
+    )
     lengths = np.zeros(n, dtype=np.int64)
     extras: dict[str, np.memmap] = {}
     row = 0
@@ -189,7 +195,10 @@ def _dump_npy(group: _Group, out: Path, chunk_rows: int) -> list[Path]:
             array = group.cast(array)
             if extra not in extras:
                 extras[extra] = np.lib.format.open_memmap(
-                    out / f"{name}.{extra}.npy", mode="w+", dtype=array.dtype, shape=(n, *array.shape[1:])
+                    out / f"{name}.{extra}.npy",
+                    mode="w+",
+                    dtype=array.dtype,
+                    shape=(n, *array.shape[1:]),
                 )
             extras[extra][row : row + k] = array
         row += k
@@ -225,7 +234,11 @@ def _dump_csv(group: _Group, out: Path, pool: str, chunk_rows: int) -> Path:
                 valid = values[i, : lengths[i]]
                 if pool == "mean":
                     # the mean of float16 values is taken in float64, then written in full
-                    cells = [_fmt(x) for x in valid.astype(np.float64).mean(axis=0)] if len(valid) else [""] * dim
+                    cells = (
+                        [_fmt(x) for x in valid.astype(np.float64).mean(axis=0)]
+                        if len(valid)
+                        else [""] * dim
+                    )
                 else:
                     cells = [_fmt(x) for x in valid.reshape(-1)]
                     cells += [""] * (t_max * dim - len(cells))
@@ -237,7 +250,11 @@ def _fmt(x) -> str:
     """The shortest text that reads back as the same number in its own dtype (float16,
     float32 or float64 alike)."""
     if isinstance(x, np.floating):
-        return np.format_float_positional(x, unique=True, trim="-") if np.isfinite(x) else str(float(x))
+        return (
+            np.format_float_positional(x, unique=True, trim="-")
+            if np.isfinite(x)
+            else str(float(x))
+        )
     return repr(float(x))
 
 

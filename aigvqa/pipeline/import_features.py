@@ -32,7 +32,6 @@ rows of the metadata file in that order, and ``evaluate`` uses it for them.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from aigvqa.errors import AigvqaError
+from aigvqa.pipeline.records import file_sha256
 
 
 class ImportFeaturesError(AigvqaError, ValueError):
@@ -64,19 +64,16 @@ class ForeignFeatures:
     def provenance(self) -> dict:
         return {
             "extractor": "imported",
-            "config": {"file": self.source.name if self.source else None, "variable": self.variable},
+            "config": {
+                "file": self.source.name if self.source else None,
+                "variable": self.variable,
+            },
             "view": None,
-            "weights": f"imported from {self.source.name if self.source else '?'} sha256 {self.sha256}",
+            "weights": (
+                f"imported from {self.source.name if self.source else '?'} sha256 {self.sha256}"
+            ),
             "sha256": self.sha256,
         }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -122,7 +119,10 @@ def read_id_table(
     header, rows = _read_csv_table(path)
     id_col = _column(path, header, id_column, "id") if id_column else 0
     ids = [row[id_col].strip() for row in rows]
-    labels = {name: _floats(path, rows, _column(path, header, name, "label"), name) for name in label_columns}
+    labels = {
+        name: _floats(path, rows, _column(path, header, name, "label"), name)
+        for name in label_columns
+    }
     groups = {
         name: [row[c].strip() for row in rows]
         for name in group_columns
@@ -161,22 +161,35 @@ def read_feature_file(
         id_name = id_column or header[0]
         id_col = _column(path, header, id_name, "id")
         ids = [row[id_col].strip() for row in rows]
-        labels = {n: _floats(path, rows, _column(path, header, n, "label"), n) for n in label_columns}
-        groups = {n: [row[_column(path, header, n, "group")].strip() for row in rows] for n in group_columns}
+        labels = {
+            n: _floats(path, rows, _column(path, header, n, "label"), n) for n in label_columns
+        }
+        groups = {
+            n: [row[_column(path, header, n, "group")].strip() for row in rows]
+            for n in group_columns
+        }
         taken = {id_name, *label_columns, *group_columns}
         names = feature_columns or [h for h in header if h not in taken]
         if not names:
-            raise ImportFeaturesError(f"{path}: no feature columns left after the id/label/group columns")
-        values = np.stack([_floats(path, rows, _column(path, header, n, "feature"), n) for n in names], axis=1)
+            raise ImportFeaturesError(
+                f"{path}: no feature columns left after the id/label/group columns"
+            )
+        values = np.stack(
+            [_floats(path, rows, _column(path, header, n, "feature"), n) for n in names], axis=1
+        )
     else:
-        raise ImportFeaturesError(f"{path}: import-features reads .mat, .npy or .csv files, not {suffix!r}")
+        raise ImportFeaturesError(
+            f"{path}: import-features reads .mat, .npy or .csv files, not {suffix!r}"
+        )
     values = np.asarray(values)
     if values.dtype.kind not in "fiub":
         raise ImportFeaturesError(f"{path}: features must be numeric, got dtype {values.dtype}")
     if values.ndim == 2:
         values = values[:, None, :]
     if values.ndim != 3:
-        raise ImportFeaturesError(f"{path}: expected an [N, D] or [N, T, D] matrix, got shape {values.shape}")
+        raise ImportFeaturesError(
+            f"{path}: expected an [N, D] or [N, T, D] matrix, got shape {values.shape}"
+        )
     return ForeignFeatures(
         ids=ids,
         values=values.astype(np.float64),
@@ -198,7 +211,9 @@ def _read_mat(path: Path, variable: str | None) -> tuple[np.ndarray, str]:
             f"{path}: a MATLAB v7.3 (HDF5) file; re-save it with `save(..., '-v7')` or export the "
             "matrix to .npy"
         ) from err
-    matrices = {k: v for k, v in contents.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+    matrices = {
+        k: v for k, v in contents.items() if not k.startswith("__") and isinstance(v, np.ndarray)
+    }
     if variable is None:
         if len(matrices) != 1:
             raise ImportFeaturesError(
@@ -228,7 +243,9 @@ def load_foreign_features(
     ``label_columns``: columns to take as labels, or {column: label name} to rename them."""
     if nan not in ("zero", "error"):
         raise ValueError(f"nan must be 'zero' or 'error', got {nan!r}")
-    renames = dict(label_columns) if isinstance(label_columns, Mapping) else {c: c for c in label_columns}
+    renames = (
+        dict(label_columns) if isinstance(label_columns, Mapping) else {c: c for c in label_columns}
+    )
     label_columns = list(renames)
     path = Path(path)
     in_file = path.suffix.lower() == ".csv" and ids_from is None
@@ -257,11 +274,19 @@ def load_foreign_features(
         )
     names = list(renames.values())
     if len(set(names)) != len(names):
-        raise ImportFeaturesError(f"label names {names} repeat; give each label column its own name")
+        raise ImportFeaturesError(
+            f"label names {names} repeat; give each label column its own name"
+        )
     feats.labels = {renames[col]: values for col, values in feats.labels.items()}
-    duplicates = sorted({i for i in feats.ids if feats.ids.count(i) > 1}) if len(set(feats.ids)) != len(feats.ids) else []
+    duplicates = (
+        sorted({i for i in feats.ids if feats.ids.count(i) > 1})
+        if len(set(feats.ids)) != len(feats.ids)
+        else []
+    )
     if duplicates:
-        raise ImportFeaturesError(f"{ids_from or path}: duplicate video ids {duplicates[:5]}; ids must be unique")
+        raise ImportFeaturesError(
+            f"{ids_from or path}: duplicate video ids {duplicates[:5]}; ids must be unique"
+        )
     if subset and any(v is not None for v in subset.values()):
         feats = select_rows(feats, **subset)
     bad = ~np.isfinite(feats.values)
@@ -302,7 +327,9 @@ def parse_rows(text: str | Iterable[int] | None, what: str) -> list[int] | None:
     try:
         rows = [int(t) for t in tokens]
     except ValueError as err:
-        raise ImportFeaturesError(f"{what}: {text[:60]!r} is not a list of 1-based row numbers (e.g. 3,6,10)") from err
+        raise ImportFeaturesError(
+            f"{what}: {text[:60]!r} is not a list of 1-based row numbers (e.g. 3,6,10)"
+        ) from err
     return rows
 
 
@@ -326,8 +353,8 @@ def select_rows(
         unknown = [i for i in ids if i not in position]
         if unknown:
             raise ImportFeaturesError(
-                f"{len(unknown)} id(s) of the {'keep' if wanted else 'drop'} list are not in the file "
-                f"(first: {unknown[:5]}); the list must name ids of this file's --id-column"
+                f"{len(unknown)} id(s) of the {'keep' if wanted else 'drop'} list are not in the "
+                f"file (first: {unknown[:5]}); the list must name ids of this file's --id-column"
             )
         listed = np.zeros(n, dtype=bool)
         listed[[position[i] for i in ids]] = True
@@ -338,7 +365,9 @@ def select_rows(
         rows = list(rows)
         bad = [r for r in rows if not 1 <= r <= n]
         if bad:
-            raise ImportFeaturesError(f"row numbers {bad[:5]} are outside 1..{n} (rows are 1-based)")
+            raise ImportFeaturesError(
+                f"row numbers {bad[:5]} are outside 1..{n} (rows are 1-based)"
+            )
         listed = np.zeros(n, dtype=bool)
         listed[np.asarray(rows, dtype=int) - 1] = True
         keep &= listed if wanted else ~listed
@@ -401,8 +430,9 @@ def import_features(
 ) -> ImportReport:
     """Import a foreign feature file into cache group ``group`` (see the module docstring).
 
-    Labels, groups and each video's ``source_order`` go to the cache's videos table. A video the cache already knows
-    keeps its path, prompt and other labels: imported labels are added to them.
+    Labels, groups and each video's ``source_order`` go to the cache's videos table. A video
+    the cache already knows keeps its path, prompt and other labels: imported labels are
+    added to them.
     Re-importing the same file is a no-op (ids already cached are skipped) unless
     ``overwrite``; importing a *different* file into an existing group is refused by the
     cache (its provenance differs) unless ``overwrite``.
@@ -411,10 +441,20 @@ def import_features(
 
     cache = Path(cache)
     feats = load_foreign_features(
-        file, variable=variable, ids_from=ids_from, id_column=id_column, feature_columns=feature_columns,
+        file,
+        variable=variable,
+        ids_from=ids_from,
+        id_column=id_column,
+        feature_columns=feature_columns,
         label_columns=label_columns if isinstance(label_columns, Mapping) else list(label_columns),
-        group_columns=list(group_columns), nan=nan,
-        subset={"keep_ids": keep_ids, "drop_ids": drop_ids, "keep_rows": keep_rows, "drop_rows": drop_rows},
+        group_columns=list(group_columns),
+        nan=nan,
+        subset={
+            "keep_ids": keep_ids,
+            "drop_ids": drop_ids,
+            "keep_rows": keep_rows,
+            "drop_rows": drop_rows,
+        },
     )
     rows = np.arange(len(feats.ids)) if feats.rows is None else feats.rows
     known = {v["video_id"]: v for v in FeatureCache(cache).videos()} if cache.exists() else {}
@@ -442,5 +482,14 @@ def import_features(
         merge = merge_shards(cache, [shard], overwrite=overwrite, remove_shards=True)
     finally:
         shard.unlink(missing_ok=True)
-    return ImportReport(cache, group, len(feats.ids), feats.values.shape[2], feats.values.shape[1],
-                        sorted(feats.labels), feats.replaced_nonfinite, merge, feats.dropped)
+    return ImportReport(
+        cache,
+        group,
+        len(feats.ids),
+        feats.values.shape[2],
+        feats.values.shape[1],
+        sorted(feats.labels),
+        feats.replaced_nonfinite,
+        merge,
+        feats.dropped,
+    )

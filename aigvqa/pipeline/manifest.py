@@ -440,7 +440,9 @@ def read_manifest(
     try:
         codecs.lookup(encoding)
     except LookupError as err:
-        raise ManifestError(f"{path}: unknown text encoding {encoding!r} (e.g. 'utf-8', 'latin-1', 'cp1252')") from err
+        raise ManifestError(
+            f"{path}: unknown text encoding {encoding!r} (e.g. 'utf-8', 'latin-1', 'cp1252')"
+        ) from err
     text = _read_text(path, encoding)
     fmt = _detect_format(path, text) if fmt == "auto" else fmt
     if fmt not in FORMATS:

@@ -1,7 +1,9 @@
-"""The unit every manifest reader produces and every stage-one task consumes."""
+"""The unit every manifest reader produces and every stage-one task consumes, and the
+identities of inputs: a prompt's key, a file's sha256."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,15 @@ class VideoRecord:
 
 def prompt_key(text: str) -> str:
     """A stable id for a prompt text when the manifest gives none."""
-    import hashlib
-
     return "p-" + hashlib.sha1(text.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (bounded memory), computed
+    afresh on every call: the identity an imported feature file or a bundle's files are
+    recorded under."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -57,9 +57,15 @@ class TrainingData:
         """These rows, in this order (X, y, groups and source order together)."""
         rows = np.asarray(rows, dtype=np.int64)
         return TrainingData(
-            self.cache, self.X[rows], self.y[rows], self.label_names,
-            {k: np.asarray(v)[rows] for k, v in self.groups.items()}, self.provenance, self.cache_groups,
-            self.dropped, None if self.source_order is None else self.source_order[rows],
+            self.cache,
+            self.X[rows],
+            self.y[rows],
+            self.label_names,
+            {k: np.asarray(v)[rows] for k, v in self.groups.items()},
+            self.provenance,
+            self.cache_groups,
+            self.dropped,
+            None if self.source_order is None else self.source_order[rows],
         )
 
     @property
@@ -85,7 +91,9 @@ def _split_names(value: str | Sequence[str] | None) -> list[str] | None:
     return names or None
 
 
-def featureset_from_cache(data, provenance: Mapping[str, Mapping[str, Any]] | None = None) -> FeatureSet:
+def featureset_from_cache(
+    data, provenance: Mapping[str, Mapping[str, Any]] | None = None
+) -> FeatureSet:
     """A ``CacheData`` (``FeatureCache.read``) as a FeatureSet, named as the module says.
 
     ``provenance`` (cache group -> its provenance) adds the named column ranges of groups
@@ -133,11 +141,14 @@ def load_training_data(
     missing = [g for g in wanted if g not in available]
     if missing:
         raise TrainingDataError(
-            f"cache {cache} has no group(s) {', '.join(missing)} (it has {', '.join(available) or 'none'}); "
-            f"pick from those with --features, or extract them with `aigvqa extract ... --cache {cache}`"
+            f"cache {cache} has no group(s) {', '.join(missing)} "
+            f"(it has {', '.join(available) or 'none'}); pick from those with --features, "
+            f"or extract them with `aigvqa extract ... --cache {cache}`"
         )
     if not wanted:
-        raise TrainingDataError(f"cache {cache} holds no feature groups; run `aigvqa extract` first")
+        raise TrainingDataError(
+            f"cache {cache} holds no feature groups; run `aigvqa extract` first"
+        )
     data = store.read(wanted)
     provenance = {g: store.group_info(g).provenance for g in wanted}
     label_names = _split_names(labels) or sorted(data.labels)
@@ -150,10 +161,15 @@ def load_training_data(
         absent = [name for name in label_names if name not in data.labels]
         if absent:
             raise TrainingDataError(
-                f"cache {cache} has no label(s) {', '.join(absent)}; it has {', '.join(sorted(data.labels)) or 'none'}"
+                f"cache {cache} has no label(s) {', '.join(absent)}; "
+                f"it has {', '.join(sorted(data.labels)) or 'none'}"
             )
     X = featureset_from_cache(data, provenance)
-    y = np.column_stack([data.labels.get(n, np.full(len(X), math.nan)) for n in label_names]) if label_names else np.zeros((len(X), 0))
+    y = (
+        np.column_stack([data.labels.get(n, np.full(len(X), math.nan)) for n in label_names])
+        if label_names
+        else np.zeros((len(X), 0))
+    )
     dropped: list[str] = []
     if require_labels:
         keep = np.isfinite(y).all(axis=1)
@@ -169,11 +185,22 @@ def load_training_data(
         groups = dict(data.groups)
     known = {v["video_id"]: v.get("source_order", -1) for v in store.videos()}
     order = np.array([known.get(i, -1) for i in X.ids], dtype=np.int64)
-    return TrainingData(cache, X, y, label_names, groups, provenance, wanted, dropped,
-                        order if (order >= 0).any() else None)
+    return TrainingData(
+        cache,
+        X,
+        y,
+        label_names,
+        groups,
+        provenance,
+        wanted,
+        dropped,
+        order if (order >= 0).any() else None,
+    )
 
 
-def read_row_order(path: str | Path, column: str | None = None, ids: Sequence[str] | None = None) -> list[str]:
+def read_row_order(
+    path: str | Path, column: str | None = None, ids: Sequence[str] | None = None
+) -> list[str]:
     """Video ids in the row order of a CSV (e.g. VIDEVAL's metadata file). ``column`` names
     the id column; without it, the first column holding every id of ``ids`` (or the first
     column) is used."""
@@ -190,17 +217,28 @@ def read_row_order(path: str | Path, column: str | None = None, ids: Sequence[st
     header = [h.strip() for h in rows[0]]
     if column is not None:
         if column not in header:
-            raise TrainingDataError(f"--order-from {path}: no column {column!r}; columns are {header}")
+            raise TrainingDataError(
+                f"--order-from {path}: no column {column!r}; columns are {header}"
+            )
         index = header.index(column)
     else:
         wanted = set(ids or ())
-        holding = [j for j in range(len(header)) if wanted and wanted <= {r[j].strip() for r in rows[1:] if j < len(r)}]
+        holding = [
+            j
+            for j in range(len(header))
+            if wanted and wanted <= {r[j].strip() for r in rows[1:] if j < len(r)}
+        ]
         index = holding[0] if holding else 0
     return [r[index].strip() for r in rows[1:] if index < len(r)]
 
 
-def order_rows(data: TrainingData, order_from: str | Path | None = None, order_column: str | None = None,
-               *, source_order: bool = True) -> tuple[TrainingData, str]:
+def order_rows(
+    data: TrainingData,
+    order_from: str | Path | None = None,
+    order_column: str | None = None,
+    *,
+    source_order: bool = True,
+) -> tuple[TrainingData, str]:
     """``data`` with its rows in a file's row order, and a sentence saying which order it is.
 
     ``order_from``: a CSV listing the videos (its id column: ``order_column`` or found);
@@ -213,21 +251,31 @@ def order_rows(data: TrainingData, order_from: str | Path | None = None, order_c
         missing = [vid for vid in data.ids if vid not in position]
         if missing:
             raise TrainingDataError(
-                f"--order-from {order_from}: {len(missing)} video(s) of {data.cache} are not listed "
-                f"(first: {missing[:3]}); give the metadata file the features were imported with "
-                "(and --order-column if its ids are not in the first column)"
+                f"--order-from {order_from}: {len(missing)} video(s) of {data.cache} are not "
+                f"listed (first: {missing[:3]}); give the metadata file the features were "
+                "imported with (and --order-column if its ids are not in the first column)"
             )
         rows = sorted(range(len(data.ids)), key=lambda r: position[data.ids[r]])
         return data.take(rows), f"rows in the row order of {Path(order_from).name}"
     if source_order and data.source_order is not None and (data.source_order >= 0).all():
         rows = np.argsort(data.source_order, kind="stable")
-        return data.take(rows), "rows in the imported file's row order (recorded by import-features)"
-    return data, ("rows in video-id order: the cache records no source row order for every video; "
-                  "pass --order-from METADATA.csv to split over a metadata file's rows")
+        return data.take(
+            rows
+        ), "rows in the imported file's row order (recorded by import-features)"
+    return data, (
+        "rows in video-id order: the cache records no source row order for every video; "
+        "pass --order-from METADATA.csv to split over a metadata file's rows"
+    )
 
 
-def build_head(name: str | None, config: str | Path | None = None, params: Mapping[str, Any] | None = None,
-               *, default_name: str | None = None, defaults: Callable[[str, dict], dict] | None = None):
+def build_head(
+    name: str | None,
+    config: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    default_name: str | None = None,
+    defaults: Callable[[str, dict], dict] | None = None,
+):
     """A head from its name, a TOML config and explicit parameters (these win).
 
     ``default_name``: the head when neither ``name`` nor the config names one;
@@ -238,19 +286,24 @@ def build_head(name: str | None, config: str | Path | None = None, params: Mappi
 
     config_name, config_params = load_head_config(config)
     if name and config_name and name != config_name:
-        raise TrainingDataError(f"--head {name} contradicts head = {config_name!r} in {config}; drop one")
+        raise TrainingDataError(
+            f"--head {name} contradicts head = {config_name!r} in {config}; drop one"
+        )
     name = name or config_name or default_name
     if not name:
-        raise TrainingDataError("name a head with --head (or `head = \"...\"` in the --config file)")
+        raise TrainingDataError('name a head with --head (or `head = "..."` in the --config file)')
     merged = {**config_params, **(params or {})}
     if defaults is not None:
         merged = defaults(name, merged)
     from_config = getattr(get_head_class(name), "from_config", None)
     try:
-        return name, (from_config(merged) if from_config is not None else create_head(name, **merged))
+        return name, (
+            from_config(merged) if from_config is not None else create_head(name, **merged)
+        )
     except TypeError as err:
         raise TrainingDataError(
-            f"head {name!r} does not take these parameters ({err}); check {config or 'the parameters'}"
+            f"head {name!r} does not take these parameters ({err}); "
+            f"check {config or 'the parameters'}"
         ) from err
 
 
