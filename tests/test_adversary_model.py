@@ -20,20 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _score_helpers import EXTRACTORS, in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.demo import make_demo_dataset
 from aigvqa.pipeline.extract import extract
 from aigvqa.pipeline.model import score as score_module
 from aigvqa.pipeline.model.bundle import BUNDLE_JSON, Bundle, BundleError, load_bundle, save_bundle
 from aigvqa.pipeline.model.score import ScoreError, score, score_videos
 from aigvqa.pipeline.model.train import train
 
-EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
 PROVENANCE = {"handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32}, "view": None, "weights": None}}
 
 
@@ -245,23 +244,14 @@ def test_scoring_finds_the_recorded_checkpoint_by_name_and_never_by_the_trainers
 # -- scoring ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with in_process_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, client):
     """An SVR bundle trained on six demo videos (and their cache); six other videos."""
-    root = tmp_path_factory.mktemp("adversary")
-    _, videos = make_demo_dataset(root / "train", 6, size=32, seconds=1.0, progress=False)
-    train_cache = root / "train.h5"
-    train_records = [v.record(root / "train") for v in videos]
-    extract(train_records, EXTRACTORS, train_cache, client=client, progress=False)
-    model, _ = train(train_cache, "svr", root / "model", labels="overall,alignment")
-    _, new = make_demo_dataset(root / "new", 6, size=32, seconds=1.0, seed=1, progress=False)
-    return root, model, train_cache, train_records, [v.record(root / "new") for v in new]
+    return trained_model(tmp_path_factory.mktemp("adversary"), client)
 
 
 def _rows(path: Path) -> dict[str, dict]:

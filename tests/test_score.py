@@ -8,37 +8,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _score_helpers import in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
-from aigvqa.pipeline.demo import make_demo_dataset
 from aigvqa.pipeline.extract import extract
 from aigvqa.pipeline.model import score as score_module
 from aigvqa.pipeline.model.bundle import Bundle
 from aigvqa.pipeline.model.score import ScoreError, score
-from aigvqa.pipeline.model.train import train
-
-EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with in_process_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, client):
     """Six labelled videos with their cache and an SVR bundle; eight videos to score, two bad."""
-    root = tmp_path_factory.mktemp("score")
-    _, videos = make_demo_dataset(root / "train", 6, size=32, seconds=1.0, progress=False)
-    train_cache = root / "train.h5"
-    extract([v.record(root / "train") for v in videos], EXTRACTORS, train_cache, client=client, progress=False)
-    model, _ = train(train_cache, "svr", root / "model", labels="overall,alignment")
-
-    _, new = make_demo_dataset(root / "new", 6, size=32, seconds=1.0, seed=1, progress=False)
-    records = [v.record(root / "new") for v in new]
+    root, model, train_cache, _, records = trained_model(tmp_path_factory.mktemp("score"), client)
     broken = root / "new" / "broken.mp4"
     broken.write_bytes(b"this is not a video")
     records.append(replace(records[0], video_id="broken", path=broken))
