@@ -49,23 +49,74 @@ LABEL_NAMES = ("overall", "static_quality", "temporal_quality", "alignment")
 SCENES = (
     ("a red ball rolling across a green field", "circle", (220, 40, 40), (60, 150, 60), "right"),
     ("a yellow square sliding down a blue wall", "square", (240, 220, 40), (40, 70, 170), "down"),
-    ("a white diamond drifting through a night sky", "diamond", (245, 245, 245), (20, 20, 50), "diagonal"),
-    ("an orange circle bouncing on a grey floor", "circle", (250, 140, 20), (120, 120, 120), "bounce"),
+    (
+        "a white diamond drifting through a night sky",
+        "diamond",
+        (245, 245, 245),
+        (20, 20, 50),
+        "diagonal",
+    ),
+    (
+        "an orange circle bouncing on a grey floor",
+        "circle",
+        (250, 140, 20),
+        (120, 120, 120),
+        "bounce",
+    ),
     ("a purple square gliding over desert sand", "square", (140, 50, 170), (210, 180, 120), "left"),
     ("a cyan ball orbiting in a dark room", "circle", (40, 220, 220), (35, 30, 30), "orbit"),
     ("a black diamond falling onto snow", "diamond", (15, 15, 15), (235, 235, 240), "down"),
     ("a pink square rising through pale water", "square", (240, 110, 170), (120, 180, 210), "up"),
     ("a green ball crossing a red carpet", "circle", (40, 200, 70), (150, 30, 40), "left"),
-    ("a blue diamond circling over a yellow meadow", "diamond", (30, 60, 220), (220, 210, 90), "orbit"),
-    ("a brown square zigzagging across a white table", "square", (120, 70, 30), (230, 230, 220), "zigzag"),
-    ("a magenta ball swinging in front of a teal curtain", "circle", (220, 40, 200), (30, 120, 120), "swing"),
+    (
+        "a blue diamond circling over a yellow meadow",
+        "diamond",
+        (30, 60, 220),
+        (220, 210, 90),
+        "orbit",
+    ),
+    (
+        "a brown square zigzagging across a white table",
+        "square",
+        (120, 70, 30),
+        (230, 230, 220),
+        "zigzag",
+    ),
+    (
+        "a magenta ball swinging in front of a teal curtain",
+        "circle",
+        (220, 40, 200),
+        (30, 120, 120),
+        "swing",
+    ),
 )
 
 # Mean severity (blur, noise, flicker, drops in [0, 1]) and event probabilities per fake generator.
 GENERATOR_PROFILES = {
-    "gen-alpha": {"blur": 0.15, "noise": 0.15, "flicker": 0.70, "drops": 0.15, "swap": 0.30, "mismatch": 0.10},
-    "gen-beta": {"blur": 0.70, "noise": 0.40, "flicker": 0.15, "drops": 0.35, "swap": 0.10, "mismatch": 0.30},
-    "gen-gamma": {"blur": 0.20, "noise": 0.70, "flicker": 0.30, "drops": 0.70, "swap": 0.20, "mismatch": 0.20},
+    "gen-alpha": {
+        "blur": 0.15,
+        "noise": 0.15,
+        "flicker": 0.70,
+        "drops": 0.15,
+        "swap": 0.30,
+        "mismatch": 0.10,
+    },
+    "gen-beta": {
+        "blur": 0.70,
+        "noise": 0.40,
+        "flicker": 0.15,
+        "drops": 0.35,
+        "swap": 0.10,
+        "mismatch": 0.30,
+    },
+    "gen-gamma": {
+        "blur": 0.20,
+        "noise": 0.70,
+        "flicker": 0.30,
+        "drops": 0.70,
+        "swap": 0.20,
+        "mismatch": 0.20,
+    },
 }
 
 MAX_BLUR_SIGMA = 2.5
@@ -90,10 +141,12 @@ class DemoVideo:
     truth: dict[str, float] = field(default_factory=dict)
     labels: dict[str, float] = field(default_factory=dict)
 
-
     def record(self, root: Path) -> VideoRecord:
         return VideoRecord(
-            self.video_id, Path(root) / self.path, self.prompt, dict(self.labels),
+            self.video_id,
+            Path(root) / self.path,
+            self.prompt,
+            dict(self.labels),
             {"prompt": self.prompt_id, "generator": self.generator},
         )
 
@@ -121,7 +174,10 @@ def rate(truth: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
 
 
 def _draw_distortions(profile: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
-    d = {k: float(np.clip(profile[k] + rng.uniform(-0.3, 0.3), 0.0, 1.0)) for k in ("blur", "noise", "flicker", "drops")}
+    d = {
+        k: float(np.clip(profile[k] + rng.uniform(-0.3, 0.3), 0.0, 1.0))
+        for k in ("blur", "noise", "flicker", "drops")
+    }
     d["swap"] = float(rng.random() < profile["swap"])
     d["mismatch"] = float(rng.random() < profile["mismatch"])
     return d
@@ -232,9 +288,9 @@ def make_demo_dataset(
     """Render the demo videos into ``out_dir/videos`` and write ``out_dir/manifest.csv``.
 
     The manifest is a generic CSV manifest (``write_manifest_csv``: video_id, path, prompt,
-    ``mos_<label>`` per label of ``LABEL_NAMES``, prompt_id, generator); ``out_dir/distortions.jsonl``
-    records the drawn severities and noiseless truths of every video. Returns the manifest
-    path and the videos.
+    ``mos_<label>`` per label of ``LABEL_NAMES``, prompt_id, generator);
+    ``out_dir/distortions.jsonl`` records the drawn severities and noiseless truths of every
+    video. Returns the manifest path and the videos.
     """
     from tqdm.auto import tqdm
 
@@ -251,14 +307,18 @@ def make_demo_dataset(
     rng = np.random.default_rng(seed)
     num_frames = max(int(round(seconds * fps)), 4)
     videos: list[DemoVideo] = []
-    for i in tqdm(range(num_videos), desc="rendering demo videos", unit="video", disable=not progress):
+    for i in tqdm(
+        range(num_videos), desc="rendering demo videos", unit="video", disable=not progress
+    ):
         prompt_index = i // len(generators) % num_prompts
         generator = generators[i % len(generators)]
         d = _draw_distortions(GENERATOR_PROFILES[generator], rng)
         others = [s for s in range(len(SCENES)) if s != prompt_index]
         scene = int(rng.choice(others)) if d["mismatch"] else prompt_index
         swap_scene = int(rng.choice([s for s in others if s != scene]))
-        frames = render_video(scene, d, size=size, num_frames=num_frames, swap_scene=swap_scene, rng=rng)
+        frames = render_video(
+            scene, d, size=size, num_frames=num_frames, swap_scene=swap_scene, rng=rng
+        )
         video_id = f"demo{i:03d}"
         path = video_dir / f"{video_id}{ext}"
         write_video(path, frames, fps)
@@ -315,7 +375,15 @@ class DemoSettings:
     @classmethod
     def make(cls, videos: int = 36, quick: bool = False, seed: int = 0) -> DemoSettings:
         if quick:
-            return cls(videos=videos, size=64, seconds=2.0, trials=3, clip_frames=4, mlp_epochs=20, seed=seed)
+            return cls(
+                videos=videos,
+                size=64,
+                seconds=2.0,
+                trials=3,
+                clip_frames=4,
+                mlp_epochs=20,
+                seed=seed,
+            )
         return cls(videos=videos, seed=seed)
 
     def extractors(self) -> dict[str, dict]:
@@ -330,10 +398,22 @@ class DemoSettings:
         """Display name -> (registered head, parameters): two classical heads, one deep head."""
         return {
             "svr": ("svr", {"features": ["handcrafted"], "search": "standard"}),
-            "lightgbm": ("lightgbm", {"features": ["handcrafted", "clip-frames"], "n_estimators": 100,
-                                      "min_child_samples": 3}),
-            "mlp": ("mlp", {"features": ["handcrafted", "clip-frames"], "hidden": 64,
-                            "epochs": self.mlp_epochs}),
+            "lightgbm": (
+                "lightgbm",
+                {
+                    "features": ["handcrafted", "clip-frames"],
+                    "n_estimators": 100,
+                    "min_child_samples": 3,
+                },
+            ),
+            "mlp": (
+                "mlp",
+                {
+                    "features": ["handcrafted", "clip-frames"],
+                    "hidden": 64,
+                    "epochs": self.mlp_epochs,
+                },
+            ),
         }
 
 
@@ -374,24 +454,46 @@ def run_demo(
     echo(RANDOM_WEIGHTS_BANNER)
 
     t = time.perf_counter()
-    echo(f"\n[1/5] rendering {settings.videos} synthetic videos ({settings.size}x{settings.size}, "
-         f"{settings.seconds:g} s) into {out / 'videos'}")
-    manifest, demo_videos = make_demo_dataset(out, settings.videos, size=settings.size, seconds=settings.seconds,
-                                              fps=settings.fps, seed=seed, progress=progress)
+    echo(
+        f"\n[1/5] rendering {settings.videos} synthetic videos ({settings.size}x{settings.size}, "
+        f"{settings.seconds:g} s) into {out / 'videos'}"
+    )
+    manifest, demo_videos = make_demo_dataset(
+        out,
+        settings.videos,
+        size=settings.size,
+        seconds=settings.seconds,
+        fps=settings.fps,
+        seed=seed,
+        progress=progress,
+    )
     timings["render"] = time.perf_counter() - t
 
     t = time.perf_counter()
     cache = out / "features.h5"
-    echo(f"\n[2/5] extracting handcrafted + RANDOM-INIT clip-frames / clip-text features into {cache}")
+    echo(
+        "\n[2/5] extracting handcrafted + RANDOM-INIT clip-frames / clip-text features into "
+        f"{cache}"
+    )
     records = [v.record(out) for v in demo_videos]
-    extracted = extract(records, settings.extractors(), cache, n_workers=n_workers, client=client,
-                        progress=progress, dashboard_address=None)
+    extracted = extract(
+        records,
+        settings.extractors(),
+        cache,
+        n_workers=n_workers,
+        client=client,
+        progress=progress,
+        dashboard_address=None,
+    )
     echo(extracted.summary())
     timings["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
     data = load_training_data(cache, labels=list(LABEL_NAMES))
-    echo(f"\n[3/5] evaluating 3 heads, split {DEMO_SPLIT}, {settings.trials} trials each, on {data.describe()}")
+    echo(
+        f"\n[3/5] evaluating 3 heads, split {DEMO_SPLIT}, {settings.trials} trials each, on "
+        f"{data.describe()}"
+    )
     results = []
     with warnings.catch_warnings():
         # a handful of test videos per trial: logistic fits often fall back; the tables count them
@@ -401,9 +503,19 @@ def run_demo(
 
         for name, params in settings.heads().values():
             _, head = build_head(name, params=params)
-            results.append(evaluate(head, data.X, data.y, data.groups, split=DEMO_SPLIT,
-                                    trials=settings.trials, seed=seed, label_names=data.label_names,
-                                    progress=progress))
+            results.append(
+                evaluate(
+                    head,
+                    data.X,
+                    data.y,
+                    data.groups,
+                    split=DEMO_SPLIT,
+                    trials=settings.trials,
+                    seed=seed,
+                    label_names=data.label_names,
+                    progress=progress,
+                )
+            )
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -418,8 +530,14 @@ def run_demo(
     fit_head(head, train_data)
     from aigvqa.pipeline.model.bundle import save_bundle
 
-    model = save_bundle(head, out / "model", train_data.provenance, train_data.X.names,
-                        train_data.label_names, head_name=name)
+    model = save_bundle(
+        head,
+        out / "model",
+        train_data.provenance,
+        train_data.X.names,
+        train_data.label_names,
+        head_name=name,
+    )
     scores_csv = out / "scores.csv"
     scores_csv.unlink(missing_ok=True)
     scored = score(records, model, scores_csv, cache=cache, progress=False)
@@ -428,7 +546,9 @@ def run_demo(
 
     t = time.perf_counter()
     echo(f"\n[5/5] writing the report to {out / 'report'}")
-    report = write_demo_report(out / "report", results, data, settings, demo_videos, best, close, timings, cache)
+    report = write_demo_report(
+        out / "report", results, data, settings, demo_videos, best, close, timings, cache
+    )
     timings["report"] = time.perf_counter() - t
     echo(f"\n{results_table(results, data.label_names)}\n")
     echo(f"What the columns mean:\n{metric_legend(m for m, _ in SUMMARY_METRICS)}\n")
@@ -439,8 +559,14 @@ def run_demo(
     return DemoResult(out, report, results, best.head, timings)
 
 
-SUMMARY_METRICS = (("srcc", "SRCC"), ("plcc_logistic", "PLCC (logistic)"), ("krcc", "KRCC"),
-                   ("rmse", "RMSE"), ("pair_acc", "pair acc (in prompt)"), ("model_srcc", "model SRCC"))
+SUMMARY_METRICS = (
+    ("srcc", "SRCC"),
+    ("plcc_logistic", "PLCC (logistic)"),
+    ("krcc", "KRCC"),
+    ("rmse", "RMSE"),
+    ("pair_acc", "pair acc (in prompt)"),
+    ("model_srcc", "model SRCC"),
+)
 
 ALIGNMENT_NOTE = (
     "Alignment the way the AIGC papers measure it needs real image-text weights, which this demo "
@@ -460,46 +586,71 @@ RANK_LABEL = "overall"
 def rank_heads(results, label: str = RANK_LABEL):
     """The result with the highest median SRCC on ``label``, and the others whose median is
     within one std (the larger of the two) of it: heads the trials cannot tell apart."""
+
     def median(r):
         return float(np.nan_to_num(r.median("srcc", label), nan=-1.0))
 
     ranked = sorted(results, key=median, reverse=True)
     best = ranked[0]
-    close = [r for r in ranked[1:]
-             if median(best) - median(r) <= max(np.nan_to_num(best.std("srcc", label)),
-                                                np.nan_to_num(r.std("srcc", label)))]
+    close = [
+        r
+        for r in ranked[1:]
+        if median(best) - median(r)
+        <= max(np.nan_to_num(best.std("srcc", label)), np.nan_to_num(r.std("srcc", label)))
+    ]
     return best, close
 
 
 def best_head_sentence(best, close, label: str = RANK_LABEL) -> str:
     """The choice of the head to train, in words that do not claim more than the trials show."""
+
     def cell(r):
         return f"{r.median('srcc', label):.3f} ± {r.std('srcc', label):.3f}"
 
-    text = f"highest median SRCC on {label}: {best.head} ({cell(best)}, median ± std over {len(best.trials)} trials)"
+    text = (
+        f"highest median SRCC on {label}: {best.head} ({cell(best)}, "
+        f"median ± std over {len(best.trials)} trials)"
+    )
     if close:
         others = ", ".join(f"{r.head} ({cell(r)})" for r in close)
         verb = "is" if len(close) == 1 else "are"
-        text += (f"; {others} {verb} within one std of it, so these trials do not tell "
-                 f"{'them' if len(close) > 1 else 'the two'} apart (a few test videos per trial): "
-                 f"{best.head} is trained because its median is highest, not because it is shown to be better")
+        text += (
+            f"; {others} {verb} within one std of it, so these trials do not tell "
+            f"{'them' if len(close) > 1 else 'the two'} apart (a few test videos per trial): "
+            f"{best.head} is trained because its median is highest, not because it is shown to be "
+            "better"
+        )
     return text
 
 
 def results_table(results, label_names) -> str:
     """Markdown: one row per head and MOS dimension, median ± std of the main metrics."""
-    lines = ["| head | dimension | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
-             "|---|---|" + "---|" * len(SUMMARY_METRICS)]
+    lines = [
+        "| head | dimension | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
+        "|---|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
     for r in results:
         for label in label_names:
-            cells = [f"{r.median(m, label):.3f} ± {r.std(m, label):.3f}" for m, _ in SUMMARY_METRICS
-                     if m in r.metric_names()]
+            cells = [
+                f"{r.median(m, label):.3f} ± {r.std(m, label):.3f}"
+                for m, _ in SUMMARY_METRICS
+                if m in r.metric_names()
+            ]
             lines.append(f"| {r.head} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_demo_report(folder: Path, results, data, settings: DemoSettings, videos: list[DemoVideo],
-                      best, close, timings: dict[str, float], cache: Path) -> Path:
+def write_demo_report(
+    folder: Path,
+    results,
+    data,
+    settings: DemoSettings,
+    videos: list[DemoVideo],
+    best,
+    close,
+    timings: dict[str, float],
+    cache: Path,
+) -> Path:
     from aigvqa.cache import FeatureCache
     from aigvqa.pipeline.evaluation.report import evaluation_plots, write_csv
 
@@ -507,16 +658,19 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
     rows = [row for r in results for row in r.rows()]
     write_csv(rows, folder / "results.csv")
     generators = np.asarray(data.groups["generator"], dtype=object)
-    plots = evaluation_plots(results, folder, color_by=generators,
-                             title=f"demo, {DEMO_SPLIT}: median over trials")
+    plots = evaluation_plots(
+        results, folder, color_by=generators, title=f"demo, {DEMO_SPLIT}: median over trials"
+    )
     bars = [p for p in plots if p.name == "srcc-plcc.png"]
     shown = bars + [p for p in plots if p.name.startswith(f"scatter-{best.head}-")]
     store = FeatureCache(cache)
     feature_rows = []
     for g in store.groups():
         info = store.group_info(g)
-        feature_rows.append(f"| {g} | {info.keyed_by} | {info.t_max} | {info.dim} | "
-                            f"{'**RANDOM-INIT**' if info.random_init else (info.weights or 'none')} |")
+        feature_rows.append(
+            f"| {g} | {info.keyed_by} | {info.t_max} | {info.dim} | "
+            f"{'**RANDOM-INIT**' if info.random_init else (info.weights or 'none')} |"
+        )
     n_prompts = len({v.prompt_id for v in videos})
     doc = (__doc__ or "").split("The demo dataset\n----------------\n", 1)[-1].strip()
     md = [
@@ -526,8 +680,9 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         "> initialised networks (nothing was downloaded). Their numbers are for plumbing only.",
         "> The `handcrafted` features (sharpness, noise, flicker, flow) are real measurements.",
         "",
-        f"{len(videos)} synthetic videos, {n_prompts} prompts x {len(GENERATOR_PROFILES)} fake generators, "
-        f"{settings.size}x{settings.size} px, {settings.seconds:g} s at {settings.fps} fps.",
+        f"{len(videos)} synthetic videos, {n_prompts} prompts x {len(GENERATOR_PROFILES)} "
+        f"fake generators, {settings.size}x{settings.size} px, "
+        f"{settings.seconds:g} s at {settings.fps} fps.",
         "",
         "## Dataset and labels",
         "",
@@ -541,10 +696,11 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         "",
         f"## Results: {DEMO_SPLIT}, {settings.trials} trials, median ± std",
         "",
-        "Prompt-disjoint 70/30 splits: no prompt of a test set is seen in training. Pair acc (in prompt) is the",
-        "fraction of one prompt's video pairs with different MOS that the prediction orders right (ties half),",
-        "averaged over the test prompts. Model-level SRCC correlates the mean",
-        "prediction and mean MOS of each generator in the test set (3 generators: a coarse number).",
+        "Prompt-disjoint 70/30 splits: no prompt of a test set is seen in training.",
+        "Pair acc (in prompt) is the fraction of one prompt's video pairs with different MOS",
+        "that the prediction orders right (ties half), averaged over the test prompts.",
+        "Model-level SRCC correlates the mean prediction and mean MOS of each generator in the",
+        "test set (3 generators: a coarse number).",
         "",
         results_table(results, data.label_names),
         "",
@@ -555,12 +711,14 @@ def write_demo_report(folder: Path, results, data, settings: DemoSettings, video
         f"Head trained for the bundle: **{best.head}**, {best_head_sentence(best, close)}.",
         "",
         "Bars: median SRCC and PLCC over trials (error bars: std); scatter: every test prediction",
-        "of every trial against its MOS, coloured by generator, with the fitted 4-parameter logistic",
-        "(not drawn where the fit would be decreasing: it would invert the ranking).",
+        "of every trial against its MOS, coloured by generator, with the fitted",
+        "4-parameter logistic (not drawn where the fit would be decreasing: it would invert",
+        "the ranking).",
         "",
         *[f"![{p.stem}]({p.name})" for p in shown],
         "",
-        "Scatter plots of the other heads: " + ", ".join(f"[{p.stem}]({p.name})" for p in plots if p not in shown),
+        "Scatter plots of the other heads: "
+        + ", ".join(f"[{p.stem}]({p.name})" for p in plots if p not in shown),
         "",
         "## Text-video alignment with real weights",
         "",

@@ -3,8 +3,8 @@ median and std over trials, model-level (per generator) correlation and, with pr
 groups, the AIGC benchmarks' ranking metrics (within-prompt pairwise accuracy, mean
 per-prompt SRCC) and the generator leaderboard's pairwise agreement.
 
-    result = evaluate(create_head("svr", search="standard"), X, y, groups={"prompt": p, "generator": g},
-                      split="prompt-disjoint", trials=10)
+    result = evaluate(create_head("svr", search="standard"), X, y,
+                      groups={"prompt": p, "generator": g}, split="prompt-disjoint", trials=10)
     print(result.table())            # markdown: median ± std per metric and dimension
     result.to_csv("results.csv")     # one row per dimension (per_trial=True: per trial too)
     result.median("srcc")            # a number, for notebooks and tests
@@ -84,8 +84,12 @@ def seeded(head, seed: int):
 
         nested = {}
         for name, base in bases:
-            base_params = (create_head(base) if isinstance(base, str) else base).get_params(deep=False)
-            nested.update({f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params})
+            base_params = (create_head(base) if isinstance(base, str) else base).get_params(
+                deep=False
+            )
+            nested.update(
+                {f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params}
+            )
         head.set_params(**nested)
     return head
 
@@ -108,7 +112,9 @@ def _labels(label_names, k: int) -> list[str]:
     return label_names
 
 
-def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None) -> dict:
+def _score(
+    Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None
+) -> dict:
     metrics = {}
     for j, label in enumerate(labels):
         with warnings.catch_warnings():
@@ -124,7 +130,9 @@ def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, 
                 m["model_srcc"], m["model_plcc"] = ml["srcc"], ml["plcc"]
             else:  # a fold of one or two generators has no model-level correlation
                 m["model_srcc"] = m["model_plcc"] = float("nan")
-            m["model_pair_acc"] = generator_rank_agreement(pred[:, j], Y_test[:, j], generators)["pair_acc"]
+            m["model_pair_acc"] = generator_rank_agreement(pred[:, j], Y_test[:, j], generators)[
+                "pair_acc"
+            ]
         metrics[label] = m
     return metrics
 
@@ -152,7 +160,9 @@ class FitInfo:
     convergence_warnings: int
 
     def __iter__(self):
-        return iter((self.best_params, self.meta_weights, self.meta_choice, self.convergence_warnings))
+        return iter(
+            (self.best_params, self.meta_weights, self.meta_choice, self.convergence_warnings)
+        )
 
 
 def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None):
@@ -173,23 +183,52 @@ def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompt
     warned += int(getattr(model, "n_convergence_warnings_", 0))
     seconds = time.perf_counter() - start
     pred = np.asarray(model.predict(X_test), dtype=np.float64).reshape(len(X_test), -1)
-    return pred, seconds, FitInfo(getattr(model, "best_params_", None), getattr(model, "meta_weights_", None),
-                                  getattr(model, "meta_choice_", None), warned)
+    return (
+        pred,
+        seconds,
+        FitInfo(
+            getattr(model, "best_params_", None),
+            getattr(model, "meta_weights_", None),
+            getattr(model, "meta_choice_", None),
+            warned,
+        ),
+    )
 
 
-def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators,
-               prompts=None, prompt_groups=None) -> TrialResult:
+def _run_trial(
+    head,
+    X: FeatureSet,
+    Y: np.ndarray,
+    split: Split,
+    labels,
+    generators,
+    prompts=None,
+    prompt_groups=None,
+) -> TrialResult:
     has_val = split.val is not None and len(split.val) > 0
     pred, seconds, best = _fit_predict(
-        head, X[split.train], Y[split.train],
-        X[split.val] if has_val else None, Y[split.val] if has_val else None,
-        X[split.test], split.seed,
+        head,
+        X[split.train],
+        Y[split.train],
+        X[split.val] if has_val else None,
+        Y[split.val] if has_val else None,
+        X[split.test],
+        split.seed,
         prompts_train=None if prompts is None else prompts[split.train],
     )
     gen = None if generators is None else generators[split.test]
     ranked = None if prompt_groups is None else prompt_groups[split.test]
-    return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
-                       _score(Y[split.test], pred, labels, gen, ranked), seconds, *best)
+    return TrialResult(
+        split.name,
+        split.seed,
+        split.train,
+        split.val,
+        split.test,
+        pred,
+        _score(Y[split.test], pred, labels, gen, ranked),
+        seconds,
+        *best,
+    )
 
 
 def _trains_trials_together(head) -> bool:
@@ -202,16 +241,23 @@ def _trains_trials_together(head) -> bool:
     return can_train_together(head)
 
 
-def _run_trials_together(head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators,
-                         prompt_groups, bar) -> list[TrialResult]:
+def _run_trials_together(
+    head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators, prompt_groups, bar
+) -> list[TrialResult]:
     from aigvqa.heads.trials import fit_trials, predict_trials
 
     def on_epoch(epoch: int, epochs: int) -> None:
         bar.set_postfix_str(f"trials together, epoch {epoch}/{epochs}")
 
     start = time.perf_counter()
-    heads = fit_trials(head, X, Y[:, 0] if Y.shape[1] == 1 else Y, [s.train for s in splits],
-                       seeds=[s.seed for s in splits], on_epoch=on_epoch)
+    heads = fit_trials(
+        head,
+        X,
+        Y[:, 0] if Y.shape[1] == 1 else Y,
+        [s.train for s in splits],
+        seeds=[s.seed for s in splits],
+        on_epoch=on_epoch,
+    )
     total = time.perf_counter() - start
     predictions = predict_trials(heads, X, [s.test for s in splits])
     results = []
@@ -219,9 +265,19 @@ def _run_trials_together(head, X: FeatureSet, Y: np.ndarray, splits: list[Split]
         pred = np.asarray(pred, dtype=np.float64).reshape(len(s.test), -1)
         gen = None if generators is None else generators[s.test]
         ranked = None if prompt_groups is None else prompt_groups[s.test]
-        results.append(TrialResult(s.name, s.seed, s.train, s.val, s.test, pred,
-                                   _score(Y[s.test], pred, labels, gen, ranked), total / len(splits),
-                                   getattr(h, "best_params_", None)))
+        results.append(
+            TrialResult(
+                s.name,
+                s.seed,
+                s.train,
+                s.val,
+                s.test,
+                pred,
+                _score(Y[s.test], pred, labels, gen, ranked),
+                total / len(splits),
+                getattr(h, "best_params_", None),
+            )
+        )
         bar.update()
     return results
 
@@ -263,10 +319,17 @@ def evaluate(
     if len(Y) != len(X):
         raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
     labels = _labels(label_names, Y.shape[1])
-    generators = None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    generators = (
+        None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    )
     prompt_groups = _prompt_groups(groups)
     prompts = None
-    if isinstance(split, str) and split.startswith("prompt-disjoint") and groups and "prompt" in groups:
+    if (
+        isinstance(split, str)
+        and split.startswith("prompt-disjoint")
+        and groups
+        and "prompt" in groups
+    ):
         prompts = np.asarray(groups["prompt"]).ravel()
     if isinstance(split, str):
         splits, split_name = make_splits(split, len(Y), groups, trials, seed), split
@@ -274,7 +337,12 @@ def evaluate(
         splits, split_name = list(split), "custom"
     name = _head_label(head)
 
-    bar = tqdm(total=len(splits), desc=f"evaluate {name} ({split_name})", disable=not progress, unit="trial")
+    bar = tqdm(
+        total=len(splits),
+        desc=f"evaluate {name} ({split_name})",
+        disable=not progress,
+        unit="trial",
+    )
     results: list[TrialResult | None] = [None] * len(splits)
     if batch_trials and len(splits) > 1 and _trains_trials_together(head):
         results = _run_trials_together(head, X, Y, splits, labels, generators, prompt_groups, bar)
@@ -283,6 +351,7 @@ def evaluate(
             results[i] = _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
             bar.update()
     else:
+
         def indexed(i, s):
             return i, _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
 
@@ -302,9 +371,12 @@ def evaluate(
             pred = np.concatenate([t.y_pred[:, j] for t in results])[order]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                result.pooled_model_level[label] = model_level_correlation(pred, Y[:, j], generators)
+                result.pooled_model_level[label] = model_level_correlation(
+                    pred, Y[:, j], generators
+                )
             result.pooled_model_level[label]["pair_acc"] = generator_rank_agreement(
-                pred, Y[:, j], generators)["pair_acc"]
+                pred, Y[:, j], generators
+            )["pair_acc"]
     return result
 
 
@@ -328,16 +400,33 @@ def cross_dataset(
         raise ValueError(f"A has {Y_a.shape[1]} MOS dimensions, B {Y_b.shape[1]}")
     labels = _labels(label_names, Y_b.shape[1])
     pred, seconds, best = _fit_predict(head, X_a, Y_a, None, None, X_b, seed)
-    gen = None if not groups_b or "generator" not in groups_b else np.asarray(groups_b["generator"]).ravel()
-    trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
-                        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)), seconds, *best)
+    gen = (
+        None
+        if not groups_b or "generator" not in groups_b
+        else np.asarray(groups_b["generator"]).ravel()
+    )
+    trial = TrialResult(
+        name,
+        seed,
+        np.arange(len(Y_a)),
+        None,
+        np.arange(len(Y_b)),
+        pred,
+        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)),
+        seconds,
+        *best,
+    )
     return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])
 
 
 def _selection_rules(estimator) -> str:
     """How the head (or each base of a stack) picks its hyper-parameters, in words."""
     bases = getattr(estimator, "estimators", None)
-    parts = [(n, b) for n, b in bases if hasattr(b, "get_params")] if isinstance(bases, list) else [("", estimator)]
+    parts = (
+        [(n, b) for n, b in bases if hasattr(b, "get_params")]
+        if isinstance(bases, list)
+        else [("", estimator)]
+    )
     words = []
     stack_tunes = getattr(estimator, "tune_bases", None) if isinstance(bases, list) else None
     for name, head in parts:
@@ -347,8 +436,11 @@ def _selection_rules(estimator) -> str:
         if params.get("search") is None:
             words.append(f"{name or _head_label(head)} does not search")
         else:
-            words.append(f"{name or _head_label(head)} searches {params['search'] if isinstance(params['search'], str) else 'a grid'}"
-                         f" ranked by {params.get('search_scoring')}")
+            words.append(
+                f"{name or _head_label(head)} searches "
+                f"{params['search'] if isinstance(params['search'], str) else 'a grid'}"
+                f" ranked by {params.get('search_scoring')}"
+            )
     return ", ".join(words)
 
 
@@ -400,8 +492,13 @@ def evaluate_cache(
     trials = trials or (chosen.trials if chosen else 10)
     data = load_training_data(cache, features, labels)
     name, estimator = build_head(
-        head, config, params, default_name=chosen.default_head if chosen else None,
-        defaults=(lambda head_name, given: protocol_params(chosen, head_name, given)) if chosen else None,
+        head,
+        config,
+        params,
+        default_name=chosen.default_head if chosen else None,
+        defaults=(lambda head_name, given: protocol_params(chosen, head_name, given))
+        if chosen
+        else None,
     )
     if test_cache is None:
         notes = []
@@ -409,18 +506,41 @@ def evaluate_cache(
             data, how = order_rows(data, order_from, order_column)
             notes.append(f"{len(data.ids)} videos, {how}.")
         if chosen is not None:
-            notes.insert(0, f"protocol {chosen.name}: {chosen.summary}; {_selection_rules(estimator)}.")
-        result = evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
-                          label_names=data.label_names, n_jobs=n_jobs, progress=progress,
-                          batch_trials=batch_trials)
+            notes.insert(
+                0, f"protocol {chosen.name}: {chosen.summary}; {_selection_rules(estimator)}."
+            )
+        result = evaluate(
+            estimator,
+            data.X,
+            data.y,
+            data.groups,
+            split=split,
+            trials=trials,
+            seed=seed,
+            label_names=data.label_names,
+            n_jobs=n_jobs,
+            progress=progress,
+            batch_trials=batch_trials,
+        )
         result.notes.extend(notes)
         return result
     test = load_training_data(test_cache, data.cache_groups, data.label_names)
     problems = provenance_problems(data.provenance, test.provenance)
     if problems:
         raise ProvenanceMismatchError(
-            f"{test_cache} holds features of another origin than {cache}: " + " | ".join(problems)
-            + f" ({cache} vs {test_cache}); extract both caches with the same extractor configs and weights"
+            f"{test_cache} holds features of another origin than {cache}: "
+            + " | ".join(problems)
+            + f" ({cache} vs {test_cache}); extract both caches with the same extractor "
+            "configs and weights"
         )
-    return cross_dataset(estimator, data.X, data.y, test.X, test.y, test.groups, label_names=data.label_names,
-                         seed=seed, name=f"{Path(cache).stem}->{Path(test_cache).stem}")
+    return cross_dataset(
+        estimator,
+        data.X,
+        data.y,
+        test.X,
+        test.y,
+        test.groups,
+        label_names=data.label_names,
+        seed=seed,
+        name=f"{Path(cache).stem}->{Path(test_cache).stem}",
+    )

@@ -18,10 +18,18 @@ MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc", "model_pair_acc")
 FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
 # Columns of the markdown table, and their headers.
 TABLE_METRICS = {
-    "srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)",
-    "plcc_poly3": "PLCC (poly3)", "rmse": "RMSE", "ntire": "NTIRE",
-    "pair_acc": "pair acc (in prompt)", "prompt_srcc": "SRCC (in prompt)",
-    "model_srcc": "model SRCC", "model_plcc": "model PLCC", "model_pair_acc": "model pair acc",
+    "srcc": "SRCC",
+    "krcc": "KRCC",
+    "plcc": "PLCC",
+    "plcc_logistic": "PLCC (logistic)",
+    "plcc_poly3": "PLCC (poly3)",
+    "rmse": "RMSE",
+    "ntire": "NTIRE",
+    "pair_acc": "pair acc (in prompt)",
+    "prompt_srcc": "SRCC (in prompt)",
+    "model_srcc": "model SRCC",
+    "model_plcc": "model PLCC",
+    "model_pair_acc": "model pair acc",
 }
 
 
@@ -124,18 +132,23 @@ class EvaluationResult:
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """label -> metric -> {"median", "std"} over trials."""
         return {
-            label: {m: {"median": self.median(m, label), "std": self.std(m, label)} for m in self.metric_names()}
+            label: {
+                m: {"median": self.median(m, label), "std": self.std(m, label)}
+                for m in self.metric_names()
+            }
             for label in self.label_names
         }
 
     # -- tables and files ---------------------------------------------------------------
     def cell(self, metric: str, label: str | None = None, digits: int = 4) -> str:
-        """"median ± std" over trials; a single trial's value alone (its std says nothing)."""
+        """ "median ± std" over trials; a single trial's value alone (its std says nothing)."""
         if len(self.trials) == 1:
             return f"{self.median(metric, label):.{digits}f}"
         return f"{self.median(metric, label):.{digits}f} ± {self.std(metric, label):.{digits}f}"
 
-    def table(self, metrics: Sequence[str] | None = None, digits: int = 4, legend: bool = True) -> str:
+    def table(
+        self, metrics: Sequence[str] | None = None, digits: int = 4, legend: bool = True
+    ) -> str:
         """Markdown: one row per MOS dimension, "median ± std" per metric (one trial: its
         value), and under it what each metric means (``legend=False``: the table only)."""
         names = [m for m in (metrics or TABLE_METRICS) if m in self.metric_names()]
@@ -161,27 +174,34 @@ class EvaluationResult:
         for label in self.label_names:
             fb = self.fallbacks(label)
             if any(fb.values()):
-                lines.append(f"\n{label}: mapping fits fell back to raw predictions in "
-                             f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials "
-                             "(the fit did not converge, had too few points or, for the logistic, came out "
-                             "decreasing, which would invert the ranking)")
+                lines.append(
+                    f"\n{label}: mapping fits fell back to raw predictions in "
+                    f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials "
+                    "(the fit did not converge, had too few points or, for the logistic, came out "
+                    "decreasing, which would invert the ranking)"
+                )
         for label in self.label_names:
             weights = self.meta_weights(label)
             if weights is not None:
                 where = f"{label}: " if len(self.label_names) > 1 else ""
                 choices = self.meta_choices(label)
                 kept = {k: v for k, v in choices.items() if k != "blend"}
-                line = (f"\n{where}meta weights, median over {len(self.trials)} trials: "
-                        + ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
+                line = (
+                    f"\n{where}meta weights, median over {len(self.trials)} trials: "
+                    + ", ".join(f"{n} {w:.3f}" for n, w in weights.items())
+                )
                 if kept:
-                    line += ("; the best single base was kept instead of the blend in "
-                             + ", ".join(f"{v} trials ({k})" for k, v in kept.items()))
+                    line += "; the best single base was kept instead of the blend in " + ", ".join(
+                        f"{v} trials ({k})" for k, v in kept.items()
+                    )
                 lines.append(line)
         warned = self.convergence_warnings()
         if warned:
-            lines.append(f"\n{warned} fits over the {len(self.trials)} trials stopped at max_iter before converging "
-                         "(scikit-learn ConvergenceWarnings, counted here instead of printed); "
-                         "a larger max_iter in the head config makes them converge")
+            lines.append(
+                f"\n{warned} fits over the {len(self.trials)} trials stopped at max_iter before "
+                "converging (scikit-learn ConvergenceWarnings, counted here instead of printed); "
+                "a larger max_iter in the head config makes them converge"
+            )
         lines += [f"\n{n}" for n in self.notes]
         if legend:
             lines += ["", "What the columns mean:", metric_legend(names)]
@@ -190,14 +210,20 @@ class EvaluationResult:
     def trial_table(self, digits: int = 4) -> str:
         """Markdown: one row per trial (and dimension): SRCC, PLCC (logistic), the chosen
         hyper-parameters and, for a stack, its meta weights."""
-        lines = ["| trial | dimension | SRCC | PLCC (logistic) | chosen hyper-parameters | meta weights |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            "| trial | dimension | SRCC | PLCC (logistic) | chosen hyper-parameters | meta "
+            "weights |",
+            "|---|---|---|---|---|---|",
+        ]
         for t in self.trials:
             for j, label in enumerate(self.label_names):
                 m = t.metrics[label]
                 weights = t.weights(j)
-                lines.append(f"| {t.name} | {label} | {m['srcc']:.{digits}f} | {m['plcc_logistic']:.{digits}f} | "
-                             f"{_compact(t.best_params)} | {_compact(weights)} |")
+                lines.append(
+                    f"| {t.name} | {label} | {m['srcc']:.{digits}f} | "
+                    f"{m['plcc_logistic']:.{digits}f} | "
+                    f"{_compact(t.best_params)} | {_compact(weights)} |"
+                )
         return "\n".join(lines)
 
     def rows(self, per_trial: bool = False) -> list[dict[str, Any]]:
@@ -207,10 +233,19 @@ class EvaluationResult:
         if per_trial:
             for t in self.trials:
                 for label in self.label_names:
-                    row = {"head": self.head, "split": self.split, "trial": t.name, "seed": t.seed,
-                           "dimension": label, "n_train": len(t.train), "n_test": len(t.test),
-                           "fit_seconds": round(t.fit_seconds, 4)}
-                    row.update({m: t.metrics[label][m] for m in (*self.metric_names(), *FALLBACK_NAMES)})
+                    row = {
+                        "head": self.head,
+                        "split": self.split,
+                        "trial": t.name,
+                        "seed": t.seed,
+                        "dimension": label,
+                        "n_train": len(t.train),
+                        "n_test": len(t.test),
+                        "fit_seconds": round(t.fit_seconds, 4),
+                    }
+                    row.update(
+                        {m: t.metrics[label][m] for m in (*self.metric_names(), *FALLBACK_NAMES)}
+                    )
                     j = self.label_names.index(label)
                     row["best_params"] = _json(t.best_params)
                     row["meta_weights"] = _json(t.weights(j))
@@ -219,7 +254,12 @@ class EvaluationResult:
                     out.append(row)
             return out
         for label in self.label_names:
-            row = {"head": self.head, "split": self.split, "trials": len(self.trials), "dimension": label}
+            row = {
+                "head": self.head,
+                "split": self.split,
+                "trials": len(self.trials),
+                "dimension": label,
+            }
             for m in self.metric_names():
                 row[f"{m}_median"] = self.median(m, label)
                 row[f"{m}_std"] = self.std(m, label)
@@ -243,7 +283,9 @@ class EvaluationResult:
         try:
             import pandas as pd
         except ImportError as err:
-            raise ImportError("to_frame needs pandas (pip install pandas); rows() / to_csv() do not") from err
+            raise ImportError(
+                "to_frame needs pandas (pip install pandas); rows() / to_csv() do not"
+            ) from err
         return pd.DataFrame(self.rows(per_trial))
 
     def predictions(self, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +296,10 @@ class EvaluationResult:
         return mos, pred
 
     def __repr__(self) -> str:
-        return f"EvaluationResult({self.head!r}, split={self.split!r}, trials={len(self.trials)}, labels={self.label_names})"
+        return (
+            f"EvaluationResult({self.head!r}, split={self.split!r}, trials={len(self.trials)}, "
+            f"labels={self.label_names})"
+        )
 
 
 def _plain(value):
@@ -279,7 +324,9 @@ def _compact(value) -> str:
     if value is None:
         return ""
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_compact(v) if isinstance(v, Mapping) else _short(v)}" for k, v in value.items())
+        return ", ".join(
+            f"{k}={_compact(v) if isinstance(v, Mapping) else _short(v)}" for k, v in value.items()
+        )
     return _short(value)
 
 

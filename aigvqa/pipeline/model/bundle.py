@@ -95,8 +95,13 @@ class Bundle:
         """Cache groups the model reads (keys of ``provenance``)."""
         return list(self.provenance)
 
-    def check_provenance(self, cache_provenance: Mapping[str, Mapping[str, Any]], source: str = "the cache",
-                         *, present_only: bool = False) -> None:
+    def check_provenance(
+        self,
+        cache_provenance: Mapping[str, Mapping[str, Any]],
+        source: str = "the cache",
+        *,
+        present_only: bool = False,
+    ) -> None:
         """Refuse features whose extractor / config / weights differ from the training ones.
 
         ``cache_provenance`` maps a cache group name to its provenance (what
@@ -115,8 +120,9 @@ class Bundle:
             raise ProvenanceMismatchError(
                 f"{where} was trained on other features than {source} holds: "
                 + " | ".join(problems)
-                + " (model vs features). Extract features with the model's extractor configs (aigvqa score does this "
-                "when given no --cache) or retrain the model on these features."
+                + " (model vs features). Extract features with the model's extractor configs "
+                "(aigvqa score does this when given no --cache) or retrain the model on these "
+                "features."
             )
 
 
@@ -172,8 +178,12 @@ def save_bundle(
     for entry in sorted(path.iterdir()):
         if entry.name in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp"):
             continue
-        replaceable = entry.suffix in _BUNDLE_SUFFIXES or (entry.name.startswith("lightgbm-") and entry.suffix == ".txt")
-        (old_files if replaceable and entry.is_file() and not entry.is_symlink() else foreign).append(entry)
+        replaceable = entry.suffix in _BUNDLE_SUFFIXES or (
+            entry.name.startswith("lightgbm-") and entry.suffix == ".txt"
+        )
+        (
+            old_files if replaceable and entry.is_file() and not entry.is_symlink() else foreign
+        ).append(entry)
     if foreign:
         raise BundleError(
             f"{path}: holds {', '.join(e.name for e in foreign)}, which are not bundle files; "
@@ -181,10 +191,14 @@ def save_bundle(
         )
     for old in old_files:
         old.unlink()
-    (path / BUNDLE_JSON).unlink(missing_ok=True)  # a crash from here on leaves no loadable half-bundle
+    (path / BUNDLE_JSON).unlink(
+        missing_ok=True
+    )  # a crash from here on leaves no loadable half-bundle
     name = head_name or _registered_name(head)
     state = _save_state(head, path)
-    written = sorted(e.name for e in path.iterdir() if e.name not in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp"))
+    written = sorted(
+        e.name for e in path.iterdir() if e.name not in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp")
+    )
     meta = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -207,12 +221,17 @@ def save_bundle(
 def _public_params(head: Any) -> dict[str, Any]:
     params = head.get_params(deep=False) if hasattr(head, "get_params") else {}
     # Nested estimators are stored in the state, not as parameters.
-    return {k: v for k, v in params.items() if not hasattr(v, "get_params") and not _is_estimator_list(v)}
+    return {
+        k: v
+        for k, v in params.items()
+        if not hasattr(v, "get_params") and not _is_estimator_list(v)
+    }
 
 
 def _is_estimator_list(value: Any) -> bool:
     return isinstance(value, list | tuple) and any(
-        hasattr(v, "get_params") or (isinstance(v, tuple) and any(hasattr(x, "get_params") for x in v))
+        hasattr(v, "get_params")
+        or (isinstance(v, tuple) and any(hasattr(x, "get_params") for x in v))
         for v in value
     )
 
@@ -232,16 +251,24 @@ def load_bundle(path: str | Path) -> Bundle:
     """
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"{path}: not a model bundle (no such folder); train one with `aigvqa train ... --out {path}`")
+        raise BundleError(
+            f"{path}: not a model bundle (no such folder); train one with `aigvqa train ... --out "
+            f"{path}`"
+        )
     root = path.resolve()  # the folder may be a link; what is inside may not
     if not (root / BUNDLE_JSON).exists() and not (root / BUNDLE_JSON).is_symlink():
-        raise BundleError(f"{path}: not a model bundle (no {BUNDLE_JSON}); train one with `aigvqa train ... --out {path}`")
+        raise BundleError(
+            f"{path}: not a model bundle (no {BUNDLE_JSON}); train one with `aigvqa train ... "
+            f"--out {path}`"
+        )
     meta_path = path / BUNDLE_JSON
     raw = _read_member(root, BUNDLE_JSON, path)
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{meta_path}: not valid JSON ({err}); the bundle is damaged, retrain it") from err
+        raise BundleError(
+            f"{meta_path}: not valid JSON ({err}); the bundle is damaged, retrain it"
+        ) from err
     _check_meta(meta, meta_path)
     blobs = _verified_files(root, path, meta["files"])
     head = _load_state(meta["state"], blobs, path)

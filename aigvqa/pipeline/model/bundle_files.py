@@ -45,7 +45,10 @@ def _str_list(value: Any) -> bool:
 
 
 def _mapping_of(kind: type) -> Any:
-    return lambda value: isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
+    return lambda value: (
+        isinstance(value, dict)
+        and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
+    )
 
 
 _META_FIELDS: dict[str, tuple[Any, str]] = {
@@ -57,8 +60,10 @@ _META_FIELDS: dict[str, tuple[Any, str]] = {
     "versions": (_mapping_of(str), "an object {package: version string}"),
     "extra": (lambda v: isinstance(v, dict), "an object"),
     "state": (lambda v: isinstance(v, dict), "an object"),
-    "files": (lambda v: _mapping_of(str)(v) and all(_SHA256.fullmatch(h) for h in v.values()),
-              "an object {file name: sha256 hex digest}"),
+    "files": (
+        lambda v: _mapping_of(str)(v) and all(_SHA256.fullmatch(h) for h in v.values()),
+        "an object {file name: sha256 hex digest}",
+    ),
 }
 _STATE_FIELDS: dict[str, tuple[Any, str]] = {
     "kind": (lambda v: isinstance(v, str), "a string"),
@@ -67,10 +72,14 @@ _STATE_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _check_fields(obj: Mapping[str, Any], fields: Mapping[str, tuple[Any, str]], where: str, meta_path: Path) -> None:
+def _check_fields(
+    obj: Mapping[str, Any], fields: Mapping[str, tuple[Any, str]], where: str, meta_path: Path
+) -> None:
     for key, (ok, what) in fields.items():
         if key not in obj:
-            raise BundleError(f"{meta_path}: '{where}{key}' is missing; the bundle is damaged, retrain it")
+            raise BundleError(
+                f"{meta_path}: '{where}{key}' is missing; the bundle is damaged, retrain it"
+            )
         if not ok(obj[key]):
             raise BundleError(
                 f"{meta_path}: '{where}{key}' must be {what}, got {type(obj[key]).__name__} "
@@ -89,7 +98,9 @@ def _check_meta(meta: Any, meta_path: Path) -> None:
         raise BundleError(f"{meta_path}: not an aigvqa bundle description")
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise BundleError(f"{meta_path}: 'format_version' must be an integer, got {_short(version)}")
+        raise BundleError(
+            f"{meta_path}: 'format_version' must be an integer, got {_short(version)}"
+        )
     if version > BUNDLE_VERSION:
         raise BundleError(
             f"{meta_path}: bundle format {version} is newer than this aigvqa reads "
@@ -97,22 +108,28 @@ def _check_meta(meta: Any, meta_path: Path) -> None:
         )
     if version < BUNDLE_VERSION:
         raise BundleError(
-            f"{meta_path}: bundle format {version} was written before bundles recorded the sha256 of "
-            "their files, so it cannot be checked before loading; retrain it with this aigvqa "
+            f"{meta_path}: bundle format {version} was written before bundles recorded the sha256 "
+            "of their files, so it cannot be checked before loading; retrain it with this aigvqa "
             "(`aigvqa train ... --out` a new folder)"
         )
     _check_fields(meta, _META_FIELDS, "", meta_path)
     state = meta["state"]
     _check_fields(state, _STATE_FIELDS, "state.", meta_path)
     if state["kind"] == "torch" and not isinstance(state.get("config"), dict):
-        raise BundleError(f"{meta_path}: 'state.config' must be an object; the bundle is damaged, retrain it")
+        raise BundleError(
+            f"{meta_path}: 'state.config' must be an object; the bundle is damaged, retrain it"
+        )
     parts = state.get("parts", [])
     if not isinstance(parts, list):
-        raise BundleError(f"{meta_path}: 'state.parts' must be a list; the bundle is damaged, retrain it")
+        raise BundleError(
+            f"{meta_path}: 'state.parts' must be a list; the bundle is damaged, retrain it"
+        )
     for i, part in enumerate(parts):
         if not isinstance(part, dict):
             raise BundleError(f"{meta_path}: 'state.parts[{i}]' must be an object")
-        _check_fields(part, {k: _STATE_FIELDS[k] for k in ("kind", "file")}, f"state.parts[{i}].", meta_path)
+        _check_fields(
+            part, {k: _STATE_FIELDS[k] for k in ("kind", "file")}, f"state.parts[{i}].", meta_path
+        )
         if part["kind"] == "torch":
             _check_fields(part, {"class": _STATE_FIELDS["class"]}, f"state.parts[{i}].", meta_path)
             if not isinstance(part.get("config"), dict):
@@ -123,15 +140,23 @@ def _check_meta(meta: Any, meta_path: Path) -> None:
         _plain_name(file, meta_path)
         if file not in meta["files"]:
             raise BundleError(
-                f"{meta_path}: the state names file {file!r}, which has no recorded sha256 in 'files'; "
-                "the bundle is damaged, retrain it"
+                f"{meta_path}: the state names file {file!r}, which has no recorded sha256 in "
+                "'files'; the bundle is damaged, retrain it"
             )
 
 
 def _plain_name(name: str, meta_path: Path) -> str:
     """A file directly inside the bundle: names with path parts would escape the folder."""
-    if not name or name in (".", "..", BUNDLE_JSON) or Path(name).name != name or "\\" in name or "\0" in name:
-        raise BundleError(f"{meta_path}: file name {name!r} points outside the bundle (or at bundle.json)")
+    if (
+        not name
+        or name in (".", "..", BUNDLE_JSON)
+        or Path(name).name != name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise BundleError(
+            f"{meta_path}: file name {name!r} points outside the bundle (or at bundle.json)"
+        )
     return name
 
 
@@ -140,7 +165,10 @@ def _read_member(root: Path, name: str, shown: Path) -> bytes:
     file = root / name
     where = shown / name
     if file.is_symlink():
-        raise BundleError(f"{where}: is a symbolic link (to {os.readlink(file)}); bundle files must be plain files")
+        raise BundleError(
+            f"{where}: is a symbolic link (to {os.readlink(file)}); bundle files must be plain "
+            "files"
+        )
     if not file.exists():
         raise BundleError(f"{where}: bundle file is missing; the bundle is incomplete, retrain it")
     if file.resolve().parent != root:
@@ -163,8 +191,9 @@ def _verified_files(root: Path, shown: Path, files: Mapping[str, str]) -> dict[s
     extra = sorted(present - set(files))
     if extra:
         raise BundleError(
-            f"{shown}: holds {', '.join(extra)}, which bundle.json does not list; a bundle folder holds "
-            "only what `aigvqa train` wrote (remove the extra files, or retrain into a new folder)"
+            f"{shown}: holds {', '.join(extra)}, which bundle.json does not list; a bundle folder "
+            "holds only what `aigvqa train` wrote (remove the extra files, or retrain into a new "
+            "folder)"
         )
     blobs = {}
     for name, expected in files.items():
@@ -172,9 +201,9 @@ def _verified_files(root: Path, shown: Path, files: Mapping[str, str]) -> dict[s
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise BundleError(
-                f"{shown / name}: sha256 {actual[:16]}... does not match the {expected[:16]}... recorded in "
-                f"{BUNDLE_JSON}: the file was changed or damaged after the bundle was saved; "
-                "refusing to parse it (retrain, or restore the original file)"
+                f"{shown / name}: sha256 {actual[:16]}... does not match the {expected[:16]}... "
+                f"recorded in {BUNDLE_JSON}: the file was changed or damaged after the bundle was "
+                "saved; refusing to parse it (retrain, or restore the original file)"
             )
         blobs[name] = data
     return blobs

@@ -58,7 +58,9 @@ def _jsonable(obj: Any) -> Any:
     try:
         return json.loads(json.dumps(obj, default=_json_default))
     except TypeError as err:
-        raise BundleError(f"head parameters are not JSON-serialisable ({err}); pass plain values") from err
+        raise BundleError(
+            f"head parameters are not JSON-serialisable ({err}); pass plain values"
+        ) from err
 
 
 def _json_default(obj: Any) -> Any:
@@ -173,8 +175,14 @@ def _trusted_class(class_path: str, where: Path) -> type:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
-        raise BundleError(f"{where}: class {class_path!r} does not exist in this aigvqa version ({err})") from err
-    if not isinstance(cls, type) or _class_path_of(cls) != class_path or not hasattr(cls, "from_state"):
+        raise BundleError(
+            f"{where}: class {class_path!r} does not exist in this aigvqa version ({err})"
+        ) from err
+    if (
+        not isinstance(cls, type)
+        or _class_path_of(cls) != class_path
+        or not hasattr(cls, "from_state")
+    ):
         raise BundleError(f"{where}: {class_path!r} is not a deep head class; refusing to load it")
     return cls
 
@@ -192,7 +200,9 @@ def _load_torch(part: Mapping[str, Any], blobs: Mapping[str, bytes], folder: Pat
     try:
         tensors = load_safetensors(blobs[part["file"]])
     except SafetensorError as err:
-        raise BundleError(f"{file}: not a safetensors file ({err}); the bundle is damaged, retrain it") from err
+        raise BundleError(
+            f"{file}: not a safetensors file ({err}); the bundle is damaged, retrain it"
+        ) from err
     try:
         return cls.from_state(part["config"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -220,7 +230,9 @@ def _load_state(state: Mapping[str, Any], blobs: Mapping[str, bytes], folder: Pa
     if kind == "torch":
         return _load_torch(state, blobs, folder)
     if kind != "skops":
-        raise BundleError(f"{folder / BUNDLE_JSON}: unknown state kind {kind!r}; written by a newer aigvqa?")
+        raise BundleError(
+            f"{folder / BUNDLE_JSON}: unknown state kind {kind!r}; written by a newer aigvqa?"
+        )
     parts = []
     for part in state.get("parts", []):
         if part["kind"] == "torch":
@@ -233,16 +245,26 @@ def _load_state(state: Mapping[str, Any], blobs: Mapping[str, bytes], folder: Pa
 
     def attach(obj: Any) -> Any:
         if isinstance(obj, str) and obj.startswith(PART_MARKER):
-            index = obj[len(PART_MARKER):]
+            index = obj[len(PART_MARKER) :]
             if not index.isdigit() or int(index) >= len(parts):
-                raise BundleError(f"{folder / state['file']}: refers to part {index!r}, which bundle.json does not list")
+                raise BundleError(
+                    f"{folder / state['file']}: refers to part {index!r}, which bundle.json does "
+                    "not list"
+                )
             return parts[int(index)]
         return _KEEP
 
     return _map_estimators(stripped, attach)
 
 
-_SKOPS_ERRORS = (zipfile.BadZipFile, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
+_SKOPS_ERRORS = (
+    zipfile.BadZipFile,
+    json.JSONDecodeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+)
 """What skops raises on a file that is not one of its archives (or a damaged one)."""
 
 
@@ -256,12 +278,16 @@ def trusted_types(data: bytes, file: Path) -> list[str]:
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except _SKOPS_ERRORS as err:
-        raise BundleError(f"{file}: not a skops file ({type(err).__name__}: {err}); the bundle is damaged, retrain it") from err
+        raise BundleError(
+            f"{file}: not a skops file ({type(err).__name__}: {err}); the bundle is damaged, "
+            "retrain it"
+        ) from err
     refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
         raise BundleError(
             f"{file}: holds types that are not trusted: {', '.join(refused)}; refusing to load it. "
-            "Only scikit-learn / numpy / scipy types and aigvqa's built-in heads are loaded from bundles."
+            "Only scikit-learn / numpy / scipy types and aigvqa's built-in heads are loaded from "
+            "bundles."
         )
     return untrusted
 
@@ -273,4 +299,7 @@ def _load_skops(data: bytes, file: Path) -> Any:
     try:
         return skops.io.loads(data, trusted=trusted)
     except _SKOPS_ERRORS as err:
-        raise BundleError(f"{file}: cannot be read as a skops file ({type(err).__name__}: {err}); the bundle is damaged, retrain it") from err
+        raise BundleError(
+            f"{file}: cannot be read as a skops file ({type(err).__name__}: {err}); the bundle is "
+            "damaged, retrain it"
+        ) from err

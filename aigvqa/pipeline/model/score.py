@@ -131,8 +131,9 @@ def score(
     from aigvqa.pipeline.extract.cluster import as_cluster_spec
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
 
-    cluster = as_cluster_spec(cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers,
-                              torch_threads=torch_threads)
+    cluster = as_cluster_spec(
+        cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers, torch_threads=torch_threads
+    )
 
     started = time.perf_counter()
     if batch_size < 1:
@@ -148,16 +149,44 @@ def score(
         columns = output_columns(bundle.label_names)
         done = read_scored(out, columns, retry_failed)
         pending = [r for r in records if r.video_id not in done]
-        report = ScoreReport(out=out, already_done=len(records) - len(pending),
-                             failed_before=sum(done.get(r.video_id) == STATUS_FAILED for r in records))
+        report = ScoreReport(
+            out=out,
+            already_done=len(records) - len(pending),
+            failed_before=sum(done.get(r.video_id) == STATUS_FAILED for r in records),
+        )
         if pending:
-            _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights,
-                           cluster, client, progress)
+            _score_pending(
+                bundle,
+                pending,
+                out,
+                columns,
+                cache,
+                work,
+                batch_size,
+                report,
+                weights,
+                cluster,
+                client,
+                progress,
+            )
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _score_pending(bundle, pending, out, columns, cache, work, batch_size, report, weights, cluster, client, progress):
+def _score_pending(
+    bundle,
+    pending,
+    out,
+    columns,
+    cache,
+    work,
+    batch_size,
+    report,
+    weights,
+    cluster,
+    client,
+    progress,
+):
     from tqdm.auto import tqdm
 
     from aigvqa.pipeline.extract.cluster import open_cluster
@@ -170,7 +199,7 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
     own_cluster = None
     try:
         for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
+            batch = pending[start : start + batch_size]
             rows: dict[str, dict[str, Any]] = {}
             cached: list[VideoRecord] = []
             to_extract: list[VideoRecord] = []
@@ -191,23 +220,36 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
             if to_extract and impossible:
                 for r in to_extract:
                     reasons = [not_cached_why[r.video_id]] if r.video_id in not_cached_why else []
-                    rows[r.video_id] = _row(r, STATUS_FAILED, error=" | ".join([*reasons, *impossible.values()]))
+                    rows[r.video_id] = _row(
+                        r, STATUS_FAILED, error=" | ".join([*reasons, *impossible.values()])
+                    )
             elif to_extract:
                 if client is None and own_cluster is None:
-                    own_cluster = open_cluster(cluster, say=(lambda line: bar.write(line, file=sys.stderr))
-                                               if progress else None)
+                    own_cluster = open_cluster(
+                        cluster,
+                        say=(lambda line: bar.write(line, file=sys.stderr)) if progress else None,
+                    )
                     client = own_cluster.__enter__()
                 keyed = [(r, work_record(r)) for r in to_extract]
                 # the bar stands still while the batch's features are extracted: say so, and
                 # take the bar off its line so that extract's own lines (a RANDOM-INIT
                 # banner) do not land in it; its next update draws it again
                 if progress:
-                    bar.write(f"extracting the model's features of {len(to_extract)} video(s) ...",
-                              file=sys.stderr)
+                    bar.write(
+                        f"extracting the model's features of {len(to_extract)} video(s) ...",
+                        file=sys.stderr,
+                    )
                     bar.clear()
                 try:
-                    extract([w for _, w in keyed], configs, work, client=client, cluster=cluster,
-                            progress=False, weights=weights)
+                    extract(
+                        [w for _, w in keyed],
+                        configs,
+                        work,
+                        client=client,
+                        cluster=cluster,
+                        progress=False,
+                        weights=weights,
+                    )
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
                 report.extracted += len(to_extract)
@@ -215,8 +257,14 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                 extracted = []
                 for r, w in keyed:
                     if work_record(r).video_id != w.video_id:
-                        rows[r.video_id] = _row(r, STATUS_FAILED, error=(
-                            f"{r.path} changed while it was being scored; re-run to score its new content"))
+                        rows[r.video_id] = _row(
+                            r,
+                            STATUS_FAILED,
+                            error=(
+                                f"{r.path} changed while it was being scored; re-run to score its "
+                                "new content"
+                            ),
+                        )
                     else:
                         extracted.append((r, w.video_id))
                 sources.append((work, extracted))
@@ -225,7 +273,9 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                 present = [(r, key) for r, key in pairs if key in ready]
                 for r, key in pairs:
                     if key not in ready:
-                        rows[r.video_id] = _row(r, STATUS_FAILED, error=_failure_text(source, key, bundle.groups))
+                        rows[r.video_id] = _row(
+                            r, STATUS_FAILED, error=_failure_text(source, key, bundle.groups)
+                        )
                 if present:
                     rows.update(_predict_rows(bundle, source, present))
             ordered = [rows[r.video_id] for r in batch]
@@ -247,7 +297,6 @@ def _score_pending(bundle, pending, out, columns, cache, work, batch_size, repor
                 with contextlib.suppress(OSError, RuntimeError):
                     client.run(release_models)
             own_cluster.__exit__(None, None, None)
-
 
 
 def score_videos(
@@ -275,8 +324,9 @@ def score_videos(
     return score_to_rows(records, bundle, out=out, **options)[1]
 
 
-def score_to_rows(manifest, model, *, out: str | os.PathLike | None = None,
-                  **options: Any) -> tuple[ScoreReport, list[dict[str, Any]]]:
+def score_to_rows(
+    manifest, model, *, out: str | os.PathLike | None = None, **options: Any
+) -> tuple[ScoreReport, list[dict[str, Any]]]:
     """``score`` into ``out`` -- or into a temporary folder, removed afterwards, when ``out``
     is None -- and the rows of the input's videos as ``read_rows`` gives them."""
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle

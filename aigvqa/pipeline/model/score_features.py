@@ -36,8 +36,8 @@ def _extractor_configs(bundle) -> tuple[dict[str, dict], dict[str, str]]:
         name = prov.get("extractor")
         if name == IMPORTED or name is None:
             impossible[group] = (
-                f"features of group {group!r} were {prov.get('weights') or 'imported'}; they cannot be "
-                "computed here: give --cache holding them for these videos"
+                f"features of group {group!r} were {prov.get('weights') or 'imported'}; they "
+                "cannot be computed here: give --cache holding them for these videos"
             )
             continue
         if name != group:
@@ -71,8 +71,11 @@ def _weights_option(bundle, configs: Mapping[str, dict], weights) -> Any:
     root = weights_root()
     if root is None:
         return None
-    found = {name: str(root / name / file) for name, file in _recorded_weights(bundle).items()
-             if name in configs and (root / name / file).exists()}
+    found = {
+        name: str(root / name / file)
+        for name, file in _recorded_weights(bundle).items()
+        if name in configs and (root / name / file).exists()
+    }
     return found or None
 
 
@@ -95,12 +98,14 @@ def _weights_advice(bundle, err: Exception) -> str:
     text = str(err)
     if recorded:
         files = ", ".join(
-            f"{name}: {file} ({bundle.provenance[name].get('weights')})" for name, file in recorded.items()
+            f"{name}: {file} ({bundle.provenance[name].get('weights')})"
+            for name, file in recorded.items()
         )
-        text += (f" | the model was trained with the checkpoint(s) {files}; give them with weights=<path> "
-                 "(or put each at $AIGVQA_WEIGHTS/<extractor>/<file name>)")
+        text += (
+            f" | the model was trained with the checkpoint(s) {files}; give them with "
+            "weights=<path> (or put each at $AIGVQA_WEIGHTS/<extractor>/<file name>)"
+        )
     return text
-
 
 
 # -- content identity ---------------------------------------------------------------------
@@ -152,7 +157,11 @@ class _GivenCache:
             identity = file_identity(record.path)
             if identity is not None and identity[2] > self.written_ns:
                 return f"{record.path} was modified after {self.cache} was written"
-        if self.by_prompt and (record.prompt or "").strip() and (record.prompt or "").strip() != (video.get("prompt") or "").strip():
+        if (
+            self.by_prompt
+            and (record.prompt or "").strip()
+            and (record.prompt or "").strip() != (video.get("prompt") or "").strip()
+        ):
             return f"{self.cache} holds {record.video_id!r} with another prompt"
         return None
 
@@ -196,8 +205,11 @@ def _failure_text(cache: Path | None, vid: str, groups: Sequence[str]) -> str:
     from aigvqa.cache import FeatureCache
 
     if cache is not None and cache.exists():
-        errors = [f"[{f.extractor}] {f.error}" for f in FeatureCache(cache).failures()
-                  if f.id == vid and (f.extractor in groups or f.extractor == "*")]
+        errors = [
+            f"[{f.extractor}] {f.error}"
+            for f in FeatureCache(cache).failures()
+            if f.id == vid and (f.extractor in groups or f.extractor == "*")
+        ]
         if errors:
             return " | ".join(errors)
     return f"features missing for {', '.join(groups)}"
@@ -215,7 +227,9 @@ def _nonfinite_features(X, names: Sequence[str]) -> dict[int, list[str]]:
     return bad
 
 
-def _predict_rows(bundle, source: Path, pairs: Sequence[tuple[VideoRecord, str]]) -> dict[str, dict[str, Any]]:
+def _predict_rows(
+    bundle, source: Path, pairs: Sequence[tuple[VideoRecord, str]]
+) -> dict[str, dict[str, Any]]:
     """Rows for ``pairs`` of (record, its id in ``source``), every one present in ``source``.
 
     Videos whose features are not finite, and videos the model gives a non-finite score,
@@ -228,14 +242,21 @@ def _predict_rows(bundle, source: Path, pairs: Sequence[tuple[VideoRecord, str]]
     data = store.read(bundle.groups, ids=[key for _, key in pairs])
     provenance = {g: store.group_info(g).provenance for g in bundle.groups}  # column ranges
     X = featureset_from_cache(data, provenance)
-    X.ids = np.asarray([r.video_id for r, _ in pairs], dtype=object)  # the head names videos by their own ids
+    X.ids = np.asarray(
+        [r.video_id for r, _ in pairs], dtype=object
+    )  # the head names videos by their own ids
     rows: dict[str, dict[str, Any]] = {}
     bad = _nonfinite_features(X, bundle.feature_names)
     for i, names in bad.items():
         record = pairs[i][0]
-        rows[record.video_id] = _row(record, STATUS_FAILED, error=(
-            f"features {', '.join(names)} hold NaN or inf ({source}); the cache or the extractor output "
-            "is damaged: re-extract this video"))
+        rows[record.video_id] = _row(
+            record,
+            STATUS_FAILED,
+            error=(
+                f"features {', '.join(names)} hold NaN or inf ({source}); the cache or the "
+                "extractor output is damaged: re-extract this video"
+            ),
+        )
     keep = [i for i in range(len(pairs)) if i not in bad]
     if not keep:
         return rows
@@ -243,9 +264,17 @@ def _predict_rows(bundle, source: Path, pairs: Sequence[tuple[VideoRecord, str]]
     for i, p in zip(keep, pred):
         record = pairs[i][0]
         if not np.isfinite(p).all():
-            rows[record.video_id] = _row(record, STATUS_FAILED, error=(
-                f"the model predicted a non-finite score ({', '.join(f'{n}={v}' for n, v in zip(bundle.label_names, p.tolist()))}); "
-                "the model is damaged or was trained on non-finite features: retrain it"))
+            rows[record.video_id] = _row(
+                record,
+                STATUS_FAILED,
+                error=(
+                    "the model predicted a non-finite score "
+                    f"({', '.join(f'{n}={v}' for n, v in zip(bundle.label_names, p.tolist()))}); "
+                    "the model is damaged or was trained on non-finite features: retrain it"
+                ),
+            )
         else:
-            rows[record.video_id] = _row(record, STATUS_OK, dict(zip(bundle.label_names, p.tolist())))
+            rows[record.video_id] = _row(
+                record, STATUS_OK, dict(zip(bundle.label_names, p.tolist()))
+            )
     return rows

@@ -53,17 +53,30 @@ class ScoreReport:
         return bool(self.failed or self.failed_before)
 
     def summary(self) -> str:
-        text = f"{self.scored + self.failed + self.already_done} videos: {self.scored} scored, {self.failed} failed"
+        text = (
+            f"{self.scored + self.failed + self.already_done} videos: {self.scored} scored, "
+            f"{self.failed} failed"
+        )
         if self.already_done:
             text += (
                 f", {self.already_done} already in {self.out} (not recomputed"
-                + (f"; {self.failed_before} of them failed: --retry-failed tries them again" if self.failed_before else "")
+                + (
+                    f"; {self.failed_before} of them failed: --retry-failed tries them again"
+                    if self.failed_before
+                    else ""
+                )
                 + ")"
             )
-        text += f"; features: {self.from_cache} from the given cache, {self.extracted} extracted ({self.seconds:.1f} s)"
+        text += (
+            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted "
+            f"({self.seconds:.1f} s)"
+        )
         if self.not_from_cache:
-            text += (f"\n  {self.not_from_cache} video(s) were in the given cache under their id but for another "
-                     "file, an older version of the file or another prompt: extracted afresh")
+            text += (
+                f"\n  {self.not_from_cache} video(s) were in the given cache under their id but "
+                "for another file, an older version of the file or another prompt: extracted "
+                "afresh"
+            )
         for vid, error in self.failures[:10]:
             text += f"\n  failed {vid}: {error}"
         if len(self.failures) > 10:
@@ -160,7 +173,12 @@ class _Appender:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.writer.fieldnames)
         for row in rows:
-            writer.writerow({k: " | ".join(str(v).splitlines()) if isinstance(v, str) else v for k, v in row.items()})
+            writer.writerow(
+                {
+                    k: " | ".join(str(v).splitlines()) if isinstance(v, str) else v
+                    for k, v in row.items()
+                }
+            )
         self.fh.write(buffer.getvalue())
         self.flush()
 
@@ -172,16 +190,23 @@ class _Appender:
         self.fh.close()
 
 
-
-def _row(record: VideoRecord, status: str, scores: dict[str, float] | None = None, error: str = "") -> dict[str, Any]:
-    row: dict[str, Any] = {"video_id": record.video_id, "path": str(record.path), "status": status, "error": error}
+def _row(
+    record: VideoRecord, status: str, scores: dict[str, float] | None = None, error: str = ""
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "video_id": record.video_id,
+        "path": str(record.path),
+        "status": status,
+        "error": error,
+    }
     for name, value in (scores or {}).items():
         row[name] = repr(float(value))
     return row
 
 
-
-def read_rows(out: str | os.PathLike, label_names: Sequence[str], ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def read_rows(
+    out: str | os.PathLike, label_names: Sequence[str], ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Rows of an output CSV with the scores as floats (None where the video failed), in the
     order of ``ids`` when given (only those rows), else in file order."""
     with open(out, newline="") as fh:
@@ -193,4 +218,3 @@ def read_rows(out: str | os.PathLike, label_names: Sequence[str], ids: Sequence[
         return rows
     by_id = {r["video_id"]: r for r in rows}
     return [by_id[i] for i in ids if i in by_id]
-
