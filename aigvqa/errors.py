@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-_INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar("aigvqa_interface", default="python")
+_INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "aigvqa_interface", default="python"
+)
 
 CLI_WORDS: dict[str, str] = {
     "weights=<path>": "--weights PATH",
@@ -76,4 +78,3 @@ class CacheError(AigvqaError, OSError):
 class HeadParameterError(AigvqaError, ValueError):
     """A head hyper-parameter (e.g. from a head config file) is invalid; the message names the
     head, the parameter, the bad value and what is allowed (``aigvqa.heads.params``)."""
-

@@ -3,7 +3,8 @@
 ``aigvqa.extractors.registry`` holds the extractors' instance and ``aigvqa.heads.registry``
 the heads'; their ``register_*`` / ``list_*`` / ``create_*`` functions are thin wrappers::
 
-    HEADS = Registry("head", error=UnknownHeadError, builtins={"svr": "aigvqa.heads.classical:SVRHead"})
+    HEADS = Registry("head", error=UnknownHeadError,
+                     builtins={"svr": "aigvqa.heads.classical:SVRHead"})
 
     @HEADS.register("svr")
     class SVRHead: ...                # HEADS.get("svr") is SVRHead; SVRHead.name == "svr"
@@ -55,7 +56,9 @@ class Registry:
 
         def decorate(cls: type) -> type:
             if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
-                raise TypeError(f"@register_{self.kind}({name!r}) must decorate a {self.base.__name__} subclass")
+                raise TypeError(
+                    f"@register_{self.kind}({name!r}) must decorate a {self.base.__name__} subclass"
+                )
             owner = self._owner(name)
             if owner is not None and owner != _path(cls):
                 raise ValueError(f"{self.kind} name {name!r} is already registered by {owner}")
@@ -74,7 +77,9 @@ class Registry:
     # -- look-up ----------------------------------------------------------------------------
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names (registered and built-in, none imported) matching a shell pattern."""
-        return sorted(n for n in {*self._entries, *self._builtins} if fnmatch.fnmatchcase(n, pattern))
+        return sorted(
+            n for n in {*self._entries, *self._builtins} if fnmatch.fnmatchcase(n, pattern)
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries or name in self._builtins
@@ -99,15 +104,19 @@ class Registry:
         name = vars(cls).get("name")
         if isinstance(name, str) and self._entries.get(name) is cls:
             return name
-        raise self.error(f"{cls.__module__}.{cls.__qualname__} is not a registered {self.kind}; "
-                         f"decorate it with @register_{self.kind}(name)")
+        raise self.error(
+            f"{cls.__module__}.{cls.__qualname__} is not a registered {self.kind}; "
+            f"decorate it with @register_{self.kind}(name)"
+        )
 
     def unknown_message(self, name: str) -> str:
         known = self.names()
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         listed = ", ".join(known) or "(none registered)"
-        return f"unknown {self.kind} {name!r}{hint}; available {self.kind}s: {listed}." + (f" {self.fix}" if self.fix else "")
+        return f"unknown {self.kind} {name!r}{hint}; available {self.kind}s: {listed}." + (
+            f" {self.fix}" if self.fix else ""
+        )
 
 
 def _path(cls: type) -> str:

@@ -29,7 +29,8 @@ VideoFactory = Callable[..., Path]
 
 @pytest.fixture
 def video_factory(tmp_path: Path) -> VideoFactory:
-    """A function ``(name="clip", n_frames=16, fps=8.0, size=(48, 64), fmt="mp4", seed=0) -> Path``."""
+    """A function ``(name="clip", n_frames=16, fps=8.0, size=(48, 64), fmt="mp4", seed=0)
+    -> Path``."""
 
     def make(
         name: str = "clip",

@@ -62,7 +62,11 @@ class CallLog:
         return counting
 
     def cells(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+        return (
+            [json.loads(line) for line in self.path.read_text().splitlines()]
+            if self.path.exists()
+            else []
+        )
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -117,7 +121,9 @@ def test_run_ablation_takes_the_grid_file_path(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path, client, monkeypatch):
+def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(
+    tmp_path, client, monkeypatch
+):
     make_cache(tmp_path / "feats.h5")
     grid = load_grid(_write_grid(tmp_path))
     calls = CallLog(tmp_path / "calls.jsonl")
@@ -133,13 +139,28 @@ def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path
     assert {r["features"] for r in rows} == {"a", "a+b", "b"}
     assert all(r["srcc_median"] and r["plcc_logistic_std"] for r in rows)
     # the cache has prompt and generator groups: the ranking metrics come along
-    assert all(r["pair_acc_median"] and r["prompt_srcc_std"] and r["model_pair_acc_median"] for r in rows)
+    assert all(
+        r["pair_acc_median"] and r["prompt_srcc_std"] and r["model_pair_acc_median"] for r in rows
+    )
     markdown = (out / "results.md").read_text()
-    assert "## mos" in markdown and "## alignment" in markdown and '`{"C": 4.0, "scaler": "standard"}`' in markdown
+    assert (
+        "## mos" in markdown
+        and "## alignment" in markdown
+        and '`{"C": 4.0, "scaler": "standard"}`' in markdown
+    )
     assert "| pair acc (in prompt) | SRCC (in prompt) | model pair acc |" in markdown
-    assert "What the columns mean:" in markdown and "RMSE: " in markdown and "LOWER is better" in markdown
+    assert (
+        "What the columns mean:" in markdown
+        and "RMSE: " in markdown
+        and "LOWER is better" in markdown
+    )
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["best-alignment.png", "best-mos.png", "srcc-plcc-alignment.png", "srcc-plcc-mos.png"]
+    assert pngs == [
+        "best-alignment.png",
+        "best-mos.png",
+        "srcc-plcc-alignment.png",
+        "srcc-plcc-mos.png",
+    ]
     for name in pngs:
         assert (out / "plots" / name).read_bytes().startswith(PNG_MAGIC)
         assert f"(plots/{name})" in markdown
@@ -159,7 +180,9 @@ def test_grid_runs_writes_results_and_does_not_recompute_finished_cells(tmp_path
 
 def test_changed_cache_contents_recompute_the_cells_that_read_them(tmp_path, client, monkeypatch):
     make_cache(tmp_path / "feats.h5")
-    grid = load_grid(_write_grid(tmp_path, GRID.replace('features = [["a"], ["a", "b"]]', 'features = [["a"]]')))
+    grid = load_grid(
+        _write_grid(tmp_path, GRID.replace('features = [["a"], ["a", "b"]]', 'features = [["a"]]'))
+    )
     run_ablation(grid, client=client, progress=False, echo=lambda *a: None)
     (tmp_path / "feats.h5").unlink()
     make_cache(tmp_path / "feats.h5", seed=5)  # same groups and provenance, other videos' values
@@ -174,7 +197,10 @@ def test_cli_ablate_starts_its_own_cluster_from_the_grid(tmp_path, capsys):
     from aigvqa.pipeline.cli import main
 
     make_cache(tmp_path / "feats.h5")
-    text = GRID.replace("grid = { C = [0.5, 4.0] }", "grid = { C = [4.0] }") + "\n[cluster]\nworkers = 1\n"
+    text = (
+        GRID.replace("grid = { C = [0.5, 4.0] }", "grid = { C = [4.0] }")
+        + "\n[cluster]\nworkers = 1\n"
+    )
     assert main(["ablate", str(_write_grid(tmp_path, text)), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "running on LocalCluster of 1 worker(s)" in out
@@ -191,14 +217,23 @@ def test_a_deep_cell_trains_its_trials_together_unless_told_not_to(tmp_path, mon
     make_cache(tmp_path / "feats.h5")
     calls = []
     real = trials.fit_trials
-    monkeypatch.setattr(trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    monkeypatch.setattr(
+        trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k)
+    )
     cell = {"head": "mlp", "params": {"hidden": 8, "epochs": 2}, "features": ["a"], "seed": 0}
-    spec = {"cache": str(tmp_path / "feats.h5"), "test_cache": None, "labels": ["mos"],
-            "split": "prompt-disjoint", "trials": 2}
+    spec = {
+        "cache": str(tmp_path / "feats.h5"),
+        "test_cache": None,
+        "labels": ["mos"],
+        "split": "prompt-disjoint",
+        "trials": 2,
+    }
     together = ablate.run_cell(cell, {**spec, "batch_trials": True})
     alone = ablate.run_cell(cell, {**spec, "batch_trials": False})
     assert calls == [2]
-    np.testing.assert_allclose(together["rows"][0]["srcc_median"], alone["rows"][0]["srcc_median"], atol=1e-6)
+    np.testing.assert_allclose(
+        together["rows"][0]["srcc_median"], alone["rows"][0]["srcc_median"], atol=1e-6
+    )
     args = build_parser().parse_args(["ablate", "grid.toml", "--no-batch-trials"])
     assert args.batch_trials is False
     assert build_parser().parse_args(["ablate", "grid.toml"]).batch_trials is True
@@ -215,27 +250,39 @@ features = [["a", "b"]]
 
 [[head]]
 name = "stack"
-params = { cv = 3, estimators = { svr = { search = { C = [1.0, 4.0] } }, en = { head = "elasticnet" } } }
+
+[head.params]
+cv = 3
+estimators = { svr = { search = { C = [1.0, 4.0] } }, en = { head = "elasticnet" } }
 """
 
 
 def test_a_stack_cell_reports_its_meta_weights(tmp_path, client):
     make_cache(tmp_path / "feats.h5")
-    result = run_ablation(load_grid(_write_grid(tmp_path, STACK_GRID)), client=client, progress=False,
-                          echo=lambda *a: None)
+    result = run_ablation(
+        load_grid(_write_grid(tmp_path, STACK_GRID)),
+        client=client,
+        progress=False,
+        echo=lambda *a: None,
+    )
     row = result.rows()[0]
     assert set(json.loads(row["meta_weights_median"])) == {"svr", "en"}
     stored = json.loads(next((tmp_path / "ablation" / "cells").glob("*.json")).read_text())
-    assert len(stored["trials"]) == 2 and all(set(json.loads(t["meta_weights"])) == {"svr", "en"}
-                                              for t in stored["trials"])
+    assert len(stored["trials"]) == 2 and all(
+        set(json.loads(t["meta_weights"])) == {"svr", "en"} for t in stored["trials"]
+    )
     assert "meta weights, median over 2 trials" in stored["table"]
     markdown = (tmp_path / "ablation" / "results.md").read_text()
     assert "Meta weights of the stacks (median over trials):" in markdown and "svr 0." in markdown
 
 
 def test_cells_within_one_std_of_the_first_are_counted_until_the_first_clear_gap():
-    rows = [{"srcc_median": 0.80, "srcc_std": 0.05}, {"srcc_median": 0.77, "srcc_std": 0.02},
-            {"srcc_median": 0.70, "srcc_std": 0.12}, {"srcc_median": 0.50, "srcc_std": 0.01}]
+    rows = [
+        {"srcc_median": 0.80, "srcc_std": 0.05},
+        {"srcc_median": 0.77, "srcc_std": 0.02},
+        {"srcc_median": 0.70, "srcc_std": 0.12},
+        {"srcc_median": 0.50, "srcc_std": 0.01},
+    ]
     assert ablate._within_one_std(rows) == 2  # 0.03 < 0.05; 0.10 < 0.12; 0.30 > 0.05
     assert ablate._within_one_std(rows[:1]) == 0 and ablate._within_one_std([]) == 0
     assert ablate._within_one_std([rows[0], rows[3]]) == 0

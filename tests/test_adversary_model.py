@@ -20,35 +20,49 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _score_helpers import EXTRACTORS, in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.extractors.base import Extractor
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.demo import make_demo_dataset
 from aigvqa.pipeline.extract import extract
 from aigvqa.pipeline.model import score as score_module
 from aigvqa.pipeline.model.bundle import BUNDLE_JSON, Bundle, BundleError, load_bundle, save_bundle
 from aigvqa.pipeline.model.score import ScoreError, score, score_videos
 from aigvqa.pipeline.model.train import train
 
-EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
-PROVENANCE = {"handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32}, "view": None, "weights": None}}
+PROVENANCE = {
+    "handcrafted": {
+        "extractor": "handcrafted",
+        "config": {"max_frames": 32},
+        "view": None,
+        "weights": None,
+    }
+}
 
 
 # -- bundles --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    X = FeatureSet({"handcrafted": rng.normal(size=(40, 5, 4)).astype(np.float32)}, None, [f"v{i}" for i in range(40)])
+    X = FeatureSet(
+        {"handcrafted": rng.normal(size=(40, 5, 4)).astype(np.float32)},
+        None,
+        [f"v{i}" for i in range(40)],
+    )
     return X, X.arrays["handcrafted"][:, 0, :2].sum(1) + rng.normal(scale=0.1, size=40)
 
 
 def reseal(path: Path) -> None:
     """What an adversary who also edits bundle.json does: record the new files' sha256."""
     meta = json.loads((path / BUNDLE_JSON).read_text())
-    meta["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in path.iterdir() if f.name != BUNDLE_JSON}
+    meta["files"] = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in path.iterdir()
+        if f.name != BUNDLE_JSON
+    }
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
 
 
@@ -64,9 +78,13 @@ def never_parse_lightgbm(monkeypatch):
     monkeypatch.setattr(lightgbm, "Booster", refuse)
 
 
-def test_an_edited_lightgbm_model_is_refused_before_lightgbm_parses_it(data, tmp_path, never_parse_lightgbm):
+def test_an_edited_lightgbm_model_is_refused_before_lightgbm_parses_it(
+    data, tmp_path, never_parse_lightgbm
+):
     X, y = data
-    path = save_bundle(LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
+    path = save_bundle(
+        LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"]
+    )
     text = (path / "lightgbm-0.txt").read_text()
     # the edit that made LightGBM read out of bounds: a child index far past the tree
     edited = text.replace("left_child=", "left_child=99999 ", 1)
@@ -76,9 +94,13 @@ def test_an_edited_lightgbm_model_is_refused_before_lightgbm_parses_it(data, tmp
         load_bundle(path)
 
 
-def test_links_in_a_bundle_are_refused_even_with_matching_hashes(data, tmp_path, never_parse_lightgbm):
+def test_links_in_a_bundle_are_refused_even_with_matching_hashes(
+    data, tmp_path, never_parse_lightgbm
+):
     X, y = data
-    path = save_bundle(LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
+    path = save_bundle(
+        LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"]
+    )
     (path / "lightgbm-0.txt").unlink()
     (path / "lightgbm-0.txt").symlink_to("/etc/passwd")
     reseal(path)
@@ -86,9 +108,16 @@ def test_links_in_a_bundle_are_refused_even_with_matching_hashes(data, tmp_path,
         load_bundle(path)
 
     # weights elsewhere, linked in: the link is refused, not followed
-    mlp = save_bundle(PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "mlp", PROVENANCE, X.names, ["mos"])
-    other = save_bundle(PooledMLPHead(epochs=1, hidden=8, seed=1).fit(X, y), tmp_path / "other", PROVENANCE,
-                        X.names, ["mos"])
+    mlp = save_bundle(
+        PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "mlp", PROVENANCE, X.names, ["mos"]
+    )
+    other = save_bundle(
+        PooledMLPHead(epochs=1, hidden=8, seed=1).fit(X, y),
+        tmp_path / "other",
+        PROVENANCE,
+        X.names,
+        ["mos"],
+    )
     (mlp / "weights.safetensors").unlink()
     (mlp / "weights.safetensors").symlink_to(other / "weights.safetensors")
     reseal(mlp)
@@ -100,12 +129,16 @@ def test_the_bundle_folder_itself_may_be_a_link(data, tmp_path):
     X, y = data
     path = save_bundle(SVRHead().fit(X, y), tmp_path / "v3", PROVENANCE, X.names, ["mos"])
     (tmp_path / "current").symlink_to(path)
-    np.testing.assert_array_equal(load_bundle(tmp_path / "current").predict(X), load_bundle(path).predict(X))
+    np.testing.assert_array_equal(
+        load_bundle(tmp_path / "current").predict(X), load_bundle(path).predict(X)
+    )
 
 
 def test_a_missing_or_an_extra_file_is_named(data, tmp_path):
     X, y = data
-    path = save_bundle(LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
+    path = save_bundle(
+        LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"]
+    )
     (path / "notes.txt").write_text("hello")
     with pytest.raises(BundleError, match="notes.txt.*does not list"):
         load_bundle(path)
@@ -129,12 +162,17 @@ def test_skops_types_are_trusted_by_exact_name_not_by_module_prefix(data, tmp_pa
     schema = json.loads(members["schema.json"])
     node = schema["content"]["head"]
     assert node["__class__"] == "Decoy"
-    node["__module__"], node["__class__"] = "aigvqa.heads.classical", "Parallel"  # joblib's, by that name
+    node["__module__"], node["__class__"] = (
+        "aigvqa.heads.classical",
+        "Parallel",
+    )  # joblib's, by that name
     members["schema.json"] = json.dumps(schema).encode()
     with zipfile.ZipFile(path / "model.skops", "w") as zout:
         for name, blob in members.items():
             zout.writestr(name, blob)
-    assert "aigvqa.heads.classical.Parallel" in skops.io.get_untrusted_types(file=path / "model.skops")
+    assert "aigvqa.heads.classical.Parallel" in skops.io.get_untrusted_types(
+        file=path / "model.skops"
+    )
     reseal(path)
     with pytest.raises(BundleError, match=r"not trusted: aigvqa\.heads\.classical\.Parallel"):
         load_bundle(path)
@@ -152,17 +190,20 @@ def _mutate(meta: dict, key: str, value) -> None:
     target[last] = value
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("feature_names", "handcrafted", "'feature_names' must be a non-empty list of strings"),
-    ("label_names", [1, 2], "'label_names' must be a non-empty list of strings"),
-    ("provenance", ["handcrafted"], "'provenance' must be an object"),
-    ("state", "skops", "'state' must be an object"),
-    ("state.file", None, "'state.file' must be a file name"),
-    ("state.parts", {"0": "x"}, "'state.parts' must be a list"),
-    ("files", ["model.skops"], "'files' must be an object"),
-    ("format_version", "2", "'format_version' must be an integer"),
-    ("format_version", 1, "format 1 was written before bundles recorded the sha256"),
-])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("feature_names", "handcrafted", "'feature_names' must be a non-empty list of strings"),
+        ("label_names", [1, 2], "'label_names' must be a non-empty list of strings"),
+        ("provenance", ["handcrafted"], "'provenance' must be an object"),
+        ("state", "skops", "'state' must be an object"),
+        ("state.file", None, "'state.file' must be a file name"),
+        ("state.parts", {"0": "x"}, "'state.parts' must be a list"),
+        ("files", ["model.skops"], "'files' must be an object"),
+        ("format_version", "2", "'format_version' must be an integer"),
+        ("format_version", 1, "format 1 was written before bundles recorded the sha256"),
+    ],
+)
 def test_wrong_types_in_bundle_json_are_clear_errors(data, tmp_path, key, value, says):
     X, y = data
     path = save_bundle(SVRHead().fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
@@ -183,7 +224,9 @@ def test_a_pickle_in_place_of_safetensors_is_a_clear_error(data, tmp_path):
     import pickle
 
     X, y = data
-    path = save_bundle(PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
+    path = save_bundle(
+        PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"]
+    )
     (path / "weights.safetensors").write_bytes(pickle.dumps({"module.w": [1.0, 2.0]}))
     with pytest.raises(BundleError, match="sha256"):  # caught by the hash first
         load_bundle(path)
@@ -199,7 +242,9 @@ def test_saving_into_a_folder_with_other_files_is_refused(data, tmp_path):
     with pytest.raises(BundleError, match="README.md.*not bundle files"):
         save_bundle(SVRHead().fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["mos"])
     # re-saving over a bundle replaces its files, and the result loads
-    path = save_bundle(LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "n", PROVENANCE, X.names, ["mos"])
+    path = save_bundle(
+        LightGBMHead(n_estimators=5).fit(X, y), tmp_path / "n", PROVENANCE, X.names, ["mos"]
+    )
     save_bundle(SVRHead().fit(X, y), path, PROVENANCE, X.names, ["mos"])
     assert sorted(p.name for p in path.iterdir()) == [BUNDLE_JSON, "model.skops"]
     assert isinstance(load_bundle(path).head, SVRHead)
@@ -208,8 +253,14 @@ def test_saving_into_a_folder_with_other_files_is_refused(data, tmp_path):
 def test_bundle_json_keeps_no_absolute_paths_and_identity_is_the_weights_sha256(data, tmp_path):
     X, y = data
     sha = "sha256:" + "ab" * 32
-    trained = {"clip-frames": {"extractor": "clip-frames", "view": {"n": 8}, "weights": sha,
-                               "config": {"arch": "ViT-B-32", "weights": "/home/alice/ckpts/ViT-B-32.pt"}}}
+    trained = {
+        "clip-frames": {
+            "extractor": "clip-frames",
+            "view": {"n": 8},
+            "weights": sha,
+            "config": {"arch": "ViT-B-32", "weights": "/home/alice/ckpts/ViT-B-32.pt"},
+        }
+    }
     Xc = FeatureSet({"clip-frames": X.arrays["handcrafted"]}, None, X.ids)
     path = save_bundle(SVRHead().fit(Xc, y), tmp_path / "m", trained, Xc.names, ["mos"])
     assert "/home/alice" not in (path / BUNDLE_JSON).read_text()
@@ -217,7 +268,9 @@ def test_bundle_json_keeps_no_absolute_paths_and_identity_is_the_weights_sha256(
     assert bundle.provenance["clip-frames"]["config"]["weights"] == "ViT-B-32.pt"  # information
 
     elsewhere = json.loads(json.dumps(trained))
-    elsewhere["clip-frames"]["config"]["weights"] = "/mnt/shared/models/ViT-B-32.pt"  # same file, another mount
+    elsewhere["clip-frames"]["config"]["weights"] = (
+        "/mnt/shared/models/ViT-B-32.pt"  # same file, another mount
+    )
     bundle.check_provenance(elsewhere)
     other = json.loads(json.dumps(elsewhere))
     other["clip-frames"]["weights"] = "sha256:" + "cd" * 32
@@ -225,43 +278,47 @@ def test_bundle_json_keeps_no_absolute_paths_and_identity_is_the_weights_sha256(
         bundle.check_provenance(other)
 
 
-def test_scoring_finds_the_recorded_checkpoint_by_name_and_never_by_the_trainers_path(data, tmp_path, monkeypatch):
+def test_scoring_finds_the_recorded_checkpoint_by_name_and_never_by_the_trainers_path(
+    data, tmp_path, monkeypatch
+):
     X, y = data
-    trained = {"clip-frames": {"extractor": "clip-frames", "view": None, "weights": "sha256:" + "ab" * 32,
-                               "config": {"arch": "ViT-B-32", "weights": "/home/alice/ViT-B-32.pt"}}}
+    trained = {
+        "clip-frames": {
+            "extractor": "clip-frames",
+            "view": None,
+            "weights": "sha256:" + "ab" * 32,
+            "config": {"arch": "ViT-B-32", "weights": "/home/alice/ViT-B-32.pt"},
+        }
+    }
     Xc = FeatureSet({"clip-frames": X.arrays["handcrafted"]}, None, X.ids)
-    bundle = load_bundle(save_bundle(SVRHead().fit(Xc, y), tmp_path / "m", trained, Xc.names, ["mos"]))
+    bundle = load_bundle(
+        save_bundle(SVRHead().fit(Xc, y), tmp_path / "m", trained, Xc.names, ["mos"])
+    )
     configs, impossible = score_module._extractor_configs(bundle)
     assert configs == {"clip-frames": {"arch": "ViT-B-32"}} and not impossible
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path / "weights"))
-    assert score_module._weights_option(bundle, configs, None) is None  # not there: the extractor searches
+    assert (
+        score_module._weights_option(bundle, configs, None) is None
+    )  # not there: the extractor searches
     (tmp_path / "weights" / "clip-frames").mkdir(parents=True)
     (tmp_path / "weights" / "clip-frames" / "ViT-B-32.pt").write_bytes(b"x")
     assert score_module._weights_option(bundle, configs, None) == {
-        "clip-frames": str(tmp_path / "weights" / "clip-frames" / "ViT-B-32.pt")}
+        "clip-frames": str(tmp_path / "weights" / "clip-frames" / "ViT-B-32.pt")
+    }
     assert score_module._weights_option(bundle, configs, "/given.pt") == "/given.pt"
 
 
 # -- scoring ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with in_process_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, client):
     """An SVR bundle trained on six demo videos (and their cache); six other videos."""
-    root = tmp_path_factory.mktemp("adversary")
-    _, videos = make_demo_dataset(root / "train", 6, size=32, seconds=1.0, progress=False)
-    train_cache = root / "train.h5"
-    train_records = [v.record(root / "train") for v in videos]
-    extract(train_records, EXTRACTORS, train_cache, client=client, progress=False)
-    model, _ = train(train_cache, "svr", root / "model", labels="overall,alignment")
-    _, new = make_demo_dataset(root / "new", 6, size=32, seconds=1.0, seed=1, progress=False)
-    return root, model, train_cache, train_records, [v.record(root / "new") for v in new]
+    return trained_model(tmp_path_factory.mktemp("adversary"), client)
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -280,13 +337,19 @@ def test_a_zero_byte_video_then_a_good_one_with_batch_size_1(setup, client, tmp_
     report = score(records, model, out, batch_size=1, client=client, progress=False)
     rows = _rows(out)
     assert list(rows) == ["empty", new[1].video_id]
-    assert rows["empty"]["status"] == "failed" and rows["empty"]["error"] and rows["empty"]["overall"] == ""
+    assert (
+        rows["empty"]["status"] == "failed"
+        and rows["empty"]["error"]
+        and rows["empty"]["overall"] == ""
+    )
     assert rows[new[1].video_id]["status"] == "ok" and float(rows[new[1].video_id]["overall"])
     assert report.failed == 1 and report.scored == 1 and report.any_failed
 
     calls = []
     monkeypatch.setattr(score_module, "extract", lambda *a, **k: calls.append(a))
-    again = score(records, model, out, batch_size=1, client=client, progress=False)  # no loop, no redo
+    again = score(
+        records, model, out, batch_size=1, client=client, progress=False
+    )  # no loop, no redo
     assert calls == [] and again.already_done == 2 and again.failed_before == 1 and again.any_failed
     assert len(_rows(out)) == 2
 
@@ -296,7 +359,13 @@ def test_a_single_corrupt_video_at_the_default_batch_size_is_a_failed_row(setup,
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(new[0].path.read_bytes()[:300])  # a header and nothing playable
     out = tmp_path / "s.csv"
-    report = score([replace(new[0], video_id="corrupt", path=corrupt)], model, out, client=client, progress=False)
+    report = score(
+        [replace(new[0], video_id="corrupt", path=corrupt)],
+        model,
+        out,
+        client=client,
+        progress=False,
+    )
     assert report.failed == 1 and _rows(out)["corrupt"]["status"] == "failed"
 
 
@@ -306,13 +375,27 @@ def test_a_cached_id_for_another_file_does_not_give_that_files_score(setup, clie
     impostor = replace(train_records[0], path=new[3].path)
     reference = replace(new[3], video_id="reference")
     out = tmp_path / "s.csv"
-    report = score([impostor, reference, train_records[1]], model, out, cache=train_cache, client=client,
-                   progress=False)
+    report = score(
+        [impostor, reference, train_records[1]],
+        model,
+        out,
+        cache=train_cache,
+        client=client,
+        progress=False,
+    )
     rows = _rows(out)
     assert rows["demo000"]["overall"] == rows["reference"]["overall"]  # the file's own score
     assert report.not_from_cache == 1 and report.from_cache == 1
-    cached = _rows(score([train_records[0]], model, tmp_path / "c.csv", cache=train_cache, client=client,
-                            progress=False).out)
+    cached = _rows(
+        score(
+            [train_records[0]],
+            model,
+            tmp_path / "c.csv",
+            cache=train_cache,
+            client=client,
+            progress=False,
+        ).out
+    )
     assert cached["demo000"]["overall"] != rows["demo000"]["overall"]
 
 
@@ -336,19 +419,26 @@ def test_deleting_the_output_does_not_reuse_a_stale_work_cache(setup, client, tm
     assert second["a"]["overall"] == second["b"]["overall"] == first["b"]["overall"]
 
 
-def test_a_second_run_on_the_same_output_fails_clearly_instead_of_duplicating_rows(setup, client, tmp_path):
+def test_a_second_run_on_the_same_output_fails_clearly_instead_of_duplicating_rows(
+    setup, client, tmp_path
+):
     _, model, train_cache, train_records, _ = setup
     out = tmp_path / "s.csv"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys\n"
-         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "os.write(fd, b'pid %d on a test' % os.getpid())\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.read()\n",
-         str(out.with_name(out.name + ".lock"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, b'pid %d on a test' % os.getpid())\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(out.with_name(out.name + ".lock")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -398,7 +488,10 @@ def test_a_non_finite_prediction_is_never_written_ok(setup, client, tmp_path, mo
         assert rows[vid]["status"] == "failed" and "non-finite" in rows[vid]["error"]
         assert rows[vid]["overall"] == rows[vid]["alignment"] == ""
     assert report.failed == 2 and all(
-        np.isfinite([float(r["overall"]), float(r["alignment"])]).all() for r in rows.values() if r["status"] == "ok")
+        np.isfinite([float(r["overall"]), float(r["alignment"])]).all()
+        for r in rows.values()
+        if r["status"] == "ok"
+    )
 
 
 # -- exit statuses --------------------------------------------------------------------------
@@ -411,16 +504,41 @@ def test_score_exit_status_says_whether_anything_failed(setup, client, tmp_path,
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"video_id,path\ngood,{new[0].path}\nbroken,{broken}\n")
     out = tmp_path / "s.csv"
-    argv = ["score", str(manifest), "--model", str(model), "--out", str(out), "--scheduler",
-            client.scheduler.address, "--no-progress"]
+    argv = [
+        "score",
+        str(manifest),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--scheduler",
+        client.scheduler.address,
+        "--no-progress",
+    ]
     assert main(argv) == 1
     assert "1 video(s) failed" in capsys.readouterr().err
     assert main(argv) == 1  # the failed row is still there: a re-run does not say 0
-    assert main(["score", str(manifest), "--model", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert (
+        main(["score", str(manifest), "--model", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    )
     good = tmp_path / "good.csv"
     good.write_text(f"video_id,path\ngood,{new[0].path}\n")
-    assert main(["score", str(good), "--model", str(model), "--out", str(tmp_path / "g.csv"),
-                 "--scheduler", client.scheduler.address, "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(good),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "g.csv"),
+                "--scheduler",
+                client.scheduler.address,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_extract_exits_1_when_every_video_failed(client, tmp_path, capsys):
@@ -430,8 +548,19 @@ def test_extract_exits_1_when_every_video_failed(client, tmp_path, capsys):
     empty.write_bytes(b"")
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"video_id,path\nempty,{empty}\n")
-    code = main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
-                 "--scheduler", client.scheduler.address, "--no-progress"])
+    code = main(
+        [
+            "extract",
+            str(manifest),
+            "--extractors",
+            "handcrafted",
+            "--cache",
+            str(tmp_path / "c.h5"),
+            "--scheduler",
+            client.scheduler.address,
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "0 succeeded, 1 failed" in capsys.readouterr().out
 
 
@@ -440,8 +569,17 @@ def test_score_a_bare_video_prints_its_scores(setup, client, capsys):
     from aigvqa.pipeline.cli import main
 
     _, model, _, _, new = setup
-    code = main(["score", str(new[0].path), "--model", str(model), "--scheduler", client.scheduler.address,
-                 "--no-progress"])
+    code = main(
+        [
+            "score",
+            str(new[0].path),
+            "--model",
+            str(model),
+            "--scheduler",
+            client.scheduler.address,
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err
     rows = list(csv.DictReader(printed.out.splitlines()))
@@ -471,7 +609,9 @@ def test_a_model_that_reads_prompts_asks_for_one(data, tmp_path, monkeypatch, ca
     monkeypatch.setitem(registry._REGISTRY, "prompt-words", PromptWords)
     X, y = data
     Xp = FeatureSet({"prompt-words": X.arrays["handcrafted"]}, None, X.ids)
-    prov = {"prompt-words": {"extractor": "prompt-words", "config": {}, "view": None, "weights": "none"}}
+    prov = {
+        "prompt-words": {"extractor": "prompt-words", "config": {}, "view": None, "weights": "none"}
+    }
     model = save_bundle(SVRHead().fit(Xp, y), tmp_path / "m", prov, Xp.names, ["mos"])
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"")
@@ -495,7 +635,11 @@ class PromptWords(Extractor):
 
     def encode_text(self, prompts):
         pooled = np.array([[len(p), len(p.split())] for p in prompts], dtype=np.float32)
-        return {"pooled": pooled, "tokens": pooled[:, None, :].copy(), "mask": np.ones((len(prompts), 1), dtype=bool)}
+        return {
+            "pooled": pooled,
+            "tokens": pooled[:, None, :].copy(),
+            "mask": np.ones((len(prompts), 1), dtype=bool),
+        }
 
 
 def test_prompt_features_follow_the_prompt_text_not_its_id(setup, client, tmp_path, monkeypatch):
@@ -511,11 +655,15 @@ def test_prompt_features_follow_the_prompt_text_not_its_id(setup, client, tmp_pa
     assert original.groups.get("prompt")  # the manifest names the prompt by an id
     reworded = replace(original, prompt=original.prompt + " at dusk, filmed from far away")
     fresh = replace(reworded, video_id="fresh", groups={})
-    report = score([reworded, fresh], model, tmp_path / "a.csv", cache=cache, client=client, progress=False)
+    report = score(
+        [reworded, fresh], model, tmp_path / "a.csv", cache=cache, client=client, progress=False
+    )
     rows = _rows(tmp_path / "a.csv")
     assert rows[original.video_id]["alignment"] == rows["fresh"]["alignment"]
     assert report.not_from_cache == 1  # the cache holds demo000 with its old prompt
-    before = _rows(score([original], model, tmp_path / "b.csv", cache=cache, client=client, progress=False).out)
+    before = _rows(
+        score([original], model, tmp_path / "b.csv", cache=cache, client=client, progress=False).out
+    )
     assert before[original.video_id]["alignment"] != rows[original.video_id]["alignment"]
 
     # the work cache: same prompt id, new text -> new text features

@@ -15,10 +15,18 @@ from aigvqa.heads.mlp import PooledMLPHead
 from aigvqa.pipeline.model.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
 
 PROVENANCE = {
-    "handcrafted": {"extractor": "handcrafted", "config": {"max_frames": 32, "device": "cpu"}, "view": None,
-                    "weights": None},
-    "clip-frames": {"extractor": "clip-frames", "config": {"arch": "ViT-B-32", "device": "cpu"},
-                    "view": {"n": 8}, "weights": "RANDOM-INIT"},
+    "handcrafted": {
+        "extractor": "handcrafted",
+        "config": {"max_frames": 32, "device": "cpu"},
+        "view": None,
+        "weights": None,
+    },
+    "clip-frames": {
+        "extractor": "clip-frames",
+        "config": {"arch": "ViT-B-32", "device": "cpu"},
+        "view": {"n": 8},
+        "weights": "RANDOM-INIT",
+    },
 }
 PICKLE_MAGIC = b"\x80"  # every pickle protocol >= 2 starts with PROTO 0x80
 
@@ -27,8 +35,10 @@ PICKLE_MAGIC = b"\x80"  # every pickle protocol >= 2 starts with PROTO 0x80
 def data():
     rng = np.random.default_rng(0)
     X = FeatureSet(
-        {"handcrafted": rng.normal(size=(48, 6, 5)).astype(np.float32),
-         "clip-frames": rng.normal(size=(48, 4, 8)).astype(np.float32)},
+        {
+            "handcrafted": rng.normal(size=(48, 6, 5)).astype(np.float32),
+            "clip-frames": rng.normal(size=(48, 4, 8)).astype(np.float32),
+        },
         {"handcrafted": rng.integers(1, 7, 48), "clip-frames": np.full(48, 4)},
         [f"v{i}" for i in range(48)],
     )
@@ -41,7 +51,11 @@ def _reseal(path):
     import hashlib
 
     meta = json.loads((path / BUNDLE_JSON).read_text())
-    meta["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in path.iterdir() if f.name != BUNDLE_JSON}
+    meta["files"] = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in path.iterdir()
+        if f.name != BUNDLE_JSON
+    }
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
 
 
@@ -105,7 +119,13 @@ def test_loading_refuses_untrusted_types_in_a_skops_file(data, tmp_path):
 
 def test_loading_refuses_classes_outside_the_heads_package(data, tmp_path):
     X, y = data
-    path = save_bundle(PooledMLPHead(epochs=1, hidden=8).fit(X, y), tmp_path / "model", PROVENANCE, X.names, ["a", "b"])
+    path = save_bundle(
+        PooledMLPHead(epochs=1, hidden=8).fit(X, y),
+        tmp_path / "model",
+        PROVENANCE,
+        X.names,
+        ["a", "b"],
+    )
     meta = json.loads((path / BUNDLE_JSON).read_text())
     meta["state"]["class"] = "subprocess.Popen"
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
@@ -150,11 +170,20 @@ def test_blend_of_deep_and_classical_heads_round_trips(data, tmp_path):
     from aigvqa.heads.registry import create_head
 
     X, y = data
-    stack = create_head("stack", estimators=[("svr", "svr"), ("lgb", LightGBMHead(n_estimators=10)),
-                                             ("mlp", PooledMLPHead(epochs=2, hidden=8))], cv=3)
+    stack = create_head(
+        "stack",
+        estimators=[
+            ("svr", "svr"),
+            ("lgb", LightGBMHead(n_estimators=10)),
+            ("mlp", PooledMLPHead(epochs=2, hidden=8)),
+        ],
+        cv=3,
+    )
     path, _ = _round_trip(stack, X, y[:, 0], tmp_path)
     names = sorted(p.name for p in path.iterdir())
-    assert any(n.startswith("part-") and n.endswith(".safetensors") for n in names)  # the fitted MLP
+    assert any(
+        n.startswith("part-") and n.endswith(".safetensors") for n in names
+    )  # the fitted MLP
     assert any(n.startswith("lightgbm-") for n in names)
 
 

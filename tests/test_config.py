@@ -17,11 +17,14 @@ def test_head_config_splits_the_name_from_the_parameters(tmp_path):
     assert load_head_config(None) == (None, {})
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "does not exist"),
-    ("C = [", "is not valid TOML"),
-    ("head = 3\n", "`head` must be a head name string"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "does not exist"),
+        ("C = [", "is not valid TOML"),
+        ("head = 3\n", "`head` must be a head name string"),
+    ],
+)
 def test_bad_head_configs_are_config_errors_naming_the_file(tmp_path, text, message):
     path = tmp_path / "head.toml"
     if text is not None:
@@ -35,8 +38,10 @@ def test_extractor_config_resolves_relative_weights_next_to_the_file(tmp_path, m
     folder = tmp_path / "configs"
     folder.mkdir()
     path = folder / "extractors.toml"
-    path.write_text('[clip-frames]\narch = "ViT-B-16"\nweights = "ckpt.pt"\n\n'
-                    f'[slowfast]\nweights = "{tmp_path / "abs.pyth"}"\n\n[handcrafted]\n')
+    path.write_text(
+        '[clip-frames]\narch = "ViT-B-16"\nweights = "ckpt.pt"\n\n'
+        f'[slowfast]\nweights = "{tmp_path / "abs.pyth"}"\n\n[handcrafted]\n'
+    )
     monkeypatch.chdir(tmp_path)  # the working directory must not matter
     config = load_extractor_config(path)
     assert config == {

@@ -27,8 +27,12 @@ def test_formula_lowers_the_dimension_each_distortion_belongs_to():
     clean = quality_from_distortions(CLEAN)
     assert clean == {"static_quality": 5.0, "temporal_quality": 5.0, "alignment": 5.0}
     worse = {
-        "blur": "static_quality", "noise": "static_quality", "flicker": "temporal_quality",
-        "drops": "temporal_quality", "swap": "temporal_quality", "mismatch": "alignment",
+        "blur": "static_quality",
+        "noise": "static_quality",
+        "flicker": "temporal_quality",
+        "drops": "temporal_quality",
+        "swap": "temporal_quality",
+        "mismatch": "alignment",
     }
     for distortion, dimension in worse.items():
         truth = quality_from_distortions({**CLEAN, distortion: 1.0})
@@ -39,9 +43,15 @@ def test_formula_lowers_the_dimension_each_distortion_belongs_to():
 def test_distortions_change_the_pixels_as_documented():
     rng = np.random.default_rng(0)
     clean = render_video(0, CLEAN, size=64, num_frames=12, swap_scene=1, rng=rng).astype(float)
-    blurred = render_video(0, {**CLEAN, "blur": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng).astype(float)
-    dropped = render_video(0, {**CLEAN, "drops": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng)
-    swapped = render_video(0, {**CLEAN, "swap": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng).astype(float)
+    blurred = render_video(
+        0, {**CLEAN, "blur": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng
+    ).astype(float)
+    dropped = render_video(
+        0, {**CLEAN, "drops": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng
+    )
+    swapped = render_video(
+        0, {**CLEAN, "swap": 1.0}, size=64, num_frames=12, swap_scene=1, rng=rng
+    ).astype(float)
 
     def detail(v):
         return np.abs(np.diff(v, axis=2)).mean()
@@ -49,7 +59,9 @@ def test_distortions_change_the_pixels_as_documented():
     assert detail(blurred) < 0.7 * detail(clean)
     repeats = sum(np.array_equal(dropped[i], dropped[i - 1]) for i in range(1, 12))
     assert repeats == round(0.5 * 11)
-    assert np.abs(swapped[:6] - clean[:6]).max() == 0 and np.abs(swapped[6:] - clean[6:]).mean() > 20
+    assert (
+        np.abs(swapped[:6] - clean[:6]).max() == 0 and np.abs(swapped[6:] - clean[6:]).mean() > 20
+    )
 
 
 def test_dataset_shares_prompts_across_generators_and_reads_back(tmp_path):
@@ -70,7 +82,9 @@ def test_dataset_shares_prompts_across_generators_and_reads_back(tmp_path):
 def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
     from distributed import Client
 
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
         result = run_demo(tmp_path / "demo", 12, quick=True, client=client, progress=False)
     out = capsys.readouterr().out
     assert out.count(RANDOM_WEIGHTS_BANNER) == 2  # loud, before and after
@@ -78,12 +92,17 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
     assert "blip-itm" in out and "imagereward" in out  # where real alignment features come from
     report = result.report.read_text()
     assert "RANDOM WEIGHTS" in report
-    assert "What the columns mean:" in report and "LOWER is better" in report and "0.5: chance" in report
+    assert (
+        "What the columns mean:" in report
+        and "LOWER is better" in report
+        and "0.5: chance" in report
+    )
     assert "What the columns mean:" in out
     assert f"highest median SRCC on overall: {result.best_head}" in report
     # the bundle reads only the features its head was given (svr: handcrafted): a bare video
     # needs no prompt
     import json
+
     bundle = json.loads((tmp_path / "demo" / "model" / "bundle.json").read_text())
     assert set(bundle["provenance"]) <= {"handcrafted", "clip-frames"}
     assert not any(name.startswith("clip-text") for name in bundle["feature_names"])
@@ -99,7 +118,9 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
 
     with open(result.report.parent / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert {(r["head"], r["dimension"]) for r in rows} == {(h, d) for h in ("svr", "lightgbm", "mlp") for d in LABEL_NAMES}
+    assert {(r["head"], r["dimension"]) for r in rows} == {
+        (h, d) for h in ("svr", "lightgbm", "mlp") for d in LABEL_NAMES
+    }
     with open(tmp_path / "demo" / "scores.csv") as fh:
         scores = list(csv.DictReader(fh))
     assert len(scores) == 12 and all(s["status"] == "ok" for s in scores)
@@ -120,9 +141,9 @@ class _FakeResult:
 def test_the_best_head_is_named_with_its_spread_and_the_heads_it_does_not_beat():
     from aigvqa.pipeline.demo import best_head_sentence, rank_heads
 
-    wide = _FakeResult("svr", [0.1, 0.37, 0.7])       # median 0.37, std 0.245
+    wide = _FakeResult("svr", [0.1, 0.37, 0.7])  # median 0.37, std 0.245
     close = _FakeResult("lightgbm", [0.1, 0.15, 0.2])  # median 0.15: within one std
-    far = _FakeResult("mlp", [-0.5, -0.4, -0.45])      # median -0.45: not
+    far = _FakeResult("mlp", [-0.5, -0.4, -0.45])  # median -0.45: not
     best, within = rank_heads([close, far, wide])
     assert best is wide and within == [close]
     text = best_head_sentence(best, within)

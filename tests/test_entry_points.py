@@ -22,11 +22,29 @@ def test_console_script_target_is_the_cli_main_function():
 
 
 def test_python_dash_m_runs_the_cli():
-    done = subprocess.run([sys.executable, "-m", "aigvqa.pipeline.cli", "--version"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "aigvqa.pipeline.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == f"aigvqa {aigvqa.__version__}"
-    done = subprocess.run([sys.executable, "-m", "aigvqa.pipeline.cli", "train", str(PYPROJECT.parent / "missing.h5"),
-                           "--head", "svr", "--out", "x"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aigvqa.pipeline.cli",
+            "train",
+            str(PYPROJECT.parent / "missing.h5"),
+            "--head",
+            "svr",
+            "--out",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "missing.h5" in done.stderr
 
 

@@ -22,9 +22,14 @@ class SpyHead(RegressorMixin, BaseEstimator):
     def fit(self, X, y, X_val=None, y_val=None):
         x = X.arrays["x"][:, 0, 0]
         y = np.asarray(y, dtype=np.float64)
-        self.coef_ = np.polyfit(x, y, 1) if y.ndim == 1 else np.stack([np.polyfit(x, c, 1) for c in y.T])
+        self.coef_ = (
+            np.polyfit(x, y, 1) if y.ndim == 1 else np.stack([np.polyfit(x, c, 1) for c in y.T])
+        )
         self.seen_ = set(X.ids)
-        self.best_params_ = {"seed": self.random_state, "n_val": None if X_val is None else len(X_val)}
+        self.best_params_ = {
+            "seed": self.random_state,
+            "n_val": None if X_val is None else len(X_val),
+        }
         return self
 
     def predict(self, X):
@@ -49,15 +54,25 @@ def _data(n=120, seed=0, prompts_per=3, generators=4):
     x = rng.normal(0, 1, (n, 3))
     gen = np.array([f"gen-{i % generators}" for i in range(n)])
     offset = np.array([int(g[-1]) for g in gen]) * 0.5  # generators differ in quality
-    y = np.column_stack([x[:, 0] + offset + rng.normal(0, 0.3, n), -x[:, 0] + rng.normal(0, 0.3, n)])
+    y = np.column_stack(
+        [x[:, 0] + offset + rng.normal(0, 0.3, n), -x[:, 0] + rng.normal(0, 0.3, n)]
+    )
     groups = {"prompt": np.arange(n) // prompts_per, "generator": gen}
     return FeatureSet({"x": x}, ids=[f"v{i}" for i in range(n)]), y, groups
 
 
 def test_evaluate_random_splits_gives_median_and_std_per_dimension():
     X, y, groups = _data()
-    result = evaluate(ElasticNetHead(), X, y, groups, split="random-8:2", trials=5,
-                      label_names=["spatial", "temporal"], progress=False)
+    result = evaluate(
+        ElasticNetHead(),
+        X,
+        y,
+        groups,
+        split="random-8:2",
+        trials=5,
+        label_names=["spatial", "temporal"],
+        progress=False,
+    )
     assert len(result.trials) == 5 and result.label_names == ["spatial", "temporal"]
     for label in ("spatial", "temporal"):
         v = result.values("srcc", label)
@@ -90,8 +105,15 @@ def test_rows_and_csv(tmp_path):
 def test_each_trial_gets_a_fresh_seeded_head_the_val_rows_and_no_training_row_at_test():
     X, y, groups = _data()
     assert accepts_validation(SpyHead()) and not accepts_validation(ConstantHead())
-    result = evaluate(SpyHead(random_state=999), X, y[:, 0], split="random-7:1:2", trials=4, seed=2,
-                      progress=False)
+    result = evaluate(
+        SpyHead(random_state=999),
+        X,
+        y[:, 0],
+        split="random-7:1:2",
+        trials=4,
+        seed=2,
+        progress=False,
+    )
     for t in result.trials:
         assert t.best_params["seed"] == t.seed  # the split's seed, not the template's 999
         assert t.best_params["n_val"] == len(t.val) == 12
@@ -103,8 +125,12 @@ def test_each_trial_gets_a_fresh_seeded_head_the_val_rows_and_no_training_row_at
 
 def test_parallel_trials_give_the_same_results():
     X, y, groups = _data()
-    one = evaluate(ElasticNetHead(), X, y, groups, split="prompt-disjoint", trials=3, progress=False)
-    two = evaluate(ElasticNetHead(), X, y, groups, split="prompt-disjoint", trials=3, n_jobs=2, progress=False)
+    one = evaluate(
+        ElasticNetHead(), X, y, groups, split="prompt-disjoint", trials=3, progress=False
+    )
+    two = evaluate(
+        ElasticNetHead(), X, y, groups, split="prompt-disjoint", trials=3, n_jobs=2, progress=False
+    )
     for a, b in zip(one.trials, two.trials):
         assert a.name == b.name
         np.testing.assert_allclose(a.y_pred, b.y_pred)
@@ -118,7 +144,9 @@ def test_prompt_disjoint_evaluation_needs_prompts():
 
 def test_leave_one_generator_out_pools_model_level_correlation():
     X, y, groups = _data(generators=5)
-    result = evaluate(SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False)
+    result = evaluate(
+        SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False
+    )
     assert [t.name for t in result.trials] == [f"generator=gen-{i}" for i in range(5)]
     assert np.isnan(result.values("model_srcc")).all()  # one generator per fold: undefined per fold
     pooled = result.pooled_model_level["mos"]
@@ -154,7 +182,9 @@ def test_custom_splits_and_cross_dataset():
 
 def test_table_says_what_the_metrics_mean():
     X, y, groups = _data()
-    result = evaluate(ElasticNetHead(), X, y[:, 0], groups, split="random-8:2", trials=2, progress=False)
+    result = evaluate(
+        ElasticNetHead(), X, y[:, 0], groups, split="random-8:2", trials=2, progress=False
+    )
     table = result.table()
     assert "What the columns mean:" in table
     assert "SRCC: Spearman" in table and "RMSE" in table and "LOWER is better" in table
@@ -170,8 +200,16 @@ def test_ranking_metrics_per_trial_in_table_and_csv(tmp_path):
     )
 
     X, y, groups = _data(prompts_per=4)
-    result = evaluate(SpyHead(), X, y, groups, split="prompt-disjoint", trials=3,
-                      label_names=["spatial", "temporal"], progress=False)
+    result = evaluate(
+        SpyHead(),
+        X,
+        y,
+        groups,
+        split="prompt-disjoint",
+        trials=3,
+        label_names=["spatial", "temporal"],
+        progress=False,
+    )
     names = result.metric_names()
     assert {"pair_acc", "prompt_srcc", "model_pair_acc"} <= set(names)
     prompts = np.asarray(groups["prompt"])
@@ -179,13 +217,20 @@ def test_ranking_metrics_per_trial_in_table_and_csv(tmp_path):
         for t, value in zip(result.trials, result.values("pair_acc", label)):
             mos, pred = y[t.test, j], t.y_pred[:, j]
             assert value == pytest.approx(pairwise_accuracy(mos, pred, prompts[t.test]))
-            assert t.metrics[label]["prompt_srcc"] == pytest.approx(per_group_srcc(mos, pred, prompts[t.test]))
+            assert t.metrics[label]["prompt_srcc"] == pytest.approx(
+                per_group_srcc(mos, pred, prompts[t.test])
+            )
             assert t.metrics[label]["model_pair_acc"] == pytest.approx(
-                generator_rank_agreement(pred, mos, groups["generator"][t.test])["pair_acc"])
+                generator_rank_agreement(pred, mos, groups["generator"][t.test])["pair_acc"]
+            )
     # a head that orders by the right feature ranks each prompt's videos mostly right
     assert result.median("pair_acc", "temporal") > 0.8
     table = result.table()
-    assert "pair acc (in prompt)" in table and "SRCC (in prompt)" in table and "model pair acc" in table
+    assert (
+        "pair acc (in prompt)" in table
+        and "SRCC (in prompt)" in table
+        and "model pair acc" in table
+    )
     result.to_csv(tmp_path / "r.csv")
     with open(tmp_path / "r.csv") as fh:
         header = next(csv.reader(fh))
@@ -197,13 +242,17 @@ def test_ranking_metrics_need_prompt_labels():
     plain = evaluate(SpyHead(), X, y[:, 0], None, split="random-8:2", trials=2, progress=False)
     assert "pair_acc" not in plain.metric_names() and "model_pair_acc" not in plain.metric_names()
     unlabelled = {"prompt": np.full(len(y), ""), "generator": groups["generator"]}
-    result = evaluate(SpyHead(), X, y[:, 0], unlabelled, split="random-8:2", trials=2, progress=False)
+    result = evaluate(
+        SpyHead(), X, y[:, 0], unlabelled, split="random-8:2", trials=2, progress=False
+    )
     assert "pair_acc" not in result.metric_names() and "model_pair_acc" in result.metric_names()
 
 
 def test_leave_one_generator_out_pools_the_generator_pair_accuracy():
     X, y, groups = _data(generators=5)
-    result = evaluate(SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False)
+    result = evaluate(
+        SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False
+    )
     assert np.isnan(result.values("model_pair_acc")).all()  # one generator per fold
     assert 0.0 <= result.pooled_model_level["mos"]["pair_acc"] <= 1.0
     assert "pair acc" in result.table()
@@ -227,12 +276,16 @@ def test_deep_head_trials_together_equal_trials_one_by_one(monkeypatch):
 
     calls = []
     real = trials.fit_trials
-    monkeypatch.setattr(trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    monkeypatch.setattr(
+        trials, "fit_trials", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k)
+    )
     X, y, groups = _deep_data()
     head = PooledMLPHead(hidden=8, epochs=3, dropout=0.1, lr=1e-2)
     together = evaluate(head, X, y, groups, split="prompt-disjoint", trials=3, progress=False)
     assert calls == [3]
-    alone = evaluate(head, X, y, groups, split="prompt-disjoint", trials=3, progress=False, batch_trials=False)
+    alone = evaluate(
+        head, X, y, groups, split="prompt-disjoint", trials=3, progress=False, batch_trials=False
+    )
     assert calls == [3]
     assert len({len(t.train) for t in together.trials}) > 1  # unequal training sets
     assert together.metric_names() == alone.metric_names()  # within-prompt ranking metrics too
@@ -245,5 +298,14 @@ def test_deep_head_trials_together_equal_trials_one_by_one(monkeypatch):
 def test_classical_heads_ignore_batch_trials():
     X, y, groups = _data()
     a = evaluate(ElasticNetHead(), X, y, groups, split="random-8:2", trials=3, progress=False)
-    b = evaluate(ElasticNetHead(), X, y, groups, split="random-8:2", trials=3, progress=False, batch_trials=False)
+    b = evaluate(
+        ElasticNetHead(),
+        X,
+        y,
+        groups,
+        split="random-8:2",
+        trials=3,
+        progress=False,
+        batch_trials=False,
+    )
     assert a.values("srcc", "mos0").tolist() == b.values("srcc", "mos0").tolist()

@@ -22,17 +22,50 @@ def test_fetv_extract_and_evaluate(tmp_path, capsys):
     if not ratings.is_file():
         pytest.skip(f"{ratings} is absent (shared real data)")
     cache = tmp_path / "fetv.h5"
-    assert main(["extract", str(ratings), "--extractors", "handcrafted", "--cache", str(cache),
-                 "--workers", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(ratings),
+                "--extractors",
+                "handcrafted",
+                "--cache",
+                str(cache),
+                "--workers",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "99 succeeded, 0 failed" in capsys.readouterr().out
     store = FeatureCache(cache)
     videos = store.videos()
-    assert len(videos) == 99 and {v["groups"]["generator"] for v in videos} >= {"cogvideo", "ground-truth"}
+    assert len(videos) == 99 and {v["groups"]["generator"] for v in videos} >= {
+        "cogvideo",
+        "ground-truth",
+    }
     assert all(set(v["labels"]) == set(DIMENSIONS) for v in videos)
 
     results = tmp_path / "results.csv"
-    assert main(["evaluate", str(cache), "--head", "svr", "--split", "prompt-disjoint", "--trials", "10",
-                 "--out", str(results), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "svr",
+                "--split",
+                "prompt-disjoint",
+                "--trials",
+                "10",
+                "--out",
+                str(results),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     print(printed)  # the numbers, for `pytest -s`
     for dim in DIMENSIONS:

@@ -13,20 +13,41 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aigvqa"
 
 # (modules under this folder, module prefixes they must never import, why)
 RULES = [
-    ("pipeline/evaluation", ("aigvqa.pipeline.model",),
-     "evaluation reaches the model lifecycle only through pipeline.training_data"),
-    ("pipeline/model", ("aigvqa.pipeline.evaluation",),
-     "the model lifecycle reaches evaluation only through pipeline.training_data"),
-    ("pipeline/training_data.py", ("aigvqa.pipeline.model", "aigvqa.pipeline.evaluation"),
-     "training_data is below both evaluation and model"),
-    ("pipeline/config.py", ("aigvqa.pipeline.model", "aigvqa.pipeline.evaluation", "aigvqa.pipeline.cli"),
-     "config files are read below every component"),
-    ("heads", ("aigvqa.pipeline", "aigvqa.cache", "aigvqa.extractors"),
-     "heads see numpy arrays (FeatureSet) only"),
-    ("cache", ("aigvqa.pipeline", "aigvqa.heads", "aigvqa.extractors", "torch"),
-     "the cache never imports torch or the layers above it"),
-    ("extractors", ("aigvqa.pipeline", "aigvqa.cache", "aigvqa.heads", "h5py"),
-     "extractors never import h5py or the layers above them"),
+    (
+        "pipeline/evaluation",
+        ("aigvqa.pipeline.model",),
+        "evaluation reaches the model lifecycle only through pipeline.training_data",
+    ),
+    (
+        "pipeline/model",
+        ("aigvqa.pipeline.evaluation",),
+        "the model lifecycle reaches evaluation only through pipeline.training_data",
+    ),
+    (
+        "pipeline/training_data.py",
+        ("aigvqa.pipeline.model", "aigvqa.pipeline.evaluation"),
+        "training_data is below both evaluation and model",
+    ),
+    (
+        "pipeline/config.py",
+        ("aigvqa.pipeline.model", "aigvqa.pipeline.evaluation", "aigvqa.pipeline.cli"),
+        "config files are read below every component",
+    ),
+    (
+        "heads",
+        ("aigvqa.pipeline", "aigvqa.cache", "aigvqa.extractors"),
+        "heads see numpy arrays (FeatureSet) only",
+    ),
+    (
+        "cache",
+        ("aigvqa.pipeline", "aigvqa.heads", "aigvqa.extractors", "torch"),
+        "the cache never imports torch or the layers above it",
+    ),
+    (
+        "extractors",
+        ("aigvqa.pipeline", "aigvqa.cache", "aigvqa.heads", "h5py"),
+        "extractors never import h5py or the layers above them",
+    ),
 ]
 
 
@@ -39,7 +60,9 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the file; ``from a import b`` also
     yields ``a.b`` (b may be a submodule), relative imports are made absolute."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -78,9 +101,13 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     fake = tmp_path / "aigvqa" / "pipeline" / "evaluation"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "lazy.py").write_text("def f():\n    from aigvqa.pipeline.model.bundle import load_bundle\n")
+    (fake / "lazy.py").write_text(
+        "def f():\n    from aigvqa.pipeline.model.bundle import load_bundle\n"
+    )
     (fake / "relative.py").write_text("from ..model import train\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "aigvqa")
     bad = violations("pipeline/evaluation", ("aigvqa.pipeline.model",))
-    assert {b.split(":")[0] for b in bad} == {"aigvqa/pipeline/evaluation/lazy.py",
-                                              "aigvqa/pipeline/evaluation/relative.py"}
+    assert {b.split(":")[0] for b in bad} == {
+        "aigvqa/pipeline/evaluation/lazy.py",
+        "aigvqa/pipeline/evaluation/relative.py",
+    }

@@ -167,7 +167,9 @@ def test_logistic_plcc_matches_videvals_reference_computation():
     rng = np.random.default_rng(3)
     y = rng.uniform(1, 5, 240)
     pred = 3 + 0.8 * np.tanh(y - 3) + rng.normal(0, 0.3, y.size)
-    popt, _ = curve_fit(videval_logistic, pred, y, p0=[y.max(), y.min(), pred.mean(), 0.5], maxfev=100000)
+    popt, _ = curve_fit(
+        videval_logistic, pred, y, p0=[y.max(), y.min(), pred.mean(), 0.5], maxfev=100000
+    )
     reference = stats.pearsonr(y, videval_logistic(pred, *popt))[0]
     assert M.plcc_logistic(y, pred) == pytest.approx(reference, abs=1e-6)
     assert M.plcc_logistic(y, pred) > M.plcc(y, pred)
@@ -228,13 +230,17 @@ def test_per_prompt_srcc_is_the_mean_of_scipys_per_prompt_spearman():
     y_true = rng.normal(size=groups.size)
     y_pred = y_true + rng.normal(scale=0.8, size=groups.size)
     y_pred[:2] = y_pred[2]  # prediction ties inside a prompt
-    expected = np.mean([stats.spearmanr(y_true[groups == g], y_pred[groups == g])[0] for g in np.unique(groups)])
+    expected = np.mean(
+        [stats.spearmanr(y_true[groups == g], y_pred[groups == g])[0] for g in np.unique(groups)]
+    )
     assert M.per_group_srcc(y_true, y_pred, groups) == pytest.approx(expected, abs=1e-12)
     # a prompt with one MOS value is left out; one with constant predictions counts 0
     y_true[groups == "p3"] = 3.0
     y_pred[groups == "p2"] = 1.0
     kept = [stats.spearmanr(y_true[groups == g], y_pred[groups == g])[0] for g in ("p0", "p1")]
-    assert M.per_group_srcc(y_true, y_pred, groups) == pytest.approx((sum(kept) + 0.0) / 3, abs=1e-12)
+    assert M.per_group_srcc(y_true, y_pred, groups) == pytest.approx(
+        (sum(kept) + 0.0) / 3, abs=1e-12
+    )
 
 
 def test_generator_rank_agreement_orders_the_leaderboard():

@@ -32,7 +32,14 @@ def _imported(tmp_path, n=N, seed=0):
         writer.writerow(["width", "name", "mos"])
         writer.writerows([[960, vid, float(m)] for vid, m in zip(ids, mos)])
     cache = tmp_path / "c.h5"
-    import_features(tmp_path / "feats.npy", cache, "feats", ids_from=meta, id_column="name", label_columns=["mos"])
+    import_features(
+        tmp_path / "feats.npy",
+        cache,
+        "feats",
+        ids_from=meta,
+        id_column="name",
+        label_columns=["mos"],
+    )
     return cache, meta, ids
 
 
@@ -43,7 +50,9 @@ def trials_seen(monkeypatch):
     real = evaluate_module._run_trial
 
     def spy(head, X, Y, split, *args, **kwargs):
-        seen.append((head, [X.ids[i] for i in split.train], [X.ids[i] for i in split.test], split.seed))
+        seen.append(
+            (head, [X.ids[i] for i in split.train], [X.ids[i] for i in split.test], split.seed)
+        )
         return real(head, X, Y, split, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "_run_trial", spy)
@@ -55,7 +64,9 @@ def _videval_ids(ids, i):
     return [ids[r] for r in train], [ids[r] for r in test]
 
 
-def test_videval_protocol_splits_the_metadata_rows_with_videvals_seeds_and_rule(tmp_path, trials_seen, capsys):
+def test_videval_protocol_splits_the_metadata_rows_with_videvals_seeds_and_rule(
+    tmp_path, trials_seen, capsys
+):
     cache, _, ids = _imported(tmp_path)
     assert main(["evaluate", str(cache), "--protocol", "videval", "--trials", "3", "--quiet"]) == 0
     assert len(trials_seen) == 3
@@ -63,24 +74,66 @@ def test_videval_protocol_splits_the_metadata_rows_with_videvals_seeds_and_rule(
         assert (train, test) == _videval_ids(ids, i)
         assert seed == math.ceil(6.6 * i)  # the head's inner split seed, as VIDEVAL's
         params = head.get_params()
-        assert (params["scaler"], params["search"], params["inner_split"], params["search_scoring"]) == (
-            "minmax", "standard", 0.2, "logistic-rmse")
+        assert (
+            params["scaler"],
+            params["search"],
+            params["inner_split"],
+            params["search_scoring"],
+        ) == ("minmax", "standard", 0.2, "logistic-rmse")
     printed = capsys.readouterr().out
     assert "**svr** · split `videval` · 3 trials" in printed
     assert "imported file's row order" in printed and "ranked by logistic-rmse" in printed
 
 
-def test_plain_videval_split_uses_the_source_order_and_config_wins_over_the_protocol(tmp_path, trials_seen):
+def test_plain_videval_split_uses_the_source_order_and_config_wins_over_the_protocol(
+    tmp_path, trials_seen
+):
     cache, _, ids = _imported(tmp_path)
     config = tmp_path / "svr.toml"
     config.write_text('head = "svr"\nsearch_scoring = "rmse"\nsearch = { C = [1.0, 4.0] }\n')
-    assert main(["evaluate", str(cache), "--protocol", "videval", "--config", str(config), "--trials", "2",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--protocol",
+                "videval",
+                "--config",
+                str(config),
+                "--trials",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     head = trials_seen[0][0]
-    assert head.search_scoring == "rmse" and head.search == {"C": [1.0, 4.0]} and head.scaler == "minmax"
+    assert (
+        head.search_scoring == "rmse"
+        and head.search == {"C": [1.0, 4.0]}
+        and head.scaler == "minmax"
+    )
     trials_seen.clear()
-    assert main(["evaluate", str(cache), "--head", "elasticnet", "--split", "videval", "--trials", "2", "--quiet"]) == 0
-    assert [(tr, te) for _, tr, te, _ in trials_seen] == [_videval_ids(ids, 1), _videval_ids(ids, 2)]
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "elasticnet",
+                "--split",
+                "videval",
+                "--trials",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert [(tr, te) for _, tr, te, _ in trials_seen] == [
+        _videval_ids(ids, 1),
+        _videval_ids(ids, 2),
+    ]
     assert trials_seen[0][0].search is None  # no protocol: the head as configured
 
 
@@ -89,19 +142,65 @@ def test_order_from_a_csv_and_the_fallback_without_a_source_order(tmp_path, tria
     reordered = tmp_path / "other-order.csv"
     new_order = ids[::-1]
     reordered.write_text("id\n" + "\n".join(new_order) + "\n")
-    assert main(["evaluate", str(cache), "--head", "elasticnet", "--split", "videval", "--trials", "1",
-                 "--order-from", str(reordered), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "elasticnet",
+                "--split",
+                "videval",
+                "--trials",
+                "1",
+                "--order-from",
+                str(reordered),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (trials_seen[0][1], trials_seen[0][2]) == _videval_ids(new_order, 1)
     assert "rows in the row order of other-order.csv" in capsys.readouterr().out
     # the metadata's id column is found by its values (it is not the first column)
     trials_seen.clear()
-    assert main(["evaluate", str(cache), "--head", "elasticnet", "--split", "videval", "--trials", "1",
-                 "--order-from", str(meta), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "elasticnet",
+                "--split",
+                "videval",
+                "--trials",
+                "1",
+                "--order-from",
+                str(meta),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (trials_seen[0][1], trials_seen[0][2]) == _videval_ids(ids, 1)
     short = tmp_path / "short.csv"
     short.write_text("name\n" + "\n".join(ids[:-3]) + "\n")
-    assert main(["evaluate", str(cache), "--head", "elasticnet", "--split", "videval", "--order-from", str(short),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "elasticnet",
+                "--split",
+                "videval",
+                "--order-from",
+                str(short),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "3 video(s)" in capsys.readouterr().err
 
 
@@ -110,11 +209,28 @@ def test_a_cache_without_source_order_says_its_splits_use_id_order(tmp_path, tri
 
     rng = np.random.default_rng(1)
     ids = [f"v{i:02d}" for i in range(40)]
-    group = GroupData("f", "video", ids, list(rng.normal(size=(40, 1, 3))), provenance={"extractor": "f"})
+    group = GroupData(
+        "f", "video", ids, list(rng.normal(size=(40, 1, 3))), provenance={"extractor": "f"}
+    )
     videos = [{"video_id": v, "labels": {"mos": float(rng.normal())}} for v in ids]
     cache = tmp_path / "c.h5"
     merge_shards(cache, [write_shard(tmp_path / "s.h5", [group], [], videos)])
-    assert main(["evaluate", str(cache), "--head", "elasticnet", "--split", "videval", "--trials", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--head",
+                "elasticnet",
+                "--split",
+                "videval",
+                "--trials",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "rows in video-id order" in capsys.readouterr().out
     assert (trials_seen[0][1], trials_seen[0][2]) == _videval_ids(ids, 1)
 
@@ -140,10 +256,27 @@ def test_a_toml_stack_with_searched_bases_runs_from_the_cli(tmp_path, capsys):
     config = tmp_path / "stack.toml"
     config.write_text(STACK_TOML)
     out = tmp_path / "r.csv"
-    assert main(["evaluate", str(cache), "--config", str(config), "--trials", "2", "--per-trial", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(cache),
+                "--config",
+                str(config),
+                "--trials",
+                "2",
+                "--per-trial",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert "**stack**" in captured.out and "meta weights, median over 2 trials: svr " in captured.out
+    assert (
+        "**stack**" in captured.out and "meta weights, median over 2 trials: svr " in captured.out
+    )
     # ElasticNet at max_iter=3 stops early in many fits: one line, not a warning per fit
     assert "stopped at max_iter before converging" in captured.out
     assert "ConvergenceWarning:" not in captured.err
@@ -161,12 +294,15 @@ def test_a_toml_stack_with_searched_bases_runs_from_the_cli(tmp_path, capsys):
     assert int(summary[0]["n_convergence_warnings"]) > 0
 
 
-@pytest.mark.parametrize("text, message", [
-    ('head = "stack"\n[estimators.svr]\nCee = 1.0\n', "does not take ['Cee']"),
-    ('head = "stack"\nsvr__Cee = 1.0\n[estimators.svr]\n', "no parameter among ['Cee']"),
-    ('head = "stack"\nmetta = "nnls"\n[estimators.svr]\n', "stack parameters"),
-    ('head = "stack"\nmeta = "nnls"\n', "needs estimators"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('head = "stack"\n[estimators.svr]\nCee = 1.0\n', "does not take ['Cee']"),
+        ('head = "stack"\nsvr__Cee = 1.0\n[estimators.svr]\n', "no parameter among ['Cee']"),
+        ('head = "stack"\nmetta = "nnls"\n[estimators.svr]\n', "stack parameters"),
+        ('head = "stack"\nmeta = "nnls"\n', "needs estimators"),
+    ],
+)
 def test_bad_stack_configs_are_one_clear_message(tmp_path, capsys, text, message):
     cache, _, _ = _imported(tmp_path)
     config = tmp_path / "bad.toml"
@@ -179,12 +315,22 @@ def test_bad_stack_configs_are_one_clear_message(tmp_path, capsys, text, message
 def test_protocol_defaults_reach_every_classical_base_of_a_stack_unless_set(tmp_path):
     from aigvqa.pipeline.evaluation.protocols import protocol_params
 
-    params = protocol_params("videval", "stack", {
-        "estimators": [["svr", "svr"], ["boost", "lightgbm"]], "boost__search_scoring": "srcc"})
-    assert params["estimators"]["svr"] == {"head": "svr", "search": "standard", "inner_split": 0.2,
-                                           "search_scoring": "logistic-rmse", "scaler": "minmax"}
+    params = protocol_params(
+        "videval",
+        "stack",
+        {"estimators": [["svr", "svr"], ["boost", "lightgbm"]], "boost__search_scoring": "srcc"},
+    )
+    assert params["estimators"]["svr"] == {
+        "head": "svr",
+        "search": "standard",
+        "inner_split": 0.2,
+        "search_scoring": "logistic-rmse",
+        "scaler": "minmax",
+    }
     assert "search_scoring" not in params["estimators"]["boost"]  # its top-level key wins
-    assert protocol_params("videval", "mlp", {"epochs": 3}) == {"epochs": 3}  # deep heads: untouched
+    assert protocol_params("videval", "mlp", {"epochs": 3}) == {
+        "epochs": 3
+    }  # deep heads: untouched
 
 
 def test_a_stacks_bases_get_the_trials_seed(tmp_path, trials_seen):
@@ -194,7 +340,11 @@ def test_a_stacks_bases_get_the_trials_seed(tmp_path, trials_seen):
 
     stack = seeded(StackingHead([("svr", "svr"), ("en", ElasticNetHead(random_state=3))]), 14)
     bases = dict(stack.estimators)
-    assert stack.random_state == 14 and bases["svr"].random_state == 14 and bases["en"].random_state == 14
+    assert (
+        stack.random_state == 14
+        and bases["svr"].random_state == 14
+        and bases["en"].random_state == 14
+    )
 
 
 def test_help_names_the_protocol_and_keeps_example_lines(capsys):
@@ -202,7 +352,10 @@ def test_help_names_the_protocol_and_keeps_example_lines(capsys):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert "\n  videval  VIDEVAL's 100 80/20 splits" in text
-    assert "\n  aigvqa evaluate konvid.h5 --protocol videval --features videval --labels mos --jobs 2\n" in text
+    assert (
+        "\n  aigvqa evaluate konvid.h5 --protocol videval "
+        "--features videval --labels mos --jobs 2\n" in text
+    )
 
 
 def test_the_shipped_videval_configs_build_the_protocols_heads():
@@ -214,9 +367,14 @@ def test_the_shipped_videval_configs_build_the_protocols_heads():
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     _, svr = build_head(None, examples / "videval-svr.toml")
-    _, protocol_svr = build_head("svr", defaults=lambda name, given: protocol_params("videval", name, given))
+    _, protocol_svr = build_head(
+        "svr", defaults=lambda name, given: protocol_params("videval", name, given)
+    )
     assert svr.get_params() == protocol_svr.get_params()  # the file spells the protocol's SVR out
     _, stack = build_head(None, examples / "videval-stack.toml")
     assert isinstance(stack, StackingHead) and stack.allow_best_base and stack.meta == "nnls"
     assert {name: base.search for name, base in stack.estimators} == {
-        "svr": "standard", "lightgbm": "standard", "elasticnet": "standard"}
+        "svr": "standard",
+        "lightgbm": "standard",
+        "elasticnet": "standard",
+    }

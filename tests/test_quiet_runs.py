@@ -49,7 +49,11 @@ def test_evaluate_counts_fallen_back_fits_instead_of_warning_per_trial():
             return super().predict(np.zeros((len(X.ids), 1)))
 
     n = 20
-    X = FeatureSet({"f": np.ones((n, 1, 2), np.float32)}, {"f": np.ones(n, np.int64)}, [f"v{i}" for i in range(n)])
+    X = FeatureSet(
+        {"f": np.ones((n, 1, 2), np.float32)},
+        {"f": np.ones(n, np.int64)},
+        [f"v{i}" for i in range(n)],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(Constant(), X, np.arange(n, dtype=float), trials=3, progress=False)
@@ -92,17 +96,43 @@ def test_cli_extract_and_evaluate_print_no_noise(tmp_path):
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     # slowfast: pytorchvideo imports fvcore, which used to print torch's jit.script
     # FutureWarning in every worker
-    (tmp_path / "ex.toml").write_text("[slowfast]\nclip_len = 8\nsize = 32\n[handcrafted]\nsize = 32\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "ex.toml").write_text(
+        "[slowfast]\nclip_len = 8\nsize = 32\n[handcrafted]\nsize = 32\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     cli = [sys.executable, "-m", "aigvqa.pipeline.cli"]
 
-    extract = subprocess.run(cli + ["extract", "m.csv", "--config", "ex.toml", "--cache", "c.h5",
-                                    "--random-init", "--workers", "2"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    extract = subprocess.run(
+        cli
+        + [
+            "extract",
+            "m.csv",
+            "--config",
+            "ex.toml",
+            "--cache",
+            "c.h5",
+            "--random-init",
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert extract.returncode == 0, extract.stderr[-3000:]
-    evaluate = subprocess.run(cli + ["evaluate", "c.h5", "--head", "svr", "--features", "handcrafted",
-                                     "--trials", "3"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    evaluate = subprocess.run(
+        cli + ["evaluate", "c.h5", "--head", "svr", "--features", "handcrafted", "--trials", "3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
 
     for run in (extract, evaluate):
@@ -110,7 +140,9 @@ def test_cli_extract_and_evaluate_print_no_noise(tmp_path):
         noisy = [line for line in lines if any(p.search(line) for p in NOISE)]
         assert noisy == [], "\n".join(noisy)
     err = extract.stderr
-    assert err.count("RANDOM-INIT: extractor 'slowfast'") == 1  # once, by the client, not per worker
+    assert (
+        err.count("RANDOM-INIT: extractor 'slowfast'") == 1
+    )  # once, by the client, not per worker
     assert "--random-init" in err  # in the CLI's words
     assert err.count("Dask dashboard: http") == 1
     assert "loading 2 model(s) (slowfast, handcrafted) on 2 worker(s)" in err

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 NEEDS = re.compile(r"\[needs ([^\]]+)\]")
 
+
 @dataclass
 class Example:
     kind: str  # "bash" or "python" or "toml"
@@ -125,11 +126,22 @@ def workdir(tmp_path_factory) -> Path:
     """A folder laid out like the checkout's root after `aigvqa demo`."""
     root = tmp_path_factory.mktemp("readme")
     shutil.copytree(REPO / "examples", root / "examples")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    demo = subprocess.run([sys.executable, "-m", "aigvqa.pipeline.cli", "demo", "--quick", "--no-progress"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    demo = subprocess.run(
+        [sys.executable, "-m", "aigvqa.pipeline.cli", "demo", "--quick", "--no-progress"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
-    assert (root / "aigvqa-demo" / "features.h5").is_file() and (root / "aigvqa-demo" / "model").is_dir()
+    assert (root / "aigvqa-demo" / "features.h5").is_file() and (
+        root / "aigvqa-demo" / "model"
+    ).is_dir()
     assert "Traceback" not in demo.stderr, demo.stderr[-3000:]
     return root
 
@@ -148,12 +160,18 @@ def run_cli(argv: list[str], workdir: Path, capsys) -> None:
 def test_the_readme_has_the_examples_this_test_runs():
     kinds = {e.kind for e in EXAMPLES}
     assert kinds == {"bash", "python", "toml"}
-    verbs = {split_command(e.text)[0][1] for e in EXAMPLES if e.kind == "bash" and e.text.startswith("aigvqa ")}
+    verbs = {
+        split_command(e.text)[0][1]
+        for e in EXAMPLES
+        if e.kind == "bash" and e.text.startswith("aigvqa ")
+    }
     from aigvqa.pipeline.cli import VERBS
 
     assert set(VERBS) <= verbs  # every verb has an example
     runnable = [e for e in EXAMPLES if e.kind == "bash" and skip_reason(e) is None]
-    assert {split_command(e.text)[0][1] for e in runnable if e.text.startswith("aigvqa ")} == set(VERBS)
+    assert {split_command(e.text)[0][1] for e in runnable if e.text.startswith("aigvqa ")} == set(
+        VERBS
+    )
 
 
 @pytest.mark.slow  # the module's demo and every example: about a minute on an idle 2-core machine
@@ -188,19 +206,29 @@ def check_toml(text: str) -> None:
 
 
 def test_ci_installs_and_tests_with_the_readmes_commands():
-    setup = [cmd for lang, body, start in readme_blocks(README.read_text()) if lang == "bash"
-             for cmd, _ in bash_commands(body, start)][:2]
+    setup = [
+        cmd
+        for lang, body, start in readme_blocks(README.read_text())
+        if lang == "bash"
+        for cmd, _ in bash_commands(body, start)
+    ][:2]
     install, test = setup
     assert install.startswith("pip install") and test == "python -m pytest"
     ci = (REPO / ".ci" / "run").read_text()
-    ci_lines = [line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    ci_lines = [
+        line.strip()
+        for line in ci.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     ci_installs = [shlex.split(line) for line in ci_lines if " pip install " in f" {line} "]
     for step in install.split(" && "):
         if step.startswith("pip install"):
             # the same packages and pins (pip's -q aside), through the same interpreter's pip
             wanted = [w for w in shlex.split(step)[2:] if w != "-q"]
-            assert any([w for w in argv[argv.index("install") + 1:] if w != "-q"] == wanted
-                       for argv in ci_installs), step
+            assert any(
+                [w for w in argv[argv.index("install") + 1 :] if w != "-q"] == wanted
+                for argv in ci_installs
+            ), step
     assert ci_lines[-1] == test  # the README's test command, last: its status is CI's
 
 
@@ -208,14 +236,23 @@ def test_the_test_extra_declares_what_the_readme_snippets_import():
     import ast
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    declared = " ".join(pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["test"])
+    declared = " ".join(
+        pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["test"]
+    )
     for lang, body, _ in readme_blocks(README.read_text()):
         if lang != "python":
             continue
         for node in ast.walk(ast.parse(body)):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top != "aigvqa" and top not in sys.stdlib_module_names:
-                    assert top in declared, f"README imports {top}, which pyproject does not declare"
+                    assert top in declared, (
+                        f"README imports {top}, which pyproject does not declare"
+                    )

@@ -28,8 +28,15 @@ def scratch_registry(monkeypatch):
 
 def test_importing_the_package_registers_every_family():
     names = list_extractors()
-    for name in ("clip-frames", "clip-text", "handcrafted", "slowfast", "swin-fragments",
-                 "vit-keyframes", "convnext-frames"):
+    for name in (
+        "clip-frames",
+        "clip-text",
+        "handcrafted",
+        "slowfast",
+        "swin-fragments",
+        "vit-keyframes",
+        "convnext-frames",
+    ):
         assert name in names
     assert names == sorted(names)
     assert list_extractors("clip-*") == ["clip-frames", "clip-text"]
@@ -177,9 +184,11 @@ def test_generic_registry_rules(tmp_path, monkeypatch):
     (tmp_path / "toy_base.py").write_text(
         "from aigvqa.errors import AigvqaError\nfrom aigvqa.registry import Registry\n\n"
         "class Missing(AigvqaError, ValueError):\n    pass\n\n"
-        "TOYS = Registry('toy', error=Missing, builtins={'lazy-one': 'toy_plugins:Lazy'})\n")
+        "TOYS = Registry('toy', error=Missing, builtins={'lazy-one': 'toy_plugins:Lazy'})\n"
+    )
     (tmp_path / "toy_plugins.py").write_text(
-        "from toy_base import TOYS\n\n@TOYS.register('lazy-one')\nclass Lazy:\n    pass\n")
+        "from toy_base import TOYS\n\n@TOYS.register('lazy-one')\nclass Lazy:\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     for module in ("toy_base", "toy_plugins"):
         monkeypatch.delitem(sys.modules, module, raising=False)
@@ -199,7 +208,10 @@ def test_generic_registry_rules(tmp_path, monkeypatch):
     # built-ins are listed before their module is imported; patterns are case-sensitive
     assert toys.names() == ["Alpha", "lazy-one"] and "toy_plugins" not in sys.modules
     assert toys.names("alpha") == [] and toys.names("A*") == ["Alpha"] and "lazy-one" in toys
-    assert toys.get("lazy-one").__module__ == "toy_plugins" and toys.name_of(toys.get("lazy-one")) == "lazy-one"
+    assert (
+        toys.get("lazy-one").__module__ == "toy_plugins"
+        and toys.name_of(toys.get("lazy-one")) == "lazy-one"
+    )
     with pytest.raises(ValueError, match="'Alpha' is already registered by .*Alpha"):
         toys.register("Alpha")(Child)
     with pytest.raises(ValueError, match="already registered by toy_plugins:Lazy"):
@@ -208,7 +220,10 @@ def test_generic_registry_rules(tmp_path, monkeypatch):
         class Impostor:
             pass
 
-    with pytest.raises(Missing, match=r"unknown toy 'alpah' \(did you mean 'Alpha'\?\); available toys: Alpha, lazy-one"):
+    with pytest.raises(
+        Missing,
+        match=r"unknown toy 'alpah' \(did you mean 'Alpha'\?\); available toys: Alpha, lazy-one",
+    ):
         toys.create("alpah")
     with pytest.raises(Missing) as caught:
         toys.get("zzz")
@@ -231,10 +246,23 @@ def test_listing_heads_and_building_a_classical_one_never_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, aigvqa\n"
-            "names = aigvqa.list_heads()\n"
-            "aigvqa.create_head('svr'); aigvqa.create_head('stack', estimators=[('s', 'svr')])\n"
-            "print(','.join(names)); print('torch' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert set(out[0].split(",")) >= {"ugvq", "msavqa", "branchsum", "mlp", "svr", "elasticnet", "lightgbm", "stack"}
+    code = (
+        "import sys, aigvqa\n"
+        "names = aigvqa.list_heads()\n"
+        "aigvqa.create_head('svr'); aigvqa.create_head('stack', estimators=[('s', 'svr')])\n"
+        "print(','.join(names)); print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(out[0].split(",")) >= {
+        "ugvq",
+        "msavqa",
+        "branchsum",
+        "mlp",
+        "svr",
+        "elasticnet",
+        "lightgbm",
+        "stack",
+    }
     assert out[1] == "False"

@@ -8,37 +8,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _score_helpers import in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
-from aigvqa.pipeline.demo import make_demo_dataset
 from aigvqa.pipeline.extract import extract
 from aigvqa.pipeline.model import score as score_module
 from aigvqa.pipeline.model.bundle import Bundle
 from aigvqa.pipeline.model.score import ScoreError, score
-from aigvqa.pipeline.model.train import train
-
-EXTRACTORS = {"handcrafted": {"max_frames": 6, "size": 32}}
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with in_process_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, client):
     """Six labelled videos with their cache and an SVR bundle; eight videos to score, two bad."""
-    root = tmp_path_factory.mktemp("score")
-    _, videos = make_demo_dataset(root / "train", 6, size=32, seconds=1.0, progress=False)
-    train_cache = root / "train.h5"
-    extract([v.record(root / "train") for v in videos], EXTRACTORS, train_cache, client=client, progress=False)
-    model, _ = train(train_cache, "svr", root / "model", labels="overall,alignment")
-
-    _, new = make_demo_dataset(root / "new", 6, size=32, seconds=1.0, seed=1, progress=False)
-    records = [v.record(root / "new") for v in new]
+    root, model, train_cache, _, records = trained_model(tmp_path_factory.mktemp("score"), client)
     broken = root / "new" / "broken.mp4"
     broken.write_bytes(b"this is not a video")
     records.append(replace(records[0], video_id="broken", path=broken))
@@ -97,7 +85,11 @@ def test_interrupted_run_resumes_without_rescoring(setup, client, tmp_path, monk
     assert [r["video_id"] for r in rows] == [r.video_id for r in records]  # one row per video
     status = {r["video_id"]: r for r in rows}
     for bad in ("broken", "missing"):
-        assert status[bad]["status"] == "failed" and status[bad]["error"] and status[bad]["overall"] == ""
+        assert (
+            status[bad]["status"] == "failed"
+            and status[bad]["error"]
+            and status[bad]["overall"] == ""
+        )
     good = [r for r in rows if r["status"] == "ok"]
     assert len(good) == 6 and all(float(r["overall"]) > 0 and r["alignment"] for r in good)
 
@@ -140,14 +132,26 @@ def test_matching_cache_is_used_without_extracting(setup, client, tmp_path, monk
 
     records = read_manifest(root / "train" / "manifest.csv")
     counters = Counters(monkeypatch)
-    report = score(records, model, tmp_path / "s.csv", cache=train_cache, client=client, progress=False)
-    assert counters.extracted == [] and report.from_cache == len(records) and report.scored == len(records)
+    report = score(
+        records, model, tmp_path / "s.csv", cache=train_cache, client=client, progress=False
+    )
+    assert (
+        counters.extracted == []
+        and report.from_cache == len(records)
+        and report.scored == len(records)
+    )
 
 
 def test_cache_of_other_features_is_refused(setup, client, tmp_path):
     root, model, _, records = setup
     other = tmp_path / "other.h5"
-    extract(records[:2], {"handcrafted": {"max_frames": 4, "size": 32}}, other, client=client, progress=False)
+    extract(
+        records[:2],
+        {"handcrafted": {"max_frames": 4, "size": 32}},
+        other,
+        client=client,
+        progress=False,
+    )
     with pytest.raises(ProvenanceMismatchError, match="max_frames"):
         score(records, model, tmp_path / "s.csv", cache=other, client=client, progress=False)
 
@@ -165,8 +169,19 @@ def test_cli_scores_a_manifest_from_a_cache(setup, tmp_path, capsys):
 
     root, model, train_cache, _ = setup
     out = tmp_path / "s.csv"
-    code = main(["score", str(root / "train" / "manifest.csv"), "--model", str(model), "--out", str(out),
-                 "--cache", str(train_cache), "--no-progress"])
+    code = main(
+        [
+            "score",
+            str(root / "train" / "manifest.csv"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--cache",
+            str(train_cache),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "6 scored" in capsys.readouterr().out
     assert len(_rows(out)) == 6

@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for verb in VERBS:
         mod = _module(verb)
-        p = sub.add_parser(verb, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # keep the examples' lines
+        p = sub.add_parser(
+            verb,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # keep the examples' lines
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"aigvqa {args.verb}: error: {err}", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
-                print(f"aigvqa {args.verb}: interrupted; finished work is kept, re-run to resume",
-                      file=sys.stderr)
+                print(
+                    f"aigvqa {args.verb}: interrupted; finished work is kept, re-run to resume",
+                    file=sys.stderr,
+                )
                 return 130
     except BrokenPipeError:
         # The reader of our stdout stopped reading (`aigvqa info feats.h5 | head`): its

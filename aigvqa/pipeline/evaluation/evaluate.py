@@ -3,8 +3,8 @@ median and std over trials, model-level (per generator) correlation and, with pr
 groups, the AIGC benchmarks' ranking metrics (within-prompt pairwise accuracy, mean
 per-prompt SRCC) and the generator leaderboard's pairwise agreement.
 
-    result = evaluate(create_head("svr", search="standard"), X, y, groups={"prompt": p, "generator": g},
-                      split="prompt-disjoint", trials=10)
+    result = evaluate(create_head("svr", search="standard"), X, y,
+                      groups={"prompt": p, "generator": g}, split="prompt-disjoint", trials=10)
     print(result.table())            # markdown: median ± std per metric and dimension
     result.to_csv("results.csv")     # one row per dimension (per_trial=True: per trial too)
     result.median("srcc")            # a number, for notebooks and tests
@@ -26,14 +26,12 @@ evaluate`` runs), reading rows through ``pipeline.training_data``.
 
 from __future__ import annotations
 
-import csv
 import inspect
-import json
 import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,294 +43,23 @@ from tqdm.auto import tqdm
 from aigvqa.heads.classical import fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.pipeline.evaluation.metrics import (
-    METRIC_NAMES,
-    RANKING_NAMES,
     MappingFitWarning,
     all_metrics,
     generator_rank_agreement,
-    metric_legend,
     model_level_correlation,
     ranking_metrics,
 )
+
+# The result classes and their tables live in results; their names stay importable from
+# here, where the API has always had them.
+from aigvqa.pipeline.evaluation.results import (  # noqa: F401  (re-exported)
+    FALLBACK_NAMES,
+    MODEL_LEVEL_NAMES,
+    TABLE_METRICS,
+    EvaluationResult,
+    TrialResult,
+)
 from aigvqa.pipeline.evaluation.splits import Split, make_splits
-
-MODEL_LEVEL_NAMES = ("model_srcc", "model_plcc", "model_pair_acc")
-FALLBACK_NAMES = ("logistic_fallback", "poly3_fallback")
-# Columns of the markdown table, and their headers.
-TABLE_METRICS = {
-    "srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)",
-    "plcc_poly3": "PLCC (poly3)", "rmse": "RMSE", "ntire": "NTIRE",
-    "pair_acc": "pair acc (in prompt)", "prompt_srcc": "SRCC (in prompt)",
-    "model_srcc": "model SRCC", "model_plcc": "model PLCC", "model_pair_acc": "model pair acc",
-}
-
-
-@dataclass
-class TrialResult:
-    """One fitted-and-tested trial; ``test`` indexes rows of ``EvaluationResult.y_true``."""
-
-    name: str
-    seed: int
-    train: np.ndarray
-    val: np.ndarray | None
-    test: np.ndarray
-    y_pred: np.ndarray  # [n_test, k]
-    metrics: dict[str, dict[str, Any]]  # label -> all_metrics (+ ranking, model-level)
-    fit_seconds: float
-    best_params: Any = None  # the head's best_params_ after fit, when it has one
-    meta_weights: Any = None  # a stack's meta_weights_ ({base: weight}, a list per output)
-    meta_choice: Any = None  # a stack's meta_choice_ ("blend" or the base it kept)
-    convergence_warnings: int = 0  # ConvergenceWarnings the fit raised (counted, not printed)
-
-    def weights(self, j: int) -> dict[str, float] | None:
-        """Meta weights for output column ``j`` (None for heads that are not stacks)."""
-        if self.meta_weights is None:
-            return None
-        return self.meta_weights if isinstance(self.meta_weights, Mapping) else self.meta_weights[j]
-
-    def choice(self, j: int) -> str | None:
-        if self.meta_choice is None:
-            return None
-        return self.meta_choice if isinstance(self.meta_choice, str) else self.meta_choice[j]
-
-
-@dataclass
-class EvaluationResult:
-    head: str
-    split: str
-    label_names: list[str]
-    y_true: np.ndarray  # [N, k] targets of the rows trials were tested on
-    trials: list[TrialResult]
-    # Model-level correlation from the pooled test predictions, when every row was tested
-    # exactly once (leave-one-generator-out): label -> model_level_correlation output.
-    pooled_model_level: dict[str, dict] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    # -- numbers ----------------------------------------------------------------------
-    def _label(self, label: str | None) -> str:
-        if label is None:
-            if len(self.label_names) != 1:
-                raise ValueError(f"several MOS dimensions {self.label_names}: name one with label=")
-            return self.label_names[0]
-        if label not in self.label_names:
-            raise KeyError(f"no dimension {label!r}; have {self.label_names}")
-        return label
-
-    def metric_names(self) -> list[str]:
-        present = set(self.trials[0].metrics[self.label_names[0]]) if self.trials else set()
-        return [m for m in (*METRIC_NAMES, *RANKING_NAMES, *MODEL_LEVEL_NAMES) if m in present]
-
-    def values(self, metric: str, label: str | None = None) -> np.ndarray:
-        """Per-trial values of one metric for one dimension."""
-        label = self._label(label)
-        return np.array([float(t.metrics[label][metric]) for t in self.trials])
-
-    def median(self, metric: str, label: str | None = None) -> float:
-        v = self.values(metric, label)
-        return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
-
-    def std(self, metric: str, label: str | None = None) -> float:
-        v = self.values(metric, label)
-        return float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
-
-    def fallbacks(self, label: str | None = None) -> dict[str, int]:
-        """How many trials' logistic / poly3 fits fell back to raw predictions."""
-        label = self._label(label)
-        return {f: sum(bool(t.metrics[label][f]) for t in self.trials) for f in FALLBACK_NAMES}
-
-    def convergence_warnings(self) -> int:
-        """ConvergenceWarnings raised by the fits of every trial (counted, never printed)."""
-        return sum(t.convergence_warnings for t in self.trials)
-
-    def meta_weights(self, label: str | None = None) -> dict[str, float] | None:
-        """A stack's meta weight per base, median over trials (None for other heads)."""
-        j = self.label_names.index(self._label(label))
-        per_trial = [t.weights(j) for t in self.trials]
-        if not per_trial or any(w is None for w in per_trial):
-            return None
-        names = list(per_trial[0])
-        return {n: float(np.median([w.get(n, 0.0) for w in per_trial])) for n in names}
-
-    def meta_choices(self, label: str | None = None) -> dict[str, int]:
-        """How many trials kept the blend, and how many kept each single base."""
-        j = self.label_names.index(self._label(label))
-        counts: dict[str, int] = {}
-        for t in self.trials:
-            choice = t.choice(j)
-            if choice is not None:
-                counts[choice] = counts.get(choice, 0) + 1
-        return counts
-
-    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        """label -> metric -> {"median", "std"} over trials."""
-        return {
-            label: {m: {"median": self.median(m, label), "std": self.std(m, label)} for m in self.metric_names()}
-            for label in self.label_names
-        }
-
-    # -- tables and files ---------------------------------------------------------------
-    def cell(self, metric: str, label: str | None = None, digits: int = 4) -> str:
-        """"median ± std" over trials; a single trial's value alone (its std says nothing)."""
-        if len(self.trials) == 1:
-            return f"{self.median(metric, label):.{digits}f}"
-        return f"{self.median(metric, label):.{digits}f} ± {self.std(metric, label):.{digits}f}"
-
-    def table(self, metrics: Sequence[str] | None = None, digits: int = 4, legend: bool = True) -> str:
-        """Markdown: one row per MOS dimension, "median ± std" per metric (one trial: its
-        value), and under it what each metric means (``legend=False``: the table only)."""
-        names = [m for m in (metrics or TABLE_METRICS) if m in self.metric_names()]
-        head = ["dimension", *[TABLE_METRICS.get(m, m) for m in names]]
-        n = len(self.trials)
-        how = "1 trial" if n == 1 else f"{n} trials · median ± std"
-        lines = [
-            f"**{self.head}** · split `{self.split}` · {how}",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "---|" * len(head),
-        ]
-        for label in self.label_names:
-            cells = [self.cell(m, label, digits) for m in names]
-            lines.append("| " + " | ".join([label, *cells]) + " |")
-        if self.pooled_model_level:
-            for label, ml in self.pooled_model_level.items():
-                lines.append(
-                    f"\nModel level, {label}, pooled over folds ({ml['n_models']} generators): "
-                    f"SRCC {ml['srcc']:.{digits}f}, PLCC {ml['plcc']:.{digits}f}, "
-                    f"pair acc {ml['pair_acc']:.{digits}f}"
-                )
-        for label in self.label_names:
-            fb = self.fallbacks(label)
-            if any(fb.values()):
-                lines.append(f"\n{label}: mapping fits fell back to raw predictions in "
-                             f"{fb['logistic_fallback']} (logistic) / {fb['poly3_fallback']} (poly3) trials "
-                             "(the fit did not converge, had too few points or, for the logistic, came out "
-                             "decreasing, which would invert the ranking)")
-        for label in self.label_names:
-            weights = self.meta_weights(label)
-            if weights is not None:
-                where = f"{label}: " if len(self.label_names) > 1 else ""
-                choices = self.meta_choices(label)
-                kept = {k: v for k, v in choices.items() if k != "blend"}
-                line = (f"\n{where}meta weights, median over {len(self.trials)} trials: "
-                        + ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
-                if kept:
-                    line += ("; the best single base was kept instead of the blend in "
-                             + ", ".join(f"{v} trials ({k})" for k, v in kept.items()))
-                lines.append(line)
-        warned = self.convergence_warnings()
-        if warned:
-            lines.append(f"\n{warned} fits over the {len(self.trials)} trials stopped at max_iter before converging "
-                         "(scikit-learn ConvergenceWarnings, counted here instead of printed); "
-                         "a larger max_iter in the head config makes them converge")
-        lines += [f"\n{n}" for n in self.notes]
-        if legend:
-            lines += ["", "What the columns mean:", metric_legend(names)]
-        return "\n".join(lines)
-
-    def trial_table(self, digits: int = 4) -> str:
-        """Markdown: one row per trial (and dimension): SRCC, PLCC (logistic), the chosen
-        hyper-parameters and, for a stack, its meta weights."""
-        lines = ["| trial | dimension | SRCC | PLCC (logistic) | chosen hyper-parameters | meta weights |",
-                 "|---|---|---|---|---|---|"]
-        for t in self.trials:
-            for j, label in enumerate(self.label_names):
-                m = t.metrics[label]
-                weights = t.weights(j)
-                lines.append(f"| {t.name} | {label} | {m['srcc']:.{digits}f} | {m['plcc_logistic']:.{digits}f} | "
-                             f"{_compact(t.best_params)} | {_compact(weights)} |")
-        return "\n".join(lines)
-
-    def rows(self, per_trial: bool = False) -> list[dict[str, Any]]:
-        """Flat dicts for CSV: one per dimension (median and std columns), or one per trial
-        and dimension with that trial's values."""
-        out = []
-        if per_trial:
-            for t in self.trials:
-                for label in self.label_names:
-                    row = {"head": self.head, "split": self.split, "trial": t.name, "seed": t.seed,
-                           "dimension": label, "n_train": len(t.train), "n_test": len(t.test),
-                           "fit_seconds": round(t.fit_seconds, 4)}
-                    row.update({m: t.metrics[label][m] for m in (*self.metric_names(), *FALLBACK_NAMES)})
-                    j = self.label_names.index(label)
-                    row["best_params"] = _json(t.best_params)
-                    row["meta_weights"] = _json(t.weights(j))
-                    row["meta_choice"] = t.choice(j) or ""
-                    row["convergence_warnings"] = t.convergence_warnings
-                    out.append(row)
-            return out
-        for label in self.label_names:
-            row = {"head": self.head, "split": self.split, "trials": len(self.trials), "dimension": label}
-            for m in self.metric_names():
-                row[f"{m}_median"] = self.median(m, label)
-                row[f"{m}_std"] = self.std(m, label)
-            row.update({f"n_{k}": v for k, v in self.fallbacks(label).items()})
-            weights = self.meta_weights(label)
-            if weights is not None:
-                row["meta_weights_median"] = _json(weights)
-            row["n_convergence_warnings"] = self.convergence_warnings()
-            out.append(row)
-        return out
-
-    def to_csv(self, path, per_trial: bool = False) -> None:
-        rows = self.rows(per_trial)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def to_frame(self, per_trial: bool = False):
-        """``rows`` as a pandas DataFrame (needs pandas, which aigvqa does not depend on)."""
-        try:
-            import pandas as pd
-        except ImportError as err:
-            raise ImportError("to_frame needs pandas (pip install pandas); rows() / to_csv() do not") from err
-        return pd.DataFrame(self.rows(per_trial))
-
-    def predictions(self, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(MOS, prediction) of every tested row over all trials, for scatter plots."""
-        j = self.label_names.index(self._label(label))
-        mos = np.concatenate([self.y_true[t.test, j] for t in self.trials])
-        pred = np.concatenate([t.y_pred[:, j] for t in self.trials])
-        return mos, pred
-
-    def __repr__(self) -> str:
-        return f"EvaluationResult({self.head!r}, split={self.split!r}, trials={len(self.trials)}, labels={self.label_names})"
-
-
-def _plain(value):
-    """JSON-ready: numpy scalars and arrays as Python numbers and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def _json(value) -> str:
-    return "" if value is None else json.dumps(_plain(value), sort_keys=True, default=str)
-
-
-def _compact(value) -> str:
-    """``{"C": 8.0, "gamma": 0.125}`` as ``C=8, gamma=0.125`` for tables."""
-    if value is None:
-        return ""
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_compact(v) if isinstance(v, Mapping) else _short(v)}" for k, v in value.items())
-    return _short(value)
-
-
-def _short(value) -> str:
-    value = _plain(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, Mapping):
-        return "{" + _compact(value) + "}"
-    return str(value)
-
 
 # -- running trials ---------------------------------------------------------------------------
 
@@ -357,8 +84,12 @@ def seeded(head, seed: int):
 
         nested = {}
         for name, base in bases:
-            base_params = (create_head(base) if isinstance(base, str) else base).get_params(deep=False)
-            nested.update({f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params})
+            base_params = (create_head(base) if isinstance(base, str) else base).get_params(
+                deep=False
+            )
+            nested.update(
+                {f"{name}__{key}": seed for key in ("random_state", "seed") if key in base_params}
+            )
         head.set_params(**nested)
     return head
 
@@ -381,7 +112,9 @@ def _labels(label_names, k: int) -> list[str]:
     return label_names
 
 
-def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None) -> dict:
+def _score(
+    Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, prompts=None
+) -> dict:
     metrics = {}
     for j, label in enumerate(labels):
         with warnings.catch_warnings():
@@ -397,7 +130,9 @@ def _score(Y_test: np.ndarray, pred: np.ndarray, labels: list[str], generators, 
                 m["model_srcc"], m["model_plcc"] = ml["srcc"], ml["plcc"]
             else:  # a fold of one or two generators has no model-level correlation
                 m["model_srcc"] = m["model_plcc"] = float("nan")
-            m["model_pair_acc"] = generator_rank_agreement(pred[:, j], Y_test[:, j], generators)["pair_acc"]
+            m["model_pair_acc"] = generator_rank_agreement(pred[:, j], Y_test[:, j], generators)[
+                "pair_acc"
+            ]
         metrics[label] = m
     return metrics
 
@@ -425,7 +160,9 @@ class FitInfo:
     convergence_warnings: int
 
     def __iter__(self):
-        return iter((self.best_params, self.meta_weights, self.meta_choice, self.convergence_warnings))
+        return iter(
+            (self.best_params, self.meta_weights, self.meta_choice, self.convergence_warnings)
+        )
 
 
 def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None):
@@ -446,23 +183,52 @@ def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompt
     warned += int(getattr(model, "n_convergence_warnings_", 0))
     seconds = time.perf_counter() - start
     pred = np.asarray(model.predict(X_test), dtype=np.float64).reshape(len(X_test), -1)
-    return pred, seconds, FitInfo(getattr(model, "best_params_", None), getattr(model, "meta_weights_", None),
-                                  getattr(model, "meta_choice_", None), warned)
+    return (
+        pred,
+        seconds,
+        FitInfo(
+            getattr(model, "best_params_", None),
+            getattr(model, "meta_weights_", None),
+            getattr(model, "meta_choice_", None),
+            warned,
+        ),
+    )
 
 
-def _run_trial(head, X: FeatureSet, Y: np.ndarray, split: Split, labels, generators,
-               prompts=None, prompt_groups=None) -> TrialResult:
+def _run_trial(
+    head,
+    X: FeatureSet,
+    Y: np.ndarray,
+    split: Split,
+    labels,
+    generators,
+    prompts=None,
+    prompt_groups=None,
+) -> TrialResult:
     has_val = split.val is not None and len(split.val) > 0
     pred, seconds, best = _fit_predict(
-        head, X[split.train], Y[split.train],
-        X[split.val] if has_val else None, Y[split.val] if has_val else None,
-        X[split.test], split.seed,
+        head,
+        X[split.train],
+        Y[split.train],
+        X[split.val] if has_val else None,
+        Y[split.val] if has_val else None,
+        X[split.test],
+        split.seed,
         prompts_train=None if prompts is None else prompts[split.train],
     )
     gen = None if generators is None else generators[split.test]
     ranked = None if prompt_groups is None else prompt_groups[split.test]
-    return TrialResult(split.name, split.seed, split.train, split.val, split.test, pred,
-                       _score(Y[split.test], pred, labels, gen, ranked), seconds, *best)
+    return TrialResult(
+        split.name,
+        split.seed,
+        split.train,
+        split.val,
+        split.test,
+        pred,
+        _score(Y[split.test], pred, labels, gen, ranked),
+        seconds,
+        *best,
+    )
 
 
 def _trains_trials_together(head) -> bool:
@@ -475,16 +241,23 @@ def _trains_trials_together(head) -> bool:
     return can_train_together(head)
 
 
-def _run_trials_together(head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators,
-                         prompt_groups, bar) -> list[TrialResult]:
+def _run_trials_together(
+    head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators, prompt_groups, bar
+) -> list[TrialResult]:
     from aigvqa.heads.trials import fit_trials, predict_trials
 
     def on_epoch(epoch: int, epochs: int) -> None:
         bar.set_postfix_str(f"trials together, epoch {epoch}/{epochs}")
 
     start = time.perf_counter()
-    heads = fit_trials(head, X, Y[:, 0] if Y.shape[1] == 1 else Y, [s.train for s in splits],
-                       seeds=[s.seed for s in splits], on_epoch=on_epoch)
+    heads = fit_trials(
+        head,
+        X,
+        Y[:, 0] if Y.shape[1] == 1 else Y,
+        [s.train for s in splits],
+        seeds=[s.seed for s in splits],
+        on_epoch=on_epoch,
+    )
     total = time.perf_counter() - start
     predictions = predict_trials(heads, X, [s.test for s in splits])
     results = []
@@ -492,9 +265,19 @@ def _run_trials_together(head, X: FeatureSet, Y: np.ndarray, splits: list[Split]
         pred = np.asarray(pred, dtype=np.float64).reshape(len(s.test), -1)
         gen = None if generators is None else generators[s.test]
         ranked = None if prompt_groups is None else prompt_groups[s.test]
-        results.append(TrialResult(s.name, s.seed, s.train, s.val, s.test, pred,
-                                   _score(Y[s.test], pred, labels, gen, ranked), total / len(splits),
-                                   getattr(h, "best_params_", None)))
+        results.append(
+            TrialResult(
+                s.name,
+                s.seed,
+                s.train,
+                s.val,
+                s.test,
+                pred,
+                _score(Y[s.test], pred, labels, gen, ranked),
+                total / len(splits),
+                getattr(h, "best_params_", None),
+            )
+        )
         bar.update()
     return results
 
@@ -536,10 +319,17 @@ def evaluate(
     if len(Y) != len(X):
         raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
     labels = _labels(label_names, Y.shape[1])
-    generators = None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    generators = (
+        None if not groups or "generator" not in groups else np.asarray(groups["generator"]).ravel()
+    )
     prompt_groups = _prompt_groups(groups)
     prompts = None
-    if isinstance(split, str) and split.startswith("prompt-disjoint") and groups and "prompt" in groups:
+    if (
+        isinstance(split, str)
+        and split.startswith("prompt-disjoint")
+        and groups
+        and "prompt" in groups
+    ):
         prompts = np.asarray(groups["prompt"]).ravel()
     if isinstance(split, str):
         splits, split_name = make_splits(split, len(Y), groups, trials, seed), split
@@ -547,7 +337,12 @@ def evaluate(
         splits, split_name = list(split), "custom"
     name = _head_label(head)
 
-    bar = tqdm(total=len(splits), desc=f"evaluate {name} ({split_name})", disable=not progress, unit="trial")
+    bar = tqdm(
+        total=len(splits),
+        desc=f"evaluate {name} ({split_name})",
+        disable=not progress,
+        unit="trial",
+    )
     results: list[TrialResult | None] = [None] * len(splits)
     if batch_trials and len(splits) > 1 and _trains_trials_together(head):
         results = _run_trials_together(head, X, Y, splits, labels, generators, prompt_groups, bar)
@@ -556,6 +351,7 @@ def evaluate(
             results[i] = _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
             bar.update()
     else:
+
         def indexed(i, s):
             return i, _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
 
@@ -575,9 +371,12 @@ def evaluate(
             pred = np.concatenate([t.y_pred[:, j] for t in results])[order]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                result.pooled_model_level[label] = model_level_correlation(pred, Y[:, j], generators)
+                result.pooled_model_level[label] = model_level_correlation(
+                    pred, Y[:, j], generators
+                )
             result.pooled_model_level[label]["pair_acc"] = generator_rank_agreement(
-                pred, Y[:, j], generators)["pair_acc"]
+                pred, Y[:, j], generators
+            )["pair_acc"]
     return result
 
 
@@ -601,16 +400,33 @@ def cross_dataset(
         raise ValueError(f"A has {Y_a.shape[1]} MOS dimensions, B {Y_b.shape[1]}")
     labels = _labels(label_names, Y_b.shape[1])
     pred, seconds, best = _fit_predict(head, X_a, Y_a, None, None, X_b, seed)
-    gen = None if not groups_b or "generator" not in groups_b else np.asarray(groups_b["generator"]).ravel()
-    trial = TrialResult(name, seed, np.arange(len(Y_a)), None, np.arange(len(Y_b)), pred,
-                        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)), seconds, *best)
+    gen = (
+        None
+        if not groups_b or "generator" not in groups_b
+        else np.asarray(groups_b["generator"]).ravel()
+    )
+    trial = TrialResult(
+        name,
+        seed,
+        np.arange(len(Y_a)),
+        None,
+        np.arange(len(Y_b)),
+        pred,
+        _score(Y_b, pred, labels, gen, _prompt_groups(groups_b)),
+        seconds,
+        *best,
+    )
     return EvaluationResult(_head_label(head), f"cross-dataset {name}", labels, Y_b, [trial])
 
 
 def _selection_rules(estimator) -> str:
     """How the head (or each base of a stack) picks its hyper-parameters, in words."""
     bases = getattr(estimator, "estimators", None)
-    parts = [(n, b) for n, b in bases if hasattr(b, "get_params")] if isinstance(bases, list) else [("", estimator)]
+    parts = (
+        [(n, b) for n, b in bases if hasattr(b, "get_params")]
+        if isinstance(bases, list)
+        else [("", estimator)]
+    )
     words = []
     stack_tunes = getattr(estimator, "tune_bases", None) if isinstance(bases, list) else None
     for name, head in parts:
@@ -620,8 +436,11 @@ def _selection_rules(estimator) -> str:
         if params.get("search") is None:
             words.append(f"{name or _head_label(head)} does not search")
         else:
-            words.append(f"{name or _head_label(head)} searches {params['search'] if isinstance(params['search'], str) else 'a grid'}"
-                         f" ranked by {params.get('search_scoring')}")
+            words.append(
+                f"{name or _head_label(head)} searches "
+                f"{params['search'] if isinstance(params['search'], str) else 'a grid'}"
+                f" ranked by {params.get('search_scoring')}"
+            )
     return ", ".join(words)
 
 
@@ -673,8 +492,13 @@ def evaluate_cache(
     trials = trials or (chosen.trials if chosen else 10)
     data = load_training_data(cache, features, labels)
     name, estimator = build_head(
-        head, config, params, default_name=chosen.default_head if chosen else None,
-        defaults=(lambda head_name, given: protocol_params(chosen, head_name, given)) if chosen else None,
+        head,
+        config,
+        params,
+        default_name=chosen.default_head if chosen else None,
+        defaults=(lambda head_name, given: protocol_params(chosen, head_name, given))
+        if chosen
+        else None,
     )
     if test_cache is None:
         notes = []
@@ -682,18 +506,41 @@ def evaluate_cache(
             data, how = order_rows(data, order_from, order_column)
             notes.append(f"{len(data.ids)} videos, {how}.")
         if chosen is not None:
-            notes.insert(0, f"protocol {chosen.name}: {chosen.summary}; {_selection_rules(estimator)}.")
-        result = evaluate(estimator, data.X, data.y, data.groups, split=split, trials=trials, seed=seed,
-                          label_names=data.label_names, n_jobs=n_jobs, progress=progress,
-                          batch_trials=batch_trials)
+            notes.insert(
+                0, f"protocol {chosen.name}: {chosen.summary}; {_selection_rules(estimator)}."
+            )
+        result = evaluate(
+            estimator,
+            data.X,
+            data.y,
+            data.groups,
+            split=split,
+            trials=trials,
+            seed=seed,
+            label_names=data.label_names,
+            n_jobs=n_jobs,
+            progress=progress,
+            batch_trials=batch_trials,
+        )
         result.notes.extend(notes)
         return result
     test = load_training_data(test_cache, data.cache_groups, data.label_names)
     problems = provenance_problems(data.provenance, test.provenance)
     if problems:
         raise ProvenanceMismatchError(
-            f"{test_cache} holds features of another origin than {cache}: " + " | ".join(problems)
-            + f" ({cache} vs {test_cache}); extract both caches with the same extractor configs and weights"
+            f"{test_cache} holds features of another origin than {cache}: "
+            + " | ".join(problems)
+            + f" ({cache} vs {test_cache}); extract both caches with the same extractor "
+            "configs and weights"
         )
-    return cross_dataset(estimator, data.X, data.y, test.X, test.y, test.groups, label_names=data.label_names,
-                         seed=seed, name=f"{Path(cache).stem}->{Path(test_cache).stem}")
+    return cross_dataset(
+        estimator,
+        data.X,
+        data.y,
+        test.X,
+        test.y,
+        test.groups,
+        label_names=data.label_names,
+        seed=seed,
+        name=f"{Path(cache).stem}->{Path(test_cache).stem}",
+    )

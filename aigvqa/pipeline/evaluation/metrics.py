@@ -142,7 +142,9 @@ def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
             # fitted curve itself; the finiteness check below catches real ones.
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            params, _ = curve_fit(logistic_4, y_pred, y_true, p0=p0, jac=_logistic_4_jacobian, maxfev=maxfev)
+            params, _ = curve_fit(
+                logistic_4, y_pred, y_true, p0=p0, jac=_logistic_4_jacobian, maxfev=maxfev
+            )
             mapped = logistic_4(y_pred, *params)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return _fall_back("logistic", y_pred, str(err).splitlines()[0])
@@ -151,7 +153,9 @@ def fit_logistic(y_true, y_pred, maxfev: int = 20000) -> MappingFit:
     if params[0] < params[1]:
         # b1 (the upper asymptote's weight) below b2: the curve falls, and would reward
         # predictions that rank the videos backwards with a high PLCC
-        return _fall_back("logistic", y_pred, "the fitted logistic is decreasing (it would invert the ranking)")
+        return _fall_back(
+            "logistic", y_pred, "the fitted logistic is decreasing (it would invert the ranking)"
+        )
     return MappingFit(mapped, params, False)
 
 
@@ -190,35 +194,49 @@ def ntire_score(srcc_value: float, plcc_value: float) -> float:
 # What each metric means, in the words a results table prints under itself (metric_legend).
 METRIC_LEGEND = {
     "srcc": "SRCC: Spearman rank correlation of predictions with MOS, -1..1, higher is better "
-            "(1: same order; 0: no relation; negative: backwards)",
+    "(1: same order; 0: no relation; negative: backwards)",
     "krcc": "KRCC: Kendall rank correlation, -1..1, higher is better (stricter than SRCC: "
-            "0.6 KRCC is about 0.8 SRCC)",
+    "0.6 KRCC is about 0.8 SRCC)",
     "plcc": "PLCC: Pearson linear correlation of raw predictions with MOS, -1..1, higher is better",
     "plcc_logistic": "PLCC (logistic): PLCC after fitting an increasing 4-parameter logistic from "
-                     "predictions to MOS (VQEG, VIDEVAL), -1..1, higher is better",
-    "plcc_poly3": "PLCC (poly3): PLCC after a 3rd-order polynomial fit (NTIRE 2024), -1..1, higher is better",
+    "predictions to MOS (VQEG, VIDEVAL), -1..1, higher is better",
+    "plcc_poly3": "PLCC (poly3): PLCC after a 3rd-order polynomial fit (NTIRE 2024), -1..1, "
+    "higher is better",
     "rmse": "RMSE: root-mean-square error of raw predictions in MOS units, 0..inf, LOWER is better",
     "rmse_logistic": "RMSE (logistic): RMSE after the logistic fit, MOS units, LOWER is better",
-    "ntire": "NTIRE: (|SRCC| + |PLCC (poly3)|) / 2, the NTIRE 2024 challenge score, 0..1, higher is better",
+    "ntire": "NTIRE: (|SRCC| + |PLCC (poly3)|) / 2, the NTIRE 2024 challenge score, 0..1, "
+    "higher is better",
     "pair_acc": "pair acc (in prompt): share of one prompt's video pairs with different MOS "
-                "that the prediction orders right, averaged over prompts, 0..1, higher is better (0.5: chance)",
+    "that the prediction orders right, averaged over prompts, 0..1, higher is better (0.5: chance)",
     "prompt_srcc": "SRCC (in prompt): mean over prompts of the SRCC among one prompt's videos, "
-                   "-1..1, higher is better",
+    "-1..1, higher is better",
     "model_srcc": "model SRCC: SRCC of the generators' mean prediction vs mean MOS (the "
-                  "leaderboard), -1..1, higher is better; few generators make it coarse",
+    "leaderboard), -1..1, higher is better; few generators make it coarse",
     "model_plcc": "model PLCC: PLCC of the same per-generator means, -1..1, higher is better",
-    "model_pair_acc": "model pair acc: share of generator pairs ranked right, 0..1, higher is better (0.5: chance)",
+    "model_pair_acc": "model pair acc: share of generator pairs ranked right, 0..1, higher is "
+    "better (0.5: chance)",
 }
 
 
 def metric_legend(metrics, *, prefix: str = "- ") -> str:
     """The ``METRIC_LEGEND`` lines of ``metrics`` (names as in ``all_metrics``; unknown names
     are skipped), one per line: what a reader of a results table needs to read it."""
-    return "\n".join(prefix + METRIC_LEGEND[m] for m in dict.fromkeys(metrics) if m in METRIC_LEGEND)
+    return "\n".join(
+        prefix + METRIC_LEGEND[m] for m in dict.fromkeys(metrics) if m in METRIC_LEGEND
+    )
 
 
 # Names and order of the numeric entries of ``all_metrics``; the evaluation tables use them.
-METRIC_NAMES = ("srcc", "krcc", "plcc", "plcc_logistic", "plcc_poly3", "rmse", "rmse_logistic", "ntire")
+METRIC_NAMES = (
+    "srcc",
+    "krcc",
+    "plcc",
+    "plcc_logistic",
+    "plcc_poly3",
+    "rmse",
+    "rmse_logistic",
+    "ntire",
+)
 # ``ranking_metrics``: within-prompt ranking (needs prompt groups).
 RANKING_NAMES = ("pair_acc", "prompt_srcc")
 
@@ -265,14 +283,17 @@ def model_level_correlation(pred, mos, generator, min_models: int = 3) -> dict:
     out = {"n_models": int(names.size)}
     if names.size < min_models:
         warnings.warn(
-            f"model-level correlation needs at least {min_models} generators, got {names.size}; reporting nan",
+            f"model-level correlation needs at least {min_models} generators, got {names.size}; "
+            "reporting nan",
             UserWarning,
             stacklevel=2,
         )
         out.update(srcc=float("nan"), krcc=float("nan"), plcc=float("nan"))
         return out
     out.update(
-        srcc=srcc(mean_mos, mean_pred), krcc=krcc(mean_mos, mean_pred), plcc=plcc(mean_mos, mean_pred)
+        srcc=srcc(mean_mos, mean_pred),
+        krcc=krcc(mean_mos, mean_pred),
+        plcc=plcc(mean_mos, mean_pred),
     )
     return out
 
@@ -287,8 +308,10 @@ def _group_index(groups, n: int) -> tuple[np.ndarray, int]:
     groups = np.asarray(groups, dtype=object).ravel()
     if groups.shape != (n,):
         raise ValueError(f"{groups.size} group labels for {n} predictions")
-    labels = np.array(["" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
-                       for g in groups], dtype=object)
+    labels = np.array(
+        ["" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g) for g in groups],
+        dtype=object,
+    )
     present = labels != ""
     inverse = np.full(n, -1, dtype=np.int64)
     names, inverse[present] = np.unique(labels[present].astype(str), return_inverse=True)
@@ -367,5 +390,7 @@ def generator_rank_agreement(pred, mos, generator) -> dict:
 
 def ranking_metrics(y_true, y_pred, prompts) -> dict:
     """``{"pair_acc": pairwise_accuracy, "prompt_srcc": per_group_srcc}`` over ``prompts``."""
-    return {"pair_acc": pairwise_accuracy(y_true, y_pred, prompts),
-            "prompt_srcc": per_group_srcc(y_true, y_pred, prompts)}
+    return {
+        "pair_acc": pairwise_accuracy(y_true, y_pred, prompts),
+        "prompt_srcc": per_group_srcc(y_true, y_pred, prompts),
+    }

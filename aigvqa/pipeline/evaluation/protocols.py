@@ -45,7 +45,9 @@ class Protocol:
     trials: int
     default_head: str
     classical: Mapping[str, Any]  # defaults for every classical head (and classical stack bases)
-    per_head: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # extra defaults by head name
+    per_head: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict
+    )  # extra defaults by head name
     source_order: bool = False  # splits index the rows in their source (metadata file) order
     summary: str = ""
 
@@ -59,7 +61,7 @@ VIDEVAL = Protocol(
     per_head={"svr": {"scaler": "minmax"}},
     source_order=True,
     summary="VIDEVAL's 80/20 splits (random_state=ceil(8.8*i)) over the metadata's row order, each "
-            "head's search on an inner 80/20 split (random_state=ceil(6.6*i))",
+    "head's search on an inner 80/20 split (random_state=ceil(6.6*i))",
 )
 
 PROTOCOLS = {p.name: p for p in (VIDEVAL,)}
@@ -86,7 +88,9 @@ def _defaults(protocol: Protocol, head_name: str) -> dict[str, Any]:
     return {**protocol.classical, **protocol.per_head.get(head_name, {})}
 
 
-def protocol_params(protocol: str | Protocol, head_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def protocol_params(
+    protocol: str | Protocol, head_name: str, params: Mapping[str, Any]
+) -> dict[str, Any]:
     """``params`` of head ``head_name`` with the protocol's defaults filled in where absent."""
     protocol = get_protocol(protocol)
     params = dict(params)
@@ -98,8 +102,11 @@ def protocol_params(protocol: str | Protocol, head_name: str, params: Mapping[st
     tables = []
     for name, table in stack_base_tables(params.get("estimators")):
         if isinstance(table, Mapping):
-            filled = {key: value for key, value in _defaults(protocol, table["head"]).items()
-                      if key not in table and f"{name}__{key}" not in nested}
+            filled = {
+                key: value
+                for key, value in _defaults(protocol, table["head"]).items()
+                if key not in table and f"{name}__{key}" not in nested
+            }
             table = {**table, **filled}
         tables.append((name, table))
     params["estimators"] = {name: table for name, table in tables}

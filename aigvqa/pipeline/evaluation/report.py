@@ -37,7 +37,9 @@ def format_value(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+def write_csv(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None
+) -> Path:
     """Rows as CSV; columns default to every key, in first-seen order."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,12 +70,19 @@ def _columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None, digits: int = 4) -> str:
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    headers: Sequence[str] | None = None,
+    digits: int = 4,
+) -> str:
     """A GitHub markdown table of ``columns`` (``headers`` renames them)."""
     headers = list(headers or columns)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(format_value(row.get(c, ""), digits) for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(format_value(row.get(c, ""), digits) for c in columns) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -115,12 +124,17 @@ def scatter_with_fit(
         fit = fit_logistic(y_true, y_pred)
     if not fit.fell_back and fit.params is not None:
         xs = np.linspace(y_pred.min(), y_pred.max(), 200)
-        ax.plot(xs, logistic_4(xs, *fit.params), color="black", lw=1.5, label="4-param logistic fit")
+        ax.plot(
+            xs, logistic_4(xs, *fit.params), color="black", lw=1.5, label="4-param logistic fit"
+        )
         ax.legend(fontsize=8, loc="best")
         note = ""
     else:
         note = f"\n(no logistic curve: {fit.reason}; PLCC on raw predictions)"
-    stats = f"SRCC {srcc(y_true, y_pred):.3f}  PLCC(logistic) {plcc(y_true, fit.mapped):.3f}  n={y_true.size}"
+    stats = (
+        f"SRCC {srcc(y_true, y_pred):.3f}  PLCC(logistic) {plcc(y_true, fit.mapped):.3f}  "
+        f"n={y_true.size}"
+    )
     ax.set_title((title + "\n" if title else "") + stats + note, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -139,8 +153,14 @@ def metric_bars(
 ) -> Path:
     """Grouped horizontal bars: per row, ``<metric>_median`` with ``<metric>_std`` error bars."""
     plt = _pyplot()
-    names = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC",
-             "plcc_poly3": "PLCC (poly3)", **(metric_names or {})}
+    names = {
+        "srcc": "SRCC",
+        "plcc": "PLCC",
+        "plcc_logistic": "PLCC (logistic)",
+        "krcc": "KRCC",
+        "plcc_poly3": "PLCC (poly3)",
+        **(metric_names or {}),
+    }
     labels = [str(r[label_key]) for r in rows]
     n = len(rows)
     height = 0.8 / max(len(metrics), 1)
@@ -151,14 +171,23 @@ def metric_bars(
     for j, metric in enumerate(metrics):
         med = np.array([_num(r.get(f"{metric}_median")) for r in rows])
         std = np.array([_num(r.get(f"{metric}_std")) for r in rows])
-        ax.barh(y + (j - (len(metrics) - 1) / 2) * height, np.nan_to_num(med), height,
-                xerr=np.nan_to_num(std), capsize=3, label=names.get(metric, metric))
+        ax.barh(
+            y + (j - (len(metrics) - 1) / 2) * height,
+            np.nan_to_num(med),
+            height,
+            xerr=np.nan_to_num(std),
+            capsize=3,
+            label=names.get(metric, metric),
+        )
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("median over trials (bars: std)")
-    lo = min(0.0, float(np.nanmin([_num(r.get(f"{m}_median")) for r in rows for m in metrics] + [0.0])) - 0.1)
+    lo = min(
+        0.0,
+        float(np.nanmin([_num(r.get(f"{m}_median")) for r in rows for m in metrics] + [0.0])) - 0.1,
+    )
     ax.set_xlim(lo, 1.0)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="x", alpha=0.3)
@@ -218,13 +247,27 @@ def evaluation_plots(
         for label in labels or result.label_names:
             mos, pred, colors = pooled_predictions(result, label, color_by)
             name = f"scatter-{_slug(result.head)}-{_slug(label)}.png"
-            paths.append(scatter_with_fit(
-                mos, pred, folder / name, groups=colors,
-                title=f"{result.head} · {label} · {result.split} ({len(result.trials)} trials, test rows pooled)",
-            ))
+            paths.append(
+                scatter_with_fit(
+                    mos,
+                    pred,
+                    folder / name,
+                    groups=colors,
+                    title=(
+                        f"{result.head} · {label} · {result.split} "
+                        f"({len(result.trials)} trials, test rows pooled)"
+                    ),
+                )
+            )
         for row in result.rows():
             if labels is None or row["dimension"] in labels:
                 rows.append({**row, "model": f"{row['head']} · {row['dimension']}"})
     if rows:
-        paths.append(metric_bars(rows, folder / "srcc-plcc.png", title=title or f"median over trials, split {results[0].split}"))
+        paths.append(
+            metric_bars(
+                rows,
+                folder / "srcc-plcc.png",
+                title=title or f"median over trials, split {results[0].split}",
+            )
+        )
     return paths

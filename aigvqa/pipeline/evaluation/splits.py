@@ -47,11 +47,20 @@ class Split:
 
     def __repr__(self) -> str:
         val = "None" if self.val is None else str(len(self.val))
-        return f"Split({self.name!r}, train={len(self.train)}, val={val}, test={len(self.test)}, seed={self.seed})"
+        return (
+            f"Split({self.name!r}, train={len(self.train)}, val={val}, test={len(self.test)}, "
+            f"seed={self.seed})"
+        )
 
 
-SPLIT_NAMES = ("random-8:2", "random-7:1:2", "prompt-disjoint", "prompt-disjoint-7:1:2",
-               "leave-one-generator-out", "videval")
+SPLIT_NAMES = (
+    "random-8:2",
+    "random-7:1:2",
+    "prompt-disjoint",
+    "prompt-disjoint-7:1:2",
+    "leave-one-generator-out",
+    "videval",
+)
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -61,7 +70,9 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     except ValueError:
         parts = []
     if len(parts) not in (2, 3) or min(parts, default=0) <= 0:
-        raise SplitError(f"split ratios {text!r} must look like 8:2 (train:test) or 7:1:2 (train:val:test)")
+        raise SplitError(
+            f"split ratios {text!r} must look like 8:2 (train:test) or 7:1:2 (train:val:test)"
+        )
     total = sum(parts)
     return tuple(p / total for p in parts)
 
@@ -90,8 +101,10 @@ def random_splits(n: int, ratios=(0.8, 0.2), trials: int = 10, seed: int = 0) ->
     out = []
     for t in range(trials):
         perm = np.random.default_rng([seed, t]).permutation(n)
-        test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
-        out.append(Split(train, val if len(ratios) == 3 else None, test, f"trial {t}", _head_seed(seed, t)))
+        test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+        out.append(
+            Split(train, val if len(ratios) == 3 else None, test, f"trial {t}", _head_seed(seed, t))
+        )
     return out
 
 
@@ -101,12 +114,16 @@ def videval_splits(n: int, trials: int = 100, test_size: float = 0.2) -> list[Sp
     ``ceil(6.6*i)`` is VIDEVAL's inner hyper-parameter split seed."""
     out = []
     for i in range(1, trials + 1):
-        train, test = train_test_split(np.arange(n), test_size=test_size, random_state=math.ceil(8.8 * i))
+        train, test = train_test_split(
+            np.arange(n), test_size=test_size, random_state=math.ceil(8.8 * i)
+        )
         out.append(Split(train, None, test, f"split {i}", math.ceil(6.6 * i)))
     return out
 
 
-def prompt_disjoint_splits(prompts, ratios=(0.8, 0.2), trials: int = 10, seed: int = 0) -> list[Split]:
+def prompt_disjoint_splits(
+    prompts, ratios=(0.8, 0.2), trials: int = 10, seed: int = 0
+) -> list[Split]:
     """Random splits over prompts: every prompt's rows land in exactly one part, so no prompt
     of val/test appears in train. Parts get whole prompts until they reach their row share."""
     prompts = np.asarray(prompts).ravel()
@@ -115,7 +132,10 @@ def prompt_disjoint_splits(prompts, ratios=(0.8, 0.2), trials: int = 10, seed: i
     n_val, n_test = _sizes(n, ratios)
     names, inverse = np.unique(prompts, return_inverse=True)
     if names.size < len(ratios):
-        raise SplitError(f"a prompt-disjoint split needs at least {len(ratios)} distinct prompts, got {names.size}")
+        raise SplitError(
+            f"a prompt-disjoint split needs at least {len(ratios)} distinct prompts, got "
+            f"{names.size}"
+        )
     counts = np.bincount(inverse)
     out = []
     for t in range(trials):
@@ -132,12 +152,21 @@ def prompt_disjoint_splits(prompts, ratios=(0.8, 0.2), trials: int = 10, seed: i
         if not (part == 0).any():  # greedy filling took every prompt: give the last one back
             part[order[-1]] = 0
         if len(ratios) == 3 and not (part == 1).any():
-            raise SplitError(f"{names.size} prompts of very unequal sizes cannot fill a {split_text(ratios)} "
-                             "prompt-disjoint split; use an 8:2 split or more prompts")
+            raise SplitError(
+                f"{names.size} prompts of very unequal sizes cannot fill a {split_text(ratios)} "
+                "prompt-disjoint split; use an 8:2 split or more prompts"
+            )
         row_part = part[inverse]
         val = np.flatnonzero(row_part == 1)
-        out.append(Split(np.flatnonzero(row_part == 0), val if len(ratios) == 3 else None,
-                         np.flatnonzero(row_part == 2), f"trial {t}", _head_seed(seed, t)))
+        out.append(
+            Split(
+                np.flatnonzero(row_part == 0),
+                val if len(ratios) == 3 else None,
+                np.flatnonzero(row_part == 2),
+                f"trial {t}",
+                _head_seed(seed, t),
+            )
+        )
     return out
 
 
@@ -146,9 +175,17 @@ def leave_one_group_out(groups, seed: int = 0, label: str = "generator") -> list
     groups = np.asarray(groups).ravel()
     names = np.unique(groups)
     if names.size < 2:
-        raise SplitError(f"leave-one-{label}-out needs at least 2 distinct {label}s, got {names.size}")
+        raise SplitError(
+            f"leave-one-{label}-out needs at least 2 distinct {label}s, got {names.size}"
+        )
     return [
-        Split(np.flatnonzero(groups != g), None, np.flatnonzero(groups == g), f"{label}={g}", _head_seed(seed, k))
+        Split(
+            np.flatnonzero(groups != g),
+            None,
+            np.flatnonzero(groups == g),
+            f"{label}={g}",
+            _head_seed(seed, k),
+        )
         for k, g in enumerate(names)
     ]
 
@@ -157,8 +194,8 @@ def _group(groups: Mapping | None, key: str, split: str, n: int) -> np.ndarray:
     if not groups or key not in groups:
         have = sorted(groups) if groups else []
         raise SplitError(
-            f"split {split!r} needs a {key!r} group per row, but the groups given are {have}; "
-            f"pass groups={{'{key}': [...]}} (from the manifest's {key} column) or pick another split"
+            f"split {split!r} needs a {key!r} group per row, but the groups given are {have}; pass "
+            f"groups={{'{key}': [...]}} (from the manifest's {key} column) or pick another split"
         )
     values = np.asarray(groups[key]).ravel()
     if values.size != n:
@@ -166,15 +203,23 @@ def _group(groups: Mapping | None, key: str, split: str, n: int) -> np.ndarray:
     return values
 
 
-def make_splits(split: str, n: int, groups: Mapping | None = None, trials: int = 10, seed: int = 0) -> list[Split]:
+def make_splits(
+    split: str, n: int, groups: Mapping | None = None, trials: int = 10, seed: int = 0
+) -> list[Split]:
     """The splits a protocol name stands for (see the module docstring)."""
     if split.startswith("random-"):
-        return random_splits(n, parse_ratios(split[len("random-"):]), trials, seed)
+        return random_splits(n, parse_ratios(split[len("random-") :]), trials, seed)
     if split == "videval":
         return videval_splits(n, trials)
     if split.startswith("prompt-disjoint"):
-        ratios = parse_ratios(split[len("prompt-disjoint-"):]) if split != "prompt-disjoint" else (0.8, 0.2)
+        ratios = (
+            parse_ratios(split[len("prompt-disjoint-") :])
+            if split != "prompt-disjoint"
+            else (0.8, 0.2)
+        )
         return prompt_disjoint_splits(_group(groups, "prompt", split, n), ratios, trials, seed)
     if split in ("leave-one-generator-out", "logo"):
         return leave_one_group_out(_group(groups, "generator", split, n), seed)
-    raise SplitError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} (or random-A:B[:C])")
+    raise SplitError(
+        f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} (or random-A:B[:C])"
+    )

@@ -12,35 +12,9 @@ Layout of ``model/``::
     lightgbm-<i>.txt       LightGBM boosters, in LightGBM's own text model format
     part-<i>.safetensors   deep heads nested in another head (e.g. a stacking blend)
 
-Formats, and why nothing is unpickled:
-
-- **deep heads**: ``TorchHead.get_state()`` gives a JSON config (stored in bundle.json) and
-  a dict of tensors (stored with safetensors); loading rebuilds the module from the config
-  and loads the tensors into it (``TorchHead.from_state``). The class named in bundle.json
-  must be one of the built-in heads (``HEAD_CLASSES``, exact names).
-- **scikit-learn heads** (SVR, ElasticNet, the LightGBM head's pipeline): skops
-  (``skops.io.dump`` / ``loads``). skops refuses every type that is neither one it trusts
-  by default (numpy, scipy, scikit-learn) nor in an explicit list: here ``TRUSTED_TYPES``,
-  exact class names (the built-in heads, LightGBM's scikit-learn wrapper,
-  ``collections.OrderedDict``) -- not module prefixes: a prefix let any name importable
-  from a head module through (``aigvqa.heads.classical.Parallel`` is joblib's).
-  ``load_bundle`` asks skops which untrusted types a file holds first and refuses the
-  bundle, naming them, if any is outside that list.
-- **LightGBM boosters** are taken out of the estimator before skops sees it and written with
-  ``Booster.model_to_string()`` (LightGBM's text model); a deep head nested in a
-  classical one is written as ``part-<i>.safetensors``. The skops file keeps a marker
-  string in their place, and loading puts the rebuilt parts back.
-
-Integrity: ``save_bundle`` records the sha256 of every file it wrote in bundle.json;
-``load_bundle`` reads each file once, checks its hash *before* any parser sees the bytes,
-and refuses a missing, extra or changed file, a symbolic link, anything that resolves
-outside the folder and a bundle.json of the wrong shape (``BundleError`` naming the
-file). LightGBM's text parser crashes the process on some edited model files (an
-out-of-range child index: SIGSEGV), so a file must match its recorded hash before it is
-parsed at all. What the hashes catch is damage and edits made without rewriting
-bundle.json; a bundle from someone you do not trust is protected by the formats above
-(nothing in it can run code), not by the hashes, which its author can recompute. The
-bundle folder itself may be a link (``model -> /models/v3``); its files may not.
+Formats, and why nothing is unpickled: ``pipeline.model.bundle_state`` (writing and
+reading a head's state). Integrity (every file's sha256, checked before parsing; links,
+extra and missing files refused): ``pipeline.model.bundle_files``.
 
 Paths are information, never identity: bundle.json keeps only the *file name* of a
 checkpoint an extractor was given (``config.weights``; the absolute path would leak the
@@ -58,12 +32,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import json
 import os
-import re
-import stat
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,38 +41,34 @@ from typing import Any
 
 import numpy as np
 
-from aigvqa.errors import AigvqaError, ProvenanceMismatchError
+from aigvqa.errors import ProvenanceMismatchError
+
+# The folder's integrity lives in bundle_files, the state's formats in bundle_state; their
+# names stay importable from here, where the API has always had them.
+from aigvqa.pipeline.model.bundle_files import (  # noqa: F401  (re-exported)
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    BUNDLE_VERSION,
+    BundleError,
+    _check_meta,
+    _plain_name,
+    _read_member,
+    _verified_files,
+)
+from aigvqa.pipeline.model.bundle_state import (  # noqa: F401  (re-exported)
+    HEAD_CLASSES,
+    PART_MARKER,
+    TRUSTED_TYPES,
+    _jsonable,
+    _load_state,
+    _map_estimators,
+    _save_state,
+    trusted_types,
+)
 from aigvqa.pipeline.training_data import provenance_problems
 
-BUNDLE_FORMAT = "aigvqa-bundle"
-BUNDLE_VERSION = 2
-"""2: ``files`` holds the sha256 of every file, checked on load; checkpoint paths reduced
-to file names. 1 (no checksums) is refused: retrain, or re-save with this version."""
-BUNDLE_JSON = "bundle.json"
-
-
-def _builtin_head_classes() -> tuple[str, ...]:
-    from aigvqa.heads.registry import BUILTIN_HEADS
-
-    return tuple(sorted(target.replace(":", ".") for target in BUILTIN_HEADS.values()))
-
-
-HEAD_CLASSES = _builtin_head_classes()
-"""Exact ``module.Class`` names of the heads a bundle may name (the built-in heads)."""
-TRUSTED_TYPES = (*HEAD_CLASSES, "lightgbm.sklearn.LGBMRegressor", "collections.OrderedDict")
-"""Types a skops file in a bundle may hold beyond skops' defaults, by exact name: the
-built-in heads, LightGBM's scikit-learn wrapper (its booster is stored apart, as a text
-model) and a plain ordered dict."""
-
-PART_MARKER = "aigvqa-bundle-part:"
-_KEEP = object()
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUNDLE_SUFFIXES = (".safetensors", ".skops")
 """Files ``save_bundle`` may replace in an existing bundle folder (with ``lightgbm-*.txt``)."""
-
-
-class BundleError(AigvqaError, ValueError):
-    """A model folder is missing, incomplete, or holds something that is not trusted."""
 
 
 @dataclass
@@ -129,8 +95,13 @@ class Bundle:
         """Cache groups the model reads (keys of ``provenance``)."""
         return list(self.provenance)
 
-    def check_provenance(self, cache_provenance: Mapping[str, Mapping[str, Any]], source: str = "the cache",
-                         *, present_only: bool = False) -> None:
+    def check_provenance(
+        self,
+        cache_provenance: Mapping[str, Mapping[str, Any]],
+        source: str = "the cache",
+        *,
+        present_only: bool = False,
+    ) -> None:
         """Refuse features whose extractor / config / weights differ from the training ones.
 
         ``cache_provenance`` maps a cache group name to its provenance (what
@@ -149,8 +120,9 @@ class Bundle:
             raise ProvenanceMismatchError(
                 f"{where} was trained on other features than {source} holds: "
                 + " | ".join(problems)
-                + " (model vs features). Extract features with the model's extractor configs (aigvqa score does this "
-                "when given no --cache) or retrain the model on these features."
+                + " (model vs features). Extract features with the model's extractor configs "
+                "(aigvqa score does this when given no --cache) or retrain the model on these "
+                "features."
             )
 
 
@@ -181,22 +153,6 @@ def file_sha256(path: Path) -> str:
 
 
 # -- save ---------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    """Parameters as JSON (tuples -> lists, numpy scalars -> numbers); refuses the rest."""
-    try:
-        return json.loads(json.dumps(obj, default=_json_default))
-    except TypeError as err:
-        raise BundleError(f"head parameters are not JSON-serialisable ({err}); pass plain values") from err
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-
 def save_bundle(
     head: Any,
     path: str | Path,
@@ -222,8 +178,12 @@ def save_bundle(
     for entry in sorted(path.iterdir()):
         if entry.name in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp"):
             continue
-        replaceable = entry.suffix in _BUNDLE_SUFFIXES or (entry.name.startswith("lightgbm-") and entry.suffix == ".txt")
-        (old_files if replaceable and entry.is_file() and not entry.is_symlink() else foreign).append(entry)
+        replaceable = entry.suffix in _BUNDLE_SUFFIXES or (
+            entry.name.startswith("lightgbm-") and entry.suffix == ".txt"
+        )
+        (
+            old_files if replaceable and entry.is_file() and not entry.is_symlink() else foreign
+        ).append(entry)
     if foreign:
         raise BundleError(
             f"{path}: holds {', '.join(e.name for e in foreign)}, which are not bundle files; "
@@ -231,10 +191,14 @@ def save_bundle(
         )
     for old in old_files:
         old.unlink()
-    (path / BUNDLE_JSON).unlink(missing_ok=True)  # a crash from here on leaves no loadable half-bundle
+    (path / BUNDLE_JSON).unlink(
+        missing_ok=True
+    )  # a crash from here on leaves no loadable half-bundle
     name = head_name or _registered_name(head)
     state = _save_state(head, path)
-    written = sorted(e.name for e in path.iterdir() if e.name not in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp"))
+    written = sorted(
+        e.name for e in path.iterdir() if e.name not in (BUNDLE_JSON, f".{BUNDLE_JSON}.tmp")
+    )
     meta = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -257,12 +221,17 @@ def save_bundle(
 def _public_params(head: Any) -> dict[str, Any]:
     params = head.get_params(deep=False) if hasattr(head, "get_params") else {}
     # Nested estimators are stored in the state, not as parameters.
-    return {k: v for k, v in params.items() if not hasattr(v, "get_params") and not _is_estimator_list(v)}
+    return {
+        k: v
+        for k, v in params.items()
+        if not hasattr(v, "get_params") and not _is_estimator_list(v)
+    }
 
 
 def _is_estimator_list(value: Any) -> bool:
     return isinstance(value, list | tuple) and any(
-        hasattr(v, "get_params") or (isinstance(v, tuple) and any(hasattr(x, "get_params") for x in v))
+        hasattr(v, "get_params")
+        or (isinstance(v, tuple) and any(hasattr(x, "get_params") for x in v))
         for v in value
     )
 
@@ -271,100 +240,6 @@ def _registered_name(head: Any) -> str:
     from aigvqa.heads.registry import head_name
 
     return head_name(type(head))
-
-
-def _class_path(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _is_torch_head(obj: Any) -> bool:
-    return hasattr(obj, "get_state") and hasattr(type(obj), "from_state")
-
-
-def _is_fitted(obj: Any) -> bool:
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
-    try:
-        check_is_fitted(obj)
-    except NotFittedError:
-        return False
-    return True
-
-
-def _is_booster(obj: Any) -> bool:
-    return type(obj).__module__ == "lightgbm.basic" and type(obj).__name__ == "Booster"
-
-
-def _part_marker(i: int) -> str:
-    return f"{PART_MARKER}{i}"
-
-
-def _map_estimators(obj: Any, fn) -> Any:
-    """A copy of ``obj`` where ``fn(x)`` replaced every x it does not return ``_KEEP`` for.
-
-    Descends into lists, tuples, dicts and the attributes of scikit-learn estimators (heads,
-    pipelines, regressors): where the fitted objects of a head live. Copies are shallow,
-    so ``obj`` itself is never modified.
-    """
-    from sklearn.base import BaseEstimator
-
-    replaced = fn(obj)
-    if replaced is not _KEEP:
-        return replaced
-    if isinstance(obj, list):
-        return [_map_estimators(x, fn) for x in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map_estimators(x, fn) for x in obj)
-    if isinstance(obj, dict):
-        new = copy.copy(obj)  # keeps the dict's type (defaultdict, OrderedDict) and factory
-        new.update((k, _map_estimators(v, fn)) for k, v in obj.items())
-        return new
-    if isinstance(obj, BaseEstimator):
-        new = copy.copy(obj)
-        new.__dict__ = {k: _map_estimators(v, fn) for k, v in obj.__dict__.items()}
-        return new
-    return obj
-
-
-def _save_torch(head: Any, folder: Path, file: str) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
-    config, tensors = head.get_state()
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / file))
-    return {"kind": "torch", "class": _class_path(head), "config": _jsonable(config), "file": file}
-
-
-def _save_state(head: Any, folder: Path) -> dict[str, Any]:
-    """Store a head's fitted state in ``folder``; returns the JSON that describes how.
-
-    A deep head is (config, safetensors). Anything else goes to skops, except the parts
-    skops should not hold: LightGBM boosters (written as LightGBM text models) and deep
-    heads nested in it (a blend), written as safetensors; the skops file keeps a marker
-    string where each part was.
-    """
-    if _is_torch_head(head):
-        return _save_torch(head, folder, "weights.safetensors")
-    import skops.io
-
-    parts: list[dict[str, Any]] = []
-
-    def detach(obj: Any) -> Any:
-        if obj is head:
-            return _KEEP
-        if _is_torch_head(obj) and _is_fitted(obj):  # an unfitted template is plain parameters
-            parts.append(_save_torch(obj, folder, f"part-{len(parts)}.safetensors"))
-            return _part_marker(len(parts) - 1)
-        if _is_booster(obj):
-            file = f"lightgbm-{len(parts)}.txt"
-            (folder / file).write_text(obj.model_to_string())
-            parts.append({"kind": "lightgbm", "file": file})
-            return _part_marker(len(parts) - 1)
-        return _KEEP
-
-    stripped = _map_estimators(head, detach)
-    skops.io.dump(stripped, folder / "model.skops")
-    return {"kind": "skops", "class": _class_path(head), "file": "model.skops", "parts": parts}
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -376,16 +251,24 @@ def load_bundle(path: str | Path) -> Bundle:
     """
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"{path}: not a model bundle (no such folder); train one with `aigvqa train ... --out {path}`")
+        raise BundleError(
+            f"{path}: not a model bundle (no such folder); train one with `aigvqa train ... --out "
+            f"{path}`"
+        )
     root = path.resolve()  # the folder may be a link; what is inside may not
     if not (root / BUNDLE_JSON).exists() and not (root / BUNDLE_JSON).is_symlink():
-        raise BundleError(f"{path}: not a model bundle (no {BUNDLE_JSON}); train one with `aigvqa train ... --out {path}`")
+        raise BundleError(
+            f"{path}: not a model bundle (no {BUNDLE_JSON}); train one with `aigvqa train ... "
+            f"--out {path}`"
+        )
     meta_path = path / BUNDLE_JSON
     raw = _read_member(root, BUNDLE_JSON, path)
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{meta_path}: not valid JSON ({err}); the bundle is damaged, retrain it") from err
+        raise BundleError(
+            f"{meta_path}: not valid JSON ({err}); the bundle is damaged, retrain it"
+        ) from err
     _check_meta(meta, meta_path)
     blobs = _verified_files(root, path, meta["files"])
     head = _load_state(meta["state"], blobs, path)
@@ -400,256 +283,3 @@ def load_bundle(path: str | Path) -> Bundle:
         path=path,
         extra=dict(meta["extra"]),
     )
-
-
-def _str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _mapping_of(kind: type) -> Any:
-    return lambda value: isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
-
-
-_META_FIELDS: dict[str, tuple[Any, str]] = {
-    "head": (lambda v: isinstance(v, str) and v != "", "a head name (string)"),
-    "params": (lambda v: isinstance(v, dict), "an object of parameters"),
-    "feature_names": (lambda v: _str_list(v) and len(v) > 0, "a non-empty list of strings"),
-    "label_names": (lambda v: _str_list(v) and len(v) > 0, "a non-empty list of strings"),
-    "provenance": (_mapping_of(dict), "an object {cache group: provenance object}"),
-    "versions": (_mapping_of(str), "an object {package: version string}"),
-    "extra": (lambda v: isinstance(v, dict), "an object"),
-    "state": (lambda v: isinstance(v, dict), "an object"),
-    "files": (lambda v: _mapping_of(str)(v) and all(_SHA256.fullmatch(h) for h in v.values()),
-              "an object {file name: sha256 hex digest}"),
-}
-_STATE_FIELDS: dict[str, tuple[Any, str]] = {
-    "kind": (lambda v: isinstance(v, str), "a string"),
-    "class": (lambda v: isinstance(v, str), "a string"),
-    "file": (lambda v: isinstance(v, str), "a file name (string)"),
-}
-
-
-def _check_fields(obj: Mapping[str, Any], fields: Mapping[str, tuple[Any, str]], where: str, meta_path: Path) -> None:
-    for key, (ok, what) in fields.items():
-        if key not in obj:
-            raise BundleError(f"{meta_path}: '{where}{key}' is missing; the bundle is damaged, retrain it")
-        if not ok(obj[key]):
-            raise BundleError(
-                f"{meta_path}: '{where}{key}' must be {what}, got {type(obj[key]).__name__} "
-                f"{_short(obj[key])}; the bundle is damaged, retrain it"
-            )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _check_meta(meta: Any, meta_path: Path) -> None:
-    """bundle.json has the shape ``save_bundle`` writes: refuse anything else by key."""
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_path}: not an aigvqa bundle description")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise BundleError(f"{meta_path}: 'format_version' must be an integer, got {_short(version)}")
-    if version > BUNDLE_VERSION:
-        raise BundleError(
-            f"{meta_path}: bundle format {version} is newer than this aigvqa reads "
-            f"({BUNDLE_VERSION}); upgrade aigvqa"
-        )
-    if version < BUNDLE_VERSION:
-        raise BundleError(
-            f"{meta_path}: bundle format {version} was written before bundles recorded the sha256 of "
-            "their files, so it cannot be checked before loading; retrain it with this aigvqa "
-            "(`aigvqa train ... --out` a new folder)"
-        )
-    _check_fields(meta, _META_FIELDS, "", meta_path)
-    state = meta["state"]
-    _check_fields(state, _STATE_FIELDS, "state.", meta_path)
-    if state["kind"] == "torch" and not isinstance(state.get("config"), dict):
-        raise BundleError(f"{meta_path}: 'state.config' must be an object; the bundle is damaged, retrain it")
-    parts = state.get("parts", [])
-    if not isinstance(parts, list):
-        raise BundleError(f"{meta_path}: 'state.parts' must be a list; the bundle is damaged, retrain it")
-    for i, part in enumerate(parts):
-        if not isinstance(part, dict):
-            raise BundleError(f"{meta_path}: 'state.parts[{i}]' must be an object")
-        _check_fields(part, {k: _STATE_FIELDS[k] for k in ("kind", "file")}, f"state.parts[{i}].", meta_path)
-        if part["kind"] == "torch":
-            _check_fields(part, {"class": _STATE_FIELDS["class"]}, f"state.parts[{i}].", meta_path)
-            if not isinstance(part.get("config"), dict):
-                raise BundleError(f"{meta_path}: 'state.parts[{i}].config' must be an object")
-    for name in meta["files"]:
-        _plain_name(name, meta_path)
-    for file in [state["file"], *(p["file"] for p in parts)]:
-        _plain_name(file, meta_path)
-        if file not in meta["files"]:
-            raise BundleError(
-                f"{meta_path}: the state names file {file!r}, which has no recorded sha256 in 'files'; "
-                "the bundle is damaged, retrain it"
-            )
-
-
-def _plain_name(name: str, meta_path: Path) -> str:
-    """A file directly inside the bundle: names with path parts would escape the folder."""
-    if not name or name in (".", "..", BUNDLE_JSON) or Path(name).name != name or "\\" in name or "\0" in name:
-        raise BundleError(f"{meta_path}: file name {name!r} points outside the bundle (or at bundle.json)")
-    return name
-
-
-def _read_member(root: Path, name: str, shown: Path) -> bytes:
-    """The bytes of ``root/name``: a regular file, not a link, not resolving elsewhere."""
-    file = root / name
-    where = shown / name
-    if file.is_symlink():
-        raise BundleError(f"{where}: is a symbolic link (to {os.readlink(file)}); bundle files must be plain files")
-    if not file.exists():
-        raise BundleError(f"{where}: bundle file is missing; the bundle is incomplete, retrain it")
-    if file.resolve().parent != root:
-        raise BundleError(f"{where}: resolves outside the bundle folder ({file.resolve()})")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(file, flags)
-    except OSError as err:
-        raise BundleError(f"{where}: cannot be opened ({err.strerror})") from err
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise BundleError(f"{where}: is not a regular file")
-        return fh.read()
-
-
-def _verified_files(root: Path, shown: Path, files: Mapping[str, str]) -> dict[str, bytes]:
-    """{name: bytes} of every recorded file, after checking the folder holds exactly them
-    and each matches its sha256. Nothing is parsed before this returns."""
-    present = set(os.listdir(root)) - {BUNDLE_JSON}
-    extra = sorted(present - set(files))
-    if extra:
-        raise BundleError(
-            f"{shown}: holds {', '.join(extra)}, which bundle.json does not list; a bundle folder holds "
-            "only what `aigvqa train` wrote (remove the extra files, or retrain into a new folder)"
-        )
-    blobs = {}
-    for name, expected in files.items():
-        data = _read_member(root, name, shown)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise BundleError(
-                f"{shown / name}: sha256 {actual[:16]}... does not match the {expected[:16]}... recorded in "
-                f"{BUNDLE_JSON}: the file was changed or damaged after the bundle was saved; "
-                "refusing to parse it (retrain, or restore the original file)"
-            )
-        blobs[name] = data
-    return blobs
-
-
-def _trusted_class(class_path: str, where: Path) -> type:
-    if class_path not in HEAD_CLASSES:
-        raise BundleError(
-            f"{where}: declares class {class_path!r}, which is not one of the trusted head classes "
-            f"({', '.join(HEAD_CLASSES)}); refusing to load it"
-        )
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise BundleError(f"{where}: class {class_path!r} does not exist in this aigvqa version ({err})") from err
-    if not isinstance(cls, type) or _class_path_of(cls) != class_path or not hasattr(cls, "from_state"):
-        raise BundleError(f"{where}: {class_path!r} is not a deep head class; refusing to load it")
-    return cls
-
-
-def _class_path_of(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _load_torch(part: Mapping[str, Any], blobs: Mapping[str, bytes], folder: Path) -> Any:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
-    cls = _trusted_class(part["class"], folder / BUNDLE_JSON)
-    file = folder / part["file"]
-    try:
-        tensors = load_safetensors(blobs[part["file"]])
-    except SafetensorError as err:
-        raise BundleError(f"{file}: not a safetensors file ({err}); the bundle is damaged, retrain it") from err
-    try:
-        return cls.from_state(part["config"], tensors)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise BundleError(
-            f"{file}: does not rebuild a {part['class']} with the config in {BUNDLE_JSON} "
-            f"({type(err).__name__}: {err}); the bundle is damaged, retrain it"
-        ) from err
-
-
-def _load_booster(name: str, data: bytes, folder: Path) -> Any:
-    import lightgbm
-
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BundleError(f"{folder / name}: not a LightGBM text model ({err})") from err
-    try:
-        return lightgbm.Booster(model_str=text)
-    except lightgbm.basic.LightGBMError as err:
-        raise BundleError(f"{folder / name}: not a valid LightGBM text model ({err})") from err
-
-
-def _load_state(state: Mapping[str, Any], blobs: Mapping[str, bytes], folder: Path) -> Any:
-    kind = state["kind"]
-    if kind == "torch":
-        return _load_torch(state, blobs, folder)
-    if kind != "skops":
-        raise BundleError(f"{folder / BUNDLE_JSON}: unknown state kind {kind!r}; written by a newer aigvqa?")
-    parts = []
-    for part in state.get("parts", []):
-        if part["kind"] == "torch":
-            parts.append(_load_torch(part, blobs, folder))
-        elif part["kind"] == "lightgbm":
-            parts.append(_load_booster(part["file"], blobs[part["file"]], folder))
-        else:
-            raise BundleError(f"{folder / BUNDLE_JSON}: unknown part kind {part['kind']!r}")
-    stripped = _load_skops(blobs[state["file"]], folder / state["file"])
-
-    def attach(obj: Any) -> Any:
-        if isinstance(obj, str) and obj.startswith(PART_MARKER):
-            index = obj[len(PART_MARKER):]
-            if not index.isdigit() or int(index) >= len(parts):
-                raise BundleError(f"{folder / state['file']}: refers to part {index!r}, which bundle.json does not list")
-            return parts[int(index)]
-        return _KEEP
-
-    return _map_estimators(stripped, attach)
-
-
-_SKOPS_ERRORS = (zipfile.BadZipFile, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
-"""What skops raises on a file that is not one of its archives (or a damaged one)."""
-
-
-def trusted_types(data: bytes, file: Path) -> list[str]:
-    """Types in the skops archive ``data`` beyond skops' defaults, all in ``TRUSTED_TYPES``.
-
-    Raises ``BundleError`` naming any other type (``file`` is the name shown).
-    """
-    import skops.io
-
-    try:
-        untrusted = skops.io.get_untrusted_types(data=data)
-    except _SKOPS_ERRORS as err:
-        raise BundleError(f"{file}: not a skops file ({type(err).__name__}: {err}); the bundle is damaged, retrain it") from err
-    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
-    if refused:
-        raise BundleError(
-            f"{file}: holds types that are not trusted: {', '.join(refused)}; refusing to load it. "
-            "Only scikit-learn / numpy / scipy types and aigvqa's built-in heads are loaded from bundles."
-        )
-    return untrusted
-
-
-def _load_skops(data: bytes, file: Path) -> Any:
-    import skops.io
-
-    trusted = trusted_types(data, file)
-    try:
-        return skops.io.loads(data, trusted=trusted)
-    except _SKOPS_ERRORS as err:
-        raise BundleError(f"{file}: cannot be read as a skops file ({type(err).__name__}: {err}); the bundle is damaged, retrain it") from err

@@ -28,7 +28,9 @@ class EpochProgress:
         if self.bar is None:
             self.bar = tqdm(total=int(head._hp("epochs")), desc=self.desc, unit="epoch")
         self.bar.update()
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
+        self.bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")}
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -70,7 +72,12 @@ def train(
     name, estimator = build_head(head, config, params)
     fit_head(estimator, data, progress=progress)
     path = save_bundle(
-        estimator, out, data.provenance, data.X.names, data.label_names, head_name=name,
+        estimator,
+        out,
+        data.provenance,
+        data.X.names,
+        data.label_names,
+        head_name=name,
         extra={"trained_on": {"cache": str(Path(cache).name), "videos": len(data.X)}},
     )
     return path, data

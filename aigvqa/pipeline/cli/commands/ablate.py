@@ -19,9 +19,13 @@ def add_arguments(parser):
     parser.add_argument("grid", help="grid TOML file")
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-batch-trials", dest="batch_trials", action="store_false",
-                        help="deep heads: fit each cell's trials one by one instead of together as one "
-                        "vectorised model (same results up to float rounding)")
+    parser.add_argument(
+        "--no-batch-trials",
+        dest="batch_trials",
+        action="store_false",
+        help="deep heads: fit each cell's trials one by one instead of together as one "
+        "vectorised model (same results up to float rounding)",
+    )
 
 
 def run(args) -> int:
@@ -30,7 +34,11 @@ def run(args) -> int:
     grid = load_grid(args.grid)
     # the grid's [cluster] table, with the options given here on top
     base = grid_cluster_spec(grid.cluster, where=f"{grid.source}: [cluster]")
-    results = run_ablation(grid, cluster=cluster_spec(args, base=base), progress=not args.no_progress,
-                           batch_trials=args.batch_trials)
+    results = run_ablation(
+        grid,
+        cluster=cluster_spec(args, base=base),
+        progress=not args.no_progress,
+        batch_trials=args.batch_trials,
+    )
     print(results.summary())
     return 0

@@ -21,22 +21,42 @@ DESCRIPTION = (
 
 def add_arguments(parser) -> None:
     parser.add_argument("cache", type=Path, help="feature cache (.h5) made by `aigvqa extract`")
-    parser.add_argument("--format", choices=FORMATS, default="npy", help="output format (default npy)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="npy", help="output format (default npy)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--groups", help="comma-separated groups to export (default: all)")
-    parser.add_argument("--pool", choices=CSV_POOLS, default="mean",
-                        help="csv only: mean over time steps (default) or flatten every step")
-    parser.add_argument("--dtype", choices=DTYPES, default="cache",
-                        help="npy value dtype: the cache's own (default; float16 stays float16) or wider")
-    parser.add_argument("--expand-prompts", action="store_true",
-                        help="prompt-keyed groups as one row per video (default: one row per prompt)")
+    parser.add_argument(
+        "--pool",
+        choices=CSV_POOLS,
+        default="mean",
+        help="csv only: mean over time steps (default) or flatten every step",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="cache",
+        help="npy value dtype: the cache's own (default; float16 stays float16) or wider",
+    )
+    parser.add_argument(
+        "--expand-prompts",
+        action="store_true",
+        help="prompt-keyed groups as one row per video (default: one row per prompt)",
+    )
 
 
 def run(args) -> int:
     from aigvqa.pipeline.dump import dump
 
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-    report = dump(args.cache, args.out, format=args.format, groups=groups, pool=args.pool,
-                  dtype=args.dtype, expand_prompts=args.expand_prompts)
+    report = dump(
+        args.cache,
+        args.out,
+        format=args.format,
+        groups=groups,
+        pool=args.pool,
+        dtype=args.dtype,
+        expand_prompts=args.expand_prompts,
+    )
     print(report.summary())
     return 0

@@ -38,40 +38,80 @@ def trials_csv_path(out: str) -> Path:
 
 def add_arguments(parser):
     add_head_arguments(parser)
-    parser.add_argument("--protocol", choices=("videval",),
-                        help="a published protocol under one name (see above): its splits, trials, row order "
-                        "and hyper-parameter selection")
-    parser.add_argument("--split", default=None,
-                        help="prompt-disjoint | random-8:2 | random-7:1:2 | leave-one-generator-out | "
-                        "videval (default: the protocol's, else random-8:2)")
-    parser.add_argument("--trials", type=int, default=None,
-                        help="number of random splits (default: the protocol's, else 10)")
-    parser.add_argument("--order-from", metavar="CSV",
-                        help="put the rows in this CSV's row order before splitting (e.g. VIDEVAL's metadata "
-                        "file); default under videval splits: the order import-features recorded")
-    parser.add_argument("--order-column", metavar="COL",
-                        help="id column of --order-from (default: the column that lists every video)")
+    parser.add_argument(
+        "--protocol",
+        choices=("videval",),
+        help="a published protocol under one name (see above): its splits, trials, row order "
+        "and hyper-parameter selection",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="prompt-disjoint | random-8:2 | random-7:1:2 | leave-one-generator-out | "
+        "videval (default: the protocol's, else random-8:2)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="number of random splits (default: the protocol's, else 10)",
+    )
+    parser.add_argument(
+        "--order-from",
+        metavar="CSV",
+        help="put the rows in this CSV's row order before splitting (e.g. VIDEVAL's metadata "
+        "file); default under videval splits: the order import-features recorded",
+    )
+    parser.add_argument(
+        "--order-column",
+        metavar="COL",
+        help="id column of --order-from (default: the column that lists every video)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
-    parser.add_argument("--jobs", type=int, default=1, help="trials run in parallel processes (default 1)")
-    parser.add_argument("--test-cache", help="cross-dataset: train on all of CACHE, test on this cache")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="trials run in parallel processes (default 1)"
+    )
+    parser.add_argument(
+        "--test-cache", help="cross-dataset: train on all of CACHE, test on this cache"
+    )
     parser.add_argument("--out", help="write the summary rows (one per dimension) to this CSV")
-    parser.add_argument("--per-trial", action="store_true",
-                        help="also show one row per trial (metrics, chosen hyper-parameters, a stack's meta "
-                        "weights); with --out they go to OUT's name + .trials.csv beside the summary")
-    parser.add_argument("--plots", help="folder for PNG plots (predicted-vs-MOS scatter, SRCC/PLCC bars)")
+    parser.add_argument(
+        "--per-trial",
+        action="store_true",
+        help="also show one row per trial (metrics, chosen hyper-parameters, a stack's meta "
+        "weights); with --out they go to OUT's name + .trials.csv beside the summary",
+    )
+    parser.add_argument(
+        "--plots", help="folder for PNG plots (predicted-vs-MOS scatter, SRCC/PLCC bars)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--no-batch-trials", dest="batch_trials", action="store_false",
-                        help="deep heads: fit the trials one by one instead of together as one vectorised "
-                        "model (same results up to float rounding; together is faster)")
+    parser.add_argument(
+        "--no-batch-trials",
+        dest="batch_trials",
+        action="store_false",
+        help="deep heads: fit the trials one by one instead of together as one vectorised "
+        "model (same results up to float rounding; together is faster)",
+    )
 
 
 def run(args) -> int:
     from aigvqa.pipeline.evaluation.evaluate import evaluate_cache
 
     result = evaluate_cache(
-        args.cache, args.head, config=args.config, features=args.features, labels=args.labels,
-        split=args.split, trials=args.trials, seed=args.seed, n_jobs=args.jobs, test_cache=args.test_cache,
-        progress=not args.quiet, protocol=args.protocol, order_from=args.order_from, order_column=args.order_column,
+        args.cache,
+        args.head,
+        config=args.config,
+        features=args.features,
+        labels=args.labels,
+        split=args.split,
+        trials=args.trials,
+        seed=args.seed,
+        n_jobs=args.jobs,
+        test_cache=args.test_cache,
+        progress=not args.quiet,
+        protocol=args.protocol,
+        order_from=args.order_from,
+        order_column=args.order_column,
         batch_trials=args.batch_trials,
     )
     print(result.table())

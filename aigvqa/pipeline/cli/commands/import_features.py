@@ -39,39 +39,87 @@ def parse_labels(text: str | None) -> dict[str, str]:
 
 def add_arguments(parser):
     parser.add_argument("file", help="feature file: .mat (MATLAB v5/v7), .npy or .csv")
-    parser.add_argument("--cache", required=True, help="cache file to import into (created if absent)")
-    parser.add_argument("--group", required=True, help="name of the cache group to create, e.g. videval")
-    parser.add_argument("--variable", help=".mat: the variable holding the [N, D] matrix (default: the only one)")
-    parser.add_argument("--ids-from", help="CSV whose rows list the videos in the feature file's row order")
-    parser.add_argument("--id-column", help="id column of --ids-from, or of a .csv feature file (default: first column)")
-    parser.add_argument("--labels", "--label-columns", dest="labels", metavar="COL[=NAME],...",
-                        help="MOS columns to store as labels, optionally renamed: mos or MOSFull=mos,tq")
-    parser.add_argument("--group-columns", help="comma-separated grouping columns (prompt, generator)")
-    parser.add_argument("--feature-columns", help=".csv feature file: the feature columns (default: all others)")
-    parser.add_argument("--nan", choices=("zero", "error"), default="zero",
-                        help="NaN/Inf values: replace by 0 and say how many (default, as VIDEVAL), or refuse")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype")
-    parser.add_argument("--overwrite", action="store_true", help="replace rows (or a group of another origin)")
+    parser.add_argument(
+        "--cache", required=True, help="cache file to import into (created if absent)"
+    )
+    parser.add_argument(
+        "--group", required=True, help="name of the cache group to create, e.g. videval"
+    )
+    parser.add_argument(
+        "--variable", help=".mat: the variable holding the [N, D] matrix (default: the only one)"
+    )
+    parser.add_argument(
+        "--ids-from", help="CSV whose rows list the videos in the feature file's row order"
+    )
+    parser.add_argument(
+        "--id-column",
+        help="id column of --ids-from, or of a .csv feature file (default: first column)",
+    )
+    parser.add_argument(
+        "--labels",
+        "--label-columns",
+        dest="labels",
+        metavar="COL[=NAME],...",
+        help="MOS columns to store as labels, optionally renamed: mos or MOSFull=mos,tq",
+    )
+    parser.add_argument(
+        "--group-columns", help="comma-separated grouping columns (prompt, generator)"
+    )
+    parser.add_argument(
+        "--feature-columns", help=".csv feature file: the feature columns (default: all others)"
+    )
+    parser.add_argument(
+        "--nan",
+        choices=("zero", "error"),
+        default="zero",
+        help="NaN/Inf values: replace by 0 and say how many (default, as VIDEVAL), or refuse",
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32", help="storage dtype"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace rows (or a group of another origin)"
+    )
     subset = parser.add_argument_group("subsets (import only some rows)")
-    subset.add_argument("--keep-ids", metavar="FILE", help="import only the ids listed in FILE (one per line)")
-    subset.add_argument("--drop-ids", metavar="FILE", help="leave out the ids listed in FILE (one per line)")
-    subset.add_argument("--keep-rows", metavar="ROWS", help="import only these 1-based rows of the feature file "
-                        "(3,6,10 or a file of numbers)")
-    subset.add_argument("--drop-rows", metavar="ROWS", help="leave out these 1-based rows of the feature file "
-                        "(3,6,10 or a file of numbers), e.g. YouTube-UGC's 57 grayscale videos")
+    subset.add_argument(
+        "--keep-ids", metavar="FILE", help="import only the ids listed in FILE (one per line)"
+    )
+    subset.add_argument(
+        "--drop-ids", metavar="FILE", help="leave out the ids listed in FILE (one per line)"
+    )
+    subset.add_argument(
+        "--keep-rows",
+        metavar="ROWS",
+        help="import only these 1-based rows of the feature file (3,6,10 or a file of numbers)",
+    )
+    subset.add_argument(
+        "--drop-rows",
+        metavar="ROWS",
+        help="leave out these 1-based rows of the feature file "
+        "(3,6,10 or a file of numbers), e.g. YouTube-UGC's 57 grayscale videos",
+    )
 
 
 def run(args) -> int:
     from aigvqa.pipeline.import_features import import_features, parse_rows, read_id_list
 
     report = import_features(
-        args.file, args.cache, args.group, variable=args.variable, ids_from=args.ids_from,
-        id_column=args.id_column, feature_columns=_names(args.feature_columns) or None,
-        label_columns=parse_labels(args.labels), group_columns=_names(args.group_columns),
-        nan=args.nan, dtype=args.dtype, overwrite=args.overwrite,
+        args.file,
+        args.cache,
+        args.group,
+        variable=args.variable,
+        ids_from=args.ids_from,
+        id_column=args.id_column,
+        feature_columns=_names(args.feature_columns) or None,
+        label_columns=parse_labels(args.labels),
+        group_columns=_names(args.group_columns),
+        nan=args.nan,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
         keep_ids=read_id_list(args.keep_ids) if args.keep_ids else None,
         drop_ids=read_id_list(args.drop_ids) if args.drop_ids else None,
-        keep_rows=parse_rows(args.keep_rows, "--keep-rows"), drop_rows=parse_rows(args.drop_rows, "--drop-rows"),
+        keep_rows=parse_rows(args.keep_rows, "--keep-rows"),
+        drop_rows=parse_rows(args.drop_rows, "--drop-rows"),
     )
     print(report.summary())
     return 0

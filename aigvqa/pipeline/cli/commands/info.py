@@ -21,11 +21,21 @@ DESCRIPTION = (
 
 def add_arguments(parser) -> None:
     parser.add_argument("cache", metavar="CACHE", help="the .h5 cache file (or a shard)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON (full provenance)")
-    parser.add_argument("--failures", type=int, default=5, metavar="N",
-                        help="how many failures to list (default: 5)")
-    parser.add_argument("--verify", action="store_true",
-                        help="read the whole file and check every checksum; exit 1 naming what is damaged")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (full provenance)"
+    )
+    parser.add_argument(
+        "--failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="how many failures to list (default: 5)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="read the whole file and check every checksum; exit 1 naming what is damaged",
+    )
 
 
 def run(args) -> int:

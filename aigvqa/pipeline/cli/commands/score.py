@@ -30,17 +30,31 @@ examples:
 
 
 def add_arguments(parser):
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="a manifest, or video files / folders of videos")
-    parser.add_argument("--model", required=True, help="model bundle folder written by `aigvqa train`")
-    parser.add_argument("--out", help="output CSV (appended to; existing rows are kept). Default: print the rows")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="a manifest, or video files / folders of videos"
+    )
+    parser.add_argument(
+        "--model", required=True, help="model bundle folder written by `aigvqa train`"
+    )
+    parser.add_argument(
+        "--out", help="output CSV (appended to; existing rows are kept). Default: print the rows"
+    )
     parser.add_argument("--prompt", help="the prompt of the videos given as files or folders")
     parser.add_argument("--cache", help="feature cache that may already hold the model's features")
-    parser.add_argument("--work-cache", help="where extracted features go (default: OUT.features.h5)")
-    parser.add_argument("--weights", help="checkpoint of the model's extractor, when features must be extracted "
-                        "and it is not found under $AIGVQA_WEIGHTS (its sha256 must be the one the model recorded)")
-    parser.add_argument("--batch-size", type=int, default=256, help="videos per extract+predict batch (default 256)")
-    parser.add_argument("--retry-failed", action="store_true", help="rescore videos whose row says failed")
+    parser.add_argument(
+        "--work-cache", help="where extracted features go (default: OUT.features.h5)"
+    )
+    parser.add_argument(
+        "--weights",
+        help="checkpoint of the model's extractor, when features must be extracted "
+        "and it is not found under $AIGVQA_WEIGHTS (its sha256 must be the one the model recorded)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="videos per extract+predict batch (default 256)"
+    )
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="rescore videos whose row says failed"
+    )
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -51,10 +65,14 @@ def _source(args, bundle):
 
     manifests = [i for i in args.inputs if is_manifest(i)]
     if manifests and len(args.inputs) > 1:
-        raise ScoreError(f"give one manifest, or video files and folders, not both ({', '.join(args.inputs)})")
+        raise ScoreError(
+            f"give one manifest, or video files and folders, not both ({', '.join(args.inputs)})"
+        )
     if manifests:
         if args.prompt is not None:
-            raise ScoreError("--prompt is for video files and folders; a manifest gives each video's prompt")
+            raise ScoreError(
+                "--prompt is for video files and folders; a manifest gives each video's prompt"
+            )
         return manifests[0]
     records = video_records(args.inputs, args.prompt)
     check_prompts(bundle, records, '--prompt "the text"')
@@ -67,19 +85,31 @@ def run(args) -> int:
 
     bundle = load_bundle(args.model)
     report, rows = score_to_rows(
-        _source(args, bundle), bundle, out=args.out, cache=args.cache, work_cache=args.work_cache,
-        batch_size=args.batch_size, retry_failed=args.retry_failed, weights=args.weights,
-        cluster=cluster_spec(args), progress=not args.no_progress,
+        _source(args, bundle),
+        bundle,
+        out=args.out,
+        cache=args.cache,
+        work_cache=args.work_cache,
+        batch_size=args.batch_size,
+        retry_failed=args.retry_failed,
+        weights=args.weights,
+        cluster=cluster_spec(args),
+        progress=not args.no_progress,
     )
     if args.out is None:
-        writer = csv.DictWriter(sys.stdout, fieldnames=output_columns(bundle.label_names), lineterminator="\n")
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=output_columns(bundle.label_names), lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
         print(report.summary(), file=sys.stderr)
     else:
         print(report.summary())
     if report.any_failed:
-        print(f"{report.failed + report.failed_before} video(s) failed; `--retry-failed` tries them again",
-              file=sys.stderr)
+        print(
+            f"{report.failed + report.failed_before} video(s) failed; `--retry-failed` tries them "
+            "again",
+            file=sys.stderr,
+        )
         return 1
     return 0
