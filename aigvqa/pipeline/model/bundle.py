@@ -31,7 +31,6 @@ not: CUDA runs use autocast, so their features differ from CPU ones).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from aigvqa.pipeline.model.bundle_state import (  # noqa: F401  (re-exported)
     _save_state,
     trusted_types,
 )
+from aigvqa.pipeline.records import file_sha256
 from aigvqa.pipeline.training_data import provenance_problems
 
 _BUNDLE_SUFFIXES = (".safetensors", ".skops")
@@ -142,14 +142,6 @@ def portable_provenance(provenance: Mapping[str, Mapping[str, Any]]) -> dict[str
             prov["config"] = {**config, "weights": Path(os.fspath(config["weights"])).name}
         out[group] = prov
     return out
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- save ---------------------------------------------------------------------------------
