@@ -1,5 +1,6 @@
-"""``TorchHead``: the scikit-learn estimator shell shared by every deep head, and the small
-torch building blocks (masked pooling, positions, adapters, MLPs) the heads are made of.
+"""``TorchHead``: the scikit-learn estimator shell shared by every deep head. The small torch
+building blocks the heads are made of (masked pooling, positions, adapters, MLPs) live in
+``heads.layers`` and are importable from here too.
 
 A deep head subclass declares
 
@@ -52,14 +53,26 @@ from aigvqa.errors import AigvqaError, CheckpointMismatchError
 from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.layers import (
-    KeyedDropout,
-    MultiheadAttention,
+    Adapter,
+    CrossAttentionBlock,
     dropout_key,
     fold_key,
+    make_mlp,
+    masked_mean,
+    masked_std,
     number_dropout_sites,
+    sinusoidal_positions,
 )
 from aigvqa.heads.losses import FGM, LOSSES, get_loss
 from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
+
+__all__ = [
+    "DROPOUT", "FUSED_ADAM_DEVICES", "LOSS", "RATE", "SIZE", "STATE_FORMAT", "Batch",
+    "TargetValueError", "TorchHead", "deep_constraints",
+    # building blocks defined in heads.layers, importable from here as before
+    "Adapter", "CrossAttentionBlock", "make_mlp", "masked_mean", "masked_std",
+    "sinusoidal_positions",
+]
 
 
 class TargetValueError(AigvqaError, ValueError):
@@ -68,82 +81,6 @@ class TargetValueError(AigvqaError, ValueError):
 
 STATE_FORMAT = 1
 """Version of the (config, tensors) export layout written by ``TorchHead.get_state``."""
-
-
-# --------------------------------------------------------------------------------------
-# building blocks
-# --------------------------------------------------------------------------------------
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D], [B, T] bool -> [B, D] mean over the True steps (padded steps are
-    selected away, not multiplied by 0: nothing in them reaches the result)."""
-    keep = mask[..., None]
-    return torch.where(keep, x, 0.0).sum(1) / keep.sum(1).clamp_min(1).to(x.dtype)
-
-
-def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D] -> [B, D] population std over the True steps."""
-    keep = mask[..., None]
-    count = keep.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
-    mean = torch.where(keep, x, 0.0).sum(1, keepdim=True) / count
-    var = torch.where(keep, (x - mean) ** 2, 0.0).sum(1) / count[:, 0]
-    return (var + 1e-8).sqrt()
-
-
-def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[length, dim] fixed sine/cosine positions (Vaswani et al. 2017): no maximum length,
-    so a head fitted on short sequences still predicts on longer (or more padded) ones."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    out = torch.zeros(length, dim, device=device, dtype=torch.float32)
-    out[:, 0::2] = torch.sin(pos * freq)
-    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return out.to(dtype)
-
-
-def make_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float = 0.0) -> nn.Sequential:
-    """``layers`` Linear layers with GELU and (keyed) dropout between them."""
-    mods: list[nn.Module] = []
-    d = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.GELU(), KeyedDropout(dropout)]
-        d = hidden
-    mods.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*mods)
-
-
-class Adapter(nn.Module):
-    """Projection of a cached frozen feature into the head's width, then a residual
-    bottleneck (Houlsby et al. 2019): the light trainable layer MSA-VQA puts on top of
-    frozen CLIP features."""
-
-    def __init__(self, in_dim: int, out_dim: int, bottleneck: int, dropout: float = 0.0):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
-        self.down = nn.Linear(out_dim, bottleneck)
-        self.up = nn.Linear(bottleneck, out_dim)
-        self.dropout = KeyedDropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.proj(x)
-        return h + self.up(self.dropout(torch.nn.functional.gelu(self.down(h))))
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-LN cross-attention + feed-forward: ``x`` (queries) reads from ``context``,
-    whose padded steps are masked out of the attention."""
-
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = MultiheadAttention(d_model, heads, dropout)
-        self.norm_ffn = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), KeyedDropout(dropout), nn.Linear(ffn, d_model))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        kv = self.norm_kv(context)
-        x = x + self.attn(self.norm_q(x), kv, kv, context_mask)
-        return x + self.ffn(self.norm_ffn(x))
 
 
 # --------------------------------------------------------------------------------------

@@ -10,19 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    LOSS,
-    SIZE,
-    Batch,
-    TorchHead,
-    deep_constraints,
-    make_mlp,
-    masked_mean,
-    masked_std,
-)
-from aigvqa.heads.device import DeviceFeatures
+from aigvqa.heads.base import DROPOUT, LOSS, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.layers import make_mlp, masked_mean, masked_std
 from aigvqa.heads.params import Options, sequence_of
 from aigvqa.heads.registry import register_head
 

@@ -33,19 +33,16 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    SIZE,
+from aigvqa.heads.base import DROPOUT, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.device import Batch
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.layers import (
     Adapter,
-    Batch,
     CrossAttentionBlock,
-    TorchHead,
-    deep_constraints,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
-from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.losses import frame_consistency_loss, mae_rank_loss, plcc_loss, smooth_l1_loss
 from aigvqa.heads.params import Check, Interval, Options
 from aigvqa.heads.registry import register_head

@@ -18,19 +18,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    LOSS,
-    SIZE,
-    Batch,
+from aigvqa.heads.base import DROPOUT, LOSS, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.device import Batch
+from aigvqa.heads.layers import (
     CrossAttentionBlock,
-    TorchHead,
-    deep_constraints,
+    EncoderLayer,
+    TransformerEncoder,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
-from aigvqa.heads.layers import EncoderLayer, TransformerEncoder
 from aigvqa.heads.registry import register_head
 
 
