@@ -145,20 +145,27 @@ def test_search_uses_only_the_training_rows():
     assert stats.spearmanr(y[rest], head_val.predict(fs[rest]))[0] < 0.5  # final fit: training rows only
 
 
+def _videval_inner_loop(X, y, grid, random_state, rmse):
+    """VIDEVAL's grid search written out: train_test_split(X_train, test_size=0.2,
+    random_state=...), MinMax fit on the fitting rows, one RBF SVR per (C, gamma), each scored
+    by ``rmse(y_held_out, predictions)``. Returns {(C, gamma): rmse}."""
+    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=random_state)
+    scaler = MinMaxScaler().fit(Xp)
+    rmses = {}
+    for C in grid["C"]:
+        for g in grid["gamma"]:
+            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
+            rmses[(C, g)] = rmse(yv, pred)
+    return rmses
+
+
 def test_svr_search_reproduces_videvals_inner_split_loop():
     rng = np.random.default_rng(2)
     X = rng.normal(0, 1, (90, 5))
     y = np.sin(X[:, 0]) + 0.3 * X[:, 1] + rng.normal(0, 0.1, 90)
     grid = {"C": [1.0, 8.0, 64.0], "gamma": [0.05, 0.5]}
     head = SVRHead(search=grid, random_state=13).fit(X, y)
-    # VIDEVAL: train_test_split(X_train, test_size=0.2, random_state=...), MinMax, RBF SVR, RMSE
-    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=13)
-    scaler = MinMaxScaler().fit(Xp)
-    rmses = {}
-    for C in grid["C"]:
-        for g in grid["gamma"]:
-            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
-            rmses[(C, g)] = np.sqrt(np.mean((yv - pred) ** 2))
+    rmses = _videval_inner_loop(X, y, grid, 13, lambda yv, pred: np.sqrt(np.mean((yv - pred) ** 2)))
     best = min(rmses, key=rmses.get)
     assert (head.best_params_["C"], head.best_params_["gamma"]) == best
     for r in head.search_results_:
@@ -294,15 +301,13 @@ def test_logistic_rmse_selection_matches_videvals_rule():
     X, y = _svr_problem(160, seed=8)
     grid = {"C": [1.0, 16.0, 256.0], "gamma": [0.01, 0.2, 2.0]}
     head = SVRHead(search=grid, search_scoring="logistic-rmse", random_state=21).fit(X, y)
-    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=21)
-    scaler = MinMaxScaler().fit(Xp)
-    rmses = {}
-    for C in grid["C"]:
-        for g in grid["gamma"]:
-            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
-            beta = [np.max(yv), np.min(yv), np.mean(pred), 0.5]
-            popt, _ = curve_fit(_videval_logistic, pred, yv, p0=beta, maxfev=100000)
-            rmses[(C, g)] = np.sqrt(np.mean((yv - _videval_logistic(pred, *popt)) ** 2))
+
+    def logistic_rmse(yv, pred):  # VIDEVAL's: RMSE after its logistic fit, from its start point
+        beta = [np.max(yv), np.min(yv), np.mean(pred), 0.5]
+        popt, _ = curve_fit(_videval_logistic, pred, yv, p0=beta, maxfev=100000)
+        return np.sqrt(np.mean((yv - _videval_logistic(pred, *popt)) ** 2))
+
+    rmses = _videval_inner_loop(X, y, grid, 21, logistic_rmse)
     best = min(rmses, key=rmses.get)
     assert (head.best_params_["C"], head.best_params_["gamma"]) == best
     for r in head.search_results_:

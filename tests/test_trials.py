@@ -4,9 +4,13 @@ and the fitted heads are ordinary heads. Tiny synthetic data, one torch thread."
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
-from test_heads_deep import DEEP, all_features, tiny
+from test_heads_deep import (
+    DEEP,
+    all_features,
+    one_torch_thread,  # noqa: F401  (autouse: these tests run on one torch thread too)
+    tiny,
+)
 
 from aigvqa.heads.base import TorchHead
 from aigvqa.heads.classical import FeatureValueError
@@ -14,14 +18,6 @@ from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.losses import mae_loss
 from aigvqa.heads.mlp import PooledMLPHead
 from aigvqa.heads.trials import can_train_together, fit_trials
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def trial_rows(n, sizes, seed=0):
