@@ -67,10 +67,22 @@ from aigvqa.heads.losses import FGM, LOSSES, get_loss
 from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
 
 __all__ = [
-    "DROPOUT", "FUSED_ADAM_DEVICES", "LOSS", "RATE", "SIZE", "STATE_FORMAT", "Batch",
-    "TargetValueError", "TorchHead", "deep_constraints",
+    "DROPOUT",
+    "FUSED_ADAM_DEVICES",
+    "LOSS",
+    "RATE",
+    "SIZE",
+    "STATE_FORMAT",
+    "Batch",
+    "TargetValueError",
+    "TorchHead",
+    "deep_constraints",
     # building blocks defined in heads.layers, importable from here as before
-    "Adapter", "CrossAttentionBlock", "make_mlp", "masked_mean", "masked_std",
+    "Adapter",
+    "CrossAttentionBlock",
+    "make_mlp",
+    "masked_mean",
+    "masked_std",
     "sinusoidal_positions",
 ]
 
@@ -87,7 +99,11 @@ STATE_FORMAT = 1
 # the estimator
 # --------------------------------------------------------------------------------------
 # where torch has a fused Adam kernel: CUDA since torch 2.0, CPU since 2.4
-FUSED_ADAM_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
+FUSED_ADAM_DEVICES = (
+    ("cpu", "cuda")
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    else ("cuda",)
+)
 
 
 SIZE = [None, Interval(Integral, 1, None)]
@@ -99,12 +115,18 @@ LOSS = [Options(*LOSSES)]
 
 def _role_map(roles: Mapping[str, str]) -> Check:
     return Check(
-        lambda v: isinstance(v, dict) and set(v) <= set(roles) and all(isinstance(n, str) for n in v.values()),
+        lambda v: (
+            isinstance(v, dict)
+            and set(v) <= set(roles)
+            and all(isinstance(n, str) for n in v.values())
+        ),
         f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
     )
 
 
-def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own: list) -> dict[str, list]:
+def deep_constraints(
+    presets: Mapping[str, Any], roles: Mapping[str, str], **own: list
+) -> dict[str, list]:
     """The ``PARAMETER_CONSTRAINTS`` of a deep head: the parameters every ``TorchHead`` has
     (``preset`` among ``presets``, ``features`` mapping ``roles``), plus the head's ``own``."""
     return {
@@ -119,12 +141,20 @@ def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own
         "val_fraction": [Interval(Real, 0, 1, closed="left")],
         "patience": [None, Interval(Integral, 1, None)],
         "fgm_epsilon": [Interval(Real, 0, None, closed="left")],
-        "fgm_params": [str, Check(lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
-                                  "a list of parameter-name patterns")],
+        "fgm_params": [
+            str,
+            Check(
+                lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
+                "a list of parameter-name patterns",
+            ),
+        ],
         "seed": [Integral],
         "device": [str],
         "amp": [bool],
-        "verbose": [bool, Check(callable, "a callable(head, epoch record), called after every epoch")],
+        "verbose": [
+            bool,
+            Check(callable, "a callable(head, epoch record), called after every epoch"),
+        ],
         **own,
     }
 
@@ -151,7 +181,12 @@ class TorchHead(RegressorMixin, BaseEstimator):
     # what each parameter may be (aigvqa.heads.params), checked at the top of fit
     PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {}
     # learned numpy arrays exported by get_state (subclasses extend)
-    FITTED_ARRAYS: ClassVar[tuple[str, ...]] = ("y_mean_", "y_std_", "output_scale_", "output_shift_")
+    FITTED_ARRAYS: ClassVar[tuple[str, ...]] = (
+        "y_mean_",
+        "y_std_",
+        "output_scale_",
+        "output_shift_",
+    )
     # losses that fix neither scale nor shift: predictions get a linear calibration after training
     SCALE_FREE_LOSSES: ClassVar[frozenset[str]] = frozenset({"plcc", "plcc_rank"})
 
@@ -188,11 +223,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _build_module(self, dims: dict[str, int], n_outputs: int) -> nn.Module:
         raise NotImplementedError
 
-    def _init_from_data(self, module: nn.Module, features: DeviceFeatures, rows: np.ndarray) -> None:
+    def _init_from_data(
+        self, module: nn.Module, features: DeviceFeatures, rows: np.ndarray
+    ) -> None:
         """Data-dependent initialisation (e.g. input standardisation buffers) from the
         training ``rows`` of ``features``. Default: none."""
 
-    def _loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def _loss(
+        self, outputs: dict[str, torch.Tensor], y: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Training loss of a batch; ``weight`` [B] bool keeps only those rows (the losses
         module's convention; trials trained together pad their batches with masked rows)."""
         return get_loss(self.loss)(outputs["score"], y, weight=weight)
@@ -212,7 +251,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _unscale_targets(self, y: np.ndarray) -> np.ndarray:
         return y * self.y_std_ + self.y_mean_
 
-    def _after_training(self, features: DeviceFeatures, y_scaled: np.ndarray, rows: np.ndarray) -> None:
+    def _after_training(
+        self, features: DeviceFeatures, y_scaled: np.ndarray, rows: np.ndarray
+    ) -> None:
         """Fit post-hoc state on held-out rows (validation, or training rows without one);
         ``rows`` index ``features`` and ``y_scaled``.
 
@@ -223,14 +264,20 @@ class TorchHead(RegressorMixin, BaseEstimator):
             return
         raw = self._run(features, self._predict_outputs, rows)
         for c in range(raw.shape[1]):
-            a, b = np.polyfit(raw[:, c], y_scaled[rows, c], 1) if raw[:, c].std() > 0 else (0.0, y_scaled[rows, c].mean())
+            a, b = (
+                np.polyfit(raw[:, c], y_scaled[rows, c], 1)
+                if raw[:, c].std() > 0
+                else (0.0, y_scaled[rows, c].mean())
+            )
             self.output_scale_[c], self.output_shift_[c] = a, b
 
     # -- device / batches -----------------------------------------------------------------
     def _device(self) -> torch.device:
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise AigvqaError(f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; pass device='cpu'")
+            raise AigvqaError(
+                f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; pass device='cpu'"
+            )
         return device
 
     def _features(self, X, device: torch.device, rows: np.ndarray | None = None) -> DeviceFeatures:
@@ -247,7 +294,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _autocast(self, device: torch.device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
 
-    def _forward(self, module: nn.Module, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    def _forward(
+        self, module: nn.Module, batch: Batch, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         with self._autocast(device):
             out = module(batch)
         return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
@@ -267,8 +316,12 @@ class TorchHead(RegressorMixin, BaseEstimator):
             raise ValueError(f"y must be [N] or [N, k] with N = {n}, got {y.shape}")
         bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
         if bad.any():
-            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (f" and {bad.sum() - 5} more" if bad.sum() > 5 else "")
-            raise TargetValueError(f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting")
+            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (
+                f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
+            )
+            raise TargetValueError(
+                f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting"
+            )
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
         self.n_outputs_ = y2.shape[1]
@@ -276,7 +329,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
         self.feature_dims_ = {r: int(X.arrays[n].shape[2]) for r, n in self.feature_names_.items()}
         return y2
 
-    def _plan(self, y2: np.ndarray) -> tuple[np.ndarray, np.random.Generator, np.ndarray, np.ndarray]:
+    def _plan(
+        self, y2: np.ndarray
+    ) -> tuple[np.ndarray, np.random.Generator, np.ndarray, np.ndarray]:
         """Target scaling and the validation split of a fit on rows 0..len(y2)-1:
         (scaled targets float32 [n, k], the fit's generator, training rows, validation rows)."""
         n = len(y2)
@@ -288,16 +343,27 @@ class TorchHead(RegressorMixin, BaseEstimator):
         order = rng.permutation(n)
         n_val = int(round(self.val_fraction * n)) if self.val_fraction else 0
         if self.patience is not None and not n_val:
-            raise parameter_error(self, "patience", self.patience,
-                                  f"None without a validation split: early stopping needs val_fraction > 0 "
-                                  f"(val_fraction={self.val_fraction} holds out no row of {n})")
+            raise parameter_error(
+                self,
+                "patience",
+                self.patience,
+                f"None without a validation split: early stopping needs val_fraction > 0 "
+                f"(val_fraction={self.val_fraction} holds out no row of {n})",
+            )
         if n_val and (n_val < 2 or n - n_val < 2):
-            raise parameter_error(self, "val_fraction", self.val_fraction,
-                                  f"0 or a fraction leaving at least 2 of the {n} rows for training and "
-                                  "2 for validation", where=f" (on {n} rows)")
+            raise parameter_error(
+                self,
+                "val_fraction",
+                self.val_fraction,
+                f"0 or a fraction leaving at least 2 of the {n} rows for training and "
+                "2 for validation",
+                where=f" (on {n} rows)",
+            )
         return y_scaled, rng, order[n_val:], np.sort(order[:n_val])
 
-    def _new_module(self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device) -> nn.Module:
+    def _new_module(
+        self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device
+    ) -> nn.Module:
         """The seeded, data-initialised module on ``device`` (call inside ``fork_rng``)."""
         torch.manual_seed(self.seed)
         module = number_dropout_sites(self._build_module(self.feature_dims_, self.n_outputs_))
@@ -326,9 +392,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         epochs, batch_size = int(self._hp("epochs")), int(self._hp("batch_size"))
         # fused: one kernel for all parameters; the for-each Adam step was a fifth of a UGVQ
         # paper-preset training step on CPU (79 M parameters, 16 videos per step)
-        optimizer = torch.optim.Adam(module.parameters(), lr=float(self._hp("lr")), weight_decay=self.weight_decay,
-                                     fused=device.type in FUSED_ADAM_DEVICES)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma")))
+        optimizer = torch.optim.Adam(
+            module.parameters(),
+            lr=float(self._hp("lr")),
+            weight_decay=self.weight_decay,
+            fused=device.type in FUSED_ADAM_DEVICES,
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma"))
+        )
         fgm = FGM(module, self.fgm_epsilon, self.fgm_params) if self.fgm_epsilon else None
         y_dev = torch.from_numpy(y_scaled).to(device)
         n_batches = max(1, math.ceil(len(train_rows) / batch_size))
@@ -342,12 +414,17 @@ class TorchHead(RegressorMixin, BaseEstimator):
             order = rng.permutation(train_rows)
             bounds = np.cumsum([0] + [len(b) for b in np.array_split(order, n_batches)])
             order_t = torch.from_numpy(order).to(device)
-            keys = torch.tensor([[fold_key(self.seed, epoch, i, 0), fold_key(self.seed, epoch, i, 1)]
-                                 for i in range(n_batches)], dtype=torch.int64).to(device)
+            keys = torch.tensor(
+                [
+                    [fold_key(self.seed, epoch, i, 0), fold_key(self.seed, epoch, i, 1)]
+                    for i in range(n_batches)
+                ],
+                dtype=torch.int64,
+            ).to(device)
             total = torch.zeros((), device=device)
             for i in range(n_batches):
-                rows = order[bounds[i]:bounds[i + 1]]
-                rows_t = order_t[bounds[i]:bounds[i + 1]]
+                rows = order[bounds[i] : bounds[i + 1]]
+                rows_t = order_t[bounds[i] : bounds[i + 1]]
                 batch = self._batch(features, rows, rows_t)
                 target = y_dev[rows_t]
                 optimizer.zero_grad(set_to_none=True)
@@ -361,7 +438,11 @@ class TorchHead(RegressorMixin, BaseEstimator):
                 optimizer.step()
                 total += loss.detach() * len(rows)
             scheduler.step()
-            record = {"epoch": epoch, "train_loss": float(total) / len(train_rows), "lr": optimizer.param_groups[0]["lr"]}
+            record = {
+                "epoch": epoch,
+                "train_loss": float(total) / len(train_rows),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             if len(val_rows):
                 record["val_loss"] = self._eval_loss(module, features, y_dev, val_rows, device)
                 if record["val_loss"] < best_loss:
@@ -383,7 +464,10 @@ class TorchHead(RegressorMixin, BaseEstimator):
         if callable(self.verbose):
             self.verbose(self, record)
         elif self.verbose:
-            print(f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()), file=sys.stderr)
+            print(
+                f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()),
+                file=sys.stderr,
+            )
 
     def _eval_rows(self) -> int:
         """Rows per validation-loss chunk. The rank and PLCC terms are computed within a
@@ -396,13 +480,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return 4096 if device.type == "cuda" else max(int(self._hp("batch_size")), 256)
 
     @torch.no_grad()
-    def _eval_loss(self, module, features: DeviceFeatures, y_dev: torch.Tensor, rows: np.ndarray, device) -> float:
+    def _eval_loss(
+        self, module, features: DeviceFeatures, y_dev: torch.Tensor, rows: np.ndarray, device
+    ) -> float:
         module.eval()
         total = torch.zeros((), device=device)
         rows_t = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
         start = 0
         for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._eval_rows()))):
-            part_t = rows_t[start:start + len(part)]
+            part_t = rows_t[start : start + len(part)]
             start += len(part)
             out = self._forward(module, self._batch(features, part, part_t), device)
             total += self._loss(out, y_dev[part_t]) * len(part)
@@ -445,10 +531,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _check_predict_input(self, X: FeatureSet) -> None:
         check_is_fitted(self, "module_")
         if not isinstance(X, FeatureSet):
-            raise TypeError(f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}"
+            )
         missing = [n for n in self.feature_names_.values() if n not in X.arrays]
         if missing:
-            raise AigvqaError(f"{type(self).__name__} was fitted on features {missing}, absent from this feature set ({X.names})")
+            raise AigvqaError(
+                f"{type(self).__name__} was fitted on features {missing}, absent from this feature set ({X.names})"
+            )
         for role, name in self.feature_names_.items():
             if X.arrays[name].shape[2] != self.feature_dims_[role]:
                 raise AigvqaError(
@@ -467,18 +557,25 @@ class TorchHead(RegressorMixin, BaseEstimator):
             "format": STATE_FORMAT,
             "head": head_name(type(self)),
             "params": _jsonable(self.get_params(deep=False)),
-            "fitted": _jsonable({
-                "feature_names_": self.feature_names_,
-                "feature_dims_": self.feature_dims_,
-                "n_outputs_": self.n_outputs_,
-                "single_output_": bool(self.single_output_),
-                "best_epoch_": int(self.best_epoch_),
-                "history_": self.history_,
-            }),
+            "fitted": _jsonable(
+                {
+                    "feature_names_": self.feature_names_,
+                    "feature_dims_": self.feature_dims_,
+                    "n_outputs_": self.n_outputs_,
+                    "single_output_": bool(self.single_output_),
+                    "best_epoch_": int(self.best_epoch_),
+                    "history_": self.history_,
+                }
+            ),
         }
-        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
+        tensors = {
+            f"module.{k}": v.detach().cpu().contiguous()
+            for k, v in self.module_.state_dict().items()
+        }
         for attr in self.FITTED_ARRAYS:
-            tensors[f"fitted.{attr}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, attr), dtype=np.float64))
+            tensors[f"fitted.{attr}"] = torch.from_numpy(
+                np.ascontiguousarray(getattr(self, attr), dtype=np.float64)
+            )
         return config, tensors
 
     @classmethod
@@ -487,10 +584,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
         from aigvqa.heads.registry import get_head_class
 
         if config.get("format") != STATE_FORMAT:
-            raise CheckpointMismatchError(f"head state format {config.get('format')!r} is not {STATE_FORMAT}; re-export the model with this aigvqa version")
+            raise CheckpointMismatchError(
+                f"head state format {config.get('format')!r} is not {STATE_FORMAT}; re-export the model with this aigvqa version"
+            )
         klass = get_head_class(config["head"])
         if not issubclass(klass, cls):
-            raise CheckpointMismatchError(f"state is for head {config['head']!r} ({klass.__name__}), not a {cls.__name__}")
+            raise CheckpointMismatchError(
+                f"state is for head {config['head']!r} ({klass.__name__}), not a {cls.__name__}"
+            )
         head = klass(**config["params"])
         fitted = config["fitted"]
         head.feature_names_ = dict(fitted["feature_names_"])
@@ -505,10 +606,12 @@ class TorchHead(RegressorMixin, BaseEstimator):
                 raise CheckpointMismatchError(f"head state lacks tensor {key!r}")
             setattr(head, attr, tensors[key].numpy().astype(np.float64))
         module = number_dropout_sites(head._build_module(head.feature_dims_, head.n_outputs_))
-        weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        weights = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
             module.load_state_dict(weights, strict=True)
         except RuntimeError as err:
-            raise CheckpointMismatchError(f"head weights do not fit {klass.__name__}: {err}") from err
+            raise CheckpointMismatchError(
+                f"head weights do not fit {klass.__name__}: {err}"
+            ) from err
         head.module_ = module.eval()
         return head

@@ -52,9 +52,23 @@ from aigvqa.heads.pooling import POOL_STATS, as_featureset, pool_sequences
 from aigvqa.heads.registry import register_head
 
 __all__ = [
-    "CLASSICAL_HEADS", "ElasticNetHead", "FeatureValueError", "HeadParameterError", "LightGBMHead",
-    "NON_NEGATIVE", "POOLED_CONSTRAINTS", "POOL_STATS", "POSITIVE", "SCALERS", "SEARCH_SCORINGS",
-    "SEED", "PooledHead", "SVRHead", "as_featureset", "fit_counting_convergence", "logistic_rmse",
+    "CLASSICAL_HEADS",
+    "ElasticNetHead",
+    "FeatureValueError",
+    "HeadParameterError",
+    "LightGBMHead",
+    "NON_NEGATIVE",
+    "POOLED_CONSTRAINTS",
+    "POOL_STATS",
+    "POSITIVE",
+    "SCALERS",
+    "SEARCH_SCORINGS",
+    "SEED",
+    "PooledHead",
+    "SVRHead",
+    "as_featureset",
+    "fit_counting_convergence",
+    "logistic_rmse",
     "pool_sequences",
 ]
 
@@ -80,12 +94,30 @@ class SVRHead(PooledHead):
     }
 
     PARAMETER_CONSTRAINTS = {
-        **POOLED_CONSTRAINTS, "C": [POSITIVE], "gamma": [Options("scale", "auto"), POSITIVE], "epsilon": [NON_NEGATIVE],
+        **POOLED_CONSTRAINTS,
+        "C": [POSITIVE],
+        "gamma": [Options("scale", "auto"), POSITIVE],
+        "epsilon": [NON_NEGATIVE],
     }
 
-    def __init__(self, *, C=1.0, gamma="scale", epsilon=0.1, features=None, pooling=("mean", "std"),
-                 percentiles=(), scaler="minmax", pca=None, scale_target=False, search=None,
-                 inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
+    def __init__(
+        self,
+        *,
+        C=1.0,
+        gamma="scale",
+        epsilon=0.1,
+        features=None,
+        pooling=("mean", "std"),
+        percentiles=(),
+        scaler="minmax",
+        pca=None,
+        scale_target=False,
+        search=None,
+        inner_split=0.2,
+        search_scoring="rmse",
+        random_state=0,
+        n_jobs=1,
+    ):
         _store_params(self, locals())
 
     #: search through shared precomputed kernels when the candidates allow it (see the module
@@ -103,7 +135,9 @@ class SVRHead(PooledHead):
         base = self._params({})  # pooling, scaling and PCA are the same for every candidate
         candidates = [self._params(cand) for cand in grid]
         losses = np.zeros(len(grid))
-        for zf, yf, ze, ye in zip(*self._eval_pairs(base, X, y, X_val, y_val, folds, cache, val_cache)):
+        for zf, yf, ze, ye in zip(
+            *self._eval_pairs(base, X, y, X_val, y_val, folds, cache, val_cache)
+        ):
             preds = self._precomputed_predictions(base, candidates, zf, yf, ze)
             # losses in this thread: the logistic fit silences warnings, which is not thread-safe
             losses += [_search_loss(self.search_scoring, ye, pred) for pred in preds]
@@ -130,7 +164,9 @@ class SVRHead(PooledHead):
             k_ff, k_ef = np.exp(-gamma * d2_ff), np.exp(-gamma * d2_ef)
             out = []
             for i in members:
-                svr = SVR(kernel="precomputed", C=candidates[i]["C"], epsilon=candidates[i]["epsilon"])
+                svr = SVR(
+                    kernel="precomputed", C=candidates[i]["C"], epsilon=candidates[i]["epsilon"]
+                )
                 out.append((i, svr.fit(k_ff, yf).predict(k_ef)))
             return out
 
@@ -167,18 +203,39 @@ class ElasticNetHead(PooledHead):
     }
 
     PARAMETER_CONSTRAINTS = {
-        **POOLED_CONSTRAINTS, "alpha": [NON_NEGATIVE], "l1_ratio": [Interval(Real, 0, 1)],
+        **POOLED_CONSTRAINTS,
+        "alpha": [NON_NEGATIVE],
+        "l1_ratio": [Interval(Real, 0, 1)],
         "max_iter": [Interval(Integral, 1, None)],
     }
 
-    def __init__(self, *, alpha=0.01, l1_ratio=0.5, max_iter=10000, features=None, pooling=("mean", "std"),
-                 percentiles=(), scaler="standard", pca=None, scale_target=False, search=None,
-                 inner_split=0.2, search_scoring="rmse", random_state=0, n_jobs=1):
+    def __init__(
+        self,
+        *,
+        alpha=0.01,
+        l1_ratio=0.5,
+        max_iter=10000,
+        features=None,
+        pooling=("mean", "std"),
+        percentiles=(),
+        scaler="standard",
+        pca=None,
+        scale_target=False,
+        search=None,
+        inner_split=0.2,
+        search_scoring="rmse",
+        random_state=0,
+        n_jobs=1,
+    ):
         _store_params(self, locals())
 
     def _make_regressor(self, params, n_jobs):
-        return ElasticNet(alpha=params["alpha"], l1_ratio=params["l1_ratio"], max_iter=params["max_iter"],
-                          random_state=params["random_state"])
+        return ElasticNet(
+            alpha=params["alpha"],
+            l1_ratio=params["l1_ratio"],
+            max_iter=params["max_iter"],
+            random_state=params["random_state"],
+        )
 
 
 @register_head("lightgbm")
@@ -192,27 +249,56 @@ class LightGBMHead(PooledHead):
     }
 
     PARAMETER_CONSTRAINTS = {
-        **POOLED_CONSTRAINTS, "n_estimators": [Interval(Integral, 1, None)], "learning_rate": [POSITIVE],
-        "num_leaves": [Interval(Integral, 2, None)], "min_child_samples": [Interval(Integral, 0, None)],
-        "subsample": [Interval(Real, 0, 1, closed="right")], "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        **POOLED_CONSTRAINTS,
+        "n_estimators": [Interval(Integral, 1, None)],
+        "learning_rate": [POSITIVE],
+        "num_leaves": [Interval(Integral, 2, None)],
+        "min_child_samples": [Interval(Integral, 0, None)],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
         "reg_lambda": [NON_NEGATIVE],
     }
 
-    def __init__(self, *, n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=10,
-                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, features=None, pooling=("mean", "std"),
-                 percentiles=(), scaler=None, pca=None, scale_target=False, search=None, inner_split=0.2,
-                 search_scoring="rmse", random_state=0, n_jobs=1):
+    def __init__(
+        self,
+        *,
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=10,
+        subsample=0.8,
+        colsample_bytree=0.8,
+        reg_lambda=1.0,
+        features=None,
+        pooling=("mean", "std"),
+        percentiles=(),
+        scaler=None,
+        pca=None,
+        scale_target=False,
+        search=None,
+        inner_split=0.2,
+        search_scoring="rmse",
+        random_state=0,
+        n_jobs=1,
+    ):
         _store_params(self, locals())
 
     def _make_regressor(self, params, n_jobs):
         from lightgbm import LGBMRegressor  # imported on use: a heavy import most runs do not need
 
         return LGBMRegressor(
-            n_estimators=params["n_estimators"], learning_rate=params["learning_rate"],
-            num_leaves=params["num_leaves"], min_child_samples=params["min_child_samples"],
-            subsample=params["subsample"], subsample_freq=1 if params["subsample"] < 1 else 0,
-            colsample_bytree=params["colsample_bytree"], reg_lambda=params["reg_lambda"],
-            random_state=params["random_state"], n_jobs=n_jobs, deterministic=True, force_row_wise=True,
+            n_estimators=params["n_estimators"],
+            learning_rate=params["learning_rate"],
+            num_leaves=params["num_leaves"],
+            min_child_samples=params["min_child_samples"],
+            subsample=params["subsample"],
+            subsample_freq=1 if params["subsample"] < 1 else 0,
+            colsample_bytree=params["colsample_bytree"],
+            reg_lambda=params["reg_lambda"],
+            random_state=params["random_state"],
+            n_jobs=n_jobs,
+            deterministic=True,
+            force_row_wise=True,
             verbose=-1,
         )
 

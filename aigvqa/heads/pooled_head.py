@@ -88,7 +88,9 @@ def _logistic_4(x, b1, b2, b3, b4):
     return b2 + (b1 - b2) * expit((x - b3) / np.abs(b4))
 
 
-def logistic_rmse(y_true: np.ndarray, y_pred: np.ndarray, maxfev: int = 20000) -> tuple[float, bool]:
+def logistic_rmse(
+    y_true: np.ndarray, y_pred: np.ndarray, maxfev: int = 20000
+) -> tuple[float, bool]:
     """(RMSE of the predictions mapped by a least-squares 4-parameter logistic, fell_back).
 
     As VIDEVAL's grid search ranks candidates: the curve starts from VIDEVAL's
@@ -145,7 +147,8 @@ def _is_grid(value) -> bool:
     """A ParameterGrid input: {param: [values]} or a list of such dicts."""
     grids = value if isinstance(value, list) else [value]
     return bool(grids) and all(
-        isinstance(g, dict) and all(isinstance(k, str) and isinstance(v, list | tuple) and len(v) for k, v in g.items())
+        isinstance(g, dict)
+        and all(isinstance(k, str) and isinstance(v, list | tuple) and len(v) for k, v in g.items())
         for g in grids
     )
 
@@ -157,12 +160,25 @@ SEED = [None, Integral, np.random.RandomState]
 POOLED_CONSTRAINTS: dict[str, list] = {
     "features": [None, sequence_of(str, "a list of feature names", empty=False)],
     "pooling": [sequence_of(str, f"a list of statistics from {POOL_STATS}", allowed=POOL_STATS)],
-    "percentiles": [Check(lambda v: isinstance(v, list | tuple) and all(
-        isinstance(q, Real) and not isinstance(q, bool) and 0 <= q <= 100 for q in v), "a list of numbers in [0, 100]")],
+    "percentiles": [
+        Check(
+            lambda v: (
+                isinstance(v, list | tuple)
+                and all(
+                    isinstance(q, Real) and not isinstance(q, bool) and 0 <= q <= 100 for q in v
+                )
+            ),
+            "a list of numbers in [0, 100]",
+        )
+    ],
     "scaler": [None, Options(*SCALERS)],
     "pca": [None, Interval(Integral, 1, None), Interval(Real, 0, 1, closed="neither")],
     "scale_target": [bool],
-    "search": [None, Options("standard"), Check(_is_grid, "a dict {parameter: [values]} or a list of them")],
+    "search": [
+        None,
+        Options("standard"),
+        Check(_is_grid, "a dict {parameter: [values]} or a list of them"),
+    ],
     "inner_split": [Interval(Real, 0, 1, closed="neither"), Interval(Integral, 2, None)],
     "search_scoring": [Options(*SEARCH_SCORINGS)],
     "random_state": SEED,
@@ -191,11 +207,21 @@ class PooledHead(RegressorMixin, BaseEstimator):
         if search == "standard":
             search = self.standard_search
         grid = list(ParameterGrid(search))
-        allowed = set(self.get_params(deep=False)) - {"search", "n_jobs", "inner_split", "search_scoring"}
+        allowed = set(self.get_params(deep=False)) - {
+            "search",
+            "n_jobs",
+            "inner_split",
+            "search_scoring",
+        }
         bad = sorted({k for cand in grid for k in cand} - allowed)
         if bad:
-            raise parameter_error(self, "search", self.search, f"a grid over searchable parameters {sorted(allowed)}",
-                                  where=f" (unknown parameters {bad})")
+            raise parameter_error(
+                self,
+                "search",
+                self.search,
+                f"a grid over searchable parameters {sorted(allowed)}",
+                where=f" (unknown parameters {bad})",
+            )
         for cand in grid:  # a searched value must be a valid value of its parameter
             for key, value in cand.items():
                 check_value(self, key, value, where=" (in search)")
@@ -228,7 +254,9 @@ class PooledHead(RegressorMixin, BaseEstimator):
         if params["scaler"] is not None:
             steps.append(("scale", SCALERS[params["scaler"]]()))
         if params["pca"] is not None:
-            steps.append(("pca", PCA(n_components=params["pca"], random_state=params["random_state"])))
+            steps.append(
+                ("pca", PCA(n_components=params["pca"], random_state=params["random_state"]))
+            )
         return steps
 
     def _build(self, params: dict, n_jobs: int):
@@ -245,7 +273,9 @@ class PooledHead(RegressorMixin, BaseEstimator):
         if isinstance(split, Integral):
             return list(KFold(int(split), shuffle=True, random_state=self.random_state).split(rows))
         # same call as VIDEVAL's inner split, on row indices (identical rows and order)
-        return [tuple(train_test_split(rows, test_size=float(split), random_state=self.random_state))]
+        return [
+            tuple(train_test_split(rows, test_size=float(split), random_state=self.random_state))
+        ]
 
     def _score_candidate(self, params, Z_fit, y_fit, Z_eval, y_eval) -> tuple[float, int]:
         """(mean loss over the inner splits, ConvergenceWarnings raised by the fits)."""
@@ -262,10 +292,16 @@ class PooledHead(RegressorMixin, BaseEstimator):
         Z = self._pool(X, params, cache)
         if X_val is not None:
             return [Z], [y], [self._pool(X_val, params, val_cache)], [y_val]
-        return ([Z[tr] for tr, _ in folds], [y[tr] for tr, _ in folds],
-                [Z[va] for _, va in folds], [y[va] for _, va in folds])
+        return (
+            [Z[tr] for tr, _ in folds],
+            [y[tr] for tr, _ in folds],
+            [Z[va] for _, va in folds],
+            [y[va] for _, va in folds],
+        )
 
-    def _grid_losses(self, grid, X, y, X_val, y_val, folds, cache, val_cache) -> tuple[list[float], int]:
+    def _grid_losses(
+        self, grid, X, y, X_val, y_val, folds, cache, val_cache
+    ) -> tuple[list[float], int]:
         """Loss of every candidate (one fit per candidate and inner split)."""
         tasks = []
         for cand in grid:
@@ -280,8 +316,13 @@ class PooledHead(RegressorMixin, BaseEstimator):
         also the search results and the ConvergenceWarnings the candidate fits raised."""
         folds = None if X_val is not None else self._inner_folds(len(y))
         losses, warned = self._grid_losses(grid, X, y, X_val, y_val, folds, cache, val_cache)
-        results = [{"params": cand, self.search_scoring: (-loss if self.search_scoring == "srcc" else loss)}
-                   for cand, loss in zip(grid, losses)]
+        results = [
+            {
+                "params": cand,
+                self.search_scoring: (-loss if self.search_scoring == "srcc" else loss),
+            }
+            for cand, loss in zip(grid, losses)
+        ]
         return dict(grid[int(np.argmin(losses))]), results, warned
 
     # -- estimator API --------------------------------------------------------------------
@@ -308,8 +349,15 @@ class PooledHead(RegressorMixin, BaseEstimator):
         best, results, warned = [], [], 0
         for j in range(Y.shape[1]):
             if grid:
-                b, r, w = self._search(grid, X, Y[:, j], X_val, None if Y_val is None else Y_val[:, j],
-                                       cache, val_cache)
+                b, r, w = self._search(
+                    grid,
+                    X,
+                    Y[:, j],
+                    X_val,
+                    None if Y_val is None else Y_val[:, j],
+                    cache,
+                    val_cache,
+                )
             else:
                 b, r, w = {}, [], 0
             best.append(b)
@@ -326,9 +374,12 @@ class PooledHead(RegressorMixin, BaseEstimator):
         self.n_outputs_ = Y.shape[1]
         self.best_params_ = best[0] if single else best
         self.search_results_ = results[0] if single else results
-        self.pooled_feature_names_ = pool_sequences(X[:1], self.target_params_[0]["pooling"],
-                                                    self.target_params_[0]["percentiles"],
-                                                    self.target_params_[0]["features"])[1]
+        self.pooled_feature_names_ = pool_sequences(
+            X[:1],
+            self.target_params_[0]["pooling"],
+            self.target_params_[0]["percentiles"],
+            self.target_params_[0]["features"],
+        )[1]
         return self
 
     def predict(self, X) -> np.ndarray:
@@ -336,7 +387,9 @@ class PooledHead(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "models_")
         X = as_featureset(X)
         cache: dict = {}
-        pred = np.column_stack([m.predict(self._pool(X, p, cache)) for m, p in zip(self.models_, self.target_params_)])
+        pred = np.column_stack(
+            [m.predict(self._pool(X, p, cache)) for m, p in zip(self.models_, self.target_params_)]
+        )
         return pred[:, 0] if self.single_output_ else pred
 
 

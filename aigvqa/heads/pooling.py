@@ -47,7 +47,9 @@ def pool_sequences(
     names = list(X.names if features is None else features)
     missing = [n for n in names if n not in X.arrays]
     if missing:
-        raise HeadParameterError(f"features {missing} are not in the feature set (it has {X.names})")
+        raise HeadParameterError(
+            f"features {missing} are not in the feature set (it has {X.names})"
+        )
     blocks, columns = [], []
     for name in names:
         a, lengths = X.arrays[name], X.lengths[name]
@@ -57,9 +59,15 @@ def pool_sequences(
             blocks.append(one)
             columns += [f"{name}[{i}]" for i in range(d)]
             continue
-        parts = [_pool_chunk(a[r:r + chunk_rows], lengths[r:r + chunk_rows], stats, percentiles)
-                 for r in range(0, len(X), chunk_rows)]
-        blocks.append(np.concatenate(parts, axis=0) if parts else np.zeros((0, d * (len(stats) + len(percentiles)))))
+        parts = [
+            _pool_chunk(a[r : r + chunk_rows], lengths[r : r + chunk_rows], stats, percentiles)
+            for r in range(0, len(X), chunk_rows)
+        ]
+        blocks.append(
+            np.concatenate(parts, axis=0)
+            if parts
+            else np.zeros((0, d * (len(stats) + len(percentiles))))
+        )
         labels = list(stats) + [f"p{q:g}" for q in percentiles]
         columns += [f"{name}.{s}[{i}]" for s in labels for i in range(d)]
     return np.concatenate(blocks, axis=1), columns
@@ -77,7 +85,9 @@ def _pool_chunk(a: np.ndarray, lengths: np.ndarray, stats, percentiles) -> np.nd
         if s == "mean":
             out.append(mean)
         elif s == "std":
-            out.append(np.sqrt((np.where(valid, a - mean[:, None, :], 0.0) ** 2).sum(axis=1) / count))
+            out.append(
+                np.sqrt((np.where(valid, a - mean[:, None, :], 0.0) ** 2).sum(axis=1) / count)
+            )
         elif s == "min":
             out.append(np.where(empty, 0.0, np.min(a, axis=1, where=valid, initial=np.inf)))
         else:
