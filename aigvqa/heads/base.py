@@ -39,8 +39,6 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Mapping
-from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,6 +48,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from aigvqa.errors import AigvqaError, CheckpointMismatchError
+from aigvqa.heads.deep_params import DROPOUT, LOSS, RATE, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.layers import (
@@ -63,21 +62,22 @@ from aigvqa.heads.layers import (
     number_dropout_sites,
     sinusoidal_positions,
 )
-from aigvqa.heads.losses import FGM, LOSSES, get_loss
-from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
+from aigvqa.heads.losses import FGM, get_loss
+from aigvqa.heads.params import check_parameters, parameter_error
 
 __all__ = [
-    "DROPOUT",
     "FUSED_ADAM_DEVICES",
+    "STATE_FORMAT",
+    "TargetValueError",
+    "TorchHead",
+    # defined in heads.deep_params, heads.device and heads.layers; importable from here as
+    # they were before those modules held them
+    "DROPOUT",
     "LOSS",
     "RATE",
     "SIZE",
-    "STATE_FORMAT",
-    "Batch",
-    "TargetValueError",
-    "TorchHead",
     "deep_constraints",
-    # building blocks defined in heads.layers, importable from here as before
+    "Batch",
     "Adapter",
     "CrossAttentionBlock",
     "make_mlp",
@@ -104,59 +104,6 @@ FUSED_ADAM_DEVICES = (
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
     else ("cuda",)
 )
-
-
-SIZE = [None, Interval(Integral, 1, None)]
-"""A width, depth or count; None takes the preset's value."""
-RATE = [None, Interval(Real, 0, None, closed="neither")]
-DROPOUT = [None, Interval(Real, 0, 1, closed="left")]
-LOSS = [Options(*LOSSES)]
-
-
-def _role_map(roles: Mapping[str, str]) -> Check:
-    return Check(
-        lambda v: (
-            isinstance(v, dict)
-            and set(v) <= set(roles)
-            and all(isinstance(n, str) for n in v.values())
-        ),
-        f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
-    )
-
-
-def deep_constraints(
-    presets: Mapping[str, Any], roles: Mapping[str, str], **own: list
-) -> dict[str, list]:
-    """The ``PARAMETER_CONSTRAINTS`` of a deep head: the parameters every ``TorchHead`` has
-    (``preset`` among ``presets``, ``features`` mapping ``roles``), plus the head's ``own``."""
-    return {
-        "preset": [Options(*presets)],
-        "features": [None, _role_map(roles)],
-        "epochs": SIZE,
-        "batch_size": SIZE,
-        "lr": RATE,
-        "lr_step": SIZE,
-        "lr_gamma": RATE,
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "val_fraction": [Interval(Real, 0, 1, closed="left")],
-        "patience": [None, Interval(Integral, 1, None)],
-        "fgm_epsilon": [Interval(Real, 0, None, closed="left")],
-        "fgm_params": [
-            str,
-            Check(
-                lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
-                "a list of parameter-name patterns",
-            ),
-        ],
-        "seed": [Integral],
-        "device": [str],
-        "amp": [bool],
-        "verbose": [
-            bool,
-            Check(callable, "a callable(head, epoch record), called after every epoch"),
-        ],
-        **own,
-    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigvqa.heads.base import DROPOUT, LOSS, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
 from aigvqa.heads.device import Batch
 from aigvqa.heads.layers import make_mlp, masked_mean
 from aigvqa.heads.registry import register_head

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigvqa.heads.base import DROPOUT, LOSS, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.layers import make_mlp, masked_mean, masked_std

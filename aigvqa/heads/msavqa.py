@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from aigvqa.heads.base import DROPOUT, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, SIZE, deep_constraints
 from aigvqa.heads.device import Batch
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.layers import (

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aigvqa.heads.base import DROPOUT, LOSS, SIZE, TorchHead, deep_constraints
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
 from aigvqa.heads.device import Batch
 from aigvqa.heads.layers import (
     CrossAttentionBlock,
