@@ -2,10 +2,11 @@
 the classical heads, and how a head epoch compares with one epoch of backbone forward passes
 over the same videos (prints measured numbers; not a test).
 
-    python bench/heads.py                                   # CPU, 10,000 videos
-    python bench/heads.py --device cuda                     # deep heads on a GPU
-    python bench/heads.py --rows 2000                       # time deep epochs on 2,000 rows, scale to 10,000
-    python bench/heads.py --backbone-ms-per-video 2500      # when bench/out/extractors.json is absent
+    python bench/heads.py                               # CPU, 10,000 videos
+    python bench/heads.py --device cuda                 # deep heads on a GPU
+    python bench/heads.py --rows 2000                   # time deep epochs on 2,000 rows,
+                                                        # scale to 10,000
+    python bench/heads.py --backbone-ms-per-video 2500  # when bench/out/extractors.json is absent
 
 The "cache" is built in memory from RANDOM float16 arrays with the real widths (no videos,
 no HDF5): clip-frames 16 x 512, slowfast 4 x 2304, swin-fragments 1 x 768,
@@ -16,9 +17,10 @@ which set how many text steps a batch carries) are drawn from the 619 FETV promp
 uniformly from 8..77 (``--text-lengths`` picks).
 
 Deep heads: UGVQ at the paper preset (8-layer encoder, d 768, batch 16) and at the small
-preset (``ugvq-small``: 1 layer, d 64), and MSA-VQA at its default preset. One epoch is the ``seconds`` of the first entry of ``history_`` (training
-steps only: no model build, no post-fit ensemble or calibration); with ``--rows`` below the
-cache size it is measured on that many rows and scaled linearly (printed as such).
+preset (``ugvq-small``: 1 layer, d 64), and MSA-VQA at its default preset. One epoch is the
+``seconds`` of the first entry of ``history_`` (training steps only: no model build, no
+post-fit ensemble or calibration); with ``--rows`` below the cache size it is measured on
+that many rows and scaled linearly (printed as such).
 
 Classical heads (``aigvqa.heads.classical``): one fit, no hyper-parameter search, on
 mean+std pooled features of every cached group but the text tokens.
@@ -182,7 +184,8 @@ def load_backbones(path: Path, flag: float | None) -> Backbones:
     machine = report.get("machine", {})
     return Backbones(
         source=(
-            f"{path.name}: device {machine.get('device')}, {machine.get('gpu') or machine.get('cpu')}, "
+            f"{path.name}: device {machine.get('device')}, "
+            f"{machine.get('gpu') or machine.get('cpu')}, "
             f"torch threads {machine.get('torch_threads')}"
         ),
         ms={name: float(row["forward_ms"]) for name, row in rows.items()},
@@ -259,7 +262,8 @@ def device_peak_tflops(device: str, amp: bool) -> tuple[float | None, str]:
     rate = 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e12
     return (
         rate,
-        f"CPU {'bf16' if amp else 'fp32'} 2048x2048 matmul measured here, {torch.get_num_threads()} threads",
+        f"CPU {'bf16' if amp else 'fp32'} 2048x2048 matmul measured here, "
+        f"{torch.get_num_threads()} threads",
     )
 
 
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "--text-lengths",
         choices=("auto", "fetv", "uniform", "full"),
         default="auto",
-        help="prompt lengths: FETV's prompts (auto: when ../shared is there), uniform 8..77, or all 77",
+        help="prompt lengths: FETV's prompts (auto: when ../shared is there), uniform 8..77, "
+        "or all 77",
     )
     parser.add_argument("--heads", default="ugvq,ugvq-small,msavqa,svr,elasticnet,lightgbm")
     parser.add_argument(
@@ -359,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = min(args.rows or n, n)
     heads = [h for h in args.heads.split(",") if h]
     print(
-        f"aigvqa heads bench: {n} videos, deep heads on {args.device}{' with bf16 autocast' if args.amp else ''}"
+        f"aigvqa heads bench: {n} videos, deep heads on {args.device}"
+        f"{' with bf16 autocast' if args.amp else ''}"
         f"{' (' + torch.cuda.get_device_name(0) + ')' if args.device.startswith('cuda') else ''}, "
-        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
         "*** synthetic in-memory cache of RANDOM float16 arrays with the real widths: "
@@ -372,13 +379,15 @@ def main(argv: list[str] | None = None) -> int:
     text_lengths, text_note = prompt_token_lengths(args.text_lengths)
     X, y = synthetic_cache(n, text_lengths=text_lengths)
     print(
-        f"built the cache in {time.perf_counter() - start:.1f} s ({sum(a.nbytes for a in X.arrays.values()) / 2**30:.2f} GiB); "
+        f"built the cache in {time.perf_counter() - start:.1f} s "
+        f"({sum(a.nbytes for a in X.arrays.values()) / 2**30:.2f} GiB); "
         f"prompt lengths: {text_note}"
     )
     print(f"backbone forward ms per video from {backbones.source}")
     if backbones.torch_threads and torch.get_num_threads() != backbones.torch_threads:
         print(
-            f"  NOTE: heads use {torch.get_num_threads()} torch threads, the backbones were timed with "
+            f"  NOTE: heads use {torch.get_num_threads()} torch threads, "
+            "the backbones were timed with "
             f"{backbones.torch_threads}: the time ratio is not like for like"
         )
     if args.amp and args.device == "cpu":
@@ -405,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             row["seconds"] = row["epoch_s"]
             note = "" if rows == n else f" (measured on {rows} rows, scaled x{n / rows:g})"
             print(
-                f"  {row['epoch_s']:.1f} s/epoch{note} at batch size {head._hp('batch_size')}; {row['params'] / 1e6:.1f} M parameters; "
+                f"  {row['epoch_s']:.1f} s/epoch{note} at batch size {head._hp('batch_size')}; "
+                f"{row['params'] / 1e6:.1f} M parameters; "
                 f"predict {row['predict_ms_per_video']:.3f} ms/video",
                 flush=True,
             )
@@ -416,13 +426,15 @@ def main(argv: list[str] | None = None) -> int:
             row["peak_fraction"] = row["tflops"] / peak if peak else None
             share = f", {100 * row['peak_fraction']:.2f} % of the device's peak" if peak else ""
             print(
-                f"  {row['epoch_gflops_per_video']:.2f} GFLOPs per video per epoch (forward + backward): "
+                f"  {row['epoch_gflops_per_video']:.2f} GFLOPs per video per epoch "
+                "(forward + backward): "
                 f"{row['tflops']:.3f} TFLOP/s{share}",
                 flush=True,
             )
             if args.evaluate_trials:
                 print(
-                    f"  evaluate, {args.evaluate_trials} trials x {args.evaluate_epochs} epoch(s) on {rows} rows: "
+                    f"  evaluate, {args.evaluate_trials} trials x {args.evaluate_epochs} epoch(s) "
+                    f"on {rows} rows: "
                     "trials together vs one by one ...",
                     flush=True,
                 )
@@ -431,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 row["evaluate"] = both
                 print(
-                    f"  one by one {both['one_by_one_s']:.1f} s, together {both['together_s']:.1f} s: "
+                    f"  one by one {both['one_by_one_s']:.1f} s, "
+                    f"together {both['together_s']:.1f} s: "
                     f"{both['ratio']:.2f}x; per-trial SRCC max |diff| {both['max_srcc_diff']:.1e} "
                     f"(load average now {os.getloadavg()[0]:.1f})",
                     flush=True,
@@ -459,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"{'head':<11} {'what':<6} {'seconds':>9} {'backbone epoch s':>17} {'ratio':>9} {'FLOP ratio':>11}  target >= {TARGET_RATIO:g}x"
+        f"{'head':<11} {'what':<6} {'seconds':>9} {'backbone epoch s':>17} {'ratio':>9} "
+        f"{'FLOP ratio':>11}  target >= {TARGET_RATIO:g}x"
     )
     for row in results:
         if "ratio" in row:
@@ -478,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     if deep_rows:
         print()
         print(
-            f"{'head':<11} {'epoch s':>9} {'TFLOP/s':>9} {'% of peak':>10} {'evaluate: one by one / together':>32}"
+            f"{'head':<11} {'epoch s':>9} {'TFLOP/s':>9} {'% of peak':>10} "
+            f"{'evaluate: one by one / together':>32}"
         )
         for row in deep_rows:
             share = (

@@ -3,9 +3,9 @@ real feature widths, with ``batch_trials=True`` (one vectorised model for all tr
 ``aigvqa.heads.trials``) and ``batch_trials=False`` (one fit per trial), timed, with the
 per-trial metrics of the two runs compared.
 
-    python bench/trials.py                                  # msavqa, 10 trials, 10,000 videos, 2 epochs
+    python bench/trials.py                            # msavqa, 10 trials, 10,000 videos, 2 epochs
     python bench/trials.py --videos 2000 --epochs 1 --trials 5 --head ugvq --preset small
-    python bench/trials.py --device cuda --epochs 30        # the full preset on a GPU
+    python bench/trials.py --device cuda --epochs 30  # the full preset on a GPU
 
 Issue 12's target on a 2-core CPU: msavqa, 10 trials, 10,000 videos, together >= 3x faster
 than one by one, per-trial SRCC equal within 1e-3.
@@ -63,8 +63,9 @@ def run(
     groups = {"prompt": np.arange(n) // 4, "generator": np.array([f"g{i % 8}" for i in range(n)])}
     log(
         f"{head_name} (preset {preset}, {epochs} epochs, device {device}) on {n} synthetic videos "
-        f"({', '.join(f'{k} {v.shape[1]}x{v.shape[2]}' for k, v in X.arrays.items())}; prompts: {text_note}); "
-        f"split {split}, {trials} trials; {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+        f"({', '.join(f'{k} {v.shape[1]}x{v.shape[2]}' for k, v in X.arrays.items())}; "
+        f"prompts: {text_note}); split {split}, {trials} trials; {os.cpu_count()} CPU cores, "
+        f"torch threads {torch.get_num_threads()}"
     )
     results, seconds, cpu, load = {}, {}, {}, {}
     for together in (True, False) if order == "together-first" else (False, True):
@@ -87,7 +88,8 @@ def run(
     ratio = seconds["one by one"] / seconds["together"]
     cpu_ratio = cpu["one by one"] / cpu["together"]
     log(
-        f"  ratio one by one / together: {ratio:.2f}x wall (target >= 3x), {cpu_ratio:.2f}x CPU time; "
+        f"  ratio one by one / together: {ratio:.2f}x wall (target >= 3x), "
+        f"{cpu_ratio:.2f}x CPU time; "
         f"per-trial SRCC max |diff| {d_srcc:.2e}, PLCC {d_plcc:.2e} (target < 1e-3)"
     )
     log(f"  per-trial SRCC together:   {np.round(srcc['together'], 5).tolist()}")

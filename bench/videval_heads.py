@@ -80,7 +80,8 @@ def main() -> None:
     X, y = load_konvid(args.data)
     splits = videval_splits(len(y), args.start + args.splits - 1)[args.start - 1 :]
     print(
-        f"KoNViD-1k VIDEVAL features {X.arrays['videval'].shape[::2]}, VIDEVAL splits {args.start}.."
+        f"KoNViD-1k VIDEVAL features {X.arrays['videval'].shape[::2]}, "
+        f"VIDEVAL splits {args.start}.."
         f"{args.start + args.splits - 1}, {args.jobs} jobs"
     )
     print(f"published VIDEVAL SVR: SRCC {PUBLISHED['srcc']} / PLCC {PUBLISHED['plcc_logistic']}\n")
@@ -103,7 +104,8 @@ def main() -> None:
             notes.append(
                 f"{name}: meta weights (median) "
                 + ", ".join(f"{n} {w:.3f}" for n, w in result.meta_weights().items())
-                + f"; best single base kept in {sum(kept.values())} of {len(result.trials)} splits {kept or ''}"
+                + f"; best single base kept in {sum(kept.values())} of {len(result.trials)} "
+                f"splits {kept or ''}"
             )
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,8 @@ def main() -> None:
         best = max(bases, key=bases.get)
         print(
             f"stack {medians['stack']:.4f} vs best tuned base {best} {bases[best]:.4f}: "
-            f"difference {medians['stack'] - bases[best]:+.4f} (issue 16: >= -0.002, and stack >= 0.79)"
+            f"difference {medians['stack'] - bases[best]:+.4f} "
+            "(issue 16: >= -0.002, and stack >= 0.79)"
         )
 
 

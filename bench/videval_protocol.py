@@ -14,7 +14,7 @@ same splits this prints
   paths' test predictions and search losses (float rounding only).
 
     python bench/videval_protocol.py [--splits 8] [--jobs 2] [--jobs-before 1]
-                                     [--scoring rmse|logistic-rmse] [--data ../shared/data/videval_ugc]
+        [--scoring rmse|logistic-rmse] [--data ../shared/data/videval_ugc]
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class PerCandidateSVR(SVRHead):
 
 
 def load_konvid(folder: Path) -> tuple[FeatureSet, np.ndarray]:
-    """VIDEVAL's 60 features of the 1200 KoNViD-1k videos, in the metadata's row order (NaN -> 0)."""
+    """VIDEVAL's 60 features of the 1200 KoNViD-1k videos, in the metadata's row order
+    (NaN -> 0)."""
     feats = scipy.io.loadmat(folder / "features" / "KONVID_1K_VIDEVAL_feats.mat")[
         "feats_mat"
     ].astype(np.float64)
@@ -89,7 +90,8 @@ def main() -> None:
     X, y = load_konvid(args.data)
     splits = videval_splits(len(y), args.splits)
     print(
-        f"KoNViD-1k, VIDEVAL splits 1..{args.splits}, SVR standard grid (100 candidates), scoring {args.scoring}"
+        f"KoNViD-1k, VIDEVAL splits 1..{args.splits}, SVR standard grid (100 candidates), "
+        f"scoring {args.scoring}"
     )
 
     cpu_old, old = cpu_fits(PerCandidateSVR, X, y, splits, args.scoring)
@@ -98,10 +100,12 @@ def main() -> None:
     pred_diff = max(float(np.max(np.abs(a[2] - b[2]))) for a, b in zip(old, new))
     loss_diff = max(float(np.max(np.abs(np.subtract(a[1], b[1])))) for a, b in zip(old, new))
     print(
-        f"CPU s in-process: per-candidate {cpu_old:.1f}, shared kernels {cpu_new:.1f}, ratio {cpu_old / cpu_new:.2f}x"
+        f"CPU s in-process: per-candidate {cpu_old:.1f}, shared kernels {cpu_new:.1f}, "
+        f"ratio {cpu_old / cpu_new:.2f}x"
     )
     print(
-        f"same (C, gamma) in {same}/{len(splits)} splits; max |test prediction diff| {pred_diff:.2e}; "
+        f"same (C, gamma) in {same}/{len(splits)} splits; "
+        f"max |test prediction diff| {pred_diff:.2e}; "
         f"max |search loss diff| {loss_diff:.2e}"
     )
 

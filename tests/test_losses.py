@@ -82,7 +82,8 @@ def test_multi_output_loss_is_mean_of_columns():
 
 
 def _fcl_reference(scores, target, sigma, bins=100):
-    """FCL for one video written out with loops: |mean - target| x BCE(soft histogram, Gaussian label)."""
+    """FCL for one video written out with loops: |mean - target| x BCE(soft histogram,
+    Gaussian label)."""
     width = 1.0 / bins
     centres = [(b + 0.5) * width for b in range(bins)]
     hist = [0.0] * bins
@@ -113,7 +114,8 @@ def test_frame_consistency_loss_matches_reference_and_ignores_padding():
 
 
 def test_frame_consistency_loss_is_zero_when_mean_frame_score_equals_target():
-    # frames disagree with each other (0.25 vs 0.75) but their mean is the MOS: no penalty, no gradient
+    # frames disagree with each other (0.25 vs 0.75) but their mean is the MOS: no penalty,
+    # no gradient
     frames = t([[0.25, 0.75], [0.1, 0.3]], requires_grad=True)
     target = t([0.5, 0.2])
     loss = frame_consistency_loss(frames, target, 0.1)

@@ -161,8 +161,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
         missing = {r: n for r, n in roles.items() if n not in X.arrays}
         if missing:
             raise AigvqaError(
-                f"{type(self).__name__} needs features {missing} (role: name) but the feature set has "
-                f"{X.names}; extract them into the cache or map the roles with features={{role: name}}"
+                f"{type(self).__name__} needs features {missing} (role: name) but the feature "
+                f"set has {X.names}; extract them into the cache or map the roles with "
+                "features={role: name}"
             )
         return roles
 
@@ -223,7 +224,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise AigvqaError(
-                f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; pass device='cpu'"
+                f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; "
+                "pass device='cpu'"
             )
         return device
 
@@ -267,7 +269,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
                 f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
             )
             raise TargetValueError(
-                f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting"
+                f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); "
+                "drop those rows before fitting"
             )
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
@@ -357,7 +360,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
         for epoch in range(epochs):
             started = time.perf_counter()
             module.train()
-            # array_split's sizes: batches within one row of each other, no batch of 1 for rank/PLCC terms
+            # array_split's sizes: batches within one row of each other, no batch of 1 for
+            # rank/PLCC terms
             order = rng.permutation(train_rows)
             bounds = np.cumsum([0] + [len(b) for b in np.array_split(order, n_batches)])
             order_t = torch.from_numpy(order).to(device)
@@ -484,13 +488,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         missing = [n for n in self.feature_names_.values() if n not in X.arrays]
         if missing:
             raise AigvqaError(
-                f"{type(self).__name__} was fitted on features {missing}, absent from this feature set ({X.names})"
+                f"{type(self).__name__} was fitted on features {missing}, absent from this "
+                f"feature set ({X.names})"
             )
         for role, name in self.feature_names_.items():
             if X.arrays[name].shape[2] != self.feature_dims_[role]:
                 raise AigvqaError(
-                    f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was fitted on "
-                    f"{self.feature_dims_[role]}: the cache was made with a different backbone config"
+                    f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was "
+                    f"fitted on {self.feature_dims_[role]}: the cache was made with a different "
+                    "backbone config"
                 )
 
     # -- export ---------------------------------------------------------------------------
@@ -532,7 +538,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
         if config.get("format") != STATE_FORMAT:
             raise CheckpointMismatchError(
-                f"head state format {config.get('format')!r} is not {STATE_FORMAT}; re-export the model with this aigvqa version"
+                f"head state format {config.get('format')!r} is not {STATE_FORMAT}; "
+                "re-export the model with this aigvqa version"
             )
         klass = get_head_class(config["head"])
         if not issubclass(klass, cls):

@@ -226,7 +226,8 @@ def _as_rows(X):
         return as_featureset(np.asarray(X, dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise HeadParameterError(
-            f"StackingHead X must be a FeatureSet or an [N, D] / [N, T, D] array (got {type(X).__name__}: {err})"
+            "StackingHead X must be a FeatureSet or an [N, D] / [N, T, D] array "
+            f"(got {type(X).__name__}: {err})"
         ) from err
 
 
@@ -365,7 +366,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
             else:
                 raise HeadParameterError(
                     f"StackingHead has no parameter {key!r}: use one of {sorted(own)}, a base name "
-                    f"({', '.join(names)}) or <base>__<parameter>, e.g. {names[0] if names else 'svr'}__C"
+                    f"({', '.join(names)}) or <base>__<parameter>, "
+                    f"e.g. {names[0] if names else 'svr'}__C"
                 )
         if replace or nested:
             new = []

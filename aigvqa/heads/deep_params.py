@@ -27,7 +27,8 @@ def _role_map(roles: Mapping[str, str]) -> Check:
             and set(v) <= set(roles)
             and all(isinstance(n, str) for n in v.values())
         ),
-        f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
+        "a dict {role: feature name}; there are no feature roles besides "
+        f"{', '.join(sorted(roles))}",
     )
 
 

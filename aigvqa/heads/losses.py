@@ -178,7 +178,8 @@ def plcc_rank_loss(
 
 
 def _frame_columns(frame_scores: Tensor, target: Tensor, mask: Tensor | None):
-    """frame scores [B, T] or [B, T, k], target [B] or [B, k], mask [B, T] -> [B,T,k], [B,k], [B,T,1]."""
+    """frame scores [B, T] or [B, T, k], target [B] or [B, k], mask [B, T]
+    -> [B,T,k], [B,k], [B,T,1]."""
     if frame_scores.dim() == 2:
         frame_scores = frame_scores[..., None]
     if target.dim() == 1:

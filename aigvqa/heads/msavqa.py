@@ -70,7 +70,8 @@ def mutation_measures(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
 
 
 def segment_assignment(mask: torch.Tensor, segments: int) -> torch.Tensor:
-    """[B, T] mask -> [B, T, S] one-hot: frame t of a video of length L is in segment floor(t S / L)."""
+    """[B, T] mask -> [B, T, S] one-hot: frame t of a video of length L is in segment
+    floor(t S / L)."""
     lengths = mask.sum(1, keepdim=True).clamp_min(1)
     t = torch.arange(mask.shape[1], device=mask.device)[None, :]
     seg = torch.div(t * segments, lengths, rounding_mode="floor").clamp_max(segments - 1)

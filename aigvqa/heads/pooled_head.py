@@ -241,7 +241,8 @@ class PooledHead(RegressorMixin, BaseEstimator):
             if not np.isfinite(Z).all():
                 cols = np.flatnonzero(~np.isfinite(Z).all(axis=0))
                 raise FeatureValueError(
-                    f"{len(cols)} pooled feature columns hold NaN or inf (first: column {cols[0]}); "
+                    f"{len(cols)} pooled feature columns hold NaN or inf "
+                    f"(first: column {cols[0]}); "
                     "replace them when importing the features (VIDEVAL sets them to 0)"
                 )
             cache[key] = Z
