@@ -20,39 +20,25 @@ same splits this prints
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from aigvqa.heads.classical import SVRHead
-from aigvqa.heads.featureset import FeatureSet
 from aigvqa.pipeline.evaluation.evaluate import evaluate
 from aigvqa.pipeline.evaluation.splits import videval_splits
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc"
+# one loader of VIDEVAL's KoNViD-1k features for both VIDEVAL benches
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from videval_heads import DEFAULT_DATA, load_konvid  # noqa: E402
 
 
 class PerCandidateSVR(SVRHead):
     """The previous search: every candidate fit as its own RBF SVR (kernels recomputed)."""
 
     shared_kernels = False
-
-
-def load_konvid(folder: Path) -> tuple[FeatureSet, np.ndarray]:
-    """VIDEVAL's 60 features of the 1200 KoNViD-1k videos, in the metadata's row order
-    (NaN -> 0)."""
-    feats = scipy.io.loadmat(folder / "features" / "KONVID_1K_VIDEVAL_feats.mat")[
-        "feats_mat"
-    ].astype(np.float64)
-    feats[~np.isfinite(feats)] = 0.0
-    with open(folder / "features" / "KONVID_1K_metadata.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return FeatureSet({"videval": feats}, ids=[r["flickr_id"] for r in rows]), np.array(
-        [float(r["mos"]) for r in rows]
-    )
 
 
 def cpu_fits(cls, X, y, splits, scoring):
