@@ -3,9 +3,9 @@ real feature widths, with ``batch_trials=True`` (one vectorised model for all tr
 ``aigvqa.heads.trials``) and ``batch_trials=False`` (one fit per trial), timed, with the
 per-trial metrics of the two runs compared.
 
-    python bench/trials.py                                  # msavqa, 10 trials, 10,000 videos, 2 epochs
+    python bench/trials.py                            # msavqa, 10 trials, 10,000 videos, 2 epochs
     python bench/trials.py --videos 2000 --epochs 1 --trials 5 --head ugvq --preset small
-    python bench/trials.py --device cuda --epochs 30        # the full preset on a GPU
+    python bench/trials.py --device cuda --epochs 30  # the full preset on a GPU
 
 Issue 12's target on a 2-core CPU: msavqa, 10 trials, 10,000 videos, together >= 3x faster
 than one by one, per-trial SRCC equal within 1e-3.
@@ -35,8 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heads import prompt_token_lengths, synthetic_cache  # noqa: E402
 
 
-def run(head_name: str, preset: str, videos: int, trials: int, epochs: int, device: str, split: str,
-        threads: int | None, order: str, text_lengths: str = "auto", log=print) -> dict:
+def run(
+    head_name: str,
+    preset: str,
+    videos: int,
+    trials: int,
+    epochs: int,
+    device: str,
+    split: str,
+    threads: int | None,
+    order: str,
+    text_lengths: str = "auto",
+    log=print,
+) -> dict:
     import torch
 
     from aigvqa.heads.registry import create_head
@@ -50,35 +61,58 @@ def run(head_name: str, preset: str, videos: int, trials: int, epochs: int, devi
     X = X.select(sorted(set({**head.DEFAULT_FEATURES, **(head.features or {})}.values())))
     n = len(X)
     groups = {"prompt": np.arange(n) // 4, "generator": np.array([f"g{i % 8}" for i in range(n)])}
-    log(f"{head_name} (preset {preset}, {epochs} epochs, device {device}) on {n} synthetic videos "
-        f"({', '.join(f'{k} {v.shape[1]}x{v.shape[2]}' for k, v in X.arrays.items())}; prompts: {text_note}); "
-        f"split {split}, {trials} trials; {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
+    log(
+        f"{head_name} (preset {preset}, {epochs} epochs, device {device}) on {n} synthetic videos "
+        f"({', '.join(f'{k} {v.shape[1]}x{v.shape[2]}' for k, v in X.arrays.items())}; "
+        f"prompts: {text_note}); split {split}, {trials} trials; {os.cpu_count()} CPU cores, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     results, seconds, cpu, load = {}, {}, {}, {}
-    for together in ((True, False) if order == "together-first" else (False, True)):
+    for together in (True, False) if order == "together-first" else (False, True):
         label = "together" if together else "one by one"
         before = os.getloadavg()[0]
         start, start_cpu = time.perf_counter(), time.process_time()
-        results[label] = evaluate(head, X, y, groups, split=split, trials=trials, progress=False,
-                                  batch_trials=together)
+        results[label] = evaluate(
+            head, X, y, groups, split=split, trials=trials, progress=False, batch_trials=together
+        )
         seconds[label], cpu[label] = time.perf_counter() - start, time.process_time() - start_cpu
         load[label] = (before, os.getloadavg()[0])
-        log(f"  {label:>10}: {seconds[label]:8.1f} s wall, {cpu[label]:8.1f} s CPU  "
-            f"(load average {before:.1f} -> {load[label][1]:.1f})")
+        log(
+            f"  {label:>10}: {seconds[label]:8.1f} s wall, {cpu[label]:8.1f} s CPU  "
+            f"(load average {before:.1f} -> {load[label][1]:.1f})"
+        )
     srcc = {k: r.values("srcc") for k, r in results.items()}
     plcc = {k: r.values("plcc") for k, r in results.items()}
     d_srcc = float(np.max(np.abs(srcc["together"] - srcc["one by one"])))
     d_plcc = float(np.max(np.abs(plcc["together"] - plcc["one by one"])))
     ratio = seconds["one by one"] / seconds["together"]
     cpu_ratio = cpu["one by one"] / cpu["together"]
-    log(f"  ratio one by one / together: {ratio:.2f}x wall (target >= 3x), {cpu_ratio:.2f}x CPU time; "
-        f"per-trial SRCC max |diff| {d_srcc:.2e}, PLCC {d_plcc:.2e} (target < 1e-3)")
+    log(
+        f"  ratio one by one / together: {ratio:.2f}x wall (target >= 3x), "
+        f"{cpu_ratio:.2f}x CPU time; "
+        f"per-trial SRCC max |diff| {d_srcc:.2e}, PLCC {d_plcc:.2e} (target < 1e-3)"
+    )
     log(f"  per-trial SRCC together:   {np.round(srcc['together'], 5).tolist()}")
     log(f"  per-trial SRCC one by one: {np.round(srcc['one by one'], 5).tolist()}")
-    return {"head": head_name, "preset": preset, "videos": n, "trials": trials, "epochs": epochs, "device": device,
-            "split": split, "torch_threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(),
-            "seconds": seconds, "cpu_seconds": cpu, "load_average": load, "ratio": ratio, "cpu_ratio": cpu_ratio,
-            "max_srcc_diff": d_srcc,
-            "max_plcc_diff": d_plcc, "srcc": {k: v.tolist() for k, v in srcc.items()}}
+    return {
+        "head": head_name,
+        "preset": preset,
+        "videos": n,
+        "trials": trials,
+        "epochs": epochs,
+        "device": device,
+        "split": split,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load_average": load,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "max_srcc_diff": d_srcc,
+        "max_plcc_diff": d_plcc,
+        "srcc": {k: v.tolist() for k, v in srcc.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,16 +121,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2; the preset has 30)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs per trial (default 2; the preset has 30)"
+    )
     parser.add_argument("--split", default="random-8:2")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--order", choices=("together-first", "one-by-one-first"), default="one-by-one-first")
-    parser.add_argument("--text-lengths", choices=("auto", "fetv", "uniform", "full"), default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--order", choices=("together-first", "one-by-one-first"), default="one-by-one-first"
+    )
+    parser.add_argument(
+        "--text-lengths", choices=("auto", "fetv", "uniform", "full"), default="auto"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
-    row = run(args.head, args.preset, args.videos, args.trials, args.epochs, args.device, args.split,
-              args.threads, args.order, args.text_lengths)
+    row = run(
+        args.head,
+        args.preset,
+        args.videos,
+        args.trials,
+        args.epochs,
+        args.device,
+        args.split,
+        args.threads,
+        args.order,
+        args.text_lengths,
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(row, indent=2))

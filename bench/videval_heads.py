@@ -35,13 +35,17 @@ from aigvqa.pipeline.training_data import build_head
 
 PUBLISHED = {"srcc": 0.7832, "plcc_logistic": 0.7803}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videval_ugc"
-DEFAULT_STACK = {"estimators": [["svr", "svr"], ["lightgbm", "lightgbm"], ["elasticnet", "elasticnet"]]}
+DEFAULT_STACK = {
+    "estimators": [["svr", "svr"], ["lightgbm", "lightgbm"], ["elasticnet", "elasticnet"]]
+}
 
 
 def load_konvid(folder: Path) -> tuple[FeatureSet, np.ndarray]:
     """VIDEVAL's 60 features of the 1200 KoNViD-1k videos (NaN/inf -> 0, as the authors) + MOS,
     rows in the metadata file's order (the order VIDEVAL's splits index)."""
-    feats = scipy.io.loadmat(folder / "features" / "KONVID_1K_VIDEVAL_feats.mat")["feats_mat"].astype(np.float64)
+    feats = scipy.io.loadmat(folder / "features" / "KONVID_1K_VIDEVAL_feats.mat")[
+        "feats_mat"
+    ].astype(np.float64)
     feats[~np.isfinite(feats)] = 0.0
     with open(folder / "features" / "KONVID_1K_metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -52,24 +56,34 @@ def load_konvid(folder: Path) -> tuple[FeatureSet, np.ndarray]:
 
 def protocol_head(name: str):
     """The head `aigvqa evaluate --protocol videval --head NAME` builds (stack: the default one)."""
-    return build_head(name, params=DEFAULT_STACK if name == "stack" else None,
-                      defaults=lambda head, given: protocol_params("videval", head, given))[1]
+    return build_head(
+        name,
+        params=DEFAULT_STACK if name == "stack" else None,
+        defaults=lambda head, given: protocol_params("videval", head, given),
+    )[1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--splits", type=int, default=100)
-    ap.add_argument("--start", type=int, default=1, help="first VIDEVAL split i (to run 100 splits in parts)")
+    ap.add_argument(
+        "--start", type=int, default=1, help="first VIDEVAL split i (to run 100 splits in parts)"
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--heads", default="svr,elasticnet,lightgbm,stack")
     ap.add_argument("--out", type=Path, default=None, help="folder for per-split CSVs")
     args = ap.parse_args()
 
     X, y = load_konvid(args.data)
-    splits = videval_splits(len(y), args.start + args.splits - 1)[args.start - 1:]
-    print(f"KoNViD-1k VIDEVAL features {X.arrays['videval'].shape[::2]}, VIDEVAL splits {args.start}.."
-          f"{args.start + args.splits - 1}, {args.jobs} jobs")
+    splits = videval_splits(len(y), args.start + args.splits - 1)[args.start - 1 :]
+    print(
+        f"KoNViD-1k VIDEVAL features {X.arrays['videval'].shape[::2]}, "
+        f"VIDEVAL splits {args.start}.."
+        f"{args.start + args.splits - 1}, {args.jobs} jobs"
+    )
     print(f"published VIDEVAL SVR: SRCC {PUBLISHED['srcc']} / PLCC {PUBLISHED['plcc_logistic']}\n")
     print("| head | SRCC | PLCC (logistic) | KRCC | RMSE (logistic) | wall s | fit s / split |")
     print("|---|---|---|---|---|---|---|")
@@ -79,22 +93,35 @@ def main() -> None:
         result = evaluate(protocol_head(name), X, y, split=splits, n_jobs=args.jobs, progress=False)
         wall = time.perf_counter() - start
         fit = np.mean([t.fit_seconds for t in result.trials])
-        cells = [f"{result.median(m):.4f} ± {result.std(m):.4f}" for m in ("srcc", "plcc_logistic", "krcc", "rmse_logistic")]
+        cells = [
+            f"{result.median(m):.4f} ± {result.std(m):.4f}"
+            for m in ("srcc", "plcc_logistic", "krcc", "rmse_logistic")
+        ]
         print(f"| {name} | " + " | ".join(cells) + f" | {wall:.0f} | {fit:.1f} |", flush=True)
         medians[name] = result.median("srcc")
         if result.meta_weights() is not None:
             kept = {k: v for k, v in result.meta_choices().items() if k != "blend"}
-            notes.append(f"{name}: meta weights (median) " + ", ".join(f"{n} {w:.3f}" for n, w in result.meta_weights().items())
-                         + f"; best single base kept in {sum(kept.values())} of {len(result.trials)} splits {kept or ''}")
+            notes.append(
+                f"{name}: meta weights (median) "
+                + ", ".join(f"{n} {w:.3f}" for n, w in result.meta_weights().items())
+                + f"; best single base kept in {sum(kept.values())} of {len(result.trials)} "
+                f"splits {kept or ''}"
+            )
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            result.to_csv(args.out / f"{name}_splits{args.start}-{args.start + args.splits - 1}.csv", per_trial=True)
+            result.to_csv(
+                args.out / f"{name}_splits{args.start}-{args.start + args.splits - 1}.csv",
+                per_trial=True,
+            )
     print("\n" + "\n".join(notes))
     bases = {k: v for k, v in medians.items() if k != "stack"}
     if "stack" in medians and bases:
         best = max(bases, key=bases.get)
-        print(f"stack {medians['stack']:.4f} vs best tuned base {best} {bases[best]:.4f}: "
-              f"difference {medians['stack'] - bases[best]:+.4f} (issue 16: >= -0.002, and stack >= 0.79)")
+        print(
+            f"stack {medians['stack']:.4f} vs best tuned base {best} {bases[best]:.4f}: "
+            f"difference {medians['stack'] - bases[best]:+.4f} "
+            "(issue 16: >= -0.002, and stack >= 0.79)"
+        )
 
 
 if __name__ == "__main__":

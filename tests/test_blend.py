@@ -38,8 +38,9 @@ def _data(n=150, seed=0):
 @pytest.mark.parametrize("meta", ["nnls", "linear"])
 def test_stacking_never_learns_from_leaked_predictions(meta):
     X, y = _data()
-    stack = StackingHead([("memo", MemoriserHead()), ("enet", ElasticNetHead())], meta=meta, cv=5,
-                         random_state=0).fit(X, y)
+    stack = StackingHead(
+        [("memo", MemoriserHead()), ("enet", ElasticNetHead())], meta=meta, cv=5, random_state=0
+    ).fit(X, y)
     # The memoriser's out-of-fold predictions are honest: every row gets the mean of the other
     # folds, never its own target.
     folds = list(KFold(5, shuffle=True, random_state=0).split(np.arange(len(y))))
@@ -74,8 +75,9 @@ def test_nnls_meta_learner_has_non_negative_weights_and_free_intercept():
 
 def test_meta_learner_is_fit_on_the_oof_predictions():
     X, y = _data(120)
-    stack = StackingHead([("enet", ElasticNetHead()), ("lgbm", LightGBMHead(n_estimators=40))], meta="linear",
-                         cv=4).fit(X, y)
+    stack = StackingHead(
+        [("enet", ElasticNetHead()), ("lgbm", LightGBMHead(n_estimators=40))], meta="linear", cv=4
+    ).fit(X, y)
     w, b = fit_meta(stack.oof_predictions_, y, "linear")
     np.testing.assert_allclose(stack.coef_, w)
     base = np.column_stack([e.predict(X) for e in stack.estimators_])
@@ -93,7 +95,9 @@ def test_multi_output_stacking():
 
 
 def test_clone_nested_params_and_gridsearch():
-    stack = StackingHead([("enet", ElasticNetHead()), ("lgbm", LightGBMHead(n_estimators=30))], cv=3)
+    stack = StackingHead(
+        [("enet", ElasticNetHead()), ("lgbm", LightGBMHead(n_estimators=30))], cv=3
+    )
     params = stack.get_params()
     assert params["enet__alpha"] == 0.01 and params["lgbm__n_estimators"] == 30
     copy = clone(stack).set_params(enet__alpha=0.5)
@@ -133,7 +137,9 @@ def test_grouped_inner_folds_never_predict_a_row_from_its_own_group():
     y = rng.normal(size=60)
     stack = StackingHead([("witness", GroupWitness()), ("en", ElasticNetHead())], cv=4)
     stack.fit(X, y, groups=groups.astype(str))
-    assert np.all(stack.oof_predictions_[:, 0] == 0)  # no out-of-fold row had its prompt in training
+    assert np.all(
+        stack.oof_predictions_[:, 0] == 0
+    )  # no out-of-fold row had its prompt in training
     plain = StackingHead([("witness", GroupWitness()), ("en", ElasticNetHead())], cv=4).fit(X, y)
     assert np.any(plain.oof_predictions_[:, 0] > 0)  # ungrouped folds do mix a prompt's videos
 
@@ -190,9 +196,13 @@ def test_bases_are_tuned_once_on_the_training_rows_and_folds_reuse_the_winner():
     SearchWitness.log = []
     stack = StackingHead([("w", SearchWitness()), ("en", ElasticNetHead())], cv=4).fit(X, y)
     searched = [entry for entry in SearchWitness.log if entry[1] is not None]
-    assert len(searched) == 1 and searched[0][0] == frozenset(X.ids) and searched[0][1] == "standard"
+    assert (
+        len(searched) == 1 and searched[0][0] == frozenset(X.ids) and searched[0][1] == "standard"
+    )
     fold_fits = [entry for entry in SearchWitness.log if entry[1] is None]
-    assert len(fold_fits) == 4 and all(len(ids) == 75 and shift == 0.0 for ids, _, shift in fold_fits)
+    assert len(fold_fits) == 4 and all(
+        len(ids) == 75 and shift == 0.0 for ids, _, shift in fold_fits
+    )
     # the classical base was given its standard grid too, and says what it chose
     assert stack.named_estimators_["en"].search == "standard"
     assert set(stack.best_params_) == {"w", "en"} and "alpha" in stack.best_params_["en"]
@@ -203,7 +213,9 @@ def test_bases_are_tuned_once_on_the_training_rows_and_folds_reuse_the_winner():
 def test_per_fold_tuning_never_lets_a_search_see_its_held_out_rows():
     X, y = _data(100)
     SearchWitness.log = []
-    StackingHead([("w", SearchWitness()), ("en", ElasticNetHead())], cv=4, tune_per_fold=True).fit(X, y)
+    StackingHead([("w", SearchWitness()), ("en", ElasticNetHead())], cv=4, tune_per_fold=True).fit(
+        X, y
+    )
     folds = list(KFold(4, shuffle=True, random_state=0).split(np.arange(100)))
     searched = sorted((entry[0] for entry in SearchWitness.log if entry[1] == "standard"), key=len)
     assert len(searched) == 5  # one search per fold, one for the final model
@@ -215,9 +227,13 @@ def test_per_fold_tuning_never_lets_a_search_see_its_held_out_rows():
 
 def test_untuned_bases_on_request():
     X, y = _data(60)
-    stack = StackingHead([("en", ElasticNetHead()), ("en2", ElasticNetHead(alpha=0.3))], cv=3, tune_bases=None).fit(X, y)
+    stack = StackingHead(
+        [("en", ElasticNetHead()), ("en2", ElasticNetHead(alpha=0.3))], cv=3, tune_bases=None
+    ).fit(X, y)
     assert stack.named_estimators_["en"].search is None and stack.best_params_ is None
-    off = StackingHead([("en", ElasticNetHead())], cv=3, tune_bases=False).fit(X, y)  # what a TOML file can say
+    off = StackingHead([("en", ElasticNetHead())], cv=3, tune_bases=False).fit(
+        X, y
+    )  # what a TOML file can say
     assert off.named_estimators_["en"].search is None
     with pytest.raises(HeadParameterError, match="tune_bases"):
         StackingHead([("en", ElasticNetHead())], tune_bases="grid").fit(X, y)
@@ -227,7 +243,11 @@ def _halves(n=400, seed=0, noise=0.3):
     """y = f(a) + g(b) + noise, with a and b independent feature blocks."""
     rng = np.random.default_rng(seed)
     a, b, junk = rng.normal(size=(n, 4)), rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
-    y = a @ np.array([1.0, -0.6, 0.4, 0.2]) + b @ np.array([0.9, 0.5, -0.5, 0.3]) + rng.normal(0, noise, n)
+    y = (
+        a @ np.array([1.0, -0.6, 0.4, 0.2])
+        + b @ np.array([0.9, 0.5, -0.5, 0.3])
+        + rng.normal(0, noise, n)
+    )
     return FeatureSet({"a": a, "b": b, "junk": junk}), y
 
 
@@ -240,9 +260,17 @@ def test_a_stack_whose_signal_is_in_one_base_stays_with_that_base():
     X, y = _halves()
     y = y - X.arrays["b"][:, 0] @ np.array([0.9, 0.5, -0.5, 0.3])  # all the signal in "a" now
     strong, _ = _test_srcc(ElasticNetHead(features=["a"]), X, y)
-    stack_srcc, stack = _test_srcc(StackingHead([("a", ElasticNetHead(features=["a"])),
-                                                 ("junk", ElasticNetHead(features=["junk"])),
-                                                 ("lgbm", LightGBMHead(features=["junk"], n_estimators=50))]), X, y)
+    stack_srcc, stack = _test_srcc(
+        StackingHead(
+            [
+                ("a", ElasticNetHead(features=["a"])),
+                ("junk", ElasticNetHead(features=["junk"])),
+                ("lgbm", LightGBMHead(features=["junk"], n_estimators=50)),
+            ]
+        ),
+        X,
+        y,
+    )
     assert strong > 0.8
     assert stack_srcc >= strong - 0.01
     assert stack.meta_weights_["a"] > 0.8 and set(stack.meta_weights_) == {"a", "junk", "lgbm"}
@@ -252,8 +280,13 @@ def test_a_stack_of_bases_with_independent_halves_of_the_signal_beats_both():
     X, y = _halves()
     only_a, _ = _test_srcc(ElasticNetHead(features=["a"]), X, y)
     only_b, _ = _test_srcc(ElasticNetHead(features=["b"]), X, y)
-    stack_srcc, stack = _test_srcc(StackingHead([("a", ElasticNetHead(features=["a"])),
-                                                 ("b", ElasticNetHead(features=["b"]))]), X, y)
+    stack_srcc, stack = _test_srcc(
+        StackingHead(
+            [("a", ElasticNetHead(features=["a"])), ("b", ElasticNetHead(features=["b"]))]
+        ),
+        X,
+        y,
+    )
     assert stack.meta_choice_ == "blend"
     assert stack_srcc > max(only_a, only_b) + 0.05
     assert min(stack.meta_weights_.values()) > 0.5
@@ -286,11 +319,15 @@ def test_deep_and_classical_bases_stack_together():
     text = rng.normal(size=(n, 1, 8)).astype(np.float16)
     y = frames.astype(np.float64).mean(axis=(1, 2)) + rng.normal(0, 0.1, n)
     X = FeatureSet({"clip-frames": frames, "clip-text-pooled": text})
-    msa = MSAVQAHead(preset="small", d_model=16, adapter_dim=8, mlp_hidden=16, epochs=2, batch_size=16)
+    msa = MSAVQAHead(
+        preset="small", d_model=16, adapter_dim=8, mlp_hidden=16, epochs=2, batch_size=16
+    )
     stack = StackingHead([("msa", msa), ("svr", "svr")], cv=3).fit(X[:45], y[:45])
     assert np.isfinite(stack.predict(X[45:])).all()
     assert set(stack.meta_weights_) == {"msa", "svr"}
-    assert set(stack.best_params_) == {"svr"}  # the SVR searched its grid, the deep head trained as given
+    assert set(stack.best_params_) == {
+        "svr"
+    }  # the SVR searched its grid, the deep head trained as given
 
 
 def test_named_bases_take_nested_params_and_gridsearch_over_them():
@@ -320,16 +357,30 @@ def test_plain_arrays_and_lists_are_accepted():
 
 
 def test_from_config_builds_a_stack_from_tables_per_base():
-    config = {"head": "stack", "meta": "nnls", "cv": 3,
-              "estimators": {"svr": {"search": {"C": [1.0, 4.0]}}, "boost": {"head": "lightgbm", "n_estimators": 20}},
-              "svr__epsilon": 0.2}
+    config = {
+        "head": "stack",
+        "meta": "nnls",
+        "cv": 3,
+        "estimators": {
+            "svr": {"search": {"C": [1.0, 4.0]}},
+            "boost": {"head": "lightgbm", "n_estimators": 20},
+        },
+        "svr__epsilon": 0.2,
+    }
     stack = StackingHead.from_config(config)
     bases = dict(stack.estimators)
     assert bases["svr"].search == {"C": [1.0, 4.0]} and bases["svr"].epsilon == 0.2
     assert isinstance(bases["boost"], LightGBMHead) and bases["boost"].n_estimators == 20
-    pairs = StackingHead.from_config({"estimators": [["svr", "svr"], ["en", "elasticnet"]], "svr__search": "standard"})
-    assert dict(pairs.estimators)["svr"].search == "standard" and dict(pairs.estimators)["en"] == "elasticnet"
-    listed = StackingHead.from_config({"estimators": [{"name": "e", "head": "elasticnet", "alpha": 0.1}]})
+    pairs = StackingHead.from_config(
+        {"estimators": [["svr", "svr"], ["en", "elasticnet"]], "svr__search": "standard"}
+    )
+    assert (
+        dict(pairs.estimators)["svr"].search == "standard"
+        and dict(pairs.estimators)["en"] == "elasticnet"
+    )
+    listed = StackingHead.from_config(
+        {"estimators": [{"name": "e", "head": "elasticnet", "alpha": 0.1}]}
+    )
     assert dict(listed.estimators)["e"].alpha == 0.1
     X, y = _data(60)
     assert stack.fit(X, y).predict(X).shape == (60,)
@@ -351,7 +402,10 @@ def test_convergence_warnings_of_bases_are_counted_not_printed():
     X, y = _data(80)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stack = StackingHead([("en", ElasticNetHead(max_iter=1, alpha=1e-5)), ("m", MemoriserHead())], cv=3,
-                             tune_bases=None).fit(X, y)
+        stack = StackingHead(
+            [("en", ElasticNetHead(max_iter=1, alpha=1e-5)), ("m", MemoriserHead())],
+            cv=3,
+            tune_bases=None,
+        ).fit(X, y)
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert stack.n_convergence_warnings_ >= 4  # 3 fold fits + the final fit

@@ -40,9 +40,13 @@ def _signal_set(n=160, seed=0):
 
 
 def test_pooling_respects_lengths_and_ignores_padding():
-    a = np.array([[[1.0, 10.0], [3.0, 20.0], [np.nan, 99.0]],
-                  [[2.0, 5.0], [4.0, 7.0], [9.0, 0.0]],
-                  [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]]])
+    a = np.array(
+        [
+            [[1.0, 10.0], [3.0, 20.0], [np.nan, 99.0]],
+            [[2.0, 5.0], [4.0, 7.0], [9.0, 0.0]],
+            [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]],
+        ]
+    )
     fs = FeatureSet({"f": a}, {"f": np.array([2, 3, 0])})
     Z, names = pool_sequences(fs, ("mean", "std", "min", "max"), percentiles=(50,))
     assert names[:2] == ["f.mean[0]", "f.mean[1]"] and names[-1] == "f.p50[1]"
@@ -85,15 +89,24 @@ def test_clone_and_params_roundtrip(cls):
 def test_each_head_learns_a_pooled_signal_and_gridsearchcv_works(cls):
     fs, y = _signal_set(200)
     train, test = np.arange(150), np.arange(150, 200)
-    grid = {"SVRHead": {"C": [1.0, 10.0]}, "ElasticNetHead": {"alpha": [0.001, 0.1]},
-            "LightGBMHead": {"num_leaves": [4, 8]}}[cls.__name__]
-    search = GridSearchCV(cls(n_estimators=100) if cls is LightGBMHead else cls(), grid, cv=3,
-                          scoring="neg_mean_squared_error")
+    grid = {
+        "SVRHead": {"C": [1.0, 10.0]},
+        "ElasticNetHead": {"alpha": [0.001, 0.1]},
+        "LightGBMHead": {"num_leaves": [4, 8]},
+    }[cls.__name__]
+    search = GridSearchCV(
+        cls(n_estimators=100) if cls is LightGBMHead else cls(),
+        grid,
+        cv=3,
+        scoring="neg_mean_squared_error",
+    )
     search.fit(fs[train], y[train])
     pred = search.predict(fs[test])
     assert pred.shape == (50,)
     assert stats.spearmanr(y[test], pred)[0] > 0.8
-    shuffled = cls().fit(fs[train], np.random.default_rng(0).permutation(y[train])).predict(fs[test])
+    shuffled = (
+        cls().fit(fs[train], np.random.default_rng(0).permutation(y[train])).predict(fs[test])
+    )
     assert stats.spearmanr(y[test], shuffled)[0] < 0.5  # the control has nothing to learn
 
 
@@ -140,9 +153,31 @@ def test_search_uses_only_the_training_rows():
     assert stats.spearmanr(y[test], head.predict(fs[test]))[0] < 0.5  # the test signal was not seen
     # with validation rows given, the candidates are ranked on them instead
     val, rest = test[:30], test[30:]
-    head_val = ElasticNetHead(search={"features": [["a"], ["b"]]}).fit(fs[train], y[train], X_val=fs[val], y_val=y[val])
+    head_val = ElasticNetHead(search={"features": [["a"], ["b"]]}).fit(
+        fs[train], y[train], X_val=fs[val], y_val=y[val]
+    )
     assert head_val.best_params_ == {"features": ["b"]}
-    assert stats.spearmanr(y[rest], head_val.predict(fs[rest]))[0] < 0.5  # final fit: training rows only
+    assert (
+        stats.spearmanr(y[rest], head_val.predict(fs[rest]))[0] < 0.5
+    )  # final fit: training rows only
+
+
+def _videval_inner_loop(X, y, grid, random_state, rmse):
+    """VIDEVAL's grid search written out: train_test_split(X_train, test_size=0.2,
+    random_state=...), MinMax fit on the fitting rows, one RBF SVR per (C, gamma), each scored
+    by ``rmse(y_held_out, predictions)``. Returns {(C, gamma): rmse}."""
+    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=random_state)
+    scaler = MinMaxScaler().fit(Xp)
+    rmses = {}
+    for C in grid["C"]:
+        for g in grid["gamma"]:
+            pred = (
+                SVR(kernel="rbf", C=C, gamma=g)
+                .fit(scaler.transform(Xp), yp)
+                .predict(scaler.transform(Xv))
+            )
+            rmses[(C, g)] = rmse(yv, pred)
+    return rmses
 
 
 def test_svr_search_reproduces_videvals_inner_split_loop():
@@ -151,14 +186,7 @@ def test_svr_search_reproduces_videvals_inner_split_loop():
     y = np.sin(X[:, 0]) + 0.3 * X[:, 1] + rng.normal(0, 0.1, 90)
     grid = {"C": [1.0, 8.0, 64.0], "gamma": [0.05, 0.5]}
     head = SVRHead(search=grid, random_state=13).fit(X, y)
-    # VIDEVAL: train_test_split(X_train, test_size=0.2, random_state=...), MinMax, RBF SVR, RMSE
-    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=13)
-    scaler = MinMaxScaler().fit(Xp)
-    rmses = {}
-    for C in grid["C"]:
-        for g in grid["gamma"]:
-            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
-            rmses[(C, g)] = np.sqrt(np.mean((yv - pred) ** 2))
+    rmses = _videval_inner_loop(X, y, grid, 13, lambda yv, pred: np.sqrt(np.mean((yv - pred) ** 2)))
     best = min(rmses, key=rmses.get)
     assert (head.best_params_["C"], head.best_params_["gamma"]) == best
     for r in head.search_results_:
@@ -174,7 +202,9 @@ def test_inner_k_fold_search_and_parallel_candidates_agree():
     one = ElasticNetHead(search=grid, inner_split=4, random_state=5).fit(fs, y)
     two = ElasticNetHead(search=grid, inner_split=4, random_state=5, n_jobs=2).fit(fs, y)
     assert one.best_params_ == two.best_params_
-    assert [r["rmse"] for r in one.search_results_] == pytest.approx([r["rmse"] for r in two.search_results_])
+    assert [r["rmse"] for r in one.search_results_] == pytest.approx(
+        [r["rmse"] for r in two.search_results_]
+    )
     # the k-fold losses are the mean over KFold(4, shuffle, random_state) folds
     from aigvqa.heads.classical import pool_sequences as pool
 
@@ -189,7 +219,10 @@ def test_inner_k_fold_search_and_parallel_candidates_agree():
 
 def test_standard_search_grid_and_bad_search_keys():
     assert len(SVRHead.standard_search["C"]) == 10 and SVRHead.standard_search["C"][0] == 2.0
-    assert SVRHead.standard_search["gamma"][0] == 2.0**-8 and SVRHead.standard_search["gamma"][-1] == 2.0
+    assert (
+        SVRHead.standard_search["gamma"][0] == 2.0**-8
+        and SVRHead.standard_search["gamma"][-1] == 2.0
+    )
     fs, y = _signal_set(40)
     with pytest.raises(HeadParameterError, match="unknown parameters"):
         SVRHead(search={"kernel": ["linear"]}).fit(fs, y)
@@ -203,7 +236,9 @@ def test_pca_and_target_scaling_options():
     fs, y = _signal_set(120)
     head = SVRHead(pca=0.95, scale_target=True).fit(fs, 100 * y)
     pred = head.predict(fs)
-    assert stats.spearmanr(y, pred)[0] > 0.8 and pred.mean() == pytest.approx(100 * y.mean(), rel=0.05)
+    assert stats.spearmanr(y, pred)[0] > 0.8 and pred.mean() == pytest.approx(
+        100 * y.mean(), rel=0.05
+    )
 
 
 def test_nan_features_are_a_clear_user_error():
@@ -244,7 +279,9 @@ def _svr_problem(n=120, seed=3):
 def test_shared_kernel_search_equals_one_rbf_svr_per_candidate(monkeypatch, scoring, setup):
     X, y = _svr_problem()
     grid = {"C": [0.5, 4.0, 64.0], "gamma": [0.02, 0.3, "scale", "auto"], "epsilon": [0.05, 0.2]}
-    kwargs = dict(search=grid, search_scoring=scoring, random_state=4, pca=5 if setup == "k-fold" else None)
+    kwargs = dict(
+        search=grid, search_scoring=scoring, random_state=4, pca=5 if setup == "k-fold" else None
+    )
     if setup == "k-fold":
         kwargs["inner_split"] = 3
     if setup == "threads":
@@ -259,7 +296,9 @@ def test_shared_kernel_search_equals_one_rbf_svr_per_candidate(monkeypatch, scor
 
     monkeypatch.setattr(SVR, "fit", spy)
     shared = SVRHead(**kwargs).fit(X[:90], y[:90], **fit_args)
-    assert kernels.count("precomputed") == len(ParameterGrid(grid)) * (3 if setup == "k-fold" else 1)
+    assert kernels.count("precomputed") == len(ParameterGrid(grid)) * (
+        3 if setup == "k-fold" else 1
+    )
     monkeypatch.setattr(SVRHead, "shared_kernels", False)
     kernels.clear()
     reference = SVRHead(**kwargs).fit(X[:90], y[:90], **fit_args)
@@ -267,8 +306,12 @@ def test_shared_kernel_search_equals_one_rbf_svr_per_candidate(monkeypatch, scor
     assert shared.best_params_ == reference.best_params_
     # the logistic fit's own tolerance (~1e-8 on its parameters) shows in its RMSEs
     rtol = 1e-6 if scoring == "logistic-rmse" else 1e-9
-    np.testing.assert_allclose([r[scoring] for r in shared.search_results_],
-                               [r[scoring] for r in reference.search_results_], rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(
+        [r[scoring] for r in shared.search_results_],
+        [r[scoring] for r in reference.search_results_],
+        rtol=rtol,
+        atol=1e-12,
+    )
     np.testing.assert_array_equal(shared.predict(X[90:]), reference.predict(X[90:]))
 
 
@@ -294,21 +337,23 @@ def test_logistic_rmse_selection_matches_videvals_rule():
     X, y = _svr_problem(160, seed=8)
     grid = {"C": [1.0, 16.0, 256.0], "gamma": [0.01, 0.2, 2.0]}
     head = SVRHead(search=grid, search_scoring="logistic-rmse", random_state=21).fit(X, y)
-    Xp, Xv, yp, yv = train_test_split(X, y, test_size=0.2, random_state=21)
-    scaler = MinMaxScaler().fit(Xp)
-    rmses = {}
-    for C in grid["C"]:
-        for g in grid["gamma"]:
-            pred = SVR(kernel="rbf", C=C, gamma=g).fit(scaler.transform(Xp), yp).predict(scaler.transform(Xv))
-            beta = [np.max(yv), np.min(yv), np.mean(pred), 0.5]
-            popt, _ = curve_fit(_videval_logistic, pred, yv, p0=beta, maxfev=100000)
-            rmses[(C, g)] = np.sqrt(np.mean((yv - _videval_logistic(pred, *popt)) ** 2))
+
+    def logistic_rmse(yv, pred):  # VIDEVAL's: RMSE after its logistic fit, from its start point
+        beta = [np.max(yv), np.min(yv), np.mean(pred), 0.5]
+        popt, _ = curve_fit(_videval_logistic, pred, yv, p0=beta, maxfev=100000)
+        return np.sqrt(np.mean((yv - _videval_logistic(pred, *popt)) ** 2))
+
+    rmses = _videval_inner_loop(X, y, grid, 21, logistic_rmse)
     best = min(rmses, key=rmses.get)
     assert (head.best_params_["C"], head.best_params_["gamma"]) == best
     for r in head.search_results_:
-        assert r["logistic-rmse"] == pytest.approx(rmses[(r["params"]["C"], r["params"]["gamma"])], rel=1e-5)
+        assert r["logistic-rmse"] == pytest.approx(
+            rmses[(r["params"]["C"], r["params"]["gamma"])], rel=1e-5
+        )
     raw = SVRHead(search=grid, search_scoring="rmse", random_state=21).fit(X, y)
-    assert [r["rmse"] for r in raw.search_results_] != pytest.approx([r["logistic-rmse"] for r in head.search_results_])
+    assert [r["rmse"] for r in raw.search_results_] != pytest.approx(
+        [r["logistic-rmse"] for r in head.search_results_]
+    )
 
 
 def test_logistic_rmse_falls_back_to_raw_rmse_for_constant_predictions():

@@ -39,7 +39,12 @@ def test_every_parameter_has_a_constraint_and_the_defaults_pass(name):
 BAD = [
     ("ugvq", {"preset": "huge"}, "preset", "one of 'paper', 'small'"),
     ("ugvq", {"patience": -1}, "patience", "None or an integer >= 1"),
-    ("ugvq", {"features": {"audio": "x"}}, "features", "no feature roles besides spatial, temporal, text"),
+    (
+        "ugvq",
+        {"features": {"audio": "x"}},
+        "features",
+        "no feature roles besides spatial, temporal, text",
+    ),
     ("msavqa", {"frame_loss": "l2"}, "frame_loss", "one of 'smooth_l1', 'fcl'"),
     ("msavqa", {"level_weights": (1.0, 1.0)}, "level_weights", "3 non-negative weights"),
     ("branchsum", {"loss": "hinge"}, "loss", "one of 'mae_rank'"),
@@ -57,8 +62,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("name", "params", "parameter", "allowed"), BAD, ids=[f"{b[0]}-{b[2]}" for b in BAD])
-def test_a_bad_value_is_one_error_naming_head_parameter_value_and_what_is_allowed(name, params, parameter, allowed):
+@pytest.mark.parametrize(
+    ("name", "params", "parameter", "allowed"), BAD, ids=[f"{b[0]}-{b[2]}" for b in BAD]
+)
+def test_a_bad_value_is_one_error_naming_head_parameter_value_and_what_is_allowed(
+    name, params, parameter, allowed
+):
     X, y = _data()
     head = create_head(name, **params)
     with pytest.raises(HeadParameterError) as caught:
@@ -81,13 +90,18 @@ def test_bool_is_not_a_number_and_nan_is_in_no_interval():
 
 def test_searched_values_are_checked_like_parameters():
     X, y = _data()
-    with pytest.raises(HeadParameterError, match=r"SVRHead: C=-2.0 \(in search\) is not allowed; C must be a number > 0"):
+    with pytest.raises(
+        HeadParameterError,
+        match=r"SVRHead: C=-2.0 \(in search\) is not allowed; C must be a number > 0",
+    ):
         create_head("svr", search={"C": [1.0, -2.0]}).fit(X, y)
 
 
 def test_early_stopping_without_a_validation_split_names_patience():
     X, y = _data()
-    with pytest.raises(HeadParameterError, match=r"PooledMLPHead: patience=2 is not allowed.*val_fraction"):
+    with pytest.raises(
+        HeadParameterError, match=r"PooledMLPHead: patience=2 is not allowed.*val_fraction"
+    ):
         create_head("mlp", patience=2, epochs=1).fit(X, y)
 
 
@@ -96,14 +110,36 @@ def cache(tmp_path_factory):
     return make_cache(tmp_path_factory.mktemp("params") / "feats.h5")
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ('preset = "huge"', "UGVQHead: preset='huge' is not allowed; preset must be one of 'paper', 'small'"),
-    ("patience = -3", "UGVQHead: patience=-3 is not allowed; patience must be None or an integer >= 1"),
-])
-def test_cli_train_prints_the_parameter_error_without_a_traceback(cache, tmp_path, capsys, line, expected):
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            'preset = "huge"',
+            "UGVQHead: preset='huge' is not allowed; preset must be one of 'paper', 'small'",
+        ),
+        (
+            "patience = -3",
+            "UGVQHead: patience=-3 is not allowed; patience must be None or an integer >= 1",
+        ),
+    ],
+)
+def test_cli_train_prints_the_parameter_error_without_a_traceback(
+    cache, tmp_path, capsys, line, expected
+):
     config = tmp_path / "head.toml"
     config.write_text(f'{line}\nfeatures = {{ spatial = "a", temporal = "a", text = "b" }}\n')
-    code = main(["train", str(cache), "--head", "ugvq", "--config", str(config), "--out", str(tmp_path / "m")])
+    code = main(
+        [
+            "train",
+            str(cache),
+            "--head",
+            "ugvq",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == f"aigvqa train: error: {expected}"

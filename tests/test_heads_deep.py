@@ -44,8 +44,13 @@ def all_features(n, seed=0):
     """Every role of every head, random values, ragged lengths; y mixes a few of them."""
     rng = np.random.default_rng(seed)
     shapes = {
-        "vit-keyframes": (8, 12), "slowfast": (4, 20), "clip-text": (6, 16), "clip-text-pooled": (1, 16),
-        "clip-frames": (10, 16), "swin-fragments": (3, 12), "convnext-frames": (8, 12),
+        "vit-keyframes": (8, 12),
+        "slowfast": (4, 20),
+        "clip-text": (6, 16),
+        "clip-text-pooled": (1, 16),
+        "clip-frames": (10, 16),
+        "swin-fragments": (3, 12),
+        "convnext-frames": (8, 12),
     }
     arrays = {k: rng.normal(size=(n, *s)).astype(np.float16) for k, s in shapes.items()}
     lengths = {
@@ -56,7 +61,9 @@ def all_features(n, seed=0):
     for name, lens in lengths.items():  # padding is zeros, as the cache writes it
         arrays[name][np.arange(arrays[name].shape[1])[None, :] >= lens[:, None]] = 0
     fs = FeatureSet(arrays, lengths, ids=[f"v{i}" for i in range(n)])
-    y = arrays["vit-keyframes"][:, :, 0].astype(float).mean(1) + arrays["clip-frames"][:, :3, 1].astype(float).mean(1)
+    y = arrays["vit-keyframes"][:, :, 0].astype(float).mean(1) + arrays["clip-frames"][
+        :, :3, 1
+    ].astype(float).mean(1)
     return fs, y
 
 
@@ -76,7 +83,9 @@ def selected_frame_task(n, seed, d=16, t=8, quality_dims=4, noise=0.1):
     frames, text, y = np.zeros((n, t, d)), np.zeros((n, 1, d)), np.zeros(n)
     for i in range(n):
         order, quality, named = rng.permutation(t), rng.normal(size=t), rng.integers(t)
-        frames[i] = contents[order] + quality[:, None] * quality_dir + noise * rng.normal(size=(t, d))
+        frames[i] = (
+            contents[order] + quality[:, None] * quality_dir + noise * rng.normal(size=(t, d))
+        )
         text[i, 0] = contents[order[named]] + noise * rng.normal(size=d)
         y[i] = quality[named] - quality.mean()
     motion = rng.normal(size=(n, 4, 8))
@@ -114,7 +123,9 @@ def mutation_task(n, seed, d=16, t=16, max_switches=7, noise=0.1):
         frames[i] = np.where(seq[:, None] == 1, b, a) + noise * rng.normal(size=(t, d))
         y[i] = -switches + 0.3 * rng.normal()
     text = rng.normal(size=(n, 1, d))
-    return FeatureSet({"clip-frames": frames.astype(np.float16), "clip-text-pooled": text.astype(np.float16)}), y
+    return FeatureSet(
+        {"clip-frames": frames.astype(np.float16), "clip-text-pooled": text.astype(np.float16)}
+    ), y
 
 
 def alignment_task(n, seed, d=16, t=8):
@@ -128,8 +139,10 @@ def alignment_task(n, seed, d=16, t=8):
     other /= np.linalg.norm(other, axis=-1, keepdims=True)
     frames = agreement[:, None, None] * text + np.sqrt(1 - agreement[:, None, None] ** 2) * other
     arrays = {
-        "clip-frames": frames, "clip-text-pooled": text,
-        "swin-fragments": rng.normal(size=(n, 2, 12)), "convnext-frames": rng.normal(size=(n, 4, 12)),
+        "clip-frames": frames,
+        "clip-text-pooled": text,
+        "swin-fragments": rng.normal(size=(n, 2, 12)),
+        "convnext-frames": rng.normal(size=(n, 4, 12)),
     }
     return FeatureSet({k: v.astype(np.float16) for k, v in arrays.items()}), agreement
 
@@ -253,7 +266,9 @@ def test_padded_steps_do_not_change_predictions(name):
     padded = garbage_padding(X, np.random.default_rng(1))
     np.testing.assert_allclose(head.predict(padded), head.predict(X), rtol=1e-5, atol=1e-5)
     # and training on the NaN-padded arrays is training on the clean ones
-    np.testing.assert_allclose(tiny(name).fit(padded, y).predict(X), head.predict(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tiny(name).fit(padded, y).predict(X), head.predict(X), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", DEEP)
@@ -288,8 +303,11 @@ def test_a_length_0_row_reads_as_one_zero_step_whatever_its_array_holds():
     zero = {k: v.copy() for k, v in arrays.items()}
     zero["clip-frames"][4] = 0.0
     head = tiny("msavqa").fit(FeatureSet(arrays, lengths, X.ids), y)
-    np.testing.assert_allclose(head.predict(FeatureSet(arrays, lengths, X.ids)),
-                               head.predict(FeatureSet(zero, lengths, X.ids)), rtol=1e-6)
+    np.testing.assert_allclose(
+        head.predict(FeatureSet(arrays, lengths, X.ids)),
+        head.predict(FeatureSet(zero, lengths, X.ids)),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", DEEP)
@@ -303,11 +321,15 @@ def test_pickle_deepcopy_and_state_export_roundtrip(name, tmp_path):
     config, tensors = head.get_state()
     (tmp_path / "head.json").write_text(json.dumps(config))
     save_file(tensors, tmp_path / "head.safetensors")
-    restored = TorchHead.from_state(json.loads((tmp_path / "head.json").read_text()), load_file(tmp_path / "head.safetensors"))
+    restored = TorchHead.from_state(
+        json.loads((tmp_path / "head.json").read_text()), load_file(tmp_path / "head.safetensors")
+    )
     assert type(restored) is type(head)
     np.testing.assert_allclose(restored.predict(X), expected, rtol=1e-6, atol=1e-6)
 
-    broken = {k: v for k, v in tensors.items() if not k.startswith("module.") or not k.endswith("bias")}
+    broken = {
+        k: v for k, v in tensors.items() if not k.startswith("module.") or not k.endswith("bias")
+    }
     with pytest.raises(CheckpointMismatchError):
         TorchHead.from_state(config, broken)
 
@@ -383,10 +405,15 @@ def test_errors_name_the_missing_feature_and_the_fix():
     with pytest.raises(ValueError, match="no feature roles"):
         tiny("ugvq", features={"audio": "x"}).fit(X, y)
     # remapping a role to another feature works
-    assert tiny("ugvq", features={"text": "clip-text-pooled"}).fit(X, y).feature_names_["text"] == "clip-text-pooled"
+    assert (
+        tiny("ugvq", features={"text": "clip-text-pooled"}).fit(X, y).feature_names_["text"]
+        == "clip-text-pooled"
+    )
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; this machine has CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the no-CUDA error; this machine has CUDA"
+)
 def test_cuda_without_a_gpu_is_a_clear_error():
     X, y = all_features(20)
     with pytest.raises(AigvqaError, match="device='cpu'"):
@@ -408,11 +435,14 @@ def test_cuda_autocast_epoch_is_not_slower_than_fp32_on_paper_ugvq():
     A timed test by request: CUDA only, second epochs compared (the first pays warm-up)."""
     rng = np.random.default_rng(0)
     n = 512
-    X = FeatureSet({
-        "vit-keyframes": rng.normal(size=(n, 8, 768)).astype(np.float16),
-        "slowfast": rng.normal(size=(n, 4, 2304)).astype(np.float16),
-        "clip-text": rng.normal(size=(n, 77, 512)).astype(np.float16),
-    }, {"clip-text": rng.integers(8, 46, size=n)})
+    X = FeatureSet(
+        {
+            "vit-keyframes": rng.normal(size=(n, 8, 768)).astype(np.float16),
+            "slowfast": rng.normal(size=(n, 4, 2304)).astype(np.float16),
+            "clip-text": rng.normal(size=(n, 77, 512)).astype(np.float16),
+        },
+        {"clip-text": rng.integers(8, 46, size=n)},
+    )
     y = rng.normal(size=n)
     seconds = {}
     for amp in (False, True, False, True):
@@ -445,7 +475,9 @@ def test_attention_and_encoder_compute_what_the_torch_modules_compute():
     ref = nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True).eval()
     torch.manual_seed(0)
     ours = MultiheadAttention(16, 4, 0.1).eval()
-    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
+    }
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in ref.state_dict().items())
     q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
     mask = torch.rand(3, 7) > 0.4
@@ -454,15 +486,22 @@ def test_attention_and_encoder_compute_what_the_torch_modules_compute():
     torch.testing.assert_close(ours(q, kv, kv, mask), expected, rtol=1e-5, atol=1e-6)
 
     torch.manual_seed(1)
-    ref_enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, 0.1, activation="gelu", batch_first=True,
-                                                               norm_first=True), 2, enable_nested_tensor=False).eval()
+    ref_enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(
+            16, 2, 32, 0.1, activation="gelu", batch_first=True, norm_first=True
+        ),
+        2,
+        enable_nested_tensor=False,
+    ).eval()
     torch.manual_seed(1)
     ours_enc = TransformerEncoder(EncoderLayer(16, 2, 32, 0.1), 2).eval()
     assert all(torch.equal(v, ours_enc.state_dict()[k]) for k, v in ref_enc.state_dict().items())
     x = torch.randn(3, 8, 16)
     m = torch.rand(3, 8) > 0.3
     m[:, 0] = True
-    torch.testing.assert_close(ours_enc(x, m)[m], ref_enc(x, src_key_padding_mask=~m)[m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ours_enc(x, m)[m], ref_enc(x, src_key_padding_mask=~m)[m], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_keyed_dropout_depends_on_key_and_coordinates_not_on_padding():
@@ -486,7 +525,11 @@ def test_keyed_dropout_depends_on_key_and_coordinates_not_on_padding():
 # learning known signals
 # --------------------------------------------------------------------------------------
 def held_out_srcc(head, X, y, n_train, shuffle_seed=None):
-    y_fit = y[:n_train] if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(y[:n_train])
+    y_fit = (
+        y[:n_train]
+        if shuffle_seed is None
+        else np.random.default_rng(shuffle_seed).permutation(y[:n_train])
+    )
     pred = clone(head).fit(X[:n_train], y_fit).predict(X[n_train:])
     return spearmanr(pred, y[n_train:])[0]
 
@@ -535,9 +578,13 @@ def blip_features(n, seed=0):
     rng = np.random.default_rng(seed)
     frames = rng.integers(3, 7, size=n)
     arrays = {
-        "swin-fragments": rng.normal(size=(n, 2, 12)), "convnext-frames": rng.normal(size=(n, 4, 12)),
-        "blip-itm-image": rng.normal(size=(n, 6, 16)), "blip-text-pooled": rng.normal(size=(n, 1, 16)),
-        "blip-itm-match": np.concatenate([rng.uniform(0, 1, (n, 6, 1)), rng.uniform(-1, 1, (n, 6, 1))], -1),
+        "swin-fragments": rng.normal(size=(n, 2, 12)),
+        "convnext-frames": rng.normal(size=(n, 4, 12)),
+        "blip-itm-image": rng.normal(size=(n, 6, 16)),
+        "blip-text-pooled": rng.normal(size=(n, 1, 16)),
+        "blip-itm-match": np.concatenate(
+            [rng.uniform(0, 1, (n, 6, 1)), rng.uniform(-1, 1, (n, 6, 1))], -1
+        ),
         "imagereward": rng.normal(size=(n, 6, 1)),
     }
     for name in ("blip-itm-image", "blip-itm-match", "imagereward"):
@@ -552,8 +599,12 @@ def test_branchsum_takes_blip_features_for_its_alignment_branch():
     X, y = blip_features(40)
     head = tiny("branchsum").fit(X, y)
     assert head.feature_names_ == {
-        "technical": "swin-fragments", "aesthetic": "convnext-frames", "frames": "blip-itm-image",
-        "text": "blip-text-pooled", "match": "blip-itm-match", "reward": "imagereward",
+        "technical": "swin-fragments",
+        "aesthetic": "convnext-frames",
+        "frames": "blip-itm-image",
+        "text": "blip-text-pooled",
+        "match": "blip-itm-match",
+        "reward": "imagereward",
     }
     module = head.module_
     assert module.raw_alignment and module.score_roles == ["match", "reward"]
@@ -566,7 +617,9 @@ def test_branchsum_takes_blip_features_for_its_alignment_branch():
     padded = {k: v.copy() for k, v in X.arrays.items()}
     for role in ("blip-itm-match", "imagereward"):  # frames beyond a video's length do not count
         padded[role][np.arange(6)[None, :] >= X.lengths[role][:, None]] = 9
-    np.testing.assert_allclose(head.predict(FeatureSet(padded, X.lengths, X.ids)), before, rtol=1e-5)
+    np.testing.assert_allclose(
+        head.predict(FeatureSet(padded, X.lengths, X.ids)), before, rtol=1e-5
+    )
 
 
 def test_branchsum_prefers_clip_and_uses_score_roles_only_when_present():
@@ -575,20 +628,42 @@ def test_branchsum_prefers_clip_and_uses_score_roles_only_when_present():
     assert head.feature_names_["frames"] == "clip-frames" and "match" not in head.feature_names_
     assert head.module_.score_roles == []
     B, _ = blip_features(30)
-    both = FeatureSet({**X.arrays, "imagereward": B.arrays["imagereward"]},
-                      {**X.lengths, "imagereward": B.lengths["imagereward"]}, X.ids)
+    both = FeatureSet(
+        {**X.arrays, "imagereward": B.arrays["imagereward"]},
+        {**X.lengths, "imagereward": B.lengths["imagereward"]},
+        X.ids,
+    )
     head = tiny("branchsum").fit(both, y)
-    assert head.feature_names_["frames"] == "clip-frames" and head.feature_names_["reward"] == "imagereward"
+    assert (
+        head.feature_names_["frames"] == "clip-frames"
+        and head.feature_names_["reward"] == "imagereward"
+    )
     assert "match" not in head.feature_names_
 
 
 def test_branchsum_score_roles_can_be_mapped_and_are_checked():
     X, y = blip_features(20)
-    head = tiny("branchsum", features={"match": "imagereward"}).fit(X.select(
-        ["swin-fragments", "convnext-frames", "blip-itm-image", "blip-text-pooled", "imagereward"]), y)
-    assert head.feature_names_["match"] == "imagereward" and head.feature_names_["reward"] == "imagereward"
+    head = tiny("branchsum", features={"match": "imagereward"}).fit(
+        X.select(
+            [
+                "swin-fragments",
+                "convnext-frames",
+                "blip-itm-image",
+                "blip-text-pooled",
+                "imagereward",
+            ]
+        ),
+        y,
+    )
+    assert (
+        head.feature_names_["match"] == "imagereward"
+        and head.feature_names_["reward"] == "imagereward"
+    )
     with pytest.raises(AigvqaError, match="'match': 'blip-itm-match'"):
-        tiny("branchsum", features={"match": "blip-itm-match"}).fit(X.select(
-            ["swin-fragments", "convnext-frames", "blip-itm-image", "blip-text-pooled"]), y)
+        tiny("branchsum", features={"match": "blip-itm-match"}).fit(
+            X.select(["swin-fragments", "convnext-frames", "blip-itm-image", "blip-text-pooled"]), y
+        )
     with pytest.raises(AigvqaError, match="clip-frames or blip-itm-image"):
-        tiny("branchsum").fit(X.select(["swin-fragments", "convnext-frames", "blip-text-pooled"]), y)
+        tiny("branchsum").fit(
+            X.select(["swin-fragments", "convnext-frames", "blip-text-pooled"]), y
+        )

@@ -52,7 +52,9 @@ def test_plcc_loss_by_hand():
     rho = np.corrcoef([1, 2, 4], [1, 3, 2])[0, 1]
     expected = ((1 - rho) / 2 + (1 - rho**2) / 4) / 2
     assert plcc_loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
-    assert plcc_loss(3 * pred - 7, target).item() == pytest.approx(expected, rel=1e-5)  # scale/shift-free
+    assert plcc_loss(3 * pred - 7, target).item() == pytest.approx(
+        expected, rel=1e-5
+    )  # scale/shift-free
     assert plcc_loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
     assert plcc_loss(-target, target).item() == pytest.approx(0.5, rel=1e-5)  # rho = -1
     assert plcc_rank_loss(pred, target).item() == pytest.approx(
@@ -66,7 +68,9 @@ def test_smooth_l1_by_hand_video_and_frame_level():
     assert smooth_l1_loss(pred, target, beta=0.1).item() == pytest.approx((0.0125 + 1.95) / 3)
     frames = t([[0.5, 0.7, 9.0]])  # third frame is padding
     mask = t([[True, True, False]])
-    assert smooth_l1_loss(frames, t([0.5]), beta=1.0, mask=mask).item() == pytest.approx(0.5 * 0.2**2 / 2)
+    assert smooth_l1_loss(frames, t([0.5]), beta=1.0, mask=mask).item() == pytest.approx(
+        0.5 * 0.2**2 / 2
+    )
 
 
 def test_multi_output_loss_is_mean_of_columns():
@@ -78,7 +82,8 @@ def test_multi_output_loss_is_mean_of_columns():
 
 
 def _fcl_reference(scores, target, sigma, bins=100):
-    """FCL for one video written out with loops: |mean - target| x BCE(soft histogram, Gaussian label)."""
+    """FCL for one video written out with loops: |mean - target| x BCE(soft histogram,
+    Gaussian label)."""
     width = 1.0 / bins
     centres = [(b + 0.5) * width for b in range(bins)]
     hist = [0.0] * bins
@@ -100,14 +105,17 @@ def test_frame_consistency_loss_matches_reference_and_ignores_padding():
     frames = t([[0.2, 0.4, 0.9], [0.7, 0.6, 0.0]])
     mask = t([[True, True, False], [True, True, True]])
     target, sigma = t([0.5, 0.3]), t([0.1, 0.05])
-    expected = (_fcl_reference([0.2, 0.4], 0.5, 0.1) + _fcl_reference([0.7, 0.6, 0.0], 0.3, 0.05)) / 2
+    expected = (
+        _fcl_reference([0.2, 0.4], 0.5, 0.1) + _fcl_reference([0.7, 0.6, 0.0], 0.3, 0.05)
+    ) / 2
     got = frame_consistency_loss(frames, target, sigma, mask)
     assert got.item() == pytest.approx(expected, rel=1e-4)
     assert got.item() > 0
 
 
 def test_frame_consistency_loss_is_zero_when_mean_frame_score_equals_target():
-    # frames disagree with each other (0.25 vs 0.75) but their mean is the MOS: no penalty, no gradient
+    # frames disagree with each other (0.25 vs 0.75) but their mean is the MOS: no penalty,
+    # no gradient
     frames = t([[0.25, 0.75], [0.1, 0.3]], requires_grad=True)
     target = t([0.5, 0.2])
     loss = frame_consistency_loss(frames, target, 0.1)
@@ -195,7 +203,10 @@ def test_frame_losses_take_a_row_weight_too():
     mask[:, 0] = True
     keep = t([True, True, False, True, False])
     frames[2] = math.nan
-    for loss in (lambda f, y, m, w: smooth_l1_loss(f, y, beta=0.1, mask=m, weight=w),
-                 lambda f, y, m, w: frame_consistency_loss(f, y, 0.05, m, weight=w)):
+    for loss in (
+        lambda f, y, m, w: smooth_l1_loss(f, y, beta=0.1, mask=m, weight=w),
+        lambda f, y, m, w: frame_consistency_loss(f, y, 0.05, m, weight=w),
+    ):
         assert loss(frames, target, mask, keep).item() == pytest.approx(
-            loss(frames[keep], target[keep], mask[keep], None).item(), rel=1e-5)
+            loss(frames[keep], target[keep], mask[keep], None).item(), rel=1e-5
+        )

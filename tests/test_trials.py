@@ -4,9 +4,13 @@ and the fitted heads are ordinary heads. Tiny synthetic data, one torch thread."
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
-from test_heads_deep import DEEP, all_features, tiny
+from test_heads_deep import (
+    DEEP,
+    all_features,
+    one_torch_thread,  # noqa: F401  (autouse: these tests run on one torch thread too)
+    tiny,
+)
 
 from aigvqa.heads.base import TorchHead
 from aigvqa.heads.classical import FeatureValueError
@@ -14,14 +18,6 @@ from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.losses import mae_loss
 from aigvqa.heads.mlp import PooledMLPHead
 from aigvqa.heads.trials import can_train_together, fit_trials
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def trial_rows(n, sizes, seed=0):
@@ -69,7 +65,9 @@ def test_fgm_and_weight_decay_per_trial():
     X, y = all_features(60)
     rows = trial_rows(60, (40, 50))
     head = tiny("ugvq", epochs=2, fgm_epsilon=0.5, weight_decay=1e-3)
-    assert_same_fits(one_by_one(head, X, y, rows, [5, 6]), fit_trials(head, X, y, rows, seeds=[5, 6]), X, y)
+    assert_same_fits(
+        one_by_one(head, X, y, rows, [5, 6]), fit_trials(head, X, y, rows, seeds=[5, 6]), X, y
+    )
 
 
 def test_fitted_trials_are_ordinary_heads():
@@ -80,7 +78,9 @@ def test_fitted_trials_are_ordinary_heads():
         assert isinstance(h, TorchHead) and h.seed in (0, 1)
         assert next(h.module_.parameters()).device.type == "cpu"
         config, tensors = h.get_state()
-        np.testing.assert_allclose(TorchHead.from_state(config, tensors).predict(X), h.predict(X), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            TorchHead.from_state(config, tensors).predict(X), h.predict(X), rtol=1e-6, atol=1e-6
+        )
     assert not np.allclose(heads[0].predict(X), heads[1].predict(X))
 
 
@@ -97,14 +97,19 @@ def test_heads_that_cannot_be_vectorised_are_fitted_one_by_one():
     assert not can_train_together(head) and can_train_together(tiny("mlp"))
     rows = trial_rows(40, (30, 30))
     heads = fit_trials(head, X, y, rows, seeds=[0, 1])
-    np.testing.assert_array_equal(heads[0].predict(X), clone(head).set_params(seed=0).fit(X[rows[0]], y[rows[0]]).predict(X))
+    np.testing.assert_array_equal(
+        heads[0].predict(X), clone(head).set_params(seed=0).fit(X[rows[0]], y[rows[0]]).predict(X)
+    )
 
 
 def test_together_false_and_argument_errors():
     X, y = all_features(40)
     rows = trial_rows(40, (30, 30))
     alone = fit_trials(tiny("mlp"), X, y, rows, seeds=[0, 1], together=False)
-    np.testing.assert_array_equal(alone[1].predict(X), clone(tiny("mlp")).set_params(seed=1).fit(X[rows[1]], y[rows[1]]).predict(X))
+    np.testing.assert_array_equal(
+        alone[1].predict(X),
+        clone(tiny("mlp")).set_params(seed=1).fit(X[rows[1]], y[rows[1]]).predict(X),
+    )
     with pytest.raises(ValueError, match="seeds"):
         fit_trials(tiny("mlp"), X, y, rows, seeds=[0])
     assert fit_trials(tiny("mlp"), X, y, [], seeds=[]) == []
@@ -118,11 +123,18 @@ def test_trials_refuse_non_finite_features_in_their_rows_only():
     rows = [np.arange(0, 20), np.arange(20, 40)]
     with pytest.raises(FeatureValueError, match="v7"):
         fit_trials(tiny("mlp"), bad, y, rows, seeds=[0, 1])
-    fit_trials(tiny("mlp"), bad, y, [np.arange(10, 25), np.arange(20, 40)], seeds=[0, 1])  # row 7 unused
+    fit_trials(
+        tiny("mlp"), bad, y, [np.arange(10, 25), np.arange(20, 40)], seeds=[0, 1]
+    )  # row 7 unused
 
 
 def test_trials_split_into_groups_give_the_same_fits():
     X, y = all_features(60)
     rows = trial_rows(60, (40, 45, 50))
     head = tiny("mlp", epochs=2)
-    assert_same_fits(one_by_one(head, X, y, rows, [0, 1, 2]), fit_trials(head, X, y, rows, seeds=[0, 1, 2], max_together=2), X, y)
+    assert_same_fits(
+        one_by_one(head, X, y, rows, [0, 1, 2]),
+        fit_trials(head, X, y, rows, seeds=[0, 1, 2], max_together=2),
+        X,
+        y,
+    )

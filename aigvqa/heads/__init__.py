@@ -18,11 +18,11 @@ _LAZY = {
     "MSAVQAHead": "aigvqa.heads.msavqa",
     "BranchSumHead": "aigvqa.heads.branchsum",
     "PooledMLPHead": "aigvqa.heads.mlp",
-    "PooledHead": "aigvqa.heads.classical",
+    "PooledHead": "aigvqa.heads.pooled_head",
     "SVRHead": "aigvqa.heads.classical",
     "ElasticNetHead": "aigvqa.heads.classical",
     "LightGBMHead": "aigvqa.heads.classical",
-    "pool_sequences": "aigvqa.heads.classical",
+    "pool_sequences": "aigvqa.heads.pooling",
     "StackingHead": "aigvqa.heads.blend",
 }
 

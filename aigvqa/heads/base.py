@@ -1,5 +1,6 @@
-"""``TorchHead``: the scikit-learn estimator shell shared by every deep head, and the small
-torch building blocks (masked pooling, positions, adapters, MLPs) the heads are made of.
+"""``TorchHead``: the scikit-learn estimator shell shared by every deep head. The small torch
+building blocks the heads are made of (masked pooling, positions, adapters, MLPs) live in
+``heads.layers`` and are importable from here too.
 
 A deep head subclass declares
 
@@ -38,8 +39,6 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Mapping
-from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,17 +48,43 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from aigvqa.errors import AigvqaError, CheckpointMismatchError
+from aigvqa.heads.deep_params import DROPOUT, LOSS, RATE, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.layers import (
-    KeyedDropout,
-    MultiheadAttention,
+    Adapter,
+    CrossAttentionBlock,
     dropout_key,
     fold_key,
+    make_mlp,
+    masked_mean,
+    masked_std,
     number_dropout_sites,
+    sinusoidal_positions,
 )
-from aigvqa.heads.losses import FGM, LOSSES, get_loss
-from aigvqa.heads.params import Check, Interval, Options, check_parameters, parameter_error
+from aigvqa.heads.losses import FGM, get_loss
+from aigvqa.heads.params import check_parameters, parameter_error
+
+__all__ = [
+    "FUSED_ADAM_DEVICES",
+    "STATE_FORMAT",
+    "TargetValueError",
+    "TorchHead",
+    # defined in heads.deep_params, heads.device and heads.layers; importable from here as
+    # they were before those modules held them
+    "DROPOUT",
+    "LOSS",
+    "RATE",
+    "SIZE",
+    "deep_constraints",
+    "Batch",
+    "Adapter",
+    "CrossAttentionBlock",
+    "make_mlp",
+    "masked_mean",
+    "masked_std",
+    "sinusoidal_positions",
+]
 
 
 class TargetValueError(AigvqaError, ValueError):
@@ -71,125 +96,14 @@ STATE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------------------
-# building blocks
-# --------------------------------------------------------------------------------------
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D], [B, T] bool -> [B, D] mean over the True steps (padded steps are
-    selected away, not multiplied by 0: nothing in them reaches the result)."""
-    keep = mask[..., None]
-    return torch.where(keep, x, 0.0).sum(1) / keep.sum(1).clamp_min(1).to(x.dtype)
-
-
-def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D] -> [B, D] population std over the True steps."""
-    keep = mask[..., None]
-    count = keep.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
-    mean = torch.where(keep, x, 0.0).sum(1, keepdim=True) / count
-    var = torch.where(keep, (x - mean) ** 2, 0.0).sum(1) / count[:, 0]
-    return (var + 1e-8).sqrt()
-
-
-def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[length, dim] fixed sine/cosine positions (Vaswani et al. 2017): no maximum length,
-    so a head fitted on short sequences still predicts on longer (or more padded) ones."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    out = torch.zeros(length, dim, device=device, dtype=torch.float32)
-    out[:, 0::2] = torch.sin(pos * freq)
-    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return out.to(dtype)
-
-
-def make_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float = 0.0) -> nn.Sequential:
-    """``layers`` Linear layers with GELU and (keyed) dropout between them."""
-    mods: list[nn.Module] = []
-    d = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.GELU(), KeyedDropout(dropout)]
-        d = hidden
-    mods.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*mods)
-
-
-class Adapter(nn.Module):
-    """Projection of a cached frozen feature into the head's width, then a residual
-    bottleneck (Houlsby et al. 2019): the light trainable layer MSA-VQA puts on top of
-    frozen CLIP features."""
-
-    def __init__(self, in_dim: int, out_dim: int, bottleneck: int, dropout: float = 0.0):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
-        self.down = nn.Linear(out_dim, bottleneck)
-        self.up = nn.Linear(bottleneck, out_dim)
-        self.dropout = KeyedDropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.proj(x)
-        return h + self.up(self.dropout(torch.nn.functional.gelu(self.down(h))))
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-LN cross-attention + feed-forward: ``x`` (queries) reads from ``context``,
-    whose padded steps are masked out of the attention."""
-
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = MultiheadAttention(d_model, heads, dropout)
-        self.norm_ffn = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), KeyedDropout(dropout), nn.Linear(ffn, d_model))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        kv = self.norm_kv(context)
-        x = x + self.attn(self.norm_q(x), kv, kv, context_mask)
-        return x + self.ffn(self.norm_ffn(x))
-
-
-# --------------------------------------------------------------------------------------
 # the estimator
 # --------------------------------------------------------------------------------------
 # where torch has a fused Adam kernel: CUDA since torch 2.0, CPU since 2.4
-FUSED_ADAM_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
-
-
-SIZE = [None, Interval(Integral, 1, None)]
-"""A width, depth or count; None takes the preset's value."""
-RATE = [None, Interval(Real, 0, None, closed="neither")]
-DROPOUT = [None, Interval(Real, 0, 1, closed="left")]
-LOSS = [Options(*LOSSES)]
-
-
-def _role_map(roles: Mapping[str, str]) -> Check:
-    return Check(
-        lambda v: isinstance(v, dict) and set(v) <= set(roles) and all(isinstance(n, str) for n in v.values()),
-        f"a dict {{role: feature name}}; there are no feature roles besides {', '.join(sorted(roles))}",
-    )
-
-
-def deep_constraints(presets: Mapping[str, Any], roles: Mapping[str, str], **own: list) -> dict[str, list]:
-    """The ``PARAMETER_CONSTRAINTS`` of a deep head: the parameters every ``TorchHead`` has
-    (``preset`` among ``presets``, ``features`` mapping ``roles``), plus the head's ``own``."""
-    return {
-        "preset": [Options(*presets)],
-        "features": [None, _role_map(roles)],
-        "epochs": SIZE,
-        "batch_size": SIZE,
-        "lr": RATE,
-        "lr_step": SIZE,
-        "lr_gamma": RATE,
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "val_fraction": [Interval(Real, 0, 1, closed="left")],
-        "patience": [None, Interval(Integral, 1, None)],
-        "fgm_epsilon": [Interval(Real, 0, None, closed="left")],
-        "fgm_params": [str, Check(lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
-                                  "a list of parameter-name patterns")],
-        "seed": [Integral],
-        "device": [str],
-        "amp": [bool],
-        "verbose": [bool, Check(callable, "a callable(head, epoch record), called after every epoch")],
-        **own,
-    }
+FUSED_ADAM_DEVICES = (
+    ("cpu", "cuda")
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    else ("cuda",)
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -214,7 +128,12 @@ class TorchHead(RegressorMixin, BaseEstimator):
     # what each parameter may be (aigvqa.heads.params), checked at the top of fit
     PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {}
     # learned numpy arrays exported by get_state (subclasses extend)
-    FITTED_ARRAYS: ClassVar[tuple[str, ...]] = ("y_mean_", "y_std_", "output_scale_", "output_shift_")
+    FITTED_ARRAYS: ClassVar[tuple[str, ...]] = (
+        "y_mean_",
+        "y_std_",
+        "output_scale_",
+        "output_shift_",
+    )
     # losses that fix neither scale nor shift: predictions get a linear calibration after training
     SCALE_FREE_LOSSES: ClassVar[frozenset[str]] = frozenset({"plcc", "plcc_rank"})
 
@@ -242,8 +161,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
         missing = {r: n for r, n in roles.items() if n not in X.arrays}
         if missing:
             raise AigvqaError(
-                f"{type(self).__name__} needs features {missing} (role: name) but the feature set has "
-                f"{X.names}; extract them into the cache or map the roles with features={{role: name}}"
+                f"{type(self).__name__} needs features {missing} (role: name) but the feature "
+                f"set has {X.names}; extract them into the cache or map the roles with "
+                "features={role: name}"
             )
         return roles
 
@@ -251,11 +171,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _build_module(self, dims: dict[str, int], n_outputs: int) -> nn.Module:
         raise NotImplementedError
 
-    def _init_from_data(self, module: nn.Module, features: DeviceFeatures, rows: np.ndarray) -> None:
+    def _init_from_data(
+        self, module: nn.Module, features: DeviceFeatures, rows: np.ndarray
+    ) -> None:
         """Data-dependent initialisation (e.g. input standardisation buffers) from the
         training ``rows`` of ``features``. Default: none."""
 
-    def _loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def _loss(
+        self, outputs: dict[str, torch.Tensor], y: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Training loss of a batch; ``weight`` [B] bool keeps only those rows (the losses
         module's convention; trials trained together pad their batches with masked rows)."""
         return get_loss(self.loss)(outputs["score"], y, weight=weight)
@@ -275,7 +199,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _unscale_targets(self, y: np.ndarray) -> np.ndarray:
         return y * self.y_std_ + self.y_mean_
 
-    def _after_training(self, features: DeviceFeatures, y_scaled: np.ndarray, rows: np.ndarray) -> None:
+    def _after_training(
+        self, features: DeviceFeatures, y_scaled: np.ndarray, rows: np.ndarray
+    ) -> None:
         """Fit post-hoc state on held-out rows (validation, or training rows without one);
         ``rows`` index ``features`` and ``y_scaled``.
 
@@ -286,14 +212,21 @@ class TorchHead(RegressorMixin, BaseEstimator):
             return
         raw = self._run(features, self._predict_outputs, rows)
         for c in range(raw.shape[1]):
-            a, b = np.polyfit(raw[:, c], y_scaled[rows, c], 1) if raw[:, c].std() > 0 else (0.0, y_scaled[rows, c].mean())
+            a, b = (
+                np.polyfit(raw[:, c], y_scaled[rows, c], 1)
+                if raw[:, c].std() > 0
+                else (0.0, y_scaled[rows, c].mean())
+            )
             self.output_scale_[c], self.output_shift_[c] = a, b
 
     # -- device / batches -----------------------------------------------------------------
     def _device(self) -> torch.device:
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise AigvqaError(f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; pass device='cpu'")
+            raise AigvqaError(
+                f"{type(self).__name__}(device={self.device!r}): torch sees no CUDA device; "
+                "pass device='cpu'"
+            )
         return device
 
     def _features(self, X, device: torch.device, rows: np.ndarray | None = None) -> DeviceFeatures:
@@ -310,7 +243,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _autocast(self, device: torch.device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
 
-    def _forward(self, module: nn.Module, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    def _forward(
+        self, module: nn.Module, batch: Batch, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         with self._autocast(device):
             out = module(batch)
         return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
@@ -330,8 +265,13 @@ class TorchHead(RegressorMixin, BaseEstimator):
             raise ValueError(f"y must be [N] or [N, k] with N = {n}, got {y.shape}")
         bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
         if bad.any():
-            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (f" and {bad.sum() - 5} more" if bad.sum() > 5 else "")
-            raise TargetValueError(f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); drop those rows before fitting")
+            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (
+                f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
+            )
+            raise TargetValueError(
+                f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); "
+                "drop those rows before fitting"
+            )
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
         self.n_outputs_ = y2.shape[1]
@@ -339,7 +279,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
         self.feature_dims_ = {r: int(X.arrays[n].shape[2]) for r, n in self.feature_names_.items()}
         return y2
 
-    def _plan(self, y2: np.ndarray) -> tuple[np.ndarray, np.random.Generator, np.ndarray, np.ndarray]:
+    def _plan(
+        self, y2: np.ndarray
+    ) -> tuple[np.ndarray, np.random.Generator, np.ndarray, np.ndarray]:
         """Target scaling and the validation split of a fit on rows 0..len(y2)-1:
         (scaled targets float32 [n, k], the fit's generator, training rows, validation rows)."""
         n = len(y2)
@@ -351,16 +293,27 @@ class TorchHead(RegressorMixin, BaseEstimator):
         order = rng.permutation(n)
         n_val = int(round(self.val_fraction * n)) if self.val_fraction else 0
         if self.patience is not None and not n_val:
-            raise parameter_error(self, "patience", self.patience,
-                                  f"None without a validation split: early stopping needs val_fraction > 0 "
-                                  f"(val_fraction={self.val_fraction} holds out no row of {n})")
+            raise parameter_error(
+                self,
+                "patience",
+                self.patience,
+                f"None without a validation split: early stopping needs val_fraction > 0 "
+                f"(val_fraction={self.val_fraction} holds out no row of {n})",
+            )
         if n_val and (n_val < 2 or n - n_val < 2):
-            raise parameter_error(self, "val_fraction", self.val_fraction,
-                                  f"0 or a fraction leaving at least 2 of the {n} rows for training and "
-                                  "2 for validation", where=f" (on {n} rows)")
+            raise parameter_error(
+                self,
+                "val_fraction",
+                self.val_fraction,
+                f"0 or a fraction leaving at least 2 of the {n} rows for training and "
+                "2 for validation",
+                where=f" (on {n} rows)",
+            )
         return y_scaled, rng, order[n_val:], np.sort(order[:n_val])
 
-    def _new_module(self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device) -> nn.Module:
+    def _new_module(
+        self, features: DeviceFeatures, train_rows: np.ndarray, device: torch.device
+    ) -> nn.Module:
         """The seeded, data-initialised module on ``device`` (call inside ``fork_rng``)."""
         torch.manual_seed(self.seed)
         module = number_dropout_sites(self._build_module(self.feature_dims_, self.n_outputs_))
@@ -389,9 +342,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         epochs, batch_size = int(self._hp("epochs")), int(self._hp("batch_size"))
         # fused: one kernel for all parameters; the for-each Adam step was a fifth of a UGVQ
         # paper-preset training step on CPU (79 M parameters, 16 videos per step)
-        optimizer = torch.optim.Adam(module.parameters(), lr=float(self._hp("lr")), weight_decay=self.weight_decay,
-                                     fused=device.type in FUSED_ADAM_DEVICES)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma")))
+        optimizer = torch.optim.Adam(
+            module.parameters(),
+            lr=float(self._hp("lr")),
+            weight_decay=self.weight_decay,
+            fused=device.type in FUSED_ADAM_DEVICES,
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(self._hp("lr_step")), gamma=float(self._hp("lr_gamma"))
+        )
         fgm = FGM(module, self.fgm_epsilon, self.fgm_params) if self.fgm_epsilon else None
         y_dev = torch.from_numpy(y_scaled).to(device)
         n_batches = max(1, math.ceil(len(train_rows) / batch_size))
@@ -401,16 +360,22 @@ class TorchHead(RegressorMixin, BaseEstimator):
         for epoch in range(epochs):
             started = time.perf_counter()
             module.train()
-            # array_split's sizes: batches within one row of each other, no batch of 1 for rank/PLCC terms
+            # array_split's sizes: batches within one row of each other, no batch of 1 for
+            # rank/PLCC terms
             order = rng.permutation(train_rows)
             bounds = np.cumsum([0] + [len(b) for b in np.array_split(order, n_batches)])
             order_t = torch.from_numpy(order).to(device)
-            keys = torch.tensor([[fold_key(self.seed, epoch, i, 0), fold_key(self.seed, epoch, i, 1)]
-                                 for i in range(n_batches)], dtype=torch.int64).to(device)
+            keys = torch.tensor(
+                [
+                    [fold_key(self.seed, epoch, i, 0), fold_key(self.seed, epoch, i, 1)]
+                    for i in range(n_batches)
+                ],
+                dtype=torch.int64,
+            ).to(device)
             total = torch.zeros((), device=device)
             for i in range(n_batches):
-                rows = order[bounds[i]:bounds[i + 1]]
-                rows_t = order_t[bounds[i]:bounds[i + 1]]
+                rows = order[bounds[i] : bounds[i + 1]]
+                rows_t = order_t[bounds[i] : bounds[i + 1]]
                 batch = self._batch(features, rows, rows_t)
                 target = y_dev[rows_t]
                 optimizer.zero_grad(set_to_none=True)
@@ -424,7 +389,11 @@ class TorchHead(RegressorMixin, BaseEstimator):
                 optimizer.step()
                 total += loss.detach() * len(rows)
             scheduler.step()
-            record = {"epoch": epoch, "train_loss": float(total) / len(train_rows), "lr": optimizer.param_groups[0]["lr"]}
+            record = {
+                "epoch": epoch,
+                "train_loss": float(total) / len(train_rows),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             if len(val_rows):
                 record["val_loss"] = self._eval_loss(module, features, y_dev, val_rows, device)
                 if record["val_loss"] < best_loss:
@@ -446,7 +415,10 @@ class TorchHead(RegressorMixin, BaseEstimator):
         if callable(self.verbose):
             self.verbose(self, record)
         elif self.verbose:
-            print(f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()), file=sys.stderr)
+            print(
+                f"{type(self).__name__} " + " ".join(f"{k}={v:.4g}" for k, v in record.items()),
+                file=sys.stderr,
+            )
 
     def _eval_rows(self) -> int:
         """Rows per validation-loss chunk. The rank and PLCC terms are computed within a
@@ -459,13 +431,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return 4096 if device.type == "cuda" else max(int(self._hp("batch_size")), 256)
 
     @torch.no_grad()
-    def _eval_loss(self, module, features: DeviceFeatures, y_dev: torch.Tensor, rows: np.ndarray, device) -> float:
+    def _eval_loss(
+        self, module, features: DeviceFeatures, y_dev: torch.Tensor, rows: np.ndarray, device
+    ) -> float:
         module.eval()
         total = torch.zeros((), device=device)
         rows_t = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
         start = 0
         for part in np.array_split(rows, max(1, math.ceil(len(rows) / self._eval_rows()))):
-            part_t = rows_t[start:start + len(part)]
+            part_t = rows_t[start : start + len(part)]
             start += len(part)
             out = self._forward(module, self._batch(features, part, part_t), device)
             total += self._loss(out, y_dev[part_t]) * len(part)
@@ -508,15 +482,21 @@ class TorchHead(RegressorMixin, BaseEstimator):
     def _check_predict_input(self, X: FeatureSet) -> None:
         check_is_fitted(self, "module_")
         if not isinstance(X, FeatureSet):
-            raise TypeError(f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}.predict takes a FeatureSet, got {type(X).__name__}"
+            )
         missing = [n for n in self.feature_names_.values() if n not in X.arrays]
         if missing:
-            raise AigvqaError(f"{type(self).__name__} was fitted on features {missing}, absent from this feature set ({X.names})")
+            raise AigvqaError(
+                f"{type(self).__name__} was fitted on features {missing}, absent from this "
+                f"feature set ({X.names})"
+            )
         for role, name in self.feature_names_.items():
             if X.arrays[name].shape[2] != self.feature_dims_[role]:
                 raise AigvqaError(
-                    f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was fitted on "
-                    f"{self.feature_dims_[role]}: the cache was made with a different backbone config"
+                    f"feature {name!r} has width {X.arrays[name].shape[2]} but the head was "
+                    f"fitted on {self.feature_dims_[role]}: the cache was made with a different "
+                    "backbone config"
                 )
 
     # -- export ---------------------------------------------------------------------------
@@ -530,18 +510,25 @@ class TorchHead(RegressorMixin, BaseEstimator):
             "format": STATE_FORMAT,
             "head": head_name(type(self)),
             "params": _jsonable(self.get_params(deep=False)),
-            "fitted": _jsonable({
-                "feature_names_": self.feature_names_,
-                "feature_dims_": self.feature_dims_,
-                "n_outputs_": self.n_outputs_,
-                "single_output_": bool(self.single_output_),
-                "best_epoch_": int(self.best_epoch_),
-                "history_": self.history_,
-            }),
+            "fitted": _jsonable(
+                {
+                    "feature_names_": self.feature_names_,
+                    "feature_dims_": self.feature_dims_,
+                    "n_outputs_": self.n_outputs_,
+                    "single_output_": bool(self.single_output_),
+                    "best_epoch_": int(self.best_epoch_),
+                    "history_": self.history_,
+                }
+            ),
         }
-        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
+        tensors = {
+            f"module.{k}": v.detach().cpu().contiguous()
+            for k, v in self.module_.state_dict().items()
+        }
         for attr in self.FITTED_ARRAYS:
-            tensors[f"fitted.{attr}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, attr), dtype=np.float64))
+            tensors[f"fitted.{attr}"] = torch.from_numpy(
+                np.ascontiguousarray(getattr(self, attr), dtype=np.float64)
+            )
         return config, tensors
 
     @classmethod
@@ -550,10 +537,15 @@ class TorchHead(RegressorMixin, BaseEstimator):
         from aigvqa.heads.registry import get_head_class
 
         if config.get("format") != STATE_FORMAT:
-            raise CheckpointMismatchError(f"head state format {config.get('format')!r} is not {STATE_FORMAT}; re-export the model with this aigvqa version")
+            raise CheckpointMismatchError(
+                f"head state format {config.get('format')!r} is not {STATE_FORMAT}; "
+                "re-export the model with this aigvqa version"
+            )
         klass = get_head_class(config["head"])
         if not issubclass(klass, cls):
-            raise CheckpointMismatchError(f"state is for head {config['head']!r} ({klass.__name__}), not a {cls.__name__}")
+            raise CheckpointMismatchError(
+                f"state is for head {config['head']!r} ({klass.__name__}), not a {cls.__name__}"
+            )
         head = klass(**config["params"])
         fitted = config["fitted"]
         head.feature_names_ = dict(fitted["feature_names_"])
@@ -568,10 +560,12 @@ class TorchHead(RegressorMixin, BaseEstimator):
                 raise CheckpointMismatchError(f"head state lacks tensor {key!r}")
             setattr(head, attr, tensors[key].numpy().astype(np.float64))
         module = number_dropout_sites(head._build_module(head.feature_dims_, head.n_outputs_))
-        weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        weights = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
             module.load_state_dict(weights, strict=True)
         except RuntimeError as err:
-            raise CheckpointMismatchError(f"head weights do not fit {klass.__name__}: {err}") from err
+            raise CheckpointMismatchError(
+                f"head weights do not fit {klass.__name__}: {err}"
+            ) from err
         head.module_ = module.eval()
         return head

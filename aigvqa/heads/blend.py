@@ -75,7 +75,9 @@ def _fit(estimator, X, y, X_val, y_val):
 
 def _fit_predict_fold(estimator, X, y, train, held_out, X_val, y_val) -> tuple[np.ndarray, int]:
     model, warned = _fit(estimator, X[train], y[train], X_val, y_val)
-    return np.asarray(model.predict(X[held_out]), dtype=np.float64).reshape(len(held_out), -1), warned
+    return np.asarray(model.predict(X[held_out]), dtype=np.float64).reshape(
+        len(held_out), -1
+    ), warned
 
 
 def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float]:
@@ -105,7 +107,9 @@ def fit_best_base(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, 
     return weights, intercept, k
 
 
-def choose_meta(P: np.ndarray, y: np.ndarray, meta: str, folds) -> tuple[np.ndarray, float, int | None]:
+def choose_meta(
+    P: np.ndarray, y: np.ndarray, meta: str, folds
+) -> tuple[np.ndarray, float, int | None]:
     """Blend or best single base, whichever predicts held-out OOF rows better.
 
     Both candidates are fit on the other folds' OOF predictions and scored on each fold's
@@ -128,10 +132,14 @@ def choose_meta(P: np.ndarray, y: np.ndarray, meta: str, folds) -> tuple[np.ndar
 def _estimator_list(value) -> bool:
     if not isinstance(value, list | tuple) or not value:
         return False
-    if not all(isinstance(e, tuple | list) and len(e) == 2 and isinstance(e[0], str) for e in value):
+    if not all(
+        isinstance(e, tuple | list) and len(e) == 2 and isinstance(e[0], str) for e in value
+    ):
         return False
     names = [name for name, _ in value]
-    return len(set(names)) == len(names) and all(isinstance(h, str) or hasattr(h, "fit") for _, h in value)
+    return len(set(names)) == len(names) and all(
+        isinstance(h, str) or hasattr(h, "fit") for _, h in value
+    )
 
 
 def stack_base_tables(raw) -> list[tuple[str, object]]:
@@ -140,7 +148,9 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
     or, from Python, an estimator. Accepts a list of [name, head] pairs, one table per base
     ({name: {...}}, ``head`` defaulting to the name) or a list of tables with ``name``."""
     if raw is None:
-        raise HeadParameterError("a stack config needs estimators (e.g. [estimators.svr] tables, one per base)")
+        raise HeadParameterError(
+            "a stack config needs estimators (e.g. [estimators.svr] tables, one per base)"
+        )
     if isinstance(raw, Mapping):
         items = list(raw.items())
     elif isinstance(raw, list | tuple):
@@ -149,14 +159,20 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
             if isinstance(entry, Mapping):
                 entry = dict(entry)
                 if "name" not in entry:
-                    raise HeadParameterError(f"stack estimators table {entry} needs a name = \"...\" key")
+                    raise HeadParameterError(
+                        f'stack estimators table {entry} needs a name = "..." key'
+                    )
                 items.append((entry.pop("name"), entry))
             elif isinstance(entry, list | tuple) and len(entry) == 2:
                 items.append((entry[0], entry[1]))
             else:
-                raise HeadParameterError(f"stack estimators entry {entry!r}: use [name, head] or a table")
+                raise HeadParameterError(
+                    f"stack estimators entry {entry!r}: use [name, head] or a table"
+                )
     else:
-        raise HeadParameterError(f"stack estimators {raw!r}: use a list of [name, head] or one table per base")
+        raise HeadParameterError(
+            f"stack estimators {raw!r}: use a list of [name, head] or one table per base"
+        )
     out = []
     for name, spec in items:
         if not isinstance(name, str):
@@ -166,9 +182,13 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
         elif isinstance(spec, Mapping):
             spec = {"head": name, **spec}
             if not isinstance(spec["head"], str):
-                raise HeadParameterError(f"stack base {name!r}: head = {spec['head']!r} must be a head name")
+                raise HeadParameterError(
+                    f"stack base {name!r}: head = {spec['head']!r} must be a head name"
+                )
         elif not hasattr(spec, "fit"):
-            raise HeadParameterError(f"stack base {name!r}: give a registered head name or a table, not {spec!r}")
+            raise HeadParameterError(
+                f"stack base {name!r}: give a registered head name or a table, not {spec!r}"
+            )
         out.append((name, spec))
     return out
 
@@ -176,7 +196,11 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
 def _tunable(estimator) -> bool:
     """A classical head with a standard search grid and no search set."""
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
-    return "search" in params and params["search"] is None and bool(getattr(estimator, "standard_search", None))
+    return (
+        "search" in params
+        and params["search"] is None
+        and bool(getattr(estimator, "standard_search", None))
+    )
 
 
 def _frozen(base, fitted):
@@ -184,7 +208,11 @@ def _frozen(base, fitted):
     out-of-fold models fit when each base searches once. A base without a single winner
     (no search, or one per output column) is returned as is and searches in every fold."""
     best = getattr(fitted, "best_params_", None)
-    if not isinstance(best, Mapping) or "search" not in base.get_params(deep=False) or base.search is None:
+    if (
+        not isinstance(best, Mapping)
+        or "search" not in base.get_params(deep=False)
+        or base.search is None
+    ):
         return base
     return clone(base).set_params(search=None, **best)
 
@@ -198,7 +226,8 @@ def _as_rows(X):
         return as_featureset(np.asarray(X, dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise HeadParameterError(
-            f"StackingHead X must be a FeatureSet or an [N, D] / [N, T, D] array (got {type(X).__name__}: {err})"
+            "StackingHead X must be a FeatureSet or an [N, D] / [N, T, D] array "
+            f"(got {type(X).__name__}: {err})"
         ) from err
 
 
@@ -221,21 +250,45 @@ class StackingHead(RegressorMixin, _BaseComposition):
     """
 
     PARAMETER_CONSTRAINTS: ClassVar[dict[str, list]] = {
-        "estimators": [Check(_estimator_list, "a non-empty list of (name, head or registered head name) "
-                                              "pairs with unique names (in a head config: one "
-                                              "[estimators.<name>] table per base)")],
+        "estimators": [
+            Check(
+                _estimator_list,
+                "a non-empty list of (name, head or registered head name) "
+                "pairs with unique names (in a head config: one "
+                "[estimators.<name>] table per base)",
+            )
+        ],
         "meta": [Options(*META_LEARNERS)],
-        "cv": [Interval(Integral, 2, None), Check(lambda v: callable(getattr(v, "split", None)),
-                                                  "a splitter with a split() method (e.g. KFold)")],
-        "tune_bases": [None, Options("standard"), Check(lambda v: v is False, "False (bases as given)")],
+        "cv": [
+            Interval(Integral, 2, None),
+            Check(
+                lambda v: callable(getattr(v, "split", None)),
+                "a splitter with a split() method (e.g. KFold)",
+            ),
+        ],
+        "tune_bases": [
+            None,
+            Options("standard"),
+            Check(lambda v: v is False, "False (bases as given)"),
+        ],
         "tune_per_fold": [bool],
         "allow_best_base": [bool],
         "random_state": [None, Integral, np.random.RandomState],
         "n_jobs": [None, Integral],
     }
 
-    def __init__(self, estimators, *, meta="nnls", cv=5, tune_bases="standard", tune_per_fold=False,
-                 allow_best_base=True, random_state=0, n_jobs=1):
+    def __init__(
+        self,
+        estimators,
+        *,
+        meta="nnls",
+        cv=5,
+        tune_bases="standard",
+        tune_per_fold=False,
+        allow_best_base=True,
+        random_state=0,
+        n_jobs=1,
+    ):
         self.estimators = estimators
         self.meta = meta
         self.cv = cv
@@ -249,7 +302,11 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def _pairs(self) -> list[tuple[str, object]]:
         """``estimators`` checked: a list of (unique name, head or registered name)."""
         estimators = self.estimators
-        if isinstance(estimators, Mapping) or isinstance(estimators, (str, bytes)) or not estimators:
+        if (
+            isinstance(estimators, Mapping)
+            or isinstance(estimators, (str, bytes))
+            or not estimators
+        ):
             raise HeadParameterError(
                 "StackingHead estimators must be a non-empty list of (name, head) pairs, e.g. "
                 '[("svr", "svr"), ("lgbm", "lightgbm")]; a config file gives one table per base '
@@ -257,15 +314,21 @@ class StackingHead(RegressorMixin, _BaseComposition):
             )
         pairs = []
         for item in estimators:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
-                raise HeadParameterError(f"StackingHead estimators entry {item!r} is not a (name, head) pair")
+            if not (
+                isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
+            ):
+                raise HeadParameterError(
+                    f"StackingHead estimators entry {item!r} is not a (name, head) pair"
+                )
             pairs.append((item[0], item[1]))
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
             raise HeadParameterError(f"StackingHead estimator names must be unique, got {names}")
         bad = [name for name in names if "__" in name]
         if bad:
-            raise HeadParameterError(f"StackingHead estimator names {bad} contain '__', which nests parameters")
+            raise HeadParameterError(
+                f"StackingHead estimator names {bad} contain '__', which nests parameters"
+            )
         return pairs
 
     def get_params(self, deep=True):
@@ -278,7 +341,9 @@ class StackingHead(RegressorMixin, _BaseComposition):
             head = create_head(est) if isinstance(est, str) else est
             out[name] = est
             if hasattr(head, "get_params"):
-                out.update({f"{name}__{key}": value for key, value in head.get_params(deep=True).items()})
+                out.update(
+                    {f"{name}__{key}": value for key, value in head.get_params(deep=True).items()}
+                )
         return out
 
     def set_params(self, **params):
@@ -301,7 +366,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
             else:
                 raise HeadParameterError(
                     f"StackingHead has no parameter {key!r}: use one of {sorted(own)}, a base name "
-                    f"({', '.join(names)}) or <base>__<parameter>, e.g. {names[0] if names else 'svr'}__C"
+                    f"({', '.join(names)}) or <base>__<parameter>, "
+                    f"e.g. {names[0] if names else 'svr'}__C"
                 )
         if replace or nested:
             new = []
@@ -360,7 +426,9 @@ class StackingHead(RegressorMixin, _BaseComposition):
             stack = cls(pairs, **config)
         except TypeError as err:
             valid = sorted(inspect.signature(cls).parameters)
-            raise HeadParameterError(f"stack config keys {sorted(config)}: {err}; stack parameters: {valid}") from err
+            raise HeadParameterError(
+                f"stack config keys {sorted(config)}: {err}; stack parameters: {valid}"
+            ) from err
         return stack.set_params(**nested)
 
     # -- fitting ------------------------------------------------------------------------
@@ -378,22 +446,32 @@ class StackingHead(RegressorMixin, _BaseComposition):
         if groups is not None:
             groups = np.asarray(groups).ravel()
             if groups.shape != (n,):
-                raise HeadParameterError(f"StackingHead groups must have one entry per row ({n}), got {groups.shape}")
+                raise HeadParameterError(
+                    f"StackingHead groups must have one entry per row ({n}), got {groups.shape}"
+                )
         if isinstance(self.cv, (int, np.integer)) and groups is not None:
             n_groups = np.unique(groups).size
             if n_groups < 2:
-                raise HeadParameterError("StackingHead groups: out-of-fold stacking needs at least 2 groups")
+                raise HeadParameterError(
+                    "StackingHead groups: out-of-fold stacking needs at least 2 groups"
+                )
             folds = list(GroupKFold(min(int(self.cv), n_groups)).split(rows, groups=groups))
         elif isinstance(self.cv, (int, np.integer)):
-            folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(rows))
+            folds = list(
+                KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(rows)
+            )
         else:
             folds = list(self.cv.split(rows, groups=groups))
         covered = np.concatenate([held for _, held in folds])
         if covered.size != n or np.unique(covered).size != n:
-            raise HeadParameterError("StackingHead cv must hold out every training row exactly once (a K-fold splitter)")
+            raise HeadParameterError(
+                "StackingHead cv must hold out every training row exactly once (a K-fold splitter)"
+            )
         for train, held in folds:
             if np.intersect1d(train, held).size:
-                raise HeadParameterError("StackingHead cv yields a fold whose held-out rows are also training rows")
+                raise HeadParameterError(
+                    "StackingHead cv yields a fold whose held-out rows are also training rows"
+                )
         return folds
 
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
@@ -414,10 +492,14 @@ class StackingHead(RegressorMixin, _BaseComposition):
         # Final models first: with one search per base, their winners fix the fold models'
         # hyper-parameters (every search ran on the stack's training rows only).
         finals = parallel(delayed(_fit)(est, X, y, X_val, y_val) for _, est in bases)
-        fold_bases = [est if self.tune_per_fold else _frozen(est, fitted) for (_, est), (fitted, _) in zip(bases, finals)]
+        fold_bases = [
+            est if self.tune_per_fold else _frozen(est, fitted)
+            for (_, est), (fitted, _) in zip(bases, finals)
+        ]
         jobs = [(f, m) for f in range(len(folds)) for m in range(len(bases))]
         fold_out = parallel(
-            delayed(_fit_predict_fold)(fold_bases[m], X, y, folds[f][0], folds[f][1], X_val, y_val) for f, m in jobs
+            delayed(_fit_predict_fold)(fold_bases[m], X, y, folds[f][0], folds[f][1], X_val, y_val)
+            for f, m in jobs
         )
         oof = np.full((len(Y), len(bases), Y.shape[1]), np.nan)
         for (f, m), (pred, _) in zip(jobs, fold_out):
@@ -441,8 +523,11 @@ class StackingHead(RegressorMixin, _BaseComposition):
         weights = [dict(zip(names, map(float, row))) for row in coef]
         self.meta_weights_ = weights[0] if single else weights
         self.meta_choice_ = choices[0] if single else choices
-        self.best_params_ = {name: est.best_params_ for name, est in self.named_estimators_.items()
-                             if getattr(est, "best_params_", None)} or None
+        self.best_params_ = {
+            name: est.best_params_
+            for name, est in self.named_estimators_.items()
+            if getattr(est, "best_params_", None)
+        } or None
         self.n_convergence_warnings_ = sum(w for _, w in finals) + sum(w for _, w in fold_out)
         self.single_output_ = single
         self.n_outputs_ = Y.shape[1]
@@ -453,7 +538,11 @@ class StackingHead(RegressorMixin, _BaseComposition):
         check_is_fitted(self, "estimators_")
         X = _as_rows(X)
         return np.stack(
-            [np.asarray(est.predict(X), dtype=np.float64).reshape(len(X), -1) for est in self.estimators_], axis=1
+            [
+                np.asarray(est.predict(X), dtype=np.float64).reshape(len(X), -1)
+                for est in self.estimators_
+            ],
+            axis=1,
         )
 
     def predict(self, X) -> np.ndarray:

@@ -22,16 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    LOSS,
-    SIZE,
-    Batch,
-    TorchHead,
-    deep_constraints,
-    make_mlp,
-    masked_mean,
-)
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
+from aigvqa.heads.device import Batch
+from aigvqa.heads.layers import make_mlp, masked_mean
 from aigvqa.heads.registry import register_head
 
 BRANCHES = ("technical", "aesthetic", "alignment")
@@ -42,28 +36,40 @@ def _frame_statistics(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, T, C] per-frame scores -> [B, 3C]: mean, max and min over the valid frames."""
     big = torch.finfo(values.dtype).max
     valid = mask[..., None]
-    return torch.cat([
-        masked_mean(values, mask),
-        values.masked_fill(~valid, -big).amax(1),
-        values.masked_fill(~valid, big).amin(1),
-    ], dim=-1)
+    return torch.cat(
+        [
+            masked_mean(values, mask),
+            values.masked_fill(~valid, -big).amax(1),
+            values.masked_fill(~valid, big).amin(1),
+        ],
+        dim=-1,
+    )
 
 
 class BranchSumModule(nn.Module):
-    def __init__(self, dims: dict[str, int], n_outputs: int, d_model: int, mlp_hidden: int, dropout: float):
+    def __init__(
+        self, dims: dict[str, int], n_outputs: int, d_model: int, mlp_hidden: int, dropout: float
+    ):
         super().__init__()
         self.raw_alignment = dims["frames"] == dims["text"]
         self.input_proj = nn.ModuleDict(
-            {r: nn.Sequential(nn.Linear(dims[r], d_model), nn.LayerNorm(d_model)) for r in ("technical", "aesthetic", "frames", "text")}
+            {
+                r: nn.Sequential(nn.Linear(dims[r], d_model), nn.LayerNorm(d_model))
+                for r in ("technical", "aesthetic", "frames", "text")
+            }
         )
         # per-frame scores already computed against the prompt: 3 statistics per column
         self.score_roles = [r for r in SCORE_ROLES if r in dims]
-        align_in = d_model + (3 if self.raw_alignment else 0) + sum(3 * dims[r] for r in self.score_roles)
-        self.branch_heads = nn.ModuleDict({
-            "technical": make_mlp(d_model, mlp_hidden, n_outputs, dropout=dropout),
-            "aesthetic": make_mlp(d_model, mlp_hidden, n_outputs, dropout=dropout),
-            "alignment": make_mlp(align_in, mlp_hidden, n_outputs, dropout=dropout),
-        })
+        align_in = (
+            d_model + (3 if self.raw_alignment else 0) + sum(3 * dims[r] for r in self.score_roles)
+        )
+        self.branch_heads = nn.ModuleDict(
+            {
+                "technical": make_mlp(d_model, mlp_hidden, n_outputs, dropout=dropout),
+                "aesthetic": make_mlp(d_model, mlp_hidden, n_outputs, dropout=dropout),
+                "alignment": make_mlp(align_in, mlp_hidden, n_outputs, dropout=dropout),
+            }
+        )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         scores = []
@@ -75,7 +81,9 @@ class BranchSumModule(nn.Module):
         prompt = masked_mean(self.input_proj["text"](text), text_mask)
         align = [masked_mean(self.input_proj["frames"](frames) * prompt[:, None, :], frame_mask)]
         if self.raw_alignment:
-            cos = F.cosine_similarity(frames, masked_mean(text, text_mask)[:, None, :], dim=-1, eps=1e-6)
+            cos = F.cosine_similarity(
+                frames, masked_mean(text, text_mask)[:, None, :], dim=-1, eps=1e-6
+            )
             align.append(_frame_statistics(cos[..., None], frame_mask))
         for role in self.score_roles:
             values, mask = batch[role]
@@ -92,21 +100,57 @@ class BranchSumHead(TorchHead):
     prompt embedding); optional ``match`` / ``reward`` (per-frame prompt-match scores: used
     when the feature set holds blip-itm / imagereward features, or when mapped)."""
 
-    DEFAULT_FEATURES = {"technical": "swin-fragments", "aesthetic": "convnext-frames",
-                        "frames": ("clip-frames", "blip-itm-image"),
-                        "text": ("clip-text-pooled", "blip-text-pooled")}
+    DEFAULT_FEATURES = {
+        "technical": "swin-fragments",
+        "aesthetic": "convnext-frames",
+        "frames": ("clip-frames", "blip-itm-image"),
+        "text": ("clip-text-pooled", "blip-text-pooled"),
+    }
     OPTIONAL_FEATURES = {"match": ("blip-itm-match",), "reward": ("imagereward",)}
     PRESETS = {
-        "default": dict(d_model=128, mlp_hidden=128, dropout=0.1, epochs=30, batch_size=32, lr=1e-3, lr_step=10, lr_gamma=0.3),
+        "default": dict(
+            d_model=128,
+            mlp_hidden=128,
+            dropout=0.1,
+            epochs=30,
+            batch_size=32,
+            lr=1e-3,
+            lr_step=10,
+            lr_gamma=0.3,
+        ),
     }
-    PARAMETER_CONSTRAINTS = deep_constraints(PRESETS, {**DEFAULT_FEATURES, **OPTIONAL_FEATURES},
-                                             d_model=SIZE, mlp_hidden=SIZE,
-                                             dropout=DROPOUT, loss=LOSS)
+    PARAMETER_CONSTRAINTS = deep_constraints(
+        PRESETS,
+        {**DEFAULT_FEATURES, **OPTIONAL_FEATURES},
+        d_model=SIZE,
+        mlp_hidden=SIZE,
+        dropout=DROPOUT,
+        loss=LOSS,
+    )
 
-    def __init__(self, preset="default", features=None, d_model=None, mlp_hidden=None, dropout=None,
-                 loss="plcc_rank", epochs=None, batch_size=None, lr=None, lr_step=None, lr_gamma=None,
-                 weight_decay=0.0, val_fraction=0.0, patience=None, fgm_epsilon=0.0,
-                 fgm_params="input_proj.*", seed=0, device="cpu", amp=False, verbose=False):
+    def __init__(
+        self,
+        preset="default",
+        features=None,
+        d_model=None,
+        mlp_hidden=None,
+        dropout=None,
+        loss="plcc_rank",
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        lr_step=None,
+        lr_gamma=None,
+        weight_decay=0.0,
+        val_fraction=0.0,
+        patience=None,
+        fgm_epsilon=0.0,
+        fgm_params="input_proj.*",
+        seed=0,
+        device="cpu",
+        amp=False,
+        verbose=False,
+    ):
         self.preset = preset
         self.features = features
         self.d_model = d_model
@@ -129,4 +173,10 @@ class BranchSumHead(TorchHead):
         self.verbose = verbose
 
     def _build_module(self, dims, n_outputs):
-        return BranchSumModule(dims, n_outputs, int(self._hp("d_model")), int(self._hp("mlp_hidden")), float(self._hp("dropout")))
+        return BranchSumModule(
+            dims,
+            n_outputs,
+            int(self._hp("d_model")),
+            int(self._hp("mlp_hidden")),
+            float(self._hp("dropout")),
+        )

@@ -37,8 +37,15 @@ class DeviceFeatures:
     ``rows``: check only these rows for non-finite values (default: all).
     """
 
-    def __init__(self, X: FeatureSet, names: Iterable[str], device: torch.device, *, check: bool = True,
-                 rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        X: FeatureSet,
+        names: Iterable[str],
+        device: torch.device,
+        *,
+        check: bool = True,
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.ids = X.ids
         self.n = len(X)
@@ -69,7 +76,7 @@ class DeviceFeatures:
         for name, values in self.values.items():
             bad = []
             for start in range(0, len(rows), FINITE_CHECK_ROWS):
-                part = torch.from_numpy(rows[start:start + FINITE_CHECK_ROWS]).to(self.device)
+                part = torch.from_numpy(rows[start : start + FINITE_CHECK_ROWS]).to(self.device)
                 chunk = values.index_select(0, part)
                 steps = torch.arange(chunk.shape[1], device=self.device)
                 valid = steps[None, :] < self.lengths_t[name][part][:, None]
@@ -92,7 +99,9 @@ class DeviceFeatures:
                 more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
                 parts.append(f"{name!r} in {len(bad)} videos ({', '.join(ids)}{more})")
             raise FeatureValueError(
-                "features hold NaN or inf: " + "; ".join(parts) + ". A deep head cannot use them: drop those "
+                "features hold NaN or inf: "
+                + "; ".join(parts)
+                + ". A deep head cannot use them: drop those "
                 "videos (or re-extract them), or replace the values when importing the features"
             )
 
@@ -105,7 +114,9 @@ class DeviceFeatures:
             t = min(-(-t // CUDA_STEP_MULTIPLE) * CUDA_STEP_MULTIPLE, self.values[name].shape[1])
         return t
 
-    def batch(self, roles: Mapping[str, str], rows: torch.Tensor, steps: Mapping[str, int]) -> Batch:
+    def batch(
+        self, roles: Mapping[str, str], rows: torch.Tensor, steps: Mapping[str, int]
+    ) -> Batch:
         """{role: (values [*rows.shape, t, D] float32, mask [*rows.shape, t] bool)}.
 
         ``rows``: device int64 indices of any shape ([B], or [K, B] for K trials);

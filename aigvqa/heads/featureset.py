@@ -43,7 +43,9 @@ class FeatureSet:
                 raise ValueError(f"lengths of {name!r} must be [N] ints in [0, {a.shape[1]}]")
             self.lengths[name] = given
         self.ids = (
-            np.asarray(list(ids), dtype=object) if ids is not None else np.arange(n).astype(str).astype(object)
+            np.asarray(list(ids), dtype=object)
+            if ids is not None
+            else np.arange(n).astype(str).astype(object)
         )
         if len(self.ids) != n:
             raise ValueError(f"{len(self.ids)} ids for {n} rows")
@@ -77,7 +79,9 @@ class FeatureSet:
         missing = [n for n in names if n not in self.arrays]
         if missing:
             raise KeyError(f"features {missing} not in this set (have {self.names})")
-        return FeatureSet({k: self.arrays[k] for k in names}, {k: self.lengths[k] for k in names}, self.ids)
+        return FeatureSet(
+            {k: self.arrays[k] for k in names}, {k: self.lengths[k] for k in names}, self.ids
+        )
 
     def mask(self, name: str) -> np.ndarray:
         """[N, T] boolean: True where a time step holds data."""

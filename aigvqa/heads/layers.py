@@ -14,6 +14,9 @@
   attention, which builds a graph per new sequence length.
 - ``TransformerEncoder`` / ``EncoderLayer``: pre-LN encoder with ``nn.TransformerEncoder``'s
   parameter names, built on the two above.
+- The heads' building blocks: ``masked_mean`` / ``masked_std`` (pooling over the valid
+  steps), ``sinusoidal_positions``, ``make_mlp``, ``Adapter`` and ``CrossAttentionBlock``
+  (made of the layers above; ``heads.base`` re-exports them).
 
 A key is set for the duration of a training forward pass with ``dropout_key(key)``;
 without one (a module used outside a head's fit) ``KeyedDropout`` falls back to
@@ -37,8 +40,12 @@ M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
 _DIM_SALTS = (0x2F0F3B1, 0x1B873593 >> 4, 0x5BD1E99, 0x3C6EF37, 0x7F4A7C1, 0x61C8864)
 
-_KEY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("aigvqa_dropout_key", default=None)
-_VECTORISED: contextvars.ContextVar[bool] = contextvars.ContextVar("aigvqa_vectorised", default=False)
+_KEY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "aigvqa_dropout_key", default=None
+)
+_VECTORISED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aigvqa_vectorised", default=False
+)
 
 
 @contextlib.contextmanager
@@ -59,7 +66,9 @@ def _cuda_sdpa_backends():
     slower autocast epoch; see the README)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 def mix32(x):
@@ -104,10 +113,15 @@ def keyed_bits(key: torch.Tensor, site: int, shape: torch.Size, device) -> torch
     the last, full-size step is one multiply-xorshift round, which is enough for dropout
     masks and is most of the cost.
     """
-    h = mix32((key.to(device=device, dtype=torch.int64) + mix32(site & M32)) & M32)  # a scalar (per trial)
+    h = mix32(
+        (key.to(device=device, dtype=torch.int64) + mix32(site & M32)) & M32
+    )  # a scalar (per trial)
     last = len(shape) - 1
     for dim, size in enumerate(shape):
-        step = (torch.arange(1, size + 1, device=device, dtype=torch.int64) * _DIM_SALTS[dim % len(_DIM_SALTS)]) & M32
+        step = (
+            torch.arange(1, size + 1, device=device, dtype=torch.int64)
+            * _DIM_SALTS[dim % len(_DIM_SALTS)]
+        ) & M32
         x = h.unsqueeze(-1) + step  # < 2**33
         if dim < last:
             h = mix32(x & M32)
@@ -152,7 +166,9 @@ class KeyedDropout(nn.Module):
 
 def number_dropout_sites(module: nn.Module) -> nn.Module:
     """Give every ``KeyedDropout`` in ``module`` its own site number (module order)."""
-    for i, layer in enumerate(m for m in module.modules() if isinstance(m, (KeyedDropout, MultiheadAttention))):
+    for i, layer in enumerate(
+        m for m in module.modules() if isinstance(m, (KeyedDropout, MultiheadAttention))
+    ):
         layer.site = i + 1
     return module
 
@@ -179,14 +195,19 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
         d, h = self.embed_dim, self.num_heads
         w, b = self.in_proj_weight, self.in_proj_bias
         q = F.linear(query, w[:d], b[:d])
         if key is value:
             k, v = F.linear(key, w[d:], b[d:]).chunk(2, dim=-1)
         else:
-            k, v = F.linear(key, w[d:2 * d], b[d:2 * d]), F.linear(value, w[2 * d:], b[2 * d:])
+            k, v = (
+                F.linear(key, w[d : 2 * d], b[d : 2 * d]),
+                F.linear(value, w[2 * d :], b[2 * d :]),
+            )
 
         def split(x):  # [B, T, d] -> [B, h, T, d/h]
             return x.unflatten(-1, (h, d // h)).transpose(-3, -2)
@@ -203,11 +224,17 @@ class MultiheadAttention(nn.Module):
             return self.out_proj(out.transpose(-3, -2).flatten(-2))
         scores = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-2, -1)  # [B, h, Tq, Tk]
         valid = key_mask[..., None, None, :]
-        scores = torch.where(valid, scores, torch.full((), -math.inf, dtype=scores.dtype, device=scores.device))
+        scores = torch.where(
+            valid, scores, torch.full((), -math.inf, dtype=scores.dtype, device=scores.device)
+        )
         weights = torch.softmax(scores, dim=-1)
         if self.training and self.p > 0.0:
             drop_key = _KEY.get()
-            weights = F.dropout(weights, self.p, True) if drop_key is None else _keyed_dropout(weights, self.p, self.site, drop_key)
+            weights = (
+                F.dropout(weights, self.p, True)
+                if drop_key is None
+                else _keyed_dropout(weights, self.p, self.site, drop_key)
+            )
         out = (weights.to(v.dtype) @ v).transpose(-3, -2).flatten(-2)  # [B, Tq, d]
         return self.out_proj(out)
 
@@ -245,3 +272,87 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+
+# --------------------------------------------------------------------------------------
+# building blocks of the heads
+# --------------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, D], [B, T] bool -> [B, D] mean over the True steps (padded steps are
+    selected away, not multiplied by 0: nothing in them reaches the result)."""
+    keep = mask[..., None]
+    return torch.where(keep, x, 0.0).sum(1) / keep.sum(1).clamp_min(1).to(x.dtype)
+
+
+def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> [B, D] population std over the True steps."""
+    keep = mask[..., None]
+    count = keep.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
+    mean = torch.where(keep, x, 0.0).sum(1, keepdim=True) / count
+    var = torch.where(keep, (x - mean) ** 2, 0.0).sum(1) / count[:, 0]
+    return (var + 1e-8).sqrt()
+
+
+def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[length, dim] fixed sine/cosine positions (Vaswani et al. 2017): no maximum length,
+    so a head fitted on short sequences still predicts on longer (or more padded) ones."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    out = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return out.to(dtype)
+
+
+def make_mlp(
+    in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float = 0.0
+) -> nn.Sequential:
+    """``layers`` Linear layers with GELU and (keyed) dropout between them."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden), nn.GELU(), KeyedDropout(dropout)]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class Adapter(nn.Module):
+    """Projection of a cached frozen feature into the head's width, then a residual
+    bottleneck (Houlsby et al. 2019): the light trainable layer MSA-VQA puts on top of
+    frozen CLIP features."""
+
+    def __init__(self, in_dim: int, out_dim: int, bottleneck: int, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        self.down = nn.Linear(out_dim, bottleneck)
+        self.up = nn.Linear(bottleneck, out_dim)
+        self.dropout = KeyedDropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        return h + self.up(self.dropout(torch.nn.functional.gelu(self.down(h))))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN cross-attention + feed-forward: ``x`` (queries) reads from ``context``,
+    whose padded steps are masked out of the attention."""
+
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.attn = MultiheadAttention(d_model, heads, dropout)
+        self.norm_ffn = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, ffn), nn.GELU(), KeyedDropout(dropout), nn.Linear(ffn, d_model)
+        )
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        kv = self.norm_kv(context)
+        x = x + self.attn(self.norm_q(x), kv, kv, context_mask)
+        return x + self.ffn(self.norm_ffn(x))

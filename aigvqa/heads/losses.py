@@ -25,7 +25,9 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-def _as_columns(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _as_columns(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """[B] or [B, k] -> [B, k] pair, checked to match; rows outside ``weight`` set to 0 (so
     that neither their values nor their gradients can be NaN)."""
     if pred.dim() == 1:
@@ -121,7 +123,9 @@ def hinge_rank_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) 
     return torch.stack(losses).mean()
 
 
-def plcc_loss(pred: Tensor, target: Tensor, eps: float = 1e-8, weight: Tensor | None = None) -> Tensor:
+def plcc_loss(
+    pred: Tensor, target: Tensor, eps: float = 1e-8, weight: Tensor | None = None
+) -> Tensor:
     """FAST-VQA / DOVER ``plcc_loss``: with both sides standardised over the batch and
     rho their Pearson correlation, ``(MSE(p, y) / 4 + MSE(rho * p, y) / 4) / 2`` which equals
     ``((1 - rho) / 2 + (1 - rho**2) / 4) / 2``: zero iff rho = 1, scale- and shift-free.
@@ -157,18 +161,25 @@ def _weighted_plcc_loss(pred: Tensor, target: Tensor, eps: float, weight: Tensor
     return torch.where(weight.sum() >= 2, ((loss0 + loss1) / 2).mean(), 0.0)
 
 
-def mae_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 1.0, weight: Tensor | None = None) -> Tensor:
+def mae_rank_loss(
+    pred: Tensor, target: Tensor, rank_weight: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
     """UGVQ's objective: MAE + ``rank_weight`` x ``margin_rank_loss``."""
     return mae_loss(pred, target, weight) + rank_weight * margin_rank_loss(pred, target, weight)
 
 
-def plcc_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 0.3, weight: Tensor | None = None) -> Tensor:
+def plcc_rank_loss(
+    pred: Tensor, target: Tensor, rank_weight: float = 0.3, weight: Tensor | None = None
+) -> Tensor:
     """FAST-VQA / DOVER objective: ``plcc_loss`` + 0.3 x ``hinge_rank_loss`` (their default)."""
-    return plcc_loss(pred, target, weight=weight) + rank_weight * hinge_rank_loss(pred, target, weight)
+    return plcc_loss(pred, target, weight=weight) + rank_weight * hinge_rank_loss(
+        pred, target, weight
+    )
 
 
 def _frame_columns(frame_scores: Tensor, target: Tensor, mask: Tensor | None):
-    """frame scores [B, T] or [B, T, k], target [B] or [B, k], mask [B, T] -> [B,T,k], [B,k], [B,T,1]."""
+    """frame scores [B, T] or [B, T, k], target [B] or [B, k], mask [B, T]
+    -> [B,T,k], [B,k], [B,T,1]."""
     if frame_scores.dim() == 2:
         frame_scores = frame_scores[..., None]
     if target.dim() == 1:
@@ -176,12 +187,19 @@ def _frame_columns(frame_scores: Tensor, target: Tensor, mask: Tensor | None):
     if mask is None:
         mask = torch.ones(frame_scores.shape[:2], dtype=torch.bool, device=frame_scores.device)
     if frame_scores.shape[0] != target.shape[0] or frame_scores.shape[2] != target.shape[1]:
-        raise ValueError(f"frame scores {tuple(frame_scores.shape)} do not match target {tuple(target.shape)}")
+        raise ValueError(
+            f"frame scores {tuple(frame_scores.shape)} do not match target {tuple(target.shape)}"
+        )
     return frame_scores, target.to(frame_scores.dtype), mask[..., None].to(frame_scores.dtype)
 
 
-def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0, mask: Tensor | None = None,
-                   weight: Tensor | None = None) -> Tensor:
+def smooth_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    mask: Tensor | None = None,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Huber-style smooth L1 (Girshick, Fast R-CNN 2015): 0.5 d^2 / beta if |d| < beta else
     |d| - 0.5 beta. Video-level for ``pred`` [B] / [B, k]; frame-level when ``pred`` is
     [B, T] / [B, T, k] with ``mask``: every real frame is compared with its video's target
@@ -193,10 +211,16 @@ def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0, mask: Tensor
             return F.smooth_l1_loss(pred, target, beta=beta)
         return _row_mean(F.smooth_l1_loss(pred, target, beta=beta, reduction="none"), weight)
     if weight is not None:
-        mask = (torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device) if mask is None else mask) & weight[:, None]
+        mask = (
+            torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
+            if mask is None
+            else mask
+        ) & weight[:, None]
         pred, target = _zero_rows(pred, weight), _zero_rows(target, weight)
     scores, target, weights = _frame_columns(pred, target, mask)
-    per_frame = F.smooth_l1_loss(scores, target[:, None, :].expand_as(scores), beta=beta, reduction="none")
+    per_frame = F.smooth_l1_loss(
+        scores, target[:, None, :].expand_as(scores), beta=beta, reduction="none"
+    )
     if weight is not None:
         per_frame = torch.where(weights > 0, per_frame, 0.0)
     return (per_frame * weights).sum() / (weights.sum() * scores.shape[2]).clamp_min(1.0)
@@ -212,34 +236,57 @@ def masked_frame_mean(frame_scores: Tensor, mask: Tensor | None = None) -> Tenso
     return (frame_scores * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def gaussian_bin_label(target: Tensor, sigma: Tensor | float, bins: int = 100,
-                       score_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+def gaussian_bin_label(
+    target: Tensor,
+    sigma: Tensor | float,
+    bins: int = 100,
+    score_range: tuple[float, float] = (0.0, 1.0),
+) -> Tensor:
     """[B] targets -> [B, bins] Gaussian label centred on the target, normalised to sum 1."""
     lo, hi = score_range
-    centres = lo + (torch.arange(bins, dtype=target.dtype, device=target.device) + 0.5) * (hi - lo) / bins
-    sigma = torch.as_tensor(sigma, dtype=target.dtype, device=target.device).clamp_min((hi - lo) / bins)
+    centres = (
+        lo + (torch.arange(bins, dtype=target.dtype, device=target.device) + 0.5) * (hi - lo) / bins
+    )
+    sigma = torch.as_tensor(sigma, dtype=target.dtype, device=target.device).clamp_min(
+        (hi - lo) / bins
+    )
     if sigma.dim() == 1:
         sigma = sigma[:, None]
     logits = -((centres[None, :] - target[:, None]) ** 2) / (2 * sigma**2)
     return torch.softmax(logits, dim=1)
 
 
-def soft_score_histogram(frame_scores: Tensor, mask: Tensor, bins: int = 100,
-                         score_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+def soft_score_histogram(
+    frame_scores: Tensor,
+    mask: Tensor,
+    bins: int = 100,
+    score_range: tuple[float, float] = (0.0, 1.0),
+) -> Tensor:
     """Differentiable histogram of per-frame scores [B, T] over ``bins`` bins -> [B, bins]:
     each frame spreads a Gaussian kernel one bin wide over the bin centres."""
     lo, hi = score_range
     width = (hi - lo) / bins
-    centres = lo + (torch.arange(bins, dtype=frame_scores.dtype, device=frame_scores.device) + 0.5) * width
-    kernel = torch.softmax(-((frame_scores[..., None] - centres) ** 2) / (2 * width**2), dim=-1)  # [B,T,bins]
+    centres = (
+        lo
+        + (torch.arange(bins, dtype=frame_scores.dtype, device=frame_scores.device) + 0.5) * width
+    )
+    kernel = torch.softmax(
+        -((frame_scores[..., None] - centres) ** 2) / (2 * width**2), dim=-1
+    )  # [B,T,bins]
     w = mask.to(frame_scores.dtype)[..., None]
     return (kernel * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def frame_consistency_loss(frame_scores: Tensor, target: Tensor, target_std: Tensor | float,
-                           mask: Tensor | None = None, bins: int = 100,
-                           score_range: tuple[float, float] = (0.0, 1.0), eps: float = 1e-6,
-                           weight: Tensor | None = None) -> Tensor:
+def frame_consistency_loss(
+    frame_scores: Tensor,
+    target: Tensor,
+    target_std: Tensor | float,
+    mask: Tensor | None = None,
+    bins: int = 100,
+    score_range: tuple[float, float] = (0.0, 1.0),
+    eps: float = 1e-6,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Frame Consistency Loss (seed 004, NTIRE 2024 AIGC VQA track): per video,
 
         FCL = |mean_t s_t - MOS| x BCE(hist(s_1..s_T), N(MOS, sigma = MOS std) over 100 bins)
@@ -301,7 +348,12 @@ class FGM:
     the original weights back before the optimiser step.
     """
 
-    def __init__(self, module: torch.nn.Module, epsilon: float = 1.0, patterns: str | tuple[str, ...] = "*input_proj*"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        epsilon: float = 1.0,
+        patterns: str | tuple[str, ...] = "*input_proj*",
+    ):
         self.module = module
         self.epsilon = float(epsilon)
         self.patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)

@@ -10,19 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    LOSS,
-    SIZE,
-    Batch,
-    TorchHead,
-    deep_constraints,
-    make_mlp,
-    masked_mean,
-    masked_std,
-)
-from aigvqa.heads.device import DeviceFeatures
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
+from aigvqa.heads.device import Batch, DeviceFeatures
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.layers import make_mlp, masked_mean, masked_std
 from aigvqa.heads.params import Options, sequence_of
 from aigvqa.heads.registry import register_head
 
@@ -30,7 +22,15 @@ POOLINGS = ("mean", "mean_std")
 
 
 class PooledMLPModule(nn.Module):
-    def __init__(self, dims: dict[str, int], n_outputs: int, pooling: str, hidden: int, layers: int, dropout: float):
+    def __init__(
+        self,
+        dims: dict[str, int],
+        n_outputs: int,
+        pooling: str,
+        hidden: int,
+        layers: int,
+        dropout: float,
+    ):
         super().__init__()
         self.roles = sorted(dims)
         self.pooling = pooling
@@ -58,16 +58,53 @@ class PooledMLPModule(nn.Module):
 class PooledMLPHead(TorchHead):
     """MLP on temporally pooled features. ``features``: list of FeatureSet names (None: all)."""
 
-    PRESETS = {"default": dict(hidden=256, layers=2, dropout=0.1, epochs=60, batch_size=32, lr=1e-3, lr_step=20, lr_gamma=0.3)}
+    PRESETS = {
+        "default": dict(
+            hidden=256,
+            layers=2,
+            dropout=0.1,
+            epochs=60,
+            batch_size=32,
+            lr=1e-3,
+            lr_step=20,
+            lr_gamma=0.3,
+        )
+    }
     PARAMETER_CONSTRAINTS = deep_constraints(
-        PRESETS, {}, features=[None, sequence_of(str, "a list of feature names", empty=False)],
-        pooling=[Options(*POOLINGS)], hidden=SIZE, layers=SIZE, dropout=DROPOUT, loss=LOSS,
+        PRESETS,
+        {},
+        features=[None, sequence_of(str, "a list of feature names", empty=False)],
+        pooling=[Options(*POOLINGS)],
+        hidden=SIZE,
+        layers=SIZE,
+        dropout=DROPOUT,
+        loss=LOSS,
     )
 
-    def __init__(self, preset="default", features=None, pooling="mean_std", hidden=None, layers=None,
-                 dropout=None, loss="mae_rank", epochs=None, batch_size=None, lr=None, lr_step=None,
-                 lr_gamma=None, weight_decay=1e-4, val_fraction=0.0, patience=None, fgm_epsilon=0.0,
-                 fgm_params="regressor.0.*", seed=0, device="cpu", amp=False, verbose=False):
+    def __init__(
+        self,
+        preset="default",
+        features=None,
+        pooling="mean_std",
+        hidden=None,
+        layers=None,
+        dropout=None,
+        loss="mae_rank",
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        lr_step=None,
+        lr_gamma=None,
+        weight_decay=1e-4,
+        val_fraction=0.0,
+        patience=None,
+        fgm_epsilon=0.0,
+        fgm_params="regressor.0.*",
+        seed=0,
+        device="cpu",
+        amp=False,
+        verbose=False,
+    ):
         self.preset = preset
         self.features = features
         self.pooling = pooling
@@ -98,13 +135,24 @@ class PooledMLPHead(TorchHead):
         return {n: n for n in names}
 
     def _build_module(self, dims, n_outputs):
-        return PooledMLPModule(dims, n_outputs, self.pooling, int(self._hp("hidden")), int(self._hp("layers")), float(self._hp("dropout")))
+        return PooledMLPModule(
+            dims,
+            n_outputs,
+            self.pooling,
+            int(self._hp("hidden")),
+            int(self._hp("layers")),
+            float(self._hp("dropout")),
+        )
 
     @torch.no_grad()
-    def _init_from_data(self, module: PooledMLPModule, features: DeviceFeatures, rows: np.ndarray) -> None:
+    def _init_from_data(
+        self, module: PooledMLPModule, features: DeviceFeatures, rows: np.ndarray
+    ) -> None:
         parts = []
         for part in np.array_split(rows, max(1, len(rows) // 1024)):
-            batch = self._batch(features, part, torch.from_numpy(np.ascontiguousarray(part)).to(features.device))
+            batch = self._batch(
+                features, part, torch.from_numpy(np.ascontiguousarray(part)).to(features.device)
+            )
             parts.append(module.pool(batch))
         pooled = torch.cat(parts)
         module.input_mean.copy_(pooled.mean(0))

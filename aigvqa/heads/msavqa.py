@@ -33,19 +33,17 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    SIZE,
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, SIZE, deep_constraints
+from aigvqa.heads.device import Batch
+from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.layers import (
     Adapter,
-    Batch,
     CrossAttentionBlock,
-    TorchHead,
-    deep_constraints,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
-from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.losses import frame_consistency_loss, mae_rank_loss, plcc_loss, smooth_l1_loss
 from aigvqa.heads.params import Check, Interval, Options
 from aigvqa.heads.registry import register_head
@@ -65,12 +63,15 @@ def mutation_measures(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     w = has_prev.to(x.dtype)[..., None]
     diff = (x - prev) * w
     cos = F.cosine_similarity(x, prev, dim=-1, eps=1e-6)[..., None]
-    rel = diff.norm(dim=-1, keepdim=True) / (x.norm(dim=-1, keepdim=True) + prev.norm(dim=-1, keepdim=True) + 1e-6)
+    rel = diff.norm(dim=-1, keepdim=True) / (
+        x.norm(dim=-1, keepdim=True) + prev.norm(dim=-1, keepdim=True) + 1e-6
+    )
     return diff, torch.cat([(1 - cos) * w, rel * w], dim=-1)
 
 
 def segment_assignment(mask: torch.Tensor, segments: int) -> torch.Tensor:
-    """[B, T] mask -> [B, T, S] one-hot: frame t of a video of length L is in segment floor(t S / L)."""
+    """[B, T] mask -> [B, T, S] one-hot: frame t of a video of length L is in segment
+    floor(t S / L)."""
     lengths = mask.sum(1, keepdim=True).clamp_min(1)
     t = torch.arange(mask.shape[1], device=mask.device)[None, :]
     seg = torch.div(t * segments, lengths, rounding_mode="floor").clamp_max(segments - 1)
@@ -81,18 +82,30 @@ def segment_assignment(mask: torch.Tensor, segments: int) -> torch.Tensor:
 
 
 class MSAVQAModule(nn.Module):
-    def __init__(self, dims: dict[str, int], n_outputs: int, d_model: int, adapter_dim: int,
-                 heads: int, queries: int, segments: int, mlp_hidden: int, dropout: float):
+    def __init__(
+        self,
+        dims: dict[str, int],
+        n_outputs: int,
+        d_model: int,
+        adapter_dim: int,
+        heads: int,
+        queries: int,
+        segments: int,
+        mlp_hidden: int,
+        dropout: float,
+    ):
         super().__init__()
         d = d_model
         self.segments = segments
         # raw CLIP frame-prompt cosine only when frames and text share an embedding width
         self.raw_alignment = dims["frames"] == dims["text"]
-        self.input_proj = nn.ModuleDict({
-            "frames": Adapter(dims["frames"], d, adapter_dim, dropout),
-            "frame_diff": Adapter(dims["frames"], d, adapter_dim, dropout),
-            "text": Adapter(dims["text"], d, adapter_dim, dropout),
-        })
+        self.input_proj = nn.ModuleDict(
+            {
+                "frames": Adapter(dims["frames"], d, adapter_dim, dropout),
+                "frame_diff": Adapter(dims["frames"], d, adapter_dim, dropout),
+                "text": Adapter(dims["text"], d, adapter_dim, dropout),
+            }
+        )
         self.mutation_proj = nn.Linear(2, d)
         self.alignment_proj = nn.Linear(1, d)
         self.prompt_mlp = make_mlp(d, mlp_hidden, d, layers=2, dropout=dropout)
@@ -111,7 +124,11 @@ class MSAVQAModule(nn.Module):
         p = p + self.prompt_mlp(p)
         # SMA frame tokens
         diff, measures = mutation_measures(x, mask)
-        h = self.input_proj["frames"](x) + self.input_proj["frame_diff"](diff) + self.mutation_proj(measures)
+        h = (
+            self.input_proj["frames"](x)
+            + self.input_proj["frame_diff"](diff)
+            + self.mutation_proj(measures)
+        )
         if self.raw_alignment:
             raw_text = masked_mean(text, text_mask)
             cos = F.cosine_similarity(x, raw_text[:, None, :], dim=-1, eps=1e-6)[..., None]
@@ -147,27 +164,96 @@ class MSAVQAHead(TorchHead):
 
     DEFAULT_FEATURES = {"frames": "clip-frames", "text": "clip-text-pooled"}
     PRESETS = {
-        "default": dict(d_model=256, adapter_dim=64, heads=4, queries=1, segments=4, mlp_hidden=256,
-                        dropout=0.1, epochs=30, batch_size=32, lr=1e-4, lr_step=10, lr_gamma=0.3),
-        "small": dict(d_model=64, adapter_dim=16, heads=2, queries=1, segments=4, mlp_hidden=64,
-                      dropout=0.0, epochs=30, batch_size=32, lr=2e-3, lr_step=15, lr_gamma=0.3),
+        "default": dict(
+            d_model=256,
+            adapter_dim=64,
+            heads=4,
+            queries=1,
+            segments=4,
+            mlp_hidden=256,
+            dropout=0.1,
+            epochs=30,
+            batch_size=32,
+            lr=1e-4,
+            lr_step=10,
+            lr_gamma=0.3,
+        ),
+        "small": dict(
+            d_model=64,
+            adapter_dim=16,
+            heads=2,
+            queries=1,
+            segments=4,
+            mlp_hidden=64,
+            dropout=0.0,
+            epochs=30,
+            batch_size=32,
+            lr=2e-3,
+            lr_step=15,
+            lr_gamma=0.3,
+        ),
     }
-    FITTED_ARRAYS = TorchHead.FITTED_ARRAYS + ("y_min_", "y_max_", "ensemble_weights_", "ensemble_bias_")
+    FITTED_ARRAYS = TorchHead.FITTED_ARRAYS + (
+        "y_min_",
+        "y_max_",
+        "ensemble_weights_",
+        "ensemble_bias_",
+    )
     PARAMETER_CONSTRAINTS = deep_constraints(
-        PRESETS, DEFAULT_FEATURES, d_model=SIZE, adapter_dim=SIZE, heads=SIZE, queries=SIZE, segments=SIZE,
-        mlp_hidden=SIZE, dropout=DROPOUT, frame_loss=[Options(*FRAME_LOSSES)],
-        frame_beta=[Interval(Real, 0, None, closed="neither")], fcl_sigma=[Interval(Real, 0, None, closed="neither")],
-        level_weights=[Check(lambda v: isinstance(v, list | tuple) and len(v) == 3
-                             and all(isinstance(w, Real) and not isinstance(w, bool) and w >= 0 for w in v),
-                             "3 non-negative weights (frame, segment, video level)")],
+        PRESETS,
+        DEFAULT_FEATURES,
+        d_model=SIZE,
+        adapter_dim=SIZE,
+        heads=SIZE,
+        queries=SIZE,
+        segments=SIZE,
+        mlp_hidden=SIZE,
+        dropout=DROPOUT,
+        frame_loss=[Options(*FRAME_LOSSES)],
+        frame_beta=[Interval(Real, 0, None, closed="neither")],
+        fcl_sigma=[Interval(Real, 0, None, closed="neither")],
+        level_weights=[
+            Check(
+                lambda v: (
+                    isinstance(v, list | tuple)
+                    and len(v) == 3
+                    and all(isinstance(w, Real) and not isinstance(w, bool) and w >= 0 for w in v)
+                ),
+                "3 non-negative weights (frame, segment, video level)",
+            )
+        ],
     )
 
-    def __init__(self, preset="default", features=None, d_model=None, adapter_dim=None, heads=None,
-                 queries=None, segments=None, mlp_hidden=None, dropout=None, frame_loss="smooth_l1",
-                 frame_beta=0.1, fcl_sigma=0.05, level_weights=(1.0, 1.0, 1.0), epochs=None,
-                 batch_size=None, lr=None, lr_step=None, lr_gamma=None, weight_decay=0.0,
-                 val_fraction=0.1, patience=None, fgm_epsilon=0.0, fgm_params="input_proj.*", seed=0,
-                 device="cpu", amp=False, verbose=False):
+    def __init__(
+        self,
+        preset="default",
+        features=None,
+        d_model=None,
+        adapter_dim=None,
+        heads=None,
+        queries=None,
+        segments=None,
+        mlp_hidden=None,
+        dropout=None,
+        frame_loss="smooth_l1",
+        frame_beta=0.1,
+        fcl_sigma=0.05,
+        level_weights=(1.0, 1.0, 1.0),
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        lr_step=None,
+        lr_gamma=None,
+        weight_decay=0.0,
+        val_fraction=0.1,
+        patience=None,
+        fgm_epsilon=0.0,
+        fgm_params="input_proj.*",
+        seed=0,
+        device="cpu",
+        amp=False,
+        verbose=False,
+    ):
         self.preset = preset
         self.features = features
         self.d_model = d_model
@@ -198,8 +284,20 @@ class MSAVQAHead(TorchHead):
 
     def _build_module(self, dims, n_outputs):
         return MSAVQAModule(
-            dims, n_outputs,
-            **{k: self._hp(k) for k in ("d_model", "adapter_dim", "heads", "queries", "segments", "mlp_hidden", "dropout")},
+            dims,
+            n_outputs,
+            **{
+                k: self._hp(k)
+                for k in (
+                    "d_model",
+                    "adapter_dim",
+                    "heads",
+                    "queries",
+                    "segments",
+                    "mlp_hidden",
+                    "dropout",
+                )
+            },
         )
 
     # targets live in [0.1, 0.9] so the sigmoid levels can reach them
@@ -221,11 +319,16 @@ class MSAVQAHead(TorchHead):
         else:
             frame = smooth_l1_loss(frames, y, beta=self.frame_beta, mask=mask, weight=weight)
         w = self.level_weights
-        return (w[0] * frame + w[1] * mae_rank_loss(levels[:, 1], y, weight=weight)
-                + w[2] * plcc_loss(levels[:, 2], y, weight=weight))
+        return (
+            w[0] * frame
+            + w[1] * mae_rank_loss(levels[:, 1], y, weight=weight)
+            + w[2] * plcc_loss(levels[:, 2], y, weight=weight)
+        )
 
     def _predict_outputs(self, outputs):
-        w = torch.as_tensor(self.ensemble_weights_.T, dtype=outputs["levels"].dtype, device=outputs["levels"].device)
+        w = torch.as_tensor(
+            self.ensemble_weights_.T, dtype=outputs["levels"].dtype, device=outputs["levels"].device
+        )
         b = torch.as_tensor(self.ensemble_bias_, dtype=w.dtype, device=w.device)
         return (outputs["levels"] * w[None]).sum(1) + b  # [B, k]
 

@@ -44,9 +44,15 @@ class Interval:
             return False
         if isinstance(value, numbers.Real) and math.isnan(value):
             return False
-        if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
+        if self.low is not None and (
+            value < self.low or (value == self.low and self.closed in ("right", "neither"))
+        ):
             return False
-        return self.high is None or value < self.high or (value == self.high and self.closed in ("left", "both"))
+        return (
+            self.high is None
+            or value < self.high
+            or (value == self.high and self.closed in ("left", "both"))
+        )
 
     def describe(self) -> str:
         kind = "an integer" if self.kind is numbers.Integral else "a number"
@@ -94,15 +100,23 @@ class Check:
         return self.description
 
 
-def sequence_of(kind: type | tuple[type, ...], description: str, *, allowed: Iterable | None = None,
-                empty: bool = True) -> Check:
+def sequence_of(
+    kind: type | tuple[type, ...],
+    description: str,
+    *,
+    allowed: Iterable | None = None,
+    empty: bool = True,
+) -> Check:
     """A list or tuple whose items are ``kind`` (and, given ``allowed``, among those)."""
     pool = None if allowed is None else tuple(allowed)
 
     def ok(value: Any) -> bool:
         if not isinstance(value, list | tuple) or (not empty and not value):
             return False
-        return all(isinstance(v, kind) and not isinstance(v, bool) and (pool is None or v in pool) for v in value)
+        return all(
+            isinstance(v, kind) and not isinstance(v, bool) and (pool is None or v in pool)
+            for v in value
+        )
 
     return Check(ok, description)
 
@@ -111,7 +125,9 @@ def _describe(entry: Any) -> str:
     if entry is None:
         return "None"
     if isinstance(entry, type):
-        return {bool: "True or False", str: "a string", dict: "a dict", list: "a list"}.get(entry, f"a {entry.__name__}")
+        return {bool: "True or False", str: "a string", dict: "a dict", list: "a list"}.get(
+            entry, f"a {entry.__name__}"
+        )
     return entry.describe()
 
 
@@ -131,10 +147,14 @@ def allowed_text(entries: list) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def parameter_error(head: Any, name: str, value: Any, allowed: str, where: str = "") -> HeadParameterError:
+def parameter_error(
+    head: Any, name: str, value: Any, allowed: str, where: str = ""
+) -> HeadParameterError:
     """The one error of a bad hyper-parameter: head, parameter, value, what is allowed."""
     label = head if isinstance(head, str) else type(head).__name__
-    error = HeadParameterError(f"{label}: {name}={value!r}{where} is not allowed; {name} must be {allowed}")
+    error = HeadParameterError(
+        f"{label}: {name}={value!r}{where} is not allowed; {name} must be {allowed}"
+    )
     error.head, error.parameter, error.value, error.allowed = label, name, value, allowed
     return error
 

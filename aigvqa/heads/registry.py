@@ -35,7 +35,9 @@ class UnknownHeadError(AigvqaError, ValueError):
 
 
 HEADS = Registry(
-    "head", error=UnknownHeadError, builtins=BUILTIN_HEADS,
+    "head",
+    error=UnknownHeadError,
+    builtins=BUILTIN_HEADS,
     fix="Pick one of those names (e.g. in the --head option or the ablation config).",
 )
 

@@ -100,7 +100,9 @@ def fit_trials(
 
     device = heads[0]._device()
     prepared = [h._prepare(X, y[rows], rows) for h, rows in zip(heads, rows_list)]
-    features = DeviceFeatures(X, heads[0].feature_names_.values(), device, rows=np.concatenate(rows_list))
+    features = DeviceFeatures(
+        X, heads[0].feature_names_.values(), device, rows=np.concatenate(rows_list)
+    )
     plans = []
     for h, rows, y2 in zip(heads, rows_list, prepared):
         y_scaled, rng, train_local, val_local = h._plan(y2)
@@ -123,7 +125,9 @@ def fit_trials(
     return heads
 
 
-def predict_trials(heads: Sequence[TorchHead], X: FeatureSet, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+def predict_trials(
+    heads: Sequence[TorchHead], X: FeatureSet, rows: Sequence[np.ndarray]
+) -> list[np.ndarray]:
     """``heads[i].predict(X[rows[i]])`` for every i, with X's features moved to the device
     once for all of them (the heads read the same features: trials of one configuration)."""
     if not heads:
@@ -167,12 +171,14 @@ class _Stack:
         self.shapes = [p.shape for _, p in first.named_parameters()]
         sizes = [p.numel() for _, p in first.named_parameters()]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self.flat = torch.stack([
-            torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in modules
-        ]).to(device)
+        self.flat = torch.stack(
+            [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in modules]
+        ).to(device)
         self._make_leaves()
-        self.buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in modules]).to(device)
-                        for n, _ in first.named_buffers()}
+        self.buffers = {
+            n: torch.stack([dict(m.named_buffers())[n] for m in modules]).to(device)
+            for n, _ in first.named_buffers()
+        }
         self.m = torch.zeros_like(self.flat)
         self.v = torch.zeros_like(self.flat)
         # Adam's step counts, one per trial (float32 scalars, as torch.optim.Adam keeps them)
@@ -214,9 +220,21 @@ class _Stack:
         torch._foreach_add_(steps, 1)
         b1, b2 = ADAM_BETAS
         if self.fused:
-            torch._fused_adam_([self.flat[i] for i in idx], [self.grad[i] for i in idx], [self.m[i] for i in idx],
-                               [self.v[i] for i in idx], [], steps, lr=lr, beta1=b1, beta2=b2,
-                               weight_decay=self.weight_decay, eps=ADAM_EPS, amsgrad=False, maximize=False)
+            torch._fused_adam_(
+                [self.flat[i] for i in idx],
+                [self.grad[i] for i in idx],
+                [self.m[i] for i in idx],
+                [self.v[i] for i in idx],
+                [],
+                steps,
+                lr=lr,
+                beta1=b1,
+                beta2=b2,
+                weight_decay=self.weight_decay,
+                eps=ADAM_EPS,
+                amsgrad=False,
+                maximize=False,
+            )
             return
         for i, step in zip(idx, steps):  # torch.optim.Adam's single-tensor update
             p, g, m, v = self.flat[i], self.grad[i], self.m[i], self.v[i]
@@ -240,7 +258,9 @@ class _Stack:
             self.best = self.best.index_select(0, idx)
 
 
-def _padded(parts_per_trial: list[list[np.ndarray]], filler: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _padded(
+    parts_per_trial: list[list[np.ndarray]], filler: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per trial a list of row arrays (its batches, or chunks) -> rows [S, K, B] and a
     row mask [S, K, B]; missing batches and short ones are padded with the trial's
     ``filler`` row, masked out."""
@@ -251,13 +271,19 @@ def _padded(parts_per_trial: list[list[np.ndarray]], filler: list[int]) -> tuple
     for k, parts in enumerate(parts_per_trial):
         rows[:, k, :] = filler[k]
         for s, p in enumerate(parts):
-            rows[s, k, :len(p)] = p
-            valid[s, k, :len(p)] = True
+            rows[s, k, : len(p)] = p
+            valid[s, k, : len(p)] = True
     return rows, valid
 
 
-def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], features: DeviceFeatures,
-                    plans: list[tuple], device: torch.device, on_epoch) -> None:
+def _train_together(
+    heads: list[TorchHead],
+    modules: list[torch.nn.Module],
+    features: DeviceFeatures,
+    plans: list[tuple],
+    device: torch.device,
+    on_epoch,
+) -> None:
     """``TorchHead._train`` for K trials at once (module docstring); loads each trial's
     final (best-epoch) weights into its module and sets its ``history_`` / ``best_epoch_``."""
     h0 = heads[0]
@@ -275,8 +301,11 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
     fgm_slices = []
     if h0.fgm_epsilon:
         patterns = (h0.fgm_params,) if isinstance(h0.fgm_params, str) else tuple(h0.fgm_params)
-        fgm_slices = [stack.slice_of(n) for n, p in modules[0].named_parameters()
-                      if p.requires_grad and any(fnmatch(n, pat) for pat in patterns)]
+        fgm_slices = [
+            stack.slice_of(n)
+            for n, p in modules[0].named_parameters()
+            if p.requires_grad and any(fnmatch(n, pat) for pat in patterns)
+        ]
 
     def trial_loss(params, buffers, batch, target, weight, key):
         with dropout_key(key), vectorised(), h0._autocast(device):
@@ -302,8 +331,13 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
             batches.append(np.array_split(order, n_batches[k]))
         rows, valid = _padded(batches, [train[k][0] for k in alive])
         active = np.array([[s < n_batches[k] for k in alive] for s in range(rows.shape[0])])
-        keys = np.array([[[fold_key(heads[k].seed, epoch, s, f) for f in (0, 1)] for k in alive]
-                         for s in range(rows.shape[0])], dtype=np.int64)
+        keys = np.array(
+            [
+                [[fold_key(heads[k].seed, epoch, s, f) for f in (0, 1)] for k in alive]
+                for s in range(rows.shape[0])
+            ],
+            dtype=np.int64,
+        )
         rows_t, valid_t = torch.from_numpy(rows).to(device), torch.from_numpy(valid).to(device)
         keys_t = torch.from_numpy(keys).to(device)
         positions = torch.arange(len(alive), device=device)[:, None]
@@ -314,11 +348,15 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
             batch = features.batch(roles, rows_t[s], steps)
             target = y_alive[positions, rows_t[s]]
             stack.zero_grad()
-            losses = losses_of(stack.params(), stack.buffers, batch, target, valid_t[s], keys_t[s, :, 0])
+            losses = losses_of(
+                stack.params(), stack.buffers, batch, target, valid_t[s], keys_t[s, :, 0]
+            )
             _backward(losses.sum())
             if fgm_slices:
                 moved, backup = _fgm_attack(stack, fgm_slices, float(h0.fgm_epsilon))
-                again = losses_of(stack.params(), stack.buffers, batch, target, valid_t[s], keys_t[s, :, 1])
+                again = losses_of(
+                    stack.params(), stack.buffers, batch, target, valid_t[s], keys_t[s, :, 1]
+                )
                 _backward((again * moved).sum())
                 with torch.no_grad():
                     for sl, saved in backup:
@@ -328,11 +366,22 @@ def _train_together(heads: list[TorchHead], modules: list[torch.nn.Module], feat
         if (epoch + 1) % lr_step == 0:  # torch's StepLR: times gamma every lr_step epochs
             lr *= gamma
         totals = total.cpu().numpy()
-        records = [{"epoch": epoch, "train_loss": float(totals[i]) / len(train[k]), "lr": lr}
-                   for i, k in enumerate(alive)]
+        records = [
+            {"epoch": epoch, "train_loss": float(totals[i]) / len(train[k]), "lr": lr}
+            for i, k in enumerate(alive)
+        ]
         if any(len(val[k]) for k in alive):
-            val_losses = _validation_losses(losses_of, stack, base, features, roles, y_alive,
-                                            [val[k] for k in alive], eval_rows, device)
+            val_losses = _validation_losses(
+                losses_of,
+                stack,
+                base,
+                features,
+                roles,
+                y_alive,
+                [val[k] for k in alive],
+                eval_rows,
+                device,
+            )
             improved = np.zeros(len(alive), dtype=bool)
             for i, k in enumerate(alive):
                 if not len(val[k]):
@@ -381,7 +430,9 @@ def _backward(loss: torch.Tensor) -> None:
     with warnings.catch_warnings():
         # the leaves are strided views of one [K, P] tensor by design (_Stack); torch notes
         # that such a gradient layout "may impair performance"
-        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+        warnings.filterwarnings(
+            "ignore", message="grad and param do not obey the gradient layout contract"
+        )
         loss.backward()
 
 
@@ -411,11 +462,23 @@ def _fgm_attack(stack: _Stack, slices: list[slice], epsilon: float):
 
 
 @torch.no_grad()
-def _validation_losses(losses_of, stack: _Stack, base, features: DeviceFeatures, roles, y_alive, val_rows,
-                       eval_rows: int, device) -> list[float]:
+def _validation_losses(
+    losses_of,
+    stack: _Stack,
+    base,
+    features: DeviceFeatures,
+    roles,
+    y_alive,
+    val_rows,
+    eval_rows: int,
+    device,
+) -> list[float]:
     """Each trial's validation loss, chunked exactly as ``TorchHead._eval_loss`` chunks it."""
     base.eval()
-    chunks = [np.array_split(v, max(1, math.ceil(len(v) / eval_rows))) if len(v) else [v[:1]] for v in val_rows]
+    chunks = [
+        np.array_split(v, max(1, math.ceil(len(v) / eval_rows))) if len(v) else [v[:1]]
+        for v in val_rows
+    ]
     filler = [int(v[0]) if len(v) else 0 for v in val_rows]
     rows, valid = _padded(chunks, filler)
     rows_t, valid_t = torch.from_numpy(rows).to(device), torch.from_numpy(valid).to(device)
@@ -425,7 +488,9 @@ def _validation_losses(losses_of, stack: _Stack, base, features: DeviceFeatures,
     for c in range(rows.shape[0]):
         steps = {name: features.steps_for(name, rows[c].ravel()) for name in roles.values()}
         batch = features.batch(roles, rows_t[c], steps)
-        losses = losses_of(stack.params(), stack.buffers, batch, y_alive[positions, rows_t[c]], valid_t[c], no_key)
+        losses = losses_of(
+            stack.params(), stack.buffers, batch, y_alive[positions, rows_t[c]], valid_t[c], no_key
+        )
         total += losses * valid_t[c].sum(1)
     totals = total.cpu().numpy()
     return [float(totals[i]) / len(v) if len(v) else math.nan for i, v in enumerate(val_rows)]

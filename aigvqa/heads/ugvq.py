@@ -18,19 +18,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aigvqa.heads.base import (
-    DROPOUT,
-    LOSS,
-    SIZE,
-    Batch,
+from aigvqa.heads.base import TorchHead
+from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
+from aigvqa.heads.device import Batch
+from aigvqa.heads.layers import (
     CrossAttentionBlock,
-    TorchHead,
-    deep_constraints,
+    EncoderLayer,
+    TransformerEncoder,
     make_mlp,
     masked_mean,
     sinusoidal_positions,
 )
-from aigvqa.heads.layers import EncoderLayer, TransformerEncoder
 from aigvqa.heads.registry import register_head
 
 
@@ -53,16 +51,31 @@ class UGVQModule(nn.Module):
     ROLES = ("spatial", "temporal", "text")
     PAIRS = (("spatial", "text"), ("spatial", "temporal"), ("temporal", "text"))
 
-    def __init__(self, dims: dict[str, int], n_outputs: int, d_model: int, encoder_layers: int,
-                 encoder_heads: int, encoder_ffn: int, scma_heads: int, scma_ffn: int,
-                 mlp_hidden: int, dropout: float):
+    def __init__(
+        self,
+        dims: dict[str, int],
+        n_outputs: int,
+        d_model: int,
+        encoder_layers: int,
+        encoder_heads: int,
+        encoder_ffn: int,
+        scma_heads: int,
+        scma_ffn: int,
+        mlp_hidden: int,
+        dropout: float,
+    ):
         super().__init__()
         self.input_proj = nn.ModuleDict(
-            {r: nn.Sequential(nn.Linear(dims[r], d_model), nn.LayerNorm(d_model)) for r in self.ROLES}
+            {
+                r: nn.Sequential(nn.Linear(dims[r], d_model), nn.LayerNorm(d_model))
+                for r in self.ROLES
+            }
         )
         # nn.TransformerEncoder's layout and maths (pre-LN, GELU), written out in layers.py so
         # that its dropout is keyed and it runs under vmap (trials trained together)
-        self.encoder = TransformerEncoder(EncoderLayer(d_model, encoder_heads, encoder_ffn, dropout), encoder_layers)
+        self.encoder = TransformerEncoder(
+            EncoderLayer(d_model, encoder_heads, encoder_ffn, dropout), encoder_layers
+        )
         self.encoder_norm = nn.LayerNorm(d_model)
         self.scma = nn.ModuleDict(
             {f"{a}_{b}": SCMA(d_model, scma_heads, scma_ffn, dropout) for a, b in self.PAIRS}
@@ -78,7 +91,9 @@ class UGVQModule(nn.Module):
                 h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
             tokens[role], masks[role] = h, mask
         tokens["spatial"] = self.encoder_norm(self.encoder(tokens["spatial"], masks["spatial"]))
-        fused = [self.scma[f"{a}_{b}"](tokens[a], masks[a], tokens[b], masks[b]) for a, b in self.PAIRS]
+        fused = [
+            self.scma[f"{a}_{b}"](tokens[a], masks[a], tokens[b], masks[b]) for a, b in self.PAIRS
+        ]
         single = [masked_mean(tokens[r], masks[r]) for r in self.ROLES]
         return {"score": self.regressor(torch.cat(fused + single, dim=-1))}
 
@@ -90,24 +105,79 @@ class UGVQHead(TorchHead):
 
     DEFAULT_FEATURES = {"spatial": "vit-keyframes", "temporal": "slowfast", "text": "clip-text"}
     PRESETS = {
-        "paper": dict(d_model=768, encoder_layers=8, encoder_heads=2, encoder_ffn=2048, scma_heads=4,
-                      scma_ffn=1536, mlp_hidden=512, dropout=0.1, epochs=30, batch_size=16, lr=1e-5,
-                      lr_step=5, lr_gamma=0.1),
-        "small": dict(d_model=64, encoder_layers=1, encoder_heads=2, encoder_ffn=128, scma_heads=2,
-                      scma_ffn=128, mlp_hidden=64, dropout=0.0, epochs=40, batch_size=32, lr=2e-3,
-                      lr_step=15, lr_gamma=0.3),
+        "paper": dict(
+            d_model=768,
+            encoder_layers=8,
+            encoder_heads=2,
+            encoder_ffn=2048,
+            scma_heads=4,
+            scma_ffn=1536,
+            mlp_hidden=512,
+            dropout=0.1,
+            epochs=30,
+            batch_size=16,
+            lr=1e-5,
+            lr_step=5,
+            lr_gamma=0.1,
+        ),
+        "small": dict(
+            d_model=64,
+            encoder_layers=1,
+            encoder_heads=2,
+            encoder_ffn=128,
+            scma_heads=2,
+            scma_ffn=128,
+            mlp_hidden=64,
+            dropout=0.0,
+            epochs=40,
+            batch_size=32,
+            lr=2e-3,
+            lr_step=15,
+            lr_gamma=0.3,
+        ),
     }
     PARAMETER_CONSTRAINTS = deep_constraints(
-        PRESETS, DEFAULT_FEATURES, d_model=SIZE, encoder_layers=SIZE, encoder_heads=SIZE, encoder_ffn=SIZE,
-        scma_heads=SIZE, scma_ffn=SIZE, mlp_hidden=SIZE, dropout=DROPOUT, loss=LOSS,
+        PRESETS,
+        DEFAULT_FEATURES,
+        d_model=SIZE,
+        encoder_layers=SIZE,
+        encoder_heads=SIZE,
+        encoder_ffn=SIZE,
+        scma_heads=SIZE,
+        scma_ffn=SIZE,
+        mlp_hidden=SIZE,
+        dropout=DROPOUT,
+        loss=LOSS,
     )
 
-    def __init__(self, preset="paper", features=None, d_model=None, encoder_layers=None,
-                 encoder_heads=None, encoder_ffn=None, scma_heads=None, scma_ffn=None,
-                 mlp_hidden=None, dropout=None, loss="mae_rank", epochs=None, batch_size=None,
-                 lr=None, lr_step=None, lr_gamma=None, weight_decay=0.0, val_fraction=0.0,
-                 patience=None, fgm_epsilon=0.0, fgm_params="input_proj.*", seed=0, device="cpu",
-                 amp=False, verbose=False):
+    def __init__(
+        self,
+        preset="paper",
+        features=None,
+        d_model=None,
+        encoder_layers=None,
+        encoder_heads=None,
+        encoder_ffn=None,
+        scma_heads=None,
+        scma_ffn=None,
+        mlp_hidden=None,
+        dropout=None,
+        loss="mae_rank",
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        lr_step=None,
+        lr_gamma=None,
+        weight_decay=0.0,
+        val_fraction=0.0,
+        patience=None,
+        fgm_epsilon=0.0,
+        fgm_params="input_proj.*",
+        seed=0,
+        device="cpu",
+        amp=False,
+        verbose=False,
+    ):
         self.preset = preset
         self.features = features
         self.d_model = d_model
@@ -136,7 +206,19 @@ class UGVQHead(TorchHead):
 
     def _build_module(self, dims, n_outputs):
         return UGVQModule(
-            dims, n_outputs,
-            **{k: self._hp(k) for k in ("d_model", "encoder_layers", "encoder_heads", "encoder_ffn",
-                                        "scma_heads", "scma_ffn", "mlp_hidden", "dropout")},
+            dims,
+            n_outputs,
+            **{
+                k: self._hp(k)
+                for k in (
+                    "d_model",
+                    "encoder_layers",
+                    "encoder_heads",
+                    "encoder_ffn",
+                    "scma_heads",
+                    "scma_ffn",
+                    "mlp_hidden",
+                    "dropout",
+                )
+            },
         )
