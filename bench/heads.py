@@ -419,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"predict {row['predict_ms_per_video']:.3f} ms/video",
                 flush=True,
             )
+            # four batches when the cache has them; a small --videos counts on all of it
             row["epoch_gflops_per_video"] = epoch_gflops_per_video(
-                head, X, y, 4 * int(head._hp("batch_size"))
+                head, X, y, min(len(X), 4 * int(head._hp("batch_size")))
             )
             row["tflops"] = row["epoch_gflops_per_video"] * n / row["epoch_s"] / 1e3
             row["peak_fraction"] = row["tflops"] / peak if peak else None

@@ -12,7 +12,7 @@ Formats, and why nothing is unpickled:
   by default (numpy, scipy, scikit-learn) nor in an explicit list: here ``TRUSTED_TYPES``,
   exact class names (the built-in heads, LightGBM's scikit-learn wrapper,
   ``collections.OrderedDict``) -- not module prefixes: a prefix let any name importable
-  from a head module through (``aigvqa.heads.classical.Parallel`` is joblib's).
+  from a head module through (``aigvqa.heads.classical.Parallel`` is joblib's, re-exported there).
   ``load_bundle`` asks skops which untrusted types a file holds first and refuses the
   bundle, naming them, if any is outside that list.
 - **LightGBM boosters** are taken out of the estimator before skops sees it and written with
