@@ -16,6 +16,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import MeanColour
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
@@ -37,37 +38,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # -- test extractors ------------------------------------------------------------------------
-class MeanColour(Extractor):
-    """Mean RGB of each of ``n`` key frames; appends one line per forward call to ``log``."""
-
-    name = "mean-colour"
-
-    def __init__(self, n: int = 4, log: str | None = None) -> None:
-        super().__init__(n=n, log=log)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=self._config["n"], size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        if self._config["log"]:
-            with open(self._config["log"], "a") as fh:
-                fh.write(f"{len(items)}\n")
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
-
-    def provenance(self):  # the log path is bookkeeping, not part of the features' origin
-        prov = super().provenance()
-        prov["config"] = {"n": self._config["n"]}
-        return prov
-
-
 class PromptLength(Extractor):
     """A text extractor: pooled = [len(prompt), words]; logs every prompt it encodes."""
 

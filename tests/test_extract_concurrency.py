@@ -16,51 +16,14 @@ import threading
 import time
 from pathlib import Path
 
-import cloudpickle
-import numpy as np
 import pytest
+from _extract_helpers import MeanColour
 
 from aigvqa.cache.store import FeatureCache
-from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
 from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.records import VideoRecord
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class SlowMean(Extractor):
-    """Mean colour of 4 key frames; ``sleep`` seconds per forward call; one line per call
-    in ``log`` (one call per video: 4 items fit one batch)."""
-
-    name = "slow-mean"
-
-    def __init__(self, log=None, sleep=0.0):
-        super().__init__(log=log, sleep=sleep)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=4, size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        time.sleep(self._config["sleep"])
-        if self._config["log"]:
-            with open(self._config["log"], "a") as fh:
-                fh.write(f"{len(items)}\n")
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
-
-    def provenance(self):  # log and sleep are bookkeeping, not the features' origin
-        prov = super().provenance()
-        prov["config"] = {}
-        return prov
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +61,7 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
         try:
             # chunks of one video, merged only at the end: while the first run goes, its
             # landed shards lie in the shard folder, where the second run would find them
-            reports[name] = extract(records, [SlowMean(log=str(log), sleep=0.15)], cache,
+            reports[name] = extract(records, [MeanColour(log=str(log), sleep=0.15)], cache,
                                     client=client, chunk_size=1, merge_every=1000,
                                     progress=False, decode_workers=0)
         except BaseException as err:  # noqa: BLE001 - reported by the assertion below
@@ -120,7 +83,7 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
     assert reports["second"].skipped == len(records)  # it waited, then had nothing to do
     assert reports["second"].succeeded == reports["second"].resumed == 0
     assert calls(log) == len(records)  # every video computed once, by the first run
-    ids = FeatureCache(cache).ids("slow-mean")
+    ids = FeatureCache(cache).ids("mean-colour")
     assert sorted(ids) == sorted(r.video_id for r in records)  # each exactly once
     assert not shard_dir_for(cache).exists()
     err = capfd.readouterr().err

@@ -23,6 +23,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import MeanColour
 
 from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
@@ -33,27 +34,6 @@ from aigvqa.pipeline.extract import ALL_EXTRACTORS, DecodeSettings, extract, run
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class MeanColour(Extractor):
-    """Mean RGB of each of ``n`` key frames (32 x 32); ``batch_size`` items per forward."""
-
-    name = "mean-colour"
-
-    def __init__(self, n: int = 4, batch_size: int = 16) -> None:
-        super().__init__(n=n, batch_size=batch_size)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        return KeyFramesView(n=self._config["n"], size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
 
 
 class KillsOnBlack(KeyFramesView):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _weights_helpers import drop_tensor
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import blip, create_extractor, encode_prompts, extract_video
@@ -173,12 +174,8 @@ def test_blip_text_from_the_blip_itm_folder_is_the_itc_text_side(tmp_path, frame
 
 
 def test_folder_with_a_missing_tensor_is_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     saved_blip(tmp_path / "blip")
-    state = load_file(tmp_path / "blip" / "model.safetensors")
-    del state["itm_head.weight"]
-    save_file(state, tmp_path / "blip" / "model.safetensors", metadata={"format": "pt"})
+    drop_tensor(tmp_path / "blip" / "model.safetensors", "itm_head.weight")
     with pytest.raises(CheckpointMismatchError, match="itm_head.weight"):
         create_extractor("blip-itm", weights=str(tmp_path / "blip")).load()
 

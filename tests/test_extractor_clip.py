@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _weights_helpers import drop_tensor
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import clip, create_extractor, encode_prompts, extract_video
@@ -393,12 +394,8 @@ def test_hf_clip_folder_explicit_and_from_aigvqa_weights(tmp_path, frames, monke
 
 
 def test_hf_clip_folder_with_a_missing_tensor_is_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     _saved_hf_clip(tmp_path / "hf")
-    state = load_file(tmp_path / "hf" / "model.safetensors")
-    del state["visual_projection.weight"]
-    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    drop_tensor(tmp_path / "hf" / "model.safetensors", "visual_projection.weight")
     with pytest.raises(CheckpointMismatchError, match="visual_projection.weight"):
         create_extractor("clip-frames", backend="hf", weights=str(tmp_path / "hf")).load()
 
