@@ -398,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="node report extractors (default: paper on cuda, small on cpu)")
     parser.add_argument("--json", type=Path, help="node report: also write its numbers here")
     args = parser.parse_args(argv)
+    # distributed gives its loggers a handler of their own when first imported, unless the
+    # root logger has one by then; it then leaves them to the root's handler, so a library
+    # that configured the root first (open_clip's logging.info did: basicConfig) turned
+    # every local cluster's INFO records into "INFO:distributed..." lines. Imported first,
+    # distributed keeps its own handler, which the clusters silence below WARNING.
+    import distributed  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

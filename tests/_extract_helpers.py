@@ -1,6 +1,6 @@
-"""The test extractor the stage-one tests share (test_extract*.py).
+"""What the stage-one tests share (test_extract*.py): a test extractor, clips, a cluster.
 
-It is shipped to Dask workers and decode processes by value (cloudpickle), so it needs no
+The extractor is shipped to Dask workers and decode processes by value (cloudpickle), so it needs no
 registry entry and no ``tests/`` on the workers' path; it counts its calls in a file
 because the work happens in other processes.
 """
@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import numpy as np
 
 from aigvqa.extractors.base import Extractor
+from aigvqa.extractors.decode import write_video
+from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.extractors.views import KeyFramesView
+from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -82,3 +89,29 @@ class MeanColour(Extractor):
         prov = super().provenance()
         prov["config"] = {k: v for k, v in self.config().items() if k not in BOOKKEEPING}
         return prov
+
+
+def moving_clips(folder: Path, count: int, n_frames: int) -> list[VideoRecord]:
+    """``count`` records v0, v1, ... of moving-pattern clips (32 x 48 at 8 fps, seed i),
+    labelled mos = i."""
+    return [
+        VideoRecord(
+            f"v{i}",
+            write_video(folder / f"v{i}.mp4", moving_pattern(n_frames, 32, 48, seed=i), 8),
+            labels={"mos": float(i)},
+        )
+        for i in range(count)
+    ]
+
+
+@contextmanager
+def two_worker_client(dask_config: dict[str, Any] | None = None) -> Iterator[Any]:
+    """A client of a LocalCluster of 2 worker processes (``dask_config`` set while it runs)."""
+    import dask
+    from distributed import Client
+
+    from aigvqa.pipeline.extract.cluster import local_cluster
+
+    with dask.config.set(dask_config or {}):
+        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as client:
+            yield client

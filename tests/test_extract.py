@@ -16,7 +16,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from _extract_helpers import MeanColour
+from _extract_helpers import MeanColour, two_worker_client
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
@@ -97,11 +97,7 @@ def calls(log: Path) -> int:
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 

@@ -17,33 +17,22 @@ import time
 from pathlib import Path
 
 import pytest
-from _extract_helpers import MeanColour
+from _extract_helpers import MeanColour, moving_clips, two_worker_client
 
 from aigvqa.cache.store import FeatureCache
-from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.records import VideoRecord
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [
-        VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(8, 32, 48, seed=i), 8),
-                    labels={"mos": float(i)})
-        for i in range(6)
-    ]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=6, n_frames=8)
 
 
 def calls(log: Path) -> int:

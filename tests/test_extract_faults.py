@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _extract_helpers import MeanColour
+from _extract_helpers import MeanColour, moving_clips, two_worker_client
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.extract import run as run_module
 from aigvqa.pipeline.records import VideoRecord
@@ -42,24 +41,13 @@ def calls(log: Path) -> int:
 def client():
     """2 worker processes; a task is given up after its second worker death, so the
     poison-video test needs 4 deaths instead of 8."""
-    import dask
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
-            yield c
+    with two_worker_client({"distributed.scheduler.allowed-failures": 1}) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [
-        VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(10, 32, 48, seed=i), 8),
-                    labels={"mos": float(i)})
-        for i in range(8)
-    ]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=8, n_frames=10)
 
 
 def test_a_worker_dying_mid_run_is_retried_and_every_id_lands_once(client, records, tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from _extract_helpers import MeanColour
+from _extract_helpers import MeanColour, two_worker_client
 
 from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
@@ -206,11 +206,7 @@ def test_a_hanging_decoder_is_killed_after_the_timeout_and_only_its_video_fails(
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 

@@ -19,14 +19,13 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import moving_clips, two_worker_client
 
 from aigvqa import __version__
 from aigvqa.errors import WeightsNotFoundError
 from aigvqa.extractors.base import Extractor
-from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract
-from aigvqa.pipeline.extract.cluster import ClusterError, local_cluster
+from aigvqa.pipeline.extract.cluster import ClusterError
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -74,11 +73,9 @@ class NeedsWeights(Extractor):
 def cluster():
     """A LocalCluster of 2 worker processes without $AIGVQA_WEIGHTS in their environment,
     reached by address (as an existing cluster is)."""
-    from distributed import Client
-
     saved = os.environ.pop("AIGVQA_WEIGHTS", None)
     try:
-        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as client:
+        with two_worker_client() as client:
             yield client
     finally:
         if saved is not None:
@@ -87,9 +84,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(6, 32, 48, seed=i), 8),
-                        labels={"mos": float(i)}) for i in range(3)]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=3, n_frames=6)
 
 
 @pytest.fixture

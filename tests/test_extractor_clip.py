@@ -157,6 +157,30 @@ def test_frames_and_text_share_one_model_per_checkpoint(tmp_path):
     assert other.towers_.model is not frames_ex.towers_.model
 
 
+def test_building_an_open_clip_model_leaves_the_root_logger_unconfigured():
+    """open_clip logs with ``logging.info(...)``, which runs ``logging.basicConfig()`` on a
+    root logger without handlers; the root kept that handler, so distributed, imported
+    later (the stage-one bench), added none of its own and every local cluster printed
+    its INFO records ("INFO:distributed.scheduler:...") through it."""
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]  # pytest's own capture handlers: a fresh process has none
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        tiny("clip-frames", random_init=True).load()
+        tiny("clip-text", random_init=True).load()
+        left = root.handlers[:]
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+    assert left == []
+    assert not any(isinstance(f, clip._DropOpenClipRandomNotice) for f in root.filters)
+
+
 @pytest.mark.slow
 def test_default_vit_b_32_random_init_shapes(video):
     frames_ex = create_extractor("clip-frames", random_init=True, n_frames=4)
