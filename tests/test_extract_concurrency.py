@@ -50,9 +50,16 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
         try:
             # chunks of one video, merged only at the end: while the first run goes, its
             # landed shards lie in the shard folder, where the second run would find them
-            reports[name] = extract(records, [MeanColour(log=str(log), sleep=0.15)], cache,
-                                    client=client, chunk_size=1, merge_every=1000,
-                                    progress=False, decode_workers=0)
+            reports[name] = extract(
+                records,
+                [MeanColour(log=str(log), sleep=0.15)],
+                cache,
+                client=client,
+                chunk_size=1,
+                merge_every=1000,
+                progress=False,
+                decode_workers=0,
+            )
         except BaseException as err:  # noqa: BLE001 - reported by the assertion below
             errors.append((name, err))
 
@@ -82,14 +89,43 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
 
 def run_cli_pair(tmp_path: Path, records) -> list[subprocess.CompletedProcess]:
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records))
+    manifest.write_text(
+        "video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records)
+    )
     cache = tmp_path / "feats.h5"
-    command = [sys.executable, "-m", "aigvqa.pipeline.cli", "extract", str(manifest), "--cache", str(cache),
-               "--extractors", "handcrafted", "--workers", "1", "--chunk-size", "1", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "aigvqa.pipeline.cli",
+        "extract",
+        str(manifest),
+        "--cache",
+        str(cache),
+        "--extractors",
+        "handcrafted",
+        "--workers",
+        "1",
+        "--chunk-size",
+        "1",
+        "--no-progress",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     done = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)

@@ -33,7 +33,9 @@ def calls(log: Path) -> int:
     """Videos computed: forward calls log their item counts, and batches mix videos (a
     call may hold several videos' key frames), so count items, 4 key frames a video."""
     items = sum(int(line) for line in log.read_text().split()) if log.exists() else 0
-    assert items % 4 == 0, f"a video's key frames were split between logged and unlogged calls: {items}"
+    assert items % 4 == 0, (
+        f"a video's key frames were split between logged and unlogged calls: {items}"
+    )
     return items // 4
 
 
@@ -52,8 +54,14 @@ def records(tmp_path_factory) -> list[VideoRecord]:
 
 def test_a_worker_dying_mid_run_is_retried_and_every_id_lands_once(client, records, tmp_path):
     cache, marker = tmp_path / "feats.h5", tmp_path / "killed"
-    report = extract(records[:6], [MeanColour(kill_once=str(marker))], cache, client=client,
-                     chunk_size=2, progress=False)
+    report = extract(
+        records[:6],
+        [MeanColour(kill_once=str(marker))],
+        cache,
+        client=client,
+        chunk_size=2,
+        progress=False,
+    )
     assert marker.exists()  # a worker really died
     ids = FeatureCache(cache).ids("mean-colour")
     assert sorted(ids) == [r.video_id for r in records[:6]] and len(ids) == len(set(ids))
@@ -65,8 +73,9 @@ def test_a_video_that_kills_every_worker_fails_alone(client, records, tmp_path):
     black = write_video(tmp_path / "black.mp4", np.zeros((6, 32, 48, 3), np.uint8), 8)
     recs = records[:3] + [VideoRecord("black", black)]
     cache = tmp_path / "feats.h5"
-    report = extract(recs, [MeanColour(kill_on_black=True)], cache, client=client,
-                     chunk_size=4, progress=False)
+    report = extract(
+        recs, [MeanColour(kill_on_black=True)], cache, client=client, chunk_size=4, progress=False
+    )
     reader = FeatureCache(cache)
     assert sorted(reader.ids("mean-colour")) == ["v0", "v1", "v2"]
     [failure] = reader.failures()
@@ -78,8 +87,15 @@ def test_a_video_that_kills_every_worker_fails_alone(client, records, tmp_path):
 def run_until_killed(cache: str, log: str, video_dir: str) -> None:
     """The killed run (in a subprocess): its own 1-worker LocalCluster, slow chunks of 2."""
     recs = [VideoRecord(p.stem, p) for p in sorted(Path(video_dir).glob("v*.mp4"))]
-    extract(recs, [MeanColour(log=log, sleep=0.4)], cache, n_workers=1, chunk_size=2,
-            progress=False, dashboard_address=":0")
+    extract(
+        recs,
+        [MeanColour(log=log, sleep=0.4)],
+        cache,
+        n_workers=1,
+        chunk_size=2,
+        progress=False,
+        dashboard_address=":0",
+    )
 
 
 def landed_ids(cache: Path) -> set[str]:
@@ -94,7 +110,9 @@ def landed_ids(cache: Path) -> set[str]:
 
 
 @pytest.mark.slow  # a subprocess starting its own cluster: 6-12 s
-def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(client, records, tmp_path):
+def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(
+    client, records, tmp_path
+):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     video_dir = records[0].path.parent
     script = (
@@ -104,9 +122,13 @@ def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(c
         f"    t.run_until_killed({str(cache)!r}, {str(log)!r}, {str(video_dir)!r})\n"
     )
     (tmp_path / "killable.py").write_text(script)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "killable.py")], cwd=tmp_path,
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "killable.py")],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not landed_ids(cache) and proc.poll() is None and time.monotonic() < deadline:
@@ -147,8 +169,14 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
 
     monkeypatch.setattr(run_module.ExtractRun, "_merge_due", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
-        extract(records, [MeanColour(log=str(log), sleep=0.2)], cache, client=client,
-                chunk_size=1, progress=False)
+        extract(
+            records,
+            [MeanColour(log=str(log), sleep=0.2)],
+            cache,
+            client=client,
+            chunk_size=1,
+            progress=False,
+        )
     monkeypatch.undo()
     kept = set(FeatureCache(cache).ids("mean-colour"))
     assert len(kept) >= 2  # the two landed videos were merged before the interrupt surfaced

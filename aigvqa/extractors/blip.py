@@ -116,7 +116,9 @@ def blip_config(kwargs: dict[str, Any]):
     try:
         return BlipConfig(**kwargs)
     except Exception as exc:  # noqa: BLE001 - TypeError, ValueError or huggingface_hub's StrictDataclassError
-        raise ExtractorConfigError(f"blip_config {kwargs!r} is not a valid BlipConfig: {exc}") from exc
+        raise ExtractorConfigError(
+            f"blip_config {kwargs!r} is not a valid BlipConfig: {exc}"
+        ) from exc
 
 
 def square_size(size: Any) -> int:
@@ -149,8 +151,13 @@ def file_tokenizer(path: Path, max_tokens: int, vocab_size: int, source: str):
         )
 
     def tokenize(prompts: list[str]):
-        batch = tokenizer(prompts, padding="max_length", truncation=True, max_length=max_tokens,
-                          return_tensors="pt")
+        batch = tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )
         return batch["input_ids"], batch["attention_mask"]
 
     return tokenize
@@ -185,7 +192,8 @@ def prompt_rows(extractor, prompts, n: int) -> tuple[list[str], list[int]]:
     if prompts is None or len(prompts) != n:
         raise ValueError(
             f"extractor {extractor.name!r} scores frames against prompts: forward(items, prompts) "
-            f"needs one prompt per item ({n} items, got {None if prompts is None else len(prompts)})"
+            f"needs one prompt per item ({n} items, got "
+            f"{None if prompts is None else len(prompts)})"
         )
     unique = list(dict.fromkeys(prompts))
     index = {p: i for i, p in enumerate(unique)}
@@ -246,9 +254,15 @@ class BlipBackbone(TorchExtractor):
         encoder = self.blip_.model.text_encoder
         if image_embeds is None:
             return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        return encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds,
-                       encoder_attention_mask=image_mask).last_hidden_state
+        image_mask = torch.ones(
+            image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device
+        )
+        return encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
 
     def encode_frames_and_prompts(self, items: np.ndarray, prompts: list[str] | None):
         """(image tokens [B, N, D], ids and mask of the distinct prompts [P, L], each item's
@@ -280,13 +294,16 @@ class _BlipFamily(BlipBackbone):
         if self["blip_config"] is not None and not self["random_init"]:
             raise ExtractorConfigError(
                 f"extractor {self.name!r}: blip_config shapes a random-init model only; a "
-                "weights folder brings its own config.json (drop blip_config, or add random_init=True)"
+                "weights folder brings its own config.json (drop blip_config, or add "
+                "random_init=True)"
             )
 
     def resolve_weights(self) -> Path:
         """The ``save_pretrained`` folder this extractor would load."""
         snapshot = hf_cache_candidate(self["arch"], "config.json")
-        folder = Candidate(snapshot.where, snapshot.path.parent if snapshot.path is not None else None)
+        folder = Candidate(
+            snapshot.where, snapshot.path.parent if snapshot.path is not None else None
+        )
         return resolve_weights(
             self.name,
             self["weights"],
@@ -331,8 +348,9 @@ def _from_pretrained_checked(cls, folder: Path):
     import torch
 
     try:
-        model, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                          output_loading_info=True)
+        model, info = cls.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+        )
     except (RuntimeError, ValueError) as exc:  # transformers refuses size mismatches
         raise CheckpointMismatchError(
             f"checkpoint folder {folder} does not match its {cls.__name__} config: {exc}. Fix: use "
@@ -348,7 +366,9 @@ def _from_pretrained_checked(cls, folder: Path):
     unexpected = sorted(info.get("unexpected_keys") or [])
     shapes = [str(m) for m in info.get("mismatched_keys") or []]
     if missing or unexpected or shapes:
-        raise CheckpointMismatchError(format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes))
+        raise CheckpointMismatchError(
+            format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes)
+        )
     return model
 
 
@@ -377,9 +397,12 @@ def _build_itm(extractor: _BlipFamily, folder: Path | None) -> BlipModel:
     else:
         raise WeightsNotFoundError(
             f"BLIP folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}). Fix: "
-            "copy them from the model's snapshot (the processor's tokenizer.save_pretrained(folder))."
+            "copy them from the model's snapshot (the processor's "
+            "tokenizer.save_pretrained(folder))."
         )
-    return BlipModel(model, identity, mean, std, square_size(config.vision_config.image_size), tokenize)
+    return BlipModel(
+        model, identity, mean, std, square_size(config.vision_config.image_size), tokenize
+    )
 
 
 @register_extractor("blip-itm")
@@ -445,11 +468,20 @@ class BlipText(_BlipFamily):
 
 
 # ImageReward moved to its own family module; its names stay importable from here.
-_MOVED_TO_IMAGEREWARD = frozenset({
-    "IMAGEREWARD_CONFIG", "IMAGEREWARD_FILE", "IMAGEREWARD_MEAN", "IMAGEREWARD_REPO",
-    "IMAGEREWARD_STD", "IMAGEREWARD_UNUSED_PREFIXES", "REWARD_LINEAR_INDICES", "REWARD_WIDTHS",
-    "ImageRewardFrames", "load_imagereward_checkpoint",
-})
+_MOVED_TO_IMAGEREWARD = frozenset(
+    {
+        "IMAGEREWARD_CONFIG",
+        "IMAGEREWARD_FILE",
+        "IMAGEREWARD_MEAN",
+        "IMAGEREWARD_REPO",
+        "IMAGEREWARD_STD",
+        "IMAGEREWARD_UNUSED_PREFIXES",
+        "REWARD_LINEAR_INDICES",
+        "REWARD_WIDTHS",
+        "ImageRewardFrames",
+        "load_imagereward_checkpoint",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -255,7 +255,9 @@ class _ClipFamily(TorchExtractor):
         if self["backend"] == "open_clip":
             import open_clip
 
-            return _as_square_size(open_clip.get_model_config(self["arch"])["vision_cfg"]["image_size"])
+            return _as_square_size(
+                open_clip.get_model_config(self["arch"])["vision_cfg"]["image_size"]
+            )
         if self["random_init"]:
             from transformers import CLIPVisionConfig
 
@@ -533,7 +535,9 @@ class ClipFrames(_ClipFamily):
                 features = _open_clip_image(towers.model, images, self["pre_projection"])
             else:
                 pooled = towers.model.vision_model(pixel_values=images).pooler_output
-                features = pooled if self["pre_projection"] else towers.model.visual_projection(pooled)
+                features = (
+                    pooled if self["pre_projection"] else towers.model.visual_projection(pooled)
+                )
         return features.float().cpu().numpy()
 
 
@@ -559,7 +563,9 @@ class ClipText(_ClipFamily):
             if towers.backend == "open_clip":
                 pooled, tokens = _open_clip_text(towers.model, ids)
             else:
-                out = towers.model.text_model(input_ids=ids, attention_mask=mask.to(self.device_).long())
+                out = towers.model.text_model(
+                    input_ids=ids, attention_mask=mask.to(self.device_).long()
+                )
                 pooled = towers.model.text_projection(out.pooler_output)
                 tokens = towers.model.text_projection(out.last_hidden_state)
         return {

@@ -82,12 +82,21 @@ IMAGEREWARD_CONFIG: dict[str, Any] = {
     # BERT-base text encoder (BLIP's med_config: vocabulary 30524 with [DEC] and [ENC])
     # whose cross-attention reads the 1024-wide image tokens.
     "vision_config": {
-        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-        "num_attention_heads": 16, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 224,
+        "patch_size": 16,
+        "layer_norm_eps": 1e-6,
     },
     "text_config": {
-        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "vocab_size": 30524, "max_position_embeddings": 512,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "vocab_size": 30524,
+        "max_position_embeddings": 512,
         "layer_norm_eps": 1e-12,
     },
     "image_text_hidden_size": 256,
@@ -133,15 +142,15 @@ def _imagereward_key(key: str) -> str | None:
     if key.endswith("position_ids") or key.startswith(IMAGEREWARD_UNUSED_PREFIXES):
         return None
     if key.startswith("mlp.layers."):
-        return "mlp." + key[len("mlp.layers."):]
+        return "mlp." + key[len("mlp.layers.") :]
     if not key.startswith("blip."):
         return key  # left as is: the strict load reports it as unexpected
-    name = key[len("blip."):]
+    name = key[len("blip.") :]
     if name.startswith("text_encoder."):
         return name  # BLIP's med.py BERT and transformers' BlipTextModel share the names
     for old, new in _VISION_RENAMES:
         if name.startswith(old):
-            name = new + name[len(old):]
+            name = new + name[len(old) :]
             break
     if name.startswith("vision_model.encoder.layers."):
         for old, new in _BLOCK_RENAMES:
@@ -205,7 +214,9 @@ class ImageRewardFrames(BlipBackbone):
             filenames=(IMAGEREWARD_FILE,),
             cache_candidates=[
                 hf_cache_candidate(IMAGEREWARD_REPO, IMAGEREWARD_FILE),
-                Candidate(f"image-reward package download cache ({download_cache.parent})", download_cache),
+                Candidate(
+                    f"image-reward package download cache ({download_cache.parent})", download_cache
+                ),
             ],
             how_to_get=(
                 f"Real weights: {IMAGEREWARD_FILE} from the Hugging Face repo {IMAGEREWARD_REPO} "
@@ -229,7 +240,8 @@ class ImageRewardFrames(BlipBackbone):
             if path.is_file() or has_tokenizer(path):
                 return path
             raise WeightsNotFoundError(
-                f"tokenizer={explicit!r} for extractor {self.name!r} is neither a vocab.txt file nor "
+                f"tokenizer={explicit!r} for extractor {self.name!r} is neither a vocab.txt file "
+                "nor "
                 f"a folder holding {' or '.join(TOKENIZER_FILES)}. Fix: point it at "
                 "bert-base-uncased's tokenizer files."
             )
@@ -247,10 +259,12 @@ class ImageRewardFrames(BlipBackbone):
                 return candidate.path.parent
             searched.append(candidate.where)
         raise WeightsNotFoundError(
-            f"no tokenizer found for extractor {self.name!r} (ImageReward uses bert-base-uncased's, "
+            f"no tokenizer found for extractor {self.name!r} (ImageReward uses "
+            "bert-base-uncased's, "
             "which ImageReward.pt does not hold). Searched:\n"
             + "\n".join(f"  - {place}" for place in searched)
-            + f"\nFix: put bert-base-uncased's vocab.txt (or tokenizer.json) beside {checkpoint.name}, "
+            + "\nFix: put bert-base-uncased's vocab.txt (or tokenizer.json) beside "
+            f"{checkpoint.name}, "
             "or pass tokenizer=<folder or vocab.txt>."
         )
 
@@ -281,10 +295,19 @@ class ImageRewardFrames(BlipBackbone):
             identity = weights_identity(checkpoint)
         model.config = config  # a plain module: give it the config BlipForImageTextRetrieval has
         max_tokens, vocab = int(self["max_tokens"]), int(config.text_config.vocab_size)
-        tokenize = (stand_in_tokenizer(max_tokens, vocab) if tokenizer is None
-                    else file_tokenizer(tokenizer, max_tokens, vocab, "ImageReward"))
-        return BlipModel(model, identity, OPENAI_MEAN, OPENAI_STD,
-                         square_size(config.vision_config.image_size), tokenize)
+        tokenize = (
+            stand_in_tokenizer(max_tokens, vocab)
+            if tokenizer is None
+            else file_tokenizer(tokenizer, max_tokens, vocab, "ImageReward")
+        )
+        return BlipModel(
+            model,
+            identity,
+            OPENAI_MEAN,
+            OPENAI_STD,
+            square_size(config.vision_config.image_size),
+            tokenize,
+        )
 
     def forward(self, items: np.ndarray, prompts: list[str] | None = None) -> np.ndarray:
         import torch

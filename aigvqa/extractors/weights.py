@@ -77,7 +77,9 @@ def hf_cache_candidate(repo_id: str, filename: str, revision: str | None = None)
     try:
         from huggingface_hub import constants, try_to_load_from_cache
     except ImportError:
-        return Candidate(f"Hugging Face hub cache: {repo_id}/{filename} (huggingface_hub not installed)", None)
+        return Candidate(
+            f"Hugging Face hub cache: {repo_id}/{filename} (huggingface_hub not installed)", None
+        )
     where = f"Hugging Face hub cache ({constants.HF_HUB_CACHE}): repo {repo_id}, file {filename}"
     found = try_to_load_from_cache(repo_id, filename, revision=revision)
     return Candidate(where, Path(found) if isinstance(found, str) else None)
@@ -136,7 +138,9 @@ def resolve_weights(
             searched.append(f"explicit path {path} (a file; {name} needs a folder)")
         else:
             searched.append(f"explicit path {path} (does not exist)")
-        raise WeightsNotFoundError(_not_found_message(name, searched, filenames, folder, how_to_get, explicit=True))
+        raise WeightsNotFoundError(
+            _not_found_message(name, searched, filenames, folder, how_to_get, explicit=True)
+        )
 
     root = weights_root()
     for sub in env_folders or (name,):
@@ -155,12 +159,16 @@ def resolve_weights(
         if candidate.exists():
             if folder or candidate.path.is_file():
                 return candidate.path
-        searched.append(candidate.where + ("" if candidate.path is None else f" -> {candidate.path}"))
+        searched.append(
+            candidate.where + ("" if candidate.path is None else f" -> {candidate.path}")
+        )
 
     raise WeightsNotFoundError(_not_found_message(name, searched, filenames, folder, how_to_get))
 
 
-_SEARCHER: contextvars.ContextVar[str | None] = contextvars.ContextVar("aigvqa_weights_searcher", default=None)
+_SEARCHER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "aigvqa_weights_searcher", default=None
+)
 
 
 @contextlib.contextmanager
@@ -193,12 +201,17 @@ def _not_found_message(
     if who is None:
         lines = [f"no weights found for extractor {name!r}. Searched:"]
     else:
-        lines = [f"no weights found for extractor {name!r} by {who}, which looks in its own "
-                 "environment and file system, not the client's. Searched there:"]
+        lines = [
+            f"no weights found for extractor {name!r} by {who}, which looks in its own "
+            "environment and file system, not the client's. Searched there:"
+        ]
     lines += [f"  - {place}" for place in searched]
     if explicit:
-        lines.append(f"Fix: pass weights=<path> pointing at an existing {'folder' if folder else 'checkpoint file'}"
-                     + (" that the workers can read." if who else "."))
+        lines.append(
+            "Fix: pass weights=<path> pointing at an existing "
+            f"{'folder' if folder else 'checkpoint file'}"
+            + (" that the workers can read." if who else ".")
+        )
     elif who is None:
         lines.append(
             f"Fix: put the checkpoint at {put}, or pass weights=<path>"
@@ -225,7 +238,9 @@ def sha256_of(path: str | os.PathLike) -> str:
     path = Path(path).resolve()
     if path.is_dir():
         digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        for file in sorted(
+            p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+        ):
             digest.update(file.relative_to(path).as_posix().encode())
             digest.update(sha256_of(file).encode())
         return digest.hexdigest()
@@ -246,7 +261,9 @@ def weights_identity(path: str | os.PathLike) -> str:
     return f"sha256:{sha256_of(path)}"
 
 
-_ANNOUNCE: contextvars.ContextVar[bool] = contextvars.ContextVar("aigvqa_announce_random_init", default=True)
+_ANNOUNCE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aigvqa_announce_random_init", default=True
+)
 
 
 @contextlib.contextmanager
@@ -357,7 +374,7 @@ def load_state_dict_file(
     state = dict(state)
     for prefix in strip_prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -385,7 +402,9 @@ def load_state_dict_strict(model, state_dict: Mapping[str, Any], source: str | o
     model.load_state_dict(state_dict, strict=True)
 
 
-def format_checkpoint_mismatch(model_name: str, source, missing, unexpected, shapes, limit: int = 12) -> str:
+def format_checkpoint_mismatch(
+    model_name: str, source, missing, unexpected, shapes, limit: int = 12
+) -> str:
     def listing(title: str, items: list[str]) -> list[str]:
         if not items:
             return []
@@ -414,14 +433,27 @@ def format_checkpoint_mismatch(model_name: str, source, missing, unexpected, sha
 # state, every other global is refused, and the TorchScript source is only *read* (as
 # text) for which attributes are parameters and buffers.
 
-_TORCHSCRIPT_LIST_BUILDERS = frozenset({
-    "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
-    "build_genericlist", "restore_type_tag",
-})
+_TORCHSCRIPT_LIST_BUILDERS = frozenset(
+    {
+        "build_intlist",
+        "build_tensorlist",
+        "build_doublelist",
+        "build_boollist",
+        "build_genericlist",
+        "restore_type_tag",
+    }
+)
 _STORAGE_DTYPE_NAMES = {
-    "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "DoubleStorage": "float64",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
 }
 
 
@@ -450,7 +482,7 @@ def _class_tensor_names(archive, prefix: str) -> dict[tuple[str, str], set[str]]
     for member in archive.namelist():
         if not (member.startswith(code_root) and member.endswith(".py")):
             continue
-        module = member[len(code_root):-len(".py")].replace("/", ".")
+        module = member[len(code_root) : -len(".py")].replace("/", ".")
         current = None
         for line in archive.read(member).decode("utf-8", "replace").splitlines():
             header = re.match(r"class ([\w.]+)\(Module\):", line)
@@ -485,17 +517,23 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise CheckpointMismatchError(f"{path}: not a TorchScript archive (no single <name>/data.pkl)")
+            raise CheckpointMismatchError(
+                f"{path}: not a TorchScript archive (no single <name>/data.pkl)"
+            )
         prefix = pickles[0][: -len("/data.pkl")]
         if f"{prefix}/byteorder" in archive.namelist():
             order = archive.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
             if order != sys.byteorder:
-                raise CheckpointMismatchError(f"{path}: tensors stored {order}-endian; this machine is {sys.byteorder}")
+                raise CheckpointMismatchError(
+                    f"{path}: tensors stored {order}-endian; this machine is {sys.byteorder}"
+                )
         tensor_names = _class_tensor_names(archive, prefix)
         storages: dict[str, Any] = {}
         stubs: dict[tuple[str, str], type] = {}
 
-        def rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        def rebuild_tensor(
+            storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None
+        ):
             return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
 
         def rebuild_parameter(data, requires_grad=False, hooks=None):
@@ -518,7 +556,9 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                     return _StorageType(getattr(torch, _STORAGE_DTYPE_NAMES[name]))
                 if module == "torch.jit._pickle" and name in _TORCHSCRIPT_LIST_BUILDERS:
                     return lambda value, *rest: value
-                raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only tensors are read)")
+                raise pickle.UnpicklingError(
+                    f"refusing to load {module}.{name} (only tensors are read)"
+                )
 
             def persistent_load(self, pid):
                 kind, storage_type, key, _location, numel = pid
@@ -526,14 +566,24 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                     raise pickle.UnpicklingError(f"unknown persistent record {pid!r}")
                 if key not in storages:
                     raw = bytearray(archive.read(f"{prefix}/data/{key}"))
-                    flat = (torch.frombuffer(raw, dtype=storage_type.dtype) if raw
-                            else torch.empty(0, dtype=storage_type.dtype))
+                    flat = (
+                        torch.frombuffer(raw, dtype=storage_type.dtype)
+                        if raw
+                        else torch.empty(0, dtype=storage_type.dtype)
+                    )
                     storages[key] = flat[: int(numel)]
                 return storages[key]
 
         try:
             root = Unpickler(io.BytesIO(archive.read(pickles[0]))).load()
-        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, RuntimeError, EOFError) as err:
+        except (
+            pickle.UnpicklingError,
+            KeyError,
+            ValueError,
+            TypeError,
+            RuntimeError,
+            EOFError,
+        ) as err:
             raise CheckpointMismatchError(
                 f"{path}: cannot read the tensors of this TorchScript archive without running its "
                 f"code ({err}); on a machine you trust, convert it once to a state dict: "
