@@ -71,9 +71,8 @@ def decode_ceiling(paths: list[Path], views, processes: int) -> float:
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_decoder) as pool:
-        list(
-            pool.map(_decode_views, [str(p) for p in paths[:processes]], [views] * processes)
-        )  # warm-up
+        warm = [str(p) for p in paths[:processes]]
+        list(pool.map(_decode_views, warm, [views] * processes))  # warm-up
         started = time.perf_counter()
         list(pool.map(_decode_views, [str(p) for p in paths], [views] * len(paths)))
         return len(paths) / (time.perf_counter() - started)

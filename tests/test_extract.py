@@ -156,9 +156,8 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
-    assert reader.group_info("handcrafted").columns == list(
-        FEATURE_NAMES
-    )  # named for outside readers
+    # named for outside readers
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
@@ -436,9 +435,8 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
         ]
     )
     out = capsys.readouterr()
-    assert code == 1, (
-        out.err
-    )  # one video failed: the exit status says so (0 only when all succeeded)
+    # one video failed: the exit status says so (0 only when all succeeded)
+    assert code == 1, out.err
     assert "2 succeeded, 1 failed, 0 skipped" in out.out
     info = FeatureCache(cache).group_info("handcrafted")
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
@@ -786,8 +784,8 @@ def test_a_forward_failure_stops_the_decoding_of_that_video(videos, tmp_path, mo
         [FailsOnItsFirstBatch()],
         str(tmp_path / "shard.h5"),
         videos_in_flight=2,
-        decode_ahead_bytes=1,
-    )  # one item at a time: no run-ahead
+        decode_ahead_bytes=1,  # one item at a time: no run-ahead
+    )
     assert result.done["fails-early"] == []
     assert {vid for vid, _, _ in result.failures} == {"good0", "good1"}
     # the decoder thread gave up after a few of each video's 12 items (the retry alone
