@@ -1,7 +1,8 @@
 """Decoder and view-streaming benchmark (prints measured numbers; not a test).
 
     python bench/decode.py                  # decoder table + stream_views throughput + memory
-    python bench/decode.py --long 600       # memory check on a 10-minute 1080p clip (slow to encode)
+    python bench/decode.py --long 600       # memory check on a 10-minute 1080p clip
+                                            # (slow to encode)
 
 1. Decoders: ms to decode every frame of a 4 s 512x512 24 fps clip to RGB uint8 with
    PyAV (what aigvqa uses; FFmpeg threads auto / 1), OpenCV and decord (when installed;
@@ -149,10 +150,12 @@ def throughput(path: Path) -> None:
         f"## stream_views on {info.width}x{info.height}, {info.num_frames} frames, {info.fps} fps"
     )
     print(
-        f"stage-one views: {seconds:.2f} s = {info.num_frames / seconds:.1f} frames/s; items {counts}"
+        f"stage-one views: {seconds:.2f} s = {info.num_frames / seconds:.1f} frames/s; "
+        f"items {counts}"
     )
     print(
-        f"decode + RGB of every frame alone: {decode_only:.2f} s = {decoded / decode_only:.1f} frames/s\n"
+        f"decode + RGB of every frame alone: {decode_only:.2f} s = "
+        f"{decoded / decode_only:.1f} frames/s\n"
     )
 
 

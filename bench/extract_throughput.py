@@ -69,8 +69,13 @@ from aigvqa.pipeline.records import VideoRecord
 MIX = {
     # Small backbones on HD input: the mix where decoding matters (a ViT-B on CPU would
     # hide any decode cost). Random init: same compute as trained weights.
-    "clip-frames": {"arch": "ViT-S-32", "pretrained": "", "n_frames": 8, "random_init": True,
-                    "batch_size": 8},
+    "clip-frames": {
+        "arch": "ViT-S-32",
+        "pretrained": "",
+        "n_frames": 8,
+        "random_init": True,
+        "batch_size": 8,
+    },
     "vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 8},
     "handcrafted": {"max_frames": 16, "size": 128},
 }
@@ -84,8 +89,10 @@ def make_clip(path: Path, seconds: float, height: int, width: int, seed: int) ->
         return path
     import cv2
 
-    base = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-            for f in moving_pattern(24, max(2, height // 4), max(2, width // 4), seed=seed)]
+    base = [
+        cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+        for f in moving_pattern(24, max(2, height // 4), max(2, width // 4), seed=seed)
+    ]
     n = int(round(seconds * FPS))
     tmp = path.with_suffix(".tmp.mp4")
     write_video(tmp, (base[i % len(base)] for i in range(n)), FPS)
@@ -169,8 +176,14 @@ def pure_forward(models, paths) -> float:
 
 
 # -- (b), (c): the pipeline -------------------------------------------------------------------
-def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2,
-             decode_workers: int | None = None, mix=None) -> tuple[float, float, int]:
+def pipeline(
+    paths,
+    n_workers: int,
+    workdir: Path,
+    videos_in_flight: int = 2,
+    decode_workers: int | None = None,
+    mix=None,
+) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds of the worker processes and their decode processes,
     decode processes per worker) of one ``extract`` run, after a warm-up run on two other
     ids (models loaded, decode processes started)."""
@@ -209,7 +222,9 @@ def pipeline(paths, n_workers: int, workdir: Path, videos_in_flight: int = 2,
     return seconds, cpu, report.decode_workers
 
 
-def worker_peak_rss(path: Path, workdir: Path, tag: str, decode_workers: int = 2) -> tuple[float, float, float]:
+def worker_peak_rss(
+    path: Path, workdir: Path, tag: str, decode_workers: int = 2
+) -> tuple[float, float, float]:
     """(MiB after loading the models, peak MiB of the worker, peak MiB of its decode processes
     together) while a fresh worker extracts ``path`` twice with ``decode_workers`` decode
     processes; sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of
@@ -255,20 +270,35 @@ def worker_peak_rss(path: Path, workdir: Path, tag: str, decode_workers: int = 2
         # start the decode processes before sampling: between fork and exec a new process
         # briefly counts all of the worker's pages as its own RSS
         warm = make_clip(workdir / "rss-warm.mp4", 1, 64, 64, seed=1)
-        client.submit(ex.run_video_chunk, [VideoRecord(f"{tag}-warm", warm)], extractors,
-                      str(workdir / f"rss-{tag}-warm.h5"), decode_workers=decode_workers,
-                      decode_threads=1, pure=False).result()
+        client.submit(
+            ex.run_video_chunk,
+            [VideoRecord(f"{tag}-warm", warm)],
+            extractors,
+            str(workdir / f"rss-{tag}-warm.h5"),
+            decode_workers=decode_workers,
+            decode_threads=1,
+            pure=False,
+        ).result()
         (loaded,) = client.run(start_sampling).values()
         # one worker task over the clip twice (two ids): both decode processes busy
         records = [VideoRecord(f"{tag}-{k}", path) for k in range(2)]
-        client.submit(ex.run_video_chunk, records, extractors, str(workdir / f"rss-{tag}.h5"),
-                      decode_workers=decode_workers, decode_threads=1, pure=False).result()
+        client.submit(
+            ex.run_video_chunk,
+            records,
+            extractors,
+            str(workdir / f"rss-{tag}.h5"),
+            decode_workers=decode_workers,
+            decode_threads=1,
+            pure=False,
+        ).result()
         ((peak, children),) = client.run(stop_sampling).values()
     return loaded, peak, children
 
 
 # -- the decode pool ------------------------------------------------------------------------
-POOL_MIX = {"vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 64}}
+POOL_MIX = {
+    "vit-keyframes": {"arch": "vit_tiny_patch16_224", "random_init": True, "batch_size": 64}
+}
 
 
 def pool_bound(paths) -> tuple[float, float, float]:
@@ -299,17 +329,27 @@ def pool_bound(paths) -> tuple[float, float, float]:
 def pool_comparison(paths, workdir: Path) -> dict:
     """videos/s of 1 model worker with 1 and with 2 decode processes (POOL_MIX)."""
     d, f, best = pool_bound(paths)
-    print(f"per video, one process each: decode + key frames {1e3 * d:.0f} ms, forward {1e3 * f:.0f} ms: "
-          f"(p2)/(p1) can reach at most {best:.2f} on {os.cpu_count()} cores", flush=True)
+    print(
+        f"per video, one process each: decode + key frames {1e3 * d:.0f} ms, "
+        f"forward {1e3 * f:.0f} ms: "
+        f"(p2)/(p1) can reach at most {best:.2f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     times = {}
     for n in (1, 2):
         times[n], cpu, _ = pipeline(paths, 1, workdir, decode_workers=n, mix=POOL_MIX)
-        print(f"(p{n}) 1 model worker, {n} decode process(es): {times[n]:.1f} s "
-              f"({len(paths) / times[n]:.2f} videos/s, {cpu:.1f} CPU s)", flush=True)
+        print(
+            f"(p{n}) 1 model worker, {n} decode process(es): {times[n]:.1f} s "
+            f"({len(paths) / times[n]:.2f} videos/s, {cpu:.1f} CPU s)",
+            flush=True,
+        )
     ratio = times[1] / times[2]
-    print(f"(p2)/(p1) decode workers 2 vs 1: {ratio:.2f} (target >= 1.5) "
-          f"{'met' if ratio >= 1.5 else 'NOT met'}; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores (other processes share them)", flush=True)
+    print(
+        f"(p2)/(p1) decode workers 2 vs 1: {ratio:.2f} (target >= 1.5) "
+        f"{'met' if ratio >= 1.5 else 'NOT met'}; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores (other processes share them)",
+        flush=True,
+    )
     return {"p1_seconds": times[1], "p2_seconds": times[2], "ratio": ratio, "bound": best}
 
 
@@ -344,23 +384,33 @@ def measure(paths, workdir: Path) -> tuple[dict, dict, dict]:
     del models
     runs = (("b", 1, 2, None), ("b0", 1, 2, 0), ("b1", 1, 1, 0), ("c", 2, 2, None), ("c1", 2, 1, 0))
     for key, workers, in_flight, decode_workers in runs:
-        times[key], cpu[key], pools[key] = pipeline(paths, workers, workdir, in_flight, decode_workers)
-        print(f"({key}) pipeline, {workers} worker(s), {pools[key]} decode process(es) each, "
-              f"videos_in_flight={in_flight}: {times[key]:.1f} s ({cpu[key]:.1f} CPU s in the workers)",
-              flush=True)
+        times[key], cpu[key], pools[key] = pipeline(
+            paths, workers, workdir, in_flight, decode_workers
+        )
+        print(
+            f"({key}) pipeline, {workers} worker(s), {pools[key]} decode process(es) each, "
+            f"videos_in_flight={in_flight}: {times[key]:.1f} s "
+            f"({cpu[key]:.1f} CPU s in the workers)",
+            flush=True,
+        )
     return times, cpu, pools
 
 
 def report(label: str, n: int, times: dict, cpu: dict) -> None:
     cores = os.cpu_count() or 1
     print()
-    print(f"input {label}; machine: {cores} cores, load average {os.getloadavg()[0]:.1f} "
-          "(other processes share these cores)")
+    print(
+        f"input {label}; machine: {cores} cores, load average {os.getloadavg()[0]:.1f} "
+        "(other processes share these cores)"
+    )
     print()
     print("| run | seconds | videos/s | throughput vs (a) |")
     print("|---|---:|---:|---:|")
     for row_label, key in ROWS:
-        print(f"| {row_label} | {times[key]:.1f} | {n / times[key]:.2f} | {times['a'] / times[key]:.2f}x |")
+        print(
+            f"| {row_label} | {times[key]:.1f} | {n / times[key]:.2f} "
+            f"| {times['a'] / times[key]:.2f}x |"
+        )
     print()
     ratios = [
         ("(b)/(a) decode once vs per extractor", times["a"] / times["b"], 2.0),
@@ -368,36 +418,75 @@ def report(label: str, n: int, times: dict, cpu: dict) -> None:
         ("(c)/(b) 2 workers vs 1", times["b"] / times["c"], 1.7),
     ]
     for ratio_label, value, target in ratios:
-        print(f"{ratio_label}: {value:.2f} (target >= {target}) {'met' if value >= target else 'NOT met'}")
+        print(
+            f"{ratio_label}: {value:.2f} (target >= {target}) "
+            f"{'met' if value >= target else 'NOT met'}"
+        )
     # What the cores allow: two workers need at least the CPU time of the work, divided
     # by the cores, so (c)/(b) cannot exceed (b) x cores / (CPU seconds of the work).
     work = min(cpu["b1"], cpu["b"])
-    print(f"(b) kept {cpu['b'] / times['b']:.2f} cores busy; the work costs {work:.1f} CPU s "
-          f"({1e3 * max(0.0, work - times['d']) / n:.0f} ms of decoding per video beside "
-          f"{1e3 * times['d'] / n:.0f} ms of forward), so on {cores} cores (c)/(b) can reach at most "
-          f"{min(2.0, times['b'] * cores / work):.2f} here")
+    print(
+        f"(b) kept {cpu['b'] / times['b']:.2f} cores busy; the work costs {work:.1f} CPU s "
+        f"({1e3 * max(0.0, work - times['d']) / n:.0f} ms of decoding per video beside "
+        f"{1e3 * times['d'] / n:.0f} ms of forward), so on {cores} cores (c)/(b) can reach at most "
+        f"{min(2.0, times['b'] * cores / work):.2f} here"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=None,
-                        help="clips per input (default 40; 200 with --device cuda)")
-    parser.add_argument("--inputs", default="hd,t2v",
-                        help="comma list of: " + ", ".join(f"{k} ({w}x{h}, {s:g} s)" for k, (s, h, w) in INPUTS.items()))
-    parser.add_argument("--only", default="rows,pool,rss",
-                        help="comma list of parts to run: rows (a)-(d), pool, rss (default: all)")
-    parser.add_argument("--pool-seconds", type=float, default=16.0,
-                        help="length of the 720p clips of the decode-pool comparison (default 16: "
-                        "8-s clips looped; the longer, the cheaper the model next to decoding)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=None,
+        help="clips per input (default 40; 200 with --device cuda)",
+    )
+    parser.add_argument(
+        "--inputs",
+        default="hd,t2v",
+        help="comma list of: "
+        + ", ".join(f"{k} ({w}x{h}, {s:g} s)" for k, (s, h, w) in INPUTS.items()),
+    )
+    parser.add_argument(
+        "--only",
+        default="rows,pool,rss",
+        help="comma list of parts to run: rows (a)-(d), pool, rss (default: all)",
+    )
+    parser.add_argument(
+        "--pool-seconds",
+        type=float,
+        default=16.0,
+        help="length of the 720p clips of the decode-pool comparison (default 16: "
+        "8-s clips looped; the longer, the cheaper the model next to decoding)",
+    )
     parser.add_argument("--data-dir", type=Path, help="keep generated clips here between runs")
-    parser.add_argument("--no-rss", action="store_true", help="skip the 10 s vs 120 s 1080p memory check")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU node report")
-    parser.add_argument("--node-report", action="store_true",
-                        help="run the GPU node report on --device (cpu: a smoke run of its CPU parts)")
-    parser.add_argument("--extractor-set", choices=("paper", "small"), default=None,
-                        help="node report extractors (default: paper on cuda, small on cpu)")
+    parser.add_argument(
+        "--no-rss", action="store_true", help="skip the 10 s vs 120 s 1080p memory check"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda: the GPU node report"
+    )
+    parser.add_argument(
+        "--node-report",
+        action="store_true",
+        help="run the GPU node report on --device (cpu: a smoke run of its CPU parts)",
+    )
+    parser.add_argument(
+        "--extractor-set",
+        choices=("paper", "small"),
+        default=None,
+        help="node report extractors (default: paper on cuda, small on cpu)",
+    )
     parser.add_argument("--json", type=Path, help="node report: also write its numbers here")
     args = parser.parse_args(argv)
+    # distributed gives its loggers a handler of their own when first imported, unless the
+    # root logger has one by then; it then leaves them to the root's handler, so a library
+    # that configured the root first (open_clip's logging.info did: basicConfig) turned
+    # every local cluster's INFO records into "INFO:distributed..." lines. Imported first,
+    # distributed keeps its own handler, which the clusters silence below WARNING.
+    import distributed  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -419,23 +508,34 @@ def main(argv: list[str] | None = None) -> int:
                 results[label] = measure(paths, workdir)
             for label, (times, cpu, _) in results.items():
                 seconds, height, width = INPUTS[label]
-                report(f"{label} ({n_videos} clips {width}x{height}, {seconds:g} s)", n_videos, times, cpu)
+                report(
+                    f"{label} ({n_videos} clips {width}x{height}, {seconds:g} s)",
+                    n_videos,
+                    times,
+                    cpu,
+                )
 
         if "pool" in parts:
             print()
             print("decode pool: " + ", ".join(f"{k} {v}" for k, v in POOL_MIX.items()), flush=True)
             base = clips(data, n_videos, min(8.0, args.pool_seconds), 720, 1280)
             times = max(1, round(args.pool_seconds / 8.0)) if args.pool_seconds > 8 else 1
-            paths = base if times == 1 else [
-                loop_clip(p, p.with_name(f"{p.stem}-x{times}.mp4"), times) for p in base]
+            paths = (
+                base
+                if times == 1
+                else [loop_clip(p, p.with_name(f"{p.stem}-x{times}.mp4"), times) for p in base]
+            )
             pool_comparison(paths, workdir)
 
         if "rss" in parts and not args.no_rss:
             print()
             short = make_clip(data / "rss-1080p-10s.mp4", 10, 1080, 1920, seed=99)
             long = loop_clip(short, data / "rss-1080p-120s.mp4", 12)
-            print("| input (1080p, 24 fps), 2 decode processes | worker RSS after loading models (MiB) "
-                  "| peak worker RSS (MiB) | peak RSS of its decode processes (MiB) |")
+            print(
+                "| input (1080p, 24 fps), 2 decode processes "
+                "| worker RSS after loading models (MiB) "
+                "| peak worker RSS (MiB) | peak RSS of its decode processes (MiB) |"
+            )
             print("|---|---:|---:|---:|")
             for label, path in (("10 s", short), ("120 s", long)):
                 loaded, peak, children = worker_peak_rss(path, workdir, label.replace(" ", ""))
@@ -445,10 +545,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def clips(data: Path, n: int, seconds: float, height: int, width: int) -> list[Path]:
     started = time.perf_counter()
-    paths = [make_clip(data / f"clip{width}x{height}-{seconds:g}s-{i:03d}.mp4", seconds, height, width, seed=i)
-             for i in range(n)]
-    print(f"{n} clips {width}x{height}, {seconds:g} s at {FPS} fps (made in "
-          f"{time.perf_counter() - started:.0f} s)", flush=True)
+    paths = [
+        make_clip(
+            data / f"clip{width}x{height}-{seconds:g}s-{i:03d}.mp4", seconds, height, width, seed=i
+        )
+        for i in range(n)
+    ]
+    print(
+        f"{n} clips {width}x{height}, {seconds:g} s at {FPS} fps (made in "
+        f"{time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     return paths
 
 

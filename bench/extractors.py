@@ -188,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"aigvqa extractor bench: {SECONDS} s {SIZE}x{SIZE} {FPS} fps clip, device {args.device}, "
         f"{machine['cpu_count']} CPU cores, torch threads {machine['torch_threads']}, "
-        f"load average {load_before[0]:.1f} (the CPU is shared with other work: numbers are upper bounds)"
+        f"load average {load_before[0]:.1f} "
+        "(the CPU is shared with other work: numbers are upper bounds)"
     )
-    print("*** every backbone is RANDOM-INIT (no weights offline): same compute, meaningless features ***")
+    print(
+        "*** every backbone is RANDOM-INIT (no weights offline): "
+        "same compute, meaningless features ***"
+    )
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for name, row in results.items():
         shape = row["output_shape"]
-        shape = "x".join(map(str, shape)) if isinstance(shape, list) else "x".join(map(str, shape["pooled"]))
+        shape = (
+            "x".join(map(str, shape))
+            if isinstance(shape, list)
+            else "x".join(map(str, shape["pooled"]))
+        )
         print(
             f"{name:<16} {row['items']:>5} {shape:>12} {row['decode_view_ms']:>15.0f} "
             f"{row['forward_ms']:>11.0f} {row['forward_cpu_ms']:>9.0f} {row['total_ms']:>9.0f} "

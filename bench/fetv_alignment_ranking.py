@@ -1,4 +1,5 @@
-"""How FETV's published automatic alignment scores rank videos (prints measured numbers; not a test).
+"""How FETV's published automatic alignment scores rank videos (prints measured numbers; not a
+test).
 
     python bench/fetv_alignment_ranking.py [--data ../shared/data/fetv]
 
@@ -33,7 +34,9 @@ SCORES = ("CLIPScore", "CLIPScore-ft", "BLIPScore", "UMTScore")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--label", default="alignment", help="static_quality | temporal_quality | alignment")
+    parser.add_argument(
+        "--label", default="alignment", help="static_quality | temporal_quality | alignment"
+    )
     args = parser.parse_args(argv)
     ratings = args.data / "fetv_ratings.csv"
     if not ratings.is_file():
@@ -42,17 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     with open(ratings, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["is_generated"] == "1"]
     print(f"FETV generated videos: {len(rows)}; MOS = {args.label}_mean (3 raters)")
-    print(f"{'score':<14} {'n':>5} {'pooled SRCC':>12} {'pair acc (in prompt)':>21} "
-          f"{'SRCC (in prompt)':>17} {'generator pair acc':>19}")
+    print(
+        f"{'score':<14} {'n':>5} {'pooled SRCC':>12} {'pair acc (in prompt)':>21} "
+        f"{'SRCC (in prompt)':>17} {'generator pair acc':>19}"
+    )
     for name in SCORES:
         kept = [r for r in rows if r.get(name, "") != ""]
         mos = np.array([float(r[f"{args.label}_mean"]) for r in kept])
         score = np.array([float(r[name]) for r in kept])
         prompts = [r["prompt_idx"] for r in kept]
         generators = [r["source_model"] for r in kept]
-        print(f"{name:<14} {len(kept):>5} {srcc(mos, score):>12.4f} "
-              f"{pairwise_accuracy(mos, score, prompts):>21.4f} {per_group_srcc(mos, score, prompts):>17.4f} "
-              f"{generator_rank_agreement(score, mos, generators)['pair_acc']:>19.3f}")
+        print(
+            f"{name:<14} {len(kept):>5} {srcc(mos, score):>12.4f} "
+            f"{pairwise_accuracy(mos, score, prompts):>21.4f} "
+            f"{per_group_srcc(mos, score, prompts):>17.4f} "
+            f"{generator_rank_agreement(score, mos, generators)['pair_acc']:>19.3f}"
+        )
     return 0
 
 

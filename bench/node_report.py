@@ -71,7 +71,8 @@ def decode_ceiling(paths: list[Path], views, processes: int) -> float:
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_decoder) as pool:
-        list(pool.map(_decode_views, [str(p) for p in paths[:processes]], [views] * processes))  # warm-up
+        warm = [str(p) for p in paths[:processes]]
+        list(pool.map(_decode_views, warm, [views] * processes))  # warm-up
         started = time.perf_counter()
         list(pool.map(_decode_views, [str(p) for p in paths], [views] * len(paths)))
         return len(paths) / (time.perf_counter() - started)
@@ -87,14 +88,17 @@ def pure_forward(models, paths: list[Path], device: str) -> float:
     video_models = [m for m in models if m.modality == "video"]
     views = {m.view().key: m.view() for m in video_models}
     decoded = [build_views(p, list(views.values())) for p in paths]
-    items = {m.name: [it for per_video in decoded for it in per_video[m.view().key]] for m in video_models}
+    items = {
+        m.name: [it for per_video in decoded for it in per_video[m.view().key]]
+        for m in video_models
+    }
 
     def run_all() -> None:
         for model in video_models:
             batch = int(model.config().get("batch_size", 16))
             todo = items[model.name]
             for start in range(0, len(todo), batch):
-                model.forward(np.stack(todo[start:start + batch]))
+                model.forward(np.stack(todo[start : start + batch]))
         for model in models:
             if model.modality == "text":
                 model.encode_text([PROMPT] * len(paths))
@@ -132,11 +136,23 @@ class GpuSampler:
         except Exception:  # noqa: BLE001 - no pynvml, no NVML: try nvidia-smi
             pass
         if shutil.which("nvidia-smi"):
+
             def smi() -> float:
                 out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
-                    capture_output=True, text=True, timeout=10, check=True)
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        "0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                )
                 return float(out.stdout.strip().splitlines()[0])
+
             return smi
         return None
 
@@ -159,8 +175,9 @@ class GpuSampler:
         return statistics.mean(self.samples) if self.samples else None
 
 
-def end_to_end(paths: list[Path], settings: dict, device: str, workdir: Path,
-               threads_per_worker: int = 1) -> tuple[float, float | None, int]:
+def end_to_end(
+    paths: list[Path], settings: dict, device: str, workdir: Path, threads_per_worker: int = 1
+) -> tuple[float, float | None, int]:
     """(videos/s, mean GPU utilisation or None, decode processes per worker) of ``extract``
     with ``threads_per_worker`` chunk tasks at once per model worker."""
     import importlib.util
@@ -173,15 +190,24 @@ def end_to_end(paths: list[Path], settings: dict, device: str, workdir: Path,
     if cuda and importlib.util.find_spec("dask_cuda") is not None:
         spec = ClusterSpec(gpus=True, threads_per_worker=threads_per_worker, dashboard_address=":0")
     else:
-        spec = ClusterSpec(n_workers=1, threads_per_worker=threads_per_worker, dashboard_address=":0")
+        spec = ClusterSpec(
+            n_workers=1, threads_per_worker=threads_per_worker, dashboard_address=":0"
+        )
     records = [VideoRecord(p.stem, p, prompt=f"{PROMPT} {i}") for i, p in enumerate(paths)]
     warm = [VideoRecord(f"warm-{r.video_id}", r.path, prompt=r.prompt) for r in records[:4]]
     with open_cluster(spec) as client:
-        extract(warm, settings, workdir / f"warm-{threads_per_worker}.h5", client=client, progress=False)
+        extract(
+            warm, settings, workdir / f"warm-{threads_per_worker}.h5", client=client, progress=False
+        )
         with GpuSampler() as gpu:
             started = time.perf_counter()
-            report = extract(records, settings, workdir / f"e2e-{threads_per_worker}.h5", client=client,
-                             progress=False)
+            report = extract(
+                records,
+                settings,
+                workdir / f"e2e-{threads_per_worker}.h5",
+                client=client,
+                progress=False,
+            )
             seconds = time.perf_counter() - started
     assert report.succeeded == len(records), report.summary()
     return len(records) / seconds, gpu.mean(), report.decode_workers
@@ -197,18 +223,27 @@ def node_report(args, data: Path, workdir: Path) -> dict:
     n = args.videos or (200 if cuda else 4)
     which = args.extractor_set or ("paper" if cuda else "small")
     settings = extractor_settings(which, device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     started = time.perf_counter()
-    paths = [make_clip(data / f"clip512x512-4s-{i:03d}.mp4", 4.0, 512, 512, seed=i) for i in range(n)]
-    print(f"{n} clips 512x512, 4 s at 24 fps (made in {time.perf_counter() - started:.0f} s); "
-          f"extractors ({which}, random init, {device}): {', '.join(settings)}", flush=True)
+    paths = [
+        make_clip(data / f"clip512x512-4s-{i:03d}.mp4", 4.0, 512, 512, seed=i) for i in range(n)
+    ]
+    print(
+        f"{n} clips 512x512, 4 s at 24 fps (made in {time.perf_counter() - started:.0f} s); "
+        f"extractors ({which}, random init, {device}): {', '.join(settings)}",
+        flush=True,
+    )
 
     models = [create_extractor(name, **config) for name, config in settings.items()]
     views = list({m.view().key: m.view() for m in models if m.modality == "video"}.values())
     ceiling = decode_ceiling(paths, views, cores)
     single = decode_ceiling(paths[: max(2, min(n, 8))], views, 1)
-    print(f"CPU decode ceiling: {ceiling:.2f} videos/s with {cores} processes, {single:.2f} with 1",
-          flush=True)
+    print(
+        f"CPU decode ceiling: {ceiling:.2f} videos/s with {cores} processes, {single:.2f} with 1",
+        flush=True,
+    )
 
     import torch
 
@@ -226,32 +261,49 @@ def node_report(args, data: Path, workdir: Path) -> dict:
         runs[threads] = end_to_end(paths, settings, device, workdir, threads)
         e2e, gpu, decode_workers = runs[threads]
         gpu_text = f"{gpu:.0f} %" if gpu is not None else "n/a (no GPU sampled)"
-        print(f"end to end, {threads} task thread(s) per model worker: {e2e:.2f} videos/s "
-              f"({decode_workers} decode processes per model worker), GPU utilisation mean {gpu_text}",
-              flush=True)
+        print(
+            f"end to end, {threads} task thread(s) per model worker: {e2e:.2f} videos/s "
+            f"({decode_workers} decode processes per model worker), "
+            f"GPU utilisation mean {gpu_text}",
+            flush=True,
+        )
     best = max(runs, key=lambda t: runs[t][0])
     e2e, gpu, decode_workers = runs[best]
     gpu_text = f"{gpu:.0f} %" if gpu is not None else "n/a (no GPU sampled)"
     result = {
-        "device": device, "videos": n, "extractors": which, "cores": cores,
+        "device": device,
+        "videos": n,
+        "extractors": which,
+        "cores": cores,
         "load_average": os.getloadavg()[0],
-        "end_to_end_videos_per_s": e2e, "gpu_utilisation_mean": gpu, "decode_workers": decode_workers,
-        "end_to_end_by_task_threads": {t: {"videos_per_s": r[0], "gpu_utilisation_mean": r[1]}
-                                       for t, r in runs.items()},
+        "end_to_end_videos_per_s": e2e,
+        "gpu_utilisation_mean": gpu,
+        "decode_workers": decode_workers,
+        "end_to_end_by_task_threads": {
+            t: {"videos_per_s": r[0], "gpu_utilisation_mean": r[1]} for t, r in runs.items()
+        },
         "task_threads_of_best": best,
-        "cpu_decode_ceiling_videos_per_s": ceiling, "cpu_decode_one_process_videos_per_s": single,
+        "cpu_decode_ceiling_videos_per_s": ceiling,
+        "cpu_decode_one_process_videos_per_s": single,
         "pure_forward_videos_per_s": forward,
-        "end_to_end_vs_decode_ceiling": e2e / ceiling, "end_to_end_vs_pure_forward": e2e / forward,
+        "end_to_end_vs_decode_ceiling": e2e / ceiling,
+        "end_to_end_vs_pure_forward": e2e / forward,
     }
     print()
     print("| what | videos/s |")
     print("|---|---:|")
-    print(f"| end to end (`aigvqa extract`, {best} task thread(s)), GPU utilisation {gpu_text} | {e2e:.2f} |")
+    print(
+        f"| end to end (`aigvqa extract`, {best} task thread(s)), "
+        f"GPU utilisation {gpu_text} | {e2e:.2f} |"
+    )
     print(f"| CPU decode ceiling, all views, {cores} processes | {ceiling:.2f} |")
     print(f"| CPU decode, 1 process | {single:.2f} |")
     print(f"| pure forward, batches across videos | {forward:.2f} |")
     print()
-    print(f"end to end / decode ceiling: {result['end_to_end_vs_decode_ceiling']:.2f} (target >= 0.75)")
+    print(
+        f"end to end / decode ceiling: {result['end_to_end_vs_decode_ceiling']:.2f} "
+        "(target >= 0.75)"
+    )
     print(f"end to end / pure forward: {result['end_to_end_vs_pure_forward']:.2f}")
     print(f"load average {result['load_average']:.1f} on {cores} cores")
     if args.json:

@@ -38,7 +38,9 @@ def received(monkeypatch, tmp_path):
         return report
 
     monkeypatch.setattr(extract_package, "extract", fake_extract)
-    monkeypatch.setattr(extract_package, "extractor_options", lambda path, names: {"handcrafted": {}})
+    monkeypatch.setattr(
+        extract_package, "extractor_options", lambda path, names: {"handcrafted": {}}
+    )
     monkeypatch.setattr("aigvqa.pipeline.manifest.read_manifest", lambda *a, **k: [])
     monkeypatch.setattr(score, "score_to_rows", fake_score_to_rows)
     monkeypatch.setattr(bundle, "load_bundle", lambda path: SimpleNamespace(label_names=["mos"]))
@@ -50,8 +52,26 @@ def received(monkeypatch, tmp_path):
 
 def test_every_verb_receives_the_same_spec_from_the_same_flags(received, tmp_path):
     manifest = str(tmp_path / "m.csv")
-    assert main(["extract", manifest, "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"), *FLAGS]) == 0
-    assert main(["score", manifest, "--model", str(tmp_path), "--out", str(tmp_path / "s.csv"), *FLAGS]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                manifest,
+                "--extractors",
+                "handcrafted",
+                "--cache",
+                str(tmp_path / "c.h5"),
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["score", manifest, "--model", str(tmp_path), "--out", str(tmp_path / "s.csv"), *FLAGS]
+        )
+        == 0
+    )
     assert main(["ablate", str(tmp_path / "grid.toml"), *FLAGS]) == 0
     want = ClusterSpec(scheduler="tcp://head:8786", gpus=True, n_workers=3, torch_threads=2)
     assert received == {"extract": want, "score": want, "ablate": want}
@@ -65,17 +85,24 @@ def test_without_flags_every_verb_receives_the_default_spec(received, tmp_path):
     assert received == {"extract": ClusterSpec(), "score": ClusterSpec(), "ablate": ClusterSpec()}
 
 
-def test_ablate_flags_override_the_grids_cluster_table_and_fall_back_to_it(received, tmp_path, monkeypatch):
+def test_ablate_flags_override_the_grids_cluster_table_and_fall_back_to_it(
+    received, tmp_path, monkeypatch
+):
     import aigvqa.pipeline.evaluation.ablate as ablate
 
-    monkeypatch.setattr(ablate, "load_grid",
-                        lambda path: SimpleNamespace(cluster={"workers": 2, "torch_threads": 4}, source=path))
+    monkeypatch.setattr(
+        ablate,
+        "load_grid",
+        lambda path: SimpleNamespace(cluster={"workers": 2, "torch_threads": 4}, source=path),
+    )
     main(["ablate", str(tmp_path / "grid.toml"), "--workers", "5"])
     assert received["ablate"] == ClusterSpec(n_workers=5, torch_threads=4)
 
 
 def test_flat_keywords_become_a_spec_and_cannot_contradict_one():
-    assert as_cluster_spec(n_workers=2, torch_threads=3) == ClusterSpec(n_workers=2, torch_threads=3)
+    assert as_cluster_spec(n_workers=2, torch_threads=3) == ClusterSpec(
+        n_workers=2, torch_threads=3
+    )
     spec = ClusterSpec(n_workers=4)
     assert as_cluster_spec(spec, n_workers=None, torch_threads=1) is spec  # defaults: no clash
     with pytest.raises(ClusterError, match="not both"):
@@ -86,8 +113,9 @@ def test_score_and_ablate_take_a_cluster_spec(tmp_path):
     from aigvqa.pipeline.evaluation.ablate import GridError, grid_cluster_spec
     from aigvqa.pipeline.model.score import score
 
-    assert grid_cluster_spec({"workers": 2, "scheduler": None}, {"torch_threads": 3}) == \
-        ClusterSpec(n_workers=2, torch_threads=3)
+    assert grid_cluster_spec(
+        {"workers": 2, "scheduler": None}, {"torch_threads": 3}
+    ) == ClusterSpec(n_workers=2, torch_threads=3)
     with pytest.raises(GridError, match="unknown keys"):
         grid_cluster_spec({"nworkers": 2})
     with pytest.raises(ClusterError, match="not both"):  # checked at the edge, before any work

@@ -159,7 +159,10 @@ def _image(path: Path, ext: str | None = None) -> Path:
     "make_bad, reason",
     [
         (lambda p: _text_file(p / "notes.txt"), "not a video"),
-        (lambda p: _write(p / "subs.srt", b"1\n00:00:01,000 --> 00:00:02,000\nHello\n"), "not a video"),
+        (
+            lambda p: _write(p / "subs.srt", b"1\n00:00:01,000 --> 00:00:02,000\nHello\n"),
+            "not a video",
+        ),
         (lambda p: _image(p / "frame.png"), "a still image"),
         (lambda p: _image(p / "frame.jpg"), "a still image"),
         (lambda p: _image(p / "frame.mp4", ".png"), "a still image"),  # the name does not matter

@@ -16,6 +16,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import MeanColour, two_worker_client
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
@@ -37,37 +38,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # -- test extractors ------------------------------------------------------------------------
-class MeanColour(Extractor):
-    """Mean RGB of each of ``n`` key frames; appends one line per forward call to ``log``."""
-
-    name = "mean-colour"
-
-    def __init__(self, n: int = 4, log: str | None = None) -> None:
-        super().__init__(n=n, log=log)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=self._config["n"], size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        if self._config["log"]:
-            with open(self._config["log"], "a") as fh:
-                fh.write(f"{len(items)}\n")
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
-
-    def provenance(self):  # the log path is bookkeeping, not part of the features' origin
-        prov = super().provenance()
-        prov["config"] = {"n": self._config["n"]}
-        return prov
-
-
 class PromptLength(Extractor):
     """A text extractor: pooled = [len(prompt), words]; logs every prompt it encodes."""
 
@@ -127,11 +97,7 @@ def calls(log: Path) -> int:
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 
@@ -142,7 +108,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("videos")
     paths = {}
     for i in range(3):
-        paths[f"good{i}"] = write_video(folder / f"good{i}.mp4", moving_pattern(12, 48, 64, seed=i), 8)
+        paths[f"good{i}"] = write_video(
+            folder / f"good{i}.mp4", moving_pattern(12, 48, 64, seed=i), 8
+        )
     data = paths["good0"].read_bytes()
     paths["truncated"] = folder / "truncated.mp4"
     paths["truncated"].write_bytes(data[: len(data) // 2])
@@ -156,7 +124,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 def records_of(videos, ids, prompt=None):
     return [
-        VideoRecord(i, videos[i], prompt=None if prompt is None else prompt(i), labels={"mos": float(n)})
+        VideoRecord(
+            i, videos[i], prompt=None if prompt is None else prompt(i), labels={"mos": float(n)}
+        )
         for n, i in enumerate(ids)
     ]
 
@@ -166,11 +136,19 @@ BAD = ["truncated", "empty", "text"]
 
 
 # -- behaviour ------------------------------------------------------------------------------
-def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(client, videos, tmp_path):
+def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(
+    client, videos, tmp_path
+):
     cache = tmp_path / "feats.h5"
     extractors = resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}}) + [MeanColour()]
-    report = extract(records_of(videos, GOOD + BAD), extractors, cache, client=client,
-                     chunk_size=2, progress=False)
+    report = extract(
+        records_of(videos, GOOD + BAD),
+        extractors,
+        cache,
+        client=client,
+        chunk_size=2,
+        progress=False,
+    )
 
     reader = FeatureCache(cache)
     for group in ("handcrafted", "mean-colour"):
@@ -178,7 +156,8 @@ def test_bad_videos_become_one_failure_row_each_and_good_ones_get_features(clien
     # each group is stored in its extractor's cache_dtype (handcrafted statistics overflow float16)
     assert reader.group_info("handcrafted").dtype == "float32"
     assert reader.group_info("mean-colour").dtype == "float16"
-    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)  # named for outside readers
+    # named for outside readers
+    assert reader.group_info("handcrafted").columns == list(FEATURE_NAMES)
     failures = reader.failures()
     assert sorted(f.id for f in failures) == sorted(BAD)  # exactly one row per bad video
     assert {f.extractor for f in failures} == {ALL_EXTRACTORS}
@@ -207,8 +186,9 @@ def test_rerun_skips_cached_ids_retries_failures_and_overwrite_recomputes(client
     assert calls(log) == 4  # nothing recomputed
     assert len(FeatureCache(cache).failures()) == 1  # the retried failure replaced its row
 
-    forced = extract(recs, [MeanColour(log=str(log))], cache, client=client, progress=False,
-                     overwrite=True)
+    forced = extract(
+        recs, [MeanColour(log=str(log))], cache, client=client, progress=False, overwrite=True
+    )
     assert forced.succeeded == 4 and calls(log) == 8
     after = FeatureCache(cache).read("mean-colour")
     assert after.ids == stored.ids and len(after.ids) == 4
@@ -217,15 +197,29 @@ def test_rerun_skips_cached_ids_retries_failures_and_overwrite_recomputes(client
 
 def test_new_ids_and_new_extractors_compute_only_what_is_missing(client, videos, tmp_path):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
-    extract(records_of(videos, ["good0"]), [MeanColour(log=str(log))], cache, client=client,
-            progress=False)
-    report = extract(records_of(videos, ["good0", "good1"]), [MeanColour(log=str(log))], cache,
-                     client=client, progress=False)
+    extract(
+        records_of(videos, ["good0"]),
+        [MeanColour(log=str(log))],
+        cache,
+        client=client,
+        progress=False,
+    )
+    report = extract(
+        records_of(videos, ["good0", "good1"]),
+        [MeanColour(log=str(log))],
+        cache,
+        client=client,
+        progress=False,
+    )
     assert (report.succeeded, report.skipped) == (1, 1) and calls(log) == 2
-    both = extract(records_of(videos, ["good0", "good1"]),
-                   resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}})
-                   + [MeanColour(log=str(log))],
-                   cache, client=client, progress=False)
+    both = extract(
+        records_of(videos, ["good0", "good1"]),
+        resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}})
+        + [MeanColour(log=str(log))],
+        cache,
+        client=client,
+        progress=False,
+    )
     assert both.succeeded == 2 and calls(log) == 2  # mean-colour was cached for both
     assert sorted(FeatureCache(cache).ids("handcrafted")) == ["good0", "good1"]
 
@@ -242,10 +236,16 @@ def test_config_change_is_refused_before_any_video_is_processed(client, videos, 
 
 def test_prompts_are_encoded_once_per_distinct_prompt(client, videos, tmp_path):
     cache, log = tmp_path / "feats.h5", tmp_path / "prompts.log"
-    texts = {"good0": "a red fox", "good1": "a red fox", "good2": "two cats dancing", "one-frame": None}
+    texts = {
+        "good0": "a red fox",
+        "good1": "a red fox",
+        "good2": "two cats dancing",
+        "one-frame": None,
+    }
     recs = records_of(videos, list(texts), prompt=texts.get)
-    report = extract(recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client,
-                     progress=False)
+    report = extract(
+        recs, [MeanColour(), PromptLength(log=str(log))], cache, client=client, progress=False
+    )
     assert sorted(log.read_text().splitlines()) == ["a red fox", "two cats dancing"]
     reader = FeatureCache(cache)
     assert len(reader.ids("prompt-length")) == 2  # keyed by prompt id
@@ -263,11 +263,20 @@ def test_prompts_are_encoded_once_per_distinct_prompt(client, videos, tmp_path):
 
 
 def test_prompt_scored_extractors_get_each_videos_prompt(client, videos, tmp_path):
-    cache, log, colour_log = tmp_path / "feats.h5", tmp_path / "prompts.log", tmp_path / "colour.log"
+    cache, log, colour_log = (
+        tmp_path / "feats.h5",
+        tmp_path / "prompts.log",
+        tmp_path / "colour.log",
+    )
     texts = {"good0": "a red fox", "good1": "two cats dancing", "one-frame": None}
     recs = records_of(videos, list(texts), prompt=texts.get)
-    report = extract(recs, [PromptScore(n=3, log=str(log)), MeanColour(n=3, log=str(colour_log))],
-                     cache, client=client, progress=False)
+    report = extract(
+        recs,
+        [PromptScore(n=3, log=str(log)), MeanColour(n=3, log=str(colour_log))],
+        cache,
+        client=client,
+        progress=False,
+    )
     # every item of a video is scored against that video's prompt; the prompt-less video is
     # planned without the extractor (no item of it reaches forward)
     assert sorted(log.read_text().splitlines()) == ["a red fox"] * 3 + ["two cats dancing"] * 3
@@ -287,8 +296,12 @@ def test_decoding_ahead_hands_each_video_its_own_prompt(videos, tmp_path):
     log = tmp_path / "prompts.log"
     texts = {"good0": "a red fox", "good1": "two cats dancing", "good2": None}
     recs = records_of(videos, list(texts), prompt=texts.get)
-    result = run_video_chunk(recs, [PromptScore(n=2, log=str(log)), MeanColour(n=2)],
-                             str(tmp_path / "shard.h5"), videos_in_flight=2)
+    result = run_video_chunk(
+        recs,
+        [PromptScore(n=2, log=str(log)), MeanColour(n=2)],
+        str(tmp_path / "shard.h5"),
+        videos_in_flight=2,
+    )
     assert log.read_text().splitlines() == ["a red fox"] * 2 + ["two cats dancing"] * 2
     assert result.done["prompt-score"] == ["good0", "good1"]
     assert result.done["mean-colour"] == ["good0", "good1", "good2"]  # isolated: kept
@@ -301,8 +314,13 @@ def test_leftover_shards_of_a_killed_run_are_merged_not_recomputed(client, video
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     other = tmp_path / "other.h5"
     recs = records_of(videos, ["good0", "good1"])
-    extract(recs[:1], [MeanColour(log=str(other.with_suffix(".log")))], other, client=client,
-            progress=False)
+    extract(
+        recs[:1],
+        [MeanColour(log=str(other.with_suffix(".log")))],
+        other,
+        client=client,
+        progress=False,
+    )
     # What a killed run leaves: a complete shard under <cache>.shards/, no cache yet.
     shard_dir_for(cache).mkdir()
     (shard_dir_for(cache) / "shard-video-leftover.h5").write_bytes(other.read_bytes())
@@ -337,16 +355,23 @@ def fake_torch_extractors(monkeypatch):
         monkeypatch.setitem(registry._REGISTRY, name, type(name, (FakeTorch,), {"name": name}))
 
 
-def test_resolve_extractors_applies_random_init_and_weights_only_where_accepted(fake_torch_extractors):
+def test_resolve_extractors_applies_random_init_and_weights_only_where_accepted(
+    fake_torch_extractors,
+):
     built = resolve_extractors(["handcrafted", "fake-a"], random_init=True)
     by_name = {e.name: e.config() for e in built}
     assert by_name["fake-a"]["random_init"] is True
     assert "random_init" not in by_name["handcrafted"]
-    on_gpu = {e.name: e.config()["device"] for e in resolve_extractors(["handcrafted", "fake-a"], device="cuda")}
+    on_gpu = {
+        e.name: e.config()["device"]
+        for e in resolve_extractors(["handcrafted", "fake-a"], device="cuda")
+    }
     assert on_gpu == {"handcrafted": "cpu", "fake-a": "cuda"}  # handcrafted computes on the CPU
     with_weights = resolve_extractors(["handcrafted", "fake-a"], weights="ckpt.pt")
     # the path leaves the client absolute (workers may have another working directory)
-    assert {e.name: e.config().get("weights") for e in with_weights}["fake-a"] == str(Path("ckpt.pt").absolute())
+    assert {e.name: e.config().get("weights") for e in with_weights}["fake-a"] == str(
+        Path("ckpt.pt").absolute()
+    )
     with pytest.raises(ExtractError, match="requested twice"):
         resolve_extractors([MeanColour(), MeanColour(n=5)])
     loaded = MeanColour()
@@ -384,25 +409,52 @@ def test_cli_extract_on_an_existing_scheduler_with_a_config_file(client, videos,
     from aigvqa.pipeline.cli import main
 
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(
-        json.dumps({"video_id": i, "path": str(videos[i]), "prompt": "a red fox", "mos": 3.0}) + "\n"
-        for i in ["good0", "good1", "empty"]
-    ))
+    manifest.write_text(
+        "".join(
+            json.dumps({"video_id": i, "path": str(videos[i]), "prompt": "a red fox", "mos": 3.0})
+            + "\n"
+            for i in ["good0", "good1", "empty"]
+        )
+    )
     config = tmp_path / "extractors.toml"
-    config.write_text('[handcrafted]\nsize = 32\nmax_frames = 3\n')
+    config.write_text("[handcrafted]\nsize = 32\nmax_frames = 3\n")
     cache = tmp_path / "feats.h5"
-    code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(config),
-                 "--cache", str(cache), "--scheduler", client.scheduler.address, "--no-progress"])
+    code = main(
+        [
+            "extract",
+            str(manifest),
+            "--extractors",
+            "handcrafted",
+            "--config",
+            str(config),
+            "--cache",
+            str(cache),
+            "--scheduler",
+            client.scheduler.address,
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr()
-    assert code == 1, out.err  # one video failed: the exit status says so (0 only when all succeeded)
+    # one video failed: the exit status says so (0 only when all succeeded)
+    assert code == 1, out.err
     assert "2 succeeded, 1 failed, 0 skipped" in out.out
     info = FeatureCache(cache).group_info("handcrafted")
     assert info.provenance["config"]["max_frames"] == 3 and info.n == 2
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[clip-frame]\narch = 'ViT-B-16'\n")  # a typo of clip-frames
-    code = main(["extract", str(manifest), "--extractors", "handcrafted", "--config", str(bad),
-                 "--cache", str(cache)])
+    code = main(
+        [
+            "extract",
+            str(manifest),
+            "--extractors",
+            "handcrafted",
+            "--config",
+            str(bad),
+            "--cache",
+            str(cache),
+        ]
+    )
     assert code == 2 and "[clip-frame], which name no extractor" in capsys.readouterr().err
 
 
@@ -415,8 +467,14 @@ def test_a_config_of_many_extractors_serves_a_run_of_some():
     spec = extractor_options(config, "blip-itm,blip-text,imagereward")
     assert list(spec) == ["blip-itm", "blip-text", "imagereward"]
     assert spec["imagereward"]["weights"] == str(config.parent / "weights" / "ImageReward.pt")
-    assert set(extractor_options(config)) == {"clip-frames", "slowfast", "handcrafted", "blip-itm",
-                                              "blip-text", "imagereward"}
+    assert set(extractor_options(config)) == {
+        "clip-frames",
+        "slowfast",
+        "handcrafted",
+        "blip-itm",
+        "blip-text",
+        "imagereward",
+    }
 
 
 def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails():
@@ -434,9 +492,16 @@ def test_a_file_short_by_a_few_frames_keeps_its_features_a_truncated_one_fails()
 def test_scheduler_file_connects_to_a_running_cluster(client, videos, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"  # what dask-jobqueue / `dask scheduler` write
     scheduler_file.write_text(json.dumps({"address": client.scheduler.address}))
-    report = extract(records_of(videos, ["good0"]), [MeanColour()], tmp_path / "c.h5",
-                     scheduler=str(scheduler_file), progress=False)
-    assert report.succeeded == 1 and report.cluster.startswith(f"scheduler {client.scheduler.address} (")
+    report = extract(
+        records_of(videos, ["good0"]),
+        [MeanColour()],
+        tmp_path / "c.h5",
+        scheduler=str(scheduler_file),
+        progress=False,
+    )
+    assert report.succeeded == 1 and report.cluster.startswith(
+        f"scheduler {client.scheduler.address} ("
+    )
 
 
 def test_default_worker_count_follows_cores_and_torch_threads():
@@ -451,7 +516,9 @@ def test_default_worker_count_follows_cores_and_torch_threads():
 def test_local_workers_get_heap_friendly_malloc_settings_and_one_omp_thread(client):
     from aigvqa.pipeline.extract.cluster import MALLOC_ENV
 
-    env = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    env = client.run(
+        lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"))
+    )
     assert set(env.values()) == {(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "1")}
 
 
@@ -470,7 +537,9 @@ def test_relative_weights_resolve_on_the_client_next_to_the_config(tmp_path, mon
     assert model.config()["weights"] == str(tmp_path / "w" / "vit.safetensors")
 
 
-def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(videos, tmp_path, monkeypatch):
+def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(
+    videos, tmp_path, monkeypatch
+):
     import aigvqa.extractors.views as views_module
     from aigvqa.pipeline.extract import default_decode_threads, run_video_chunk
 
@@ -485,16 +554,25 @@ def test_decoder_threads_reach_ffmpeg_and_default_to_the_workers_torch_threads(v
     result = {}
     for threads in (1, 0):
         shard = tmp_path / f"shard-{threads}.h5"
-        run_video_chunk(records_of(videos, ["good0", "good1"]), [MeanColour(n=3)], str(shard),
-                        videos_in_flight=2, decode_threads=threads)
-        result[threads] = FeatureCache(shard).read("mean-colour", ids=["good0", "good1"]).arrays["mean-colour"]
+        run_video_chunk(
+            records_of(videos, ["good0", "good1"]),
+            [MeanColour(n=3)],
+            str(shard),
+            videos_in_flight=2,
+            decode_threads=threads,
+        )
+        result[threads] = (
+            FeatureCache(shard).read("mean-colour", ids=["good0", "good1"]).arrays["mean-colour"]
+        )
     assert seen == [1, 1, 0, 0]
     np.testing.assert_array_equal(result[1], result[0])  # threading never changes pixels
 
     from aigvqa.extractors import create_extractor
 
     on_cpu = [MeanColour(), create_extractor("vit-keyframes", random_init=True)]
-    on_gpu = on_cpu + [create_extractor("clip-frames", device="cuda", random_init=True)]  # not loaded
+    on_gpu = on_cpu + [
+        create_extractor("clip-frames", device="cuda", random_init=True)
+    ]  # not loaded
     assert default_decode_threads(on_cpu, torch_threads=1) == 1
     assert default_decode_threads(on_cpu, torch_threads=4) == 4
     assert default_decode_threads(on_gpu, torch_threads=1) == 0
@@ -516,15 +594,25 @@ def test_a_failing_extractor_costs_only_its_own_features(videos, tmp_path, video
     from aigvqa.pipeline.extract import run_video_chunk
 
     ids = ["good0", "good1", "good2", "empty"]
-    result = run_video_chunk(records_of(videos, ids), [MeanColour(n=3), AlwaysFails()],
-                             str(tmp_path / "shard.h5"), videos_in_flight=videos_in_flight)
+    result = run_video_chunk(
+        records_of(videos, ids),
+        [MeanColour(n=3), AlwaysFails()],
+        str(tmp_path / "shard.h5"),
+        videos_in_flight=videos_in_flight,
+    )
     assert result.done["mean-colour"] == ["good0", "good1", "good2"]
     assert result.done["always-fails"] == []
     rows = {(vid, name): text for vid, name, text in result.failures}
-    assert set(rows) == {("good0", "always-fails"), ("good1", "always-fails"),
-                         ("good2", "always-fails"), ("empty", ALL_EXTRACTORS)}
+    assert set(rows) == {
+        ("good0", "always-fails"),
+        ("good1", "always-fails"),
+        ("good2", "always-fails"),
+        ("empty", ALL_EXTRACTORS),
+    }
     assert "this backbone is broken" in rows["good1", "always-fails"]
-    stored = FeatureCache(tmp_path / "shard.h5").read("mean-colour", ids=["good0", "good1", "good2"])
+    stored = FeatureCache(tmp_path / "shard.h5").read(
+        "mean-colour", ids=["good0", "good1", "good2"]
+    )
     assert stored.lengths["mean-colour"].tolist() == [3, 3, 3]
 
 
@@ -560,8 +648,12 @@ def test_the_next_video_decodes_while_this_ones_forward_passes_run(videos, tmp_p
 
     monkeypatch.setattr(decode, "probe", spy)
     WaitsForTheNextDecode.saw_next_decode = []
-    result = run_video_chunk(records_of(videos, ["good0", "good1"]), [WaitsForTheNextDecode(n=2)],
-                             str(tmp_path / "shard.h5"), videos_in_flight=2)
+    result = run_video_chunk(
+        records_of(videos, ["good0", "good1"]),
+        [WaitsForTheNextDecode(n=2)],
+        str(tmp_path / "shard.h5"),
+        videos_in_flight=2,
+    )
     assert result.done["waits"] == ["good0", "good1"]
     assert WaitsForTheNextDecode.saw_next_decode == [True]
 
@@ -617,20 +709,40 @@ def test_decoding_ahead_gives_the_sequential_paths_features_rows_and_counters(vi
     from aigvqa.pipeline.extract import run_video_chunk
 
     ids = ["good0", "truncated", "good1", "empty", "one-frame", "text", "good2"]
-    models = resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}}) + [MeanColour(n=3), AlwaysFails()]
+    models = resolve_extractors({"handcrafted": {"size": 32, "max_frames": 4}}) + [
+        MeanColour(n=3),
+        AlwaysFails(),
+    ]
     outcome = {}
     for in_flight in (1, 2):
         run_stats.reset()
         shard = tmp_path / f"shard-{in_flight}.h5"
-        result = run_video_chunk(records_of(videos, ids), models, str(shard), videos_in_flight=in_flight)
+        result = run_video_chunk(
+            records_of(videos, ids), models, str(shard), videos_in_flight=in_flight
+        )
         good = result.done["mean-colour"]
         data = FeatureCache(shard).read(["handcrafted", "mean-colour"], ids=good)
-        outcome[in_flight] = (result.done, sorted(result.failures), data.arrays, data.lengths,
-                              dict(run_stats.forward_calls), dict(run_stats.items))
+        outcome[in_flight] = (
+            result.done,
+            sorted(result.failures),
+            data.arrays,
+            data.lengths,
+            dict(run_stats.forward_calls),
+            dict(run_stats.items),
+        )
     sequential, ahead = outcome[1], outcome[2]
-    assert sequential[0] == ahead[0] and sequential[0]["mean-colour"] == ["good0", "good1", "one-frame", "good2"]
+    assert sequential[0] == ahead[0] and sequential[0]["mean-colour"] == [
+        "good0",
+        "good1",
+        "one-frame",
+        "good2",
+    ]
     assert sequential[1] == ahead[1]
-    assert {(vid, name) for vid, name, _ in ahead[1] if name == ALL_EXTRACTORS} == {("truncated", ALL_EXTRACTORS), ("empty", ALL_EXTRACTORS), ("text", ALL_EXTRACTORS)}
+    assert {(vid, name) for vid, name, _ in ahead[1] if name == ALL_EXTRACTORS} == {
+        ("truncated", ALL_EXTRACTORS),
+        ("empty", ALL_EXTRACTORS),
+        ("text", ALL_EXTRACTORS),
+    }
     for group in ("handcrafted", "mean-colour"):  # item for item: nothing crossed between videos
         np.testing.assert_array_equal(sequential[2][group], ahead[2][group])
         np.testing.assert_array_equal(sequential[3][group], ahead[3][group])
@@ -667,9 +779,13 @@ def test_a_forward_failure_stops_the_decoding_of_that_video(videos, tmp_path, mo
             yield event
 
     monkeypatch.setattr(views_module, "stream_views", counting)
-    result = extract_module.run_video_chunk(records_of(videos, ["good0", "good1"]), [FailsOnItsFirstBatch()],
-                                            str(tmp_path / "shard.h5"), videos_in_flight=2,
-                                            decode_ahead_bytes=1)  # one item at a time: no run-ahead
+    result = extract_module.run_video_chunk(
+        records_of(videos, ["good0", "good1"]),
+        [FailsOnItsFirstBatch()],
+        str(tmp_path / "shard.h5"),
+        videos_in_flight=2,
+        decode_ahead_bytes=1,  # one item at a time: no run-ahead
+    )
     assert result.done["fails-early"] == []
     assert {vid for vid, _, _ in result.failures} == {"good0", "good1"}
     # the decoder thread gave up after a few of each video's 12 items (the retry alone
@@ -686,8 +802,12 @@ def test_a_dead_decoder_thread_is_reported_with_its_cause(videos, tmp_path, monk
 
     monkeypatch.setattr(decode, "probe", dies)
     with pytest.raises(RuntimeError, match="decoder thread stopped") as caught:
-        run_video_chunk(records_of(videos, ["good0", "good1"]), [MeanColour()], str(tmp_path / "s.h5"),
-                        videos_in_flight=2)
+        run_video_chunk(
+            records_of(videos, ["good0", "good1"]),
+            [MeanColour()],
+            str(tmp_path / "s.h5"),
+            videos_in_flight=2,
+        )
     assert isinstance(caught.value.__cause__, SystemExit)
 
 
@@ -705,8 +825,20 @@ def test_cli_passes_decode_threads_to_extract(videos, tmp_path, monkeypatch):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"video_id,path\ngood0,{videos['good0']}\n")
     with pytest.raises(SystemExit):
-        cli.main(["extract", str(manifest), "--extractors", "handcrafted", "--cache", str(tmp_path / "c.h5"),
-                  "--decode-threads", "3", "--torch-threads", "2"])
+        cli.main(
+            [
+                "extract",
+                str(manifest),
+                "--extractors",
+                "handcrafted",
+                "--cache",
+                str(tmp_path / "c.h5"),
+                "--decode-threads",
+                "3",
+                "--torch-threads",
+                "2",
+            ]
+        )
     assert seen["decode_threads"] == 3 and seen["cluster"].torch_threads == 2
 
 

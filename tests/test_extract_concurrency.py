@@ -16,71 +16,23 @@ import threading
 import time
 from pathlib import Path
 
-import cloudpickle
-import numpy as np
 import pytest
+from _extract_helpers import MeanColour, moving_clips, two_worker_client
 
 from aigvqa.cache.store import FeatureCache
-from aigvqa.extractors.base import Extractor
-from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.records import VideoRecord
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class SlowMean(Extractor):
-    """Mean colour of 4 key frames; ``sleep`` seconds per forward call; one line per call
-    in ``log`` (one call per video: 4 items fit one batch)."""
-
-    name = "slow-mean"
-
-    def __init__(self, log=None, sleep=0.0):
-        super().__init__(log=log, sleep=sleep)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=4, size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        time.sleep(self._config["sleep"])
-        if self._config["log"]:
-            with open(self._config["log"], "a") as fh:
-                fh.write(f"{len(items)}\n")
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
-
-    def provenance(self):  # log and sleep are bookkeeping, not the features' origin
-        prov = super().provenance()
-        prov["config"] = {}
-        return prov
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [
-        VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(8, 32, 48, seed=i), 8),
-                    labels={"mos": float(i)})
-        for i in range(6)
-    ]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=6, n_frames=8)
 
 
 def calls(log: Path) -> int:
@@ -98,9 +50,16 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
         try:
             # chunks of one video, merged only at the end: while the first run goes, its
             # landed shards lie in the shard folder, where the second run would find them
-            reports[name] = extract(records, [SlowMean(log=str(log), sleep=0.15)], cache,
-                                    client=client, chunk_size=1, merge_every=1000,
-                                    progress=False, decode_workers=0)
+            reports[name] = extract(
+                records,
+                [MeanColour(log=str(log), sleep=0.15)],
+                cache,
+                client=client,
+                chunk_size=1,
+                merge_every=1000,
+                progress=False,
+                decode_workers=0,
+            )
         except BaseException as err:  # noqa: BLE001 - reported by the assertion below
             errors.append((name, err))
 
@@ -120,7 +79,7 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
     assert reports["second"].skipped == len(records)  # it waited, then had nothing to do
     assert reports["second"].succeeded == reports["second"].resumed == 0
     assert calls(log) == len(records)  # every video computed once, by the first run
-    ids = FeatureCache(cache).ids("slow-mean")
+    ids = FeatureCache(cache).ids("mean-colour")
     assert sorted(ids) == sorted(r.video_id for r in records)  # each exactly once
     assert not shard_dir_for(cache).exists()
     err = capfd.readouterr().err
@@ -130,14 +89,43 @@ def test_a_second_run_on_one_cache_waits_for_the_first_and_finds_everything_cach
 
 def run_cli_pair(tmp_path: Path, records) -> list[subprocess.CompletedProcess]:
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records))
+    manifest.write_text(
+        "video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records)
+    )
     cache = tmp_path / "feats.h5"
-    command = [sys.executable, "-m", "aigvqa.pipeline.cli", "extract", str(manifest), "--cache", str(cache),
-               "--extractors", "handcrafted", "--workers", "1", "--chunk-size", "1", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "aigvqa.pipeline.cli",
+        "extract",
+        str(manifest),
+        "--cache",
+        str(cache),
+        "--extractors",
+        "handcrafted",
+        "--workers",
+        "1",
+        "--chunk-size",
+        "1",
+        "--no-progress",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     done = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)

@@ -1,8 +1,9 @@
 """Stage one under faults: dying workers, a video that crashes every worker it meets, a
 client killed mid-run (hard, by signal, and by Ctrl-C) and resumed.
 
-Extractors here count their forward calls in a log file (one line per video: a key-frame
-view of 4 items fits one batch), since the work happens in worker processes.
+The test extractor (``_extract_helpers.MeanColour``) counts its forward calls in a log file
+(one line per call, its item count: 4 key frames a video), since the work happens in worker
+processes, and dies on demand.
 """
 
 from __future__ import annotations
@@ -14,75 +15,27 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import MeanColour, moving_clips, two_worker_client
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 from aigvqa.cache.store import FeatureCache
-from aigvqa.extractors.base import Extractor
 from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract, shard_dir_for
 from aigvqa.pipeline.extract import run as run_module
 from aigvqa.pipeline.records import VideoRecord
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
 TESTS_DIR = Path(__file__).resolve().parent
-
-
-class CountingMean(Extractor):
-    """Mean colour of 4 key frames. Options (bookkeeping, not part of the provenance):
-    ``log`` gets one line per forward call; ``sleep`` seconds per call; ``kill_once``: the
-    first call anywhere (a marker file decides) ends its process with ``os._exit``;
-    ``kill_on_black``: every call whose batch holds an all-black item ends its process
-    (batches mix videos: the black video's key frames share a batch with others')."""
-
-    name = "counting-mean"
-
-    def __init__(self, log=None, sleep=0.0, kill_once=None, kill_on_black=False):
-        super().__init__(log=log, sleep=sleep, kill_once=kill_once, kill_on_black=kill_on_black)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        from aigvqa.extractors.views import KeyFramesView
-
-        return KeyFramesView(n=4, size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        cfg = self._config
-        if cfg["kill_once"]:
-            try:
-                os.close(os.open(cfg["kill_once"], os.O_CREAT | os.O_EXCL))
-                os._exit(1)  # a worker process dying mid-task (segfault, OOM kill)
-            except FileExistsError:
-                pass
-        if cfg["kill_on_black"] and any(item.max() == 0 for item in items):
-            os._exit(1)
-        if cfg["sleep"]:
-            time.sleep(cfg["sleep"])
-        if cfg["log"]:
-            with open(cfg["log"], "a") as fh:
-                fh.write(f"{len(items)}\n")
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
-
-    def provenance(self):
-        prov = super().provenance()
-        prov["config"] = {}
-        return prov
 
 
 def calls(log: Path) -> int:
     """Videos computed: forward calls log their item counts, and batches mix videos (a
     call may hold several videos' key frames), so count items, 4 key frames a video."""
     items = sum(int(line) for line in log.read_text().split()) if log.exists() else 0
-    assert items % 4 == 0, f"a video's key frames were split between logged and unlogged calls: {items}"
+    assert items % 4 == 0, (
+        f"a video's key frames were split between logged and unlogged calls: {items}"
+    )
     return items // 4
 
 
@@ -90,32 +43,27 @@ def calls(log: Path) -> int:
 def client():
     """2 worker processes; a task is given up after its second worker death, so the
     poison-video test needs 4 deaths instead of 8."""
-    import dask
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
-            yield c
+    with two_worker_client({"distributed.scheduler.allowed-failures": 1}) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [
-        VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(10, 32, 48, seed=i), 8),
-                    labels={"mos": float(i)})
-        for i in range(8)
-    ]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=8, n_frames=10)
 
 
 def test_a_worker_dying_mid_run_is_retried_and_every_id_lands_once(client, records, tmp_path):
     cache, marker = tmp_path / "feats.h5", tmp_path / "killed"
-    report = extract(records[:6], [CountingMean(kill_once=str(marker))], cache, client=client,
-                     chunk_size=2, progress=False)
+    report = extract(
+        records[:6],
+        [MeanColour(kill_once=str(marker))],
+        cache,
+        client=client,
+        chunk_size=2,
+        progress=False,
+    )
     assert marker.exists()  # a worker really died
-    ids = FeatureCache(cache).ids("counting-mean")
+    ids = FeatureCache(cache).ids("mean-colour")
     assert sorted(ids) == [r.video_id for r in records[:6]] and len(ids) == len(set(ids))
     assert FeatureCache(cache).failures() == []
     assert (report.succeeded, report.failed) == (6, 0)
@@ -125,10 +73,11 @@ def test_a_video_that_kills_every_worker_fails_alone(client, records, tmp_path):
     black = write_video(tmp_path / "black.mp4", np.zeros((6, 32, 48, 3), np.uint8), 8)
     recs = records[:3] + [VideoRecord("black", black)]
     cache = tmp_path / "feats.h5"
-    report = extract(recs, [CountingMean(kill_on_black=True)], cache, client=client,
-                     chunk_size=4, progress=False)
+    report = extract(
+        recs, [MeanColour(kill_on_black=True)], cache, client=client, chunk_size=4, progress=False
+    )
     reader = FeatureCache(cache)
-    assert sorted(reader.ids("counting-mean")) == ["v0", "v1", "v2"]
+    assert sorted(reader.ids("mean-colour")) == ["v0", "v1", "v2"]
     [failure] = reader.failures()
     assert (failure.id, failure.extractor) == ("black", ALL_EXTRACTORS)
     assert "KilledWorker" in failure.error
@@ -138,8 +87,15 @@ def test_a_video_that_kills_every_worker_fails_alone(client, records, tmp_path):
 def run_until_killed(cache: str, log: str, video_dir: str) -> None:
     """The killed run (in a subprocess): its own 1-worker LocalCluster, slow chunks of 2."""
     recs = [VideoRecord(p.stem, p) for p in sorted(Path(video_dir).glob("v*.mp4"))]
-    extract(recs, [CountingMean(log=log, sleep=0.4)], cache, n_workers=1, chunk_size=2,
-            progress=False, dashboard_address=":0")
+    extract(
+        recs,
+        [MeanColour(log=log, sleep=0.4)],
+        cache,
+        n_workers=1,
+        chunk_size=2,
+        progress=False,
+        dashboard_address=":0",
+    )
 
 
 def landed_ids(cache: Path) -> set[str]:
@@ -148,13 +104,15 @@ def landed_ids(cache: Path) -> set[str]:
     sources = sorted(shard_dir_for(cache).glob("shard-*.h5")) + ([cache] if cache.exists() else [])
     for path in sources:
         reader = FeatureCache(path)
-        if "counting-mean" in reader.groups():
-            found.update(reader.ids("counting-mean"))
+        if "mean-colour" in reader.groups():
+            found.update(reader.ids("mean-colour"))
     return found
 
 
 @pytest.mark.slow  # a subprocess starting its own cluster: 6-12 s
-def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(client, records, tmp_path):
+def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(
+    client, records, tmp_path
+):
     cache, log = tmp_path / "feats.h5", tmp_path / "calls.log"
     video_dir = records[0].path.parent
     script = (
@@ -164,9 +122,13 @@ def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(c
         f"    t.run_until_killed({str(cache)!r}, {str(log)!r}, {str(video_dir)!r})\n"
     )
     (tmp_path / "killable.py").write_text(script)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "killable.py")], cwd=tmp_path,
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "killable.py")],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not landed_ids(cache) and proc.poll() is None and time.monotonic() < deadline:
@@ -179,16 +141,16 @@ def test_a_killed_run_resumes_without_recomputing_and_gives_identical_features(c
     assert 0 < len(landed) < len(records), f"the run was not killed mid-way: {err.decode()[-2000:]}"
 
     log.unlink(missing_ok=True)
-    report = extract(records, [CountingMean(log=str(log))], cache, client=client, progress=False)
+    report = extract(records, [MeanColour(log=str(log))], cache, client=client, progress=False)
     assert calls(log) == len(records) - len(landed)  # finished shards were not recomputed
     assert report.resumed + report.skipped == len(landed)
     assert report.succeeded == len(records) - len(landed)
 
     reference = tmp_path / "reference.h5"
-    extract(records, [CountingMean()], reference, client=client, progress=False)
-    got, want = FeatureCache(cache).read("counting-mean"), FeatureCache(reference).read("counting-mean")
+    extract(records, [MeanColour()], reference, client=client, progress=False)
+    got, want = FeatureCache(cache).read("mean-colour"), FeatureCache(reference).read("mean-colour")
     assert got.ids == want.ids == sorted(r.video_id for r in records)
-    np.testing.assert_array_equal(got.arrays["counting-mean"], want.arrays["counting-mean"])
+    np.testing.assert_array_equal(got.arrays["mean-colour"], want.arrays["mean-colour"])
     np.testing.assert_array_equal(got.labels["mos"], want.labels["mos"])
 
 
@@ -207,10 +169,16 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
 
     monkeypatch.setattr(run_module.ExtractRun, "_merge_due", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
-        extract(records, [CountingMean(log=str(log), sleep=0.2)], cache, client=client,
-                chunk_size=1, progress=False)
+        extract(
+            records,
+            [MeanColour(log=str(log), sleep=0.2)],
+            cache,
+            client=client,
+            chunk_size=1,
+            progress=False,
+        )
     monkeypatch.undo()
-    kept = set(FeatureCache(cache).ids("counting-mean"))
+    kept = set(FeatureCache(cache).ids("mean-colour"))
     assert len(kept) >= 2  # the two landed videos were merged before the interrupt surfaced
 
     # Cancelled tasks already running finish anyway (their shards are merged as leftovers);
@@ -218,7 +186,7 @@ def test_ctrl_c_in_the_client_keeps_what_landed_and_the_rerun_does_the_rest(
     time.sleep(1.0)
     before = calls(log)
     leftovers = landed_ids(cache) - kept
-    report = extract(records, [CountingMean(log=str(log))], cache, client=client, progress=False)
+    report = extract(records, [MeanColour(log=str(log))], cache, client=client, progress=False)
     assert calls(log) - before == len(records) - len(kept) - len(leftovers)
-    assert sorted(FeatureCache(cache).ids("counting-mean")) == sorted(r.video_id for r in records)
+    assert sorted(FeatureCache(cache).ids("mean-colour")) == sorted(r.video_id for r in records)
     assert report.skipped == len(kept)

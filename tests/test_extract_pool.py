@@ -23,6 +23,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import MeanColour, two_worker_client
 
 from aigvqa.cache.store import FeatureCache
 from aigvqa.extractors.base import Extractor
@@ -33,27 +34,6 @@ from aigvqa.pipeline.extract import ALL_EXTRACTORS, DecodeSettings, extract, run
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class MeanColour(Extractor):
-    """Mean RGB of each of ``n`` key frames (32 x 32); ``batch_size`` items per forward."""
-
-    name = "mean-colour"
-
-    def __init__(self, n: int = 4, batch_size: int = 16) -> None:
-        super().__init__(n=n, batch_size=batch_size)
-
-    def output_dims(self):
-        return {"values": 3}
-
-    def view(self):
-        return KeyFramesView(n=self._config["n"], size=32)
-
-    def load(self, device="cpu"):
-        self.weights_identity = "none"
-
-    def forward(self, items):
-        return items.reshape(len(items), -1, 3).mean(axis=1).astype(np.float32)
 
 
 class KillsOnBlack(KeyFramesView):
@@ -113,8 +93,10 @@ class PoisonedByBlack(MeanColour):
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("videos")
-    paths = {f"v{i}": write_video(folder / f"v{i}.mp4", moving_pattern(10, 48, 64, seed=i), 8)
-             for i in range(5)}
+    paths = {
+        f"v{i}": write_video(folder / f"v{i}.mp4", moving_pattern(10, 48, 64, seed=i), 8)
+        for i in range(5)
+    }
     paths["black"] = write_video(folder / "black.mp4", np.zeros((6, 48, 64, 3), np.uint8), 8)
     paths["white"] = write_video(folder / "white.mp4", np.full((6, 48, 64, 3), 255, np.uint8), 8)
     paths["empty"] = folder / "empty.mp4"
@@ -147,8 +129,9 @@ def test_features_are_bit_identical_for_0_1_2_decode_processes_and_any_batching(
     from aigvqa.pipeline.extract.decode_pool import checkout
 
     torch.set_num_threads(1)
-    vit = create_extractor("vit-keyframes", arch="vit_tiny_patch16_224", random_init=True,
-                           n_frames=3, batch_size=8)
+    vit = create_extractor(
+        "vit-keyframes", arch="vit_tiny_patch16_224", random_init=True, n_frames=3, batch_size=8
+    )
     vit.load("cpu")
     models = [vit, MeanColour(n=4, batch_size=6)]
     models[1].load()
@@ -157,7 +140,9 @@ def test_features_are_bit_identical_for_0_1_2_decode_processes_and_any_batching(
     outcomes = {}
     for workers in (0, 1, 2):
         for across in (True, False):
-            settings = DecodeSettings(decode_workers=workers, decode_threads=1, batch_across_videos=across)
+            settings = DecodeSettings(
+                decode_workers=workers, decode_threads=1, batch_across_videos=across
+            )
             if workers:
                 with checkout(settings) as pool:
                     outcomes[workers, across] = compute_chunk(recs, models, settings, pool)
@@ -176,20 +161,28 @@ def test_features_are_bit_identical_for_0_1_2_decode_processes_and_any_batching(
 
 def test_one_poisoned_item_in_a_batch_of_several_videos_costs_only_its_video(videos, tmp_path):
     ids = ["v0", "black", "v1", "v2"]
-    result, shard = chunk(videos, ids, [PoisonedByBlack(n=4, batch_size=16)], tmp_path, "mixed",
-                          decode_workers=0)
+    result, shard = chunk(
+        videos, ids, [PoisonedByBlack(n=4, batch_size=16)], tmp_path, "mixed", decode_workers=0
+    )
     assert result.done["poisoned"] == ["v0", "v1", "v2"]
     assert [(v, name) for v, name, _ in result.failures] == [("black", "poisoned")]
     assert "NaNs from a black frame" in result.failures[0][2]
-    clean, clean_shard = chunk(videos, ["v0", "v1", "v2"], [PoisonedByBlack(n=4, batch_size=16)],
-                               tmp_path, "clean", decode_workers=0)
+    clean, clean_shard = chunk(
+        videos,
+        ["v0", "v1", "v2"],
+        [PoisonedByBlack(n=4, batch_size=16)],
+        tmp_path,
+        "clean",
+        decode_workers=0,
+    )
     got = FeatureCache(shard).read("poisoned").arrays["poisoned"]
     want = FeatureCache(clean_shard).read("poisoned").arrays["poisoned"]
     np.testing.assert_array_equal(got, want)
 
 
 def test_items_larger_than_the_ring_and_a_ring_full_of_later_videos_keep_every_item(
-        videos, tmp_path, monkeypatch):
+    videos, tmp_path, monkeypatch
+):
     """A 4 KiB ring: each 3 KiB key frame waits for the previous one to be copied out (the
     ring wraps around all the time), and 12 KiB frames go through the pipe one at a time."""
     from aigvqa.pipeline.extract import decode_pool
@@ -198,20 +191,30 @@ def test_items_larger_than_the_ring_and_a_ring_full_of_later_videos_keep_every_i
     ids = ["v0", "v1", "v2", "v3", "v4"]
     small, big = MeanColour(n=5, batch_size=3), WithView(KeyFramesView(n=3, size=64))
     want, want_shard = chunk(videos, ids, [small, big], tmp_path, "in-process", decode_workers=0)
-    got, got_shard = chunk(videos, ids, [small, big], tmp_path, "tiny-ring", decode_workers=2,
-                           decode_ahead_bytes=1)
+    got, got_shard = chunk(
+        videos, ids, [small, big], tmp_path, "tiny-ring", decode_workers=2, decode_ahead_bytes=1
+    )
     assert got.done == want.done and got.failures == want.failures == []
     for name in ("mean-colour", "with-view"):
-        np.testing.assert_array_equal(FeatureCache(got_shard).read(name).arrays[name],
-                                      FeatureCache(want_shard).read(name).arrays[name])
+        np.testing.assert_array_equal(
+            FeatureCache(got_shard).read(name).arrays[name],
+            FeatureCache(want_shard).read(name).arrays[name],
+        )
 
 
 # -- faults -----------------------------------------------------------------------------------
 def test_a_hanging_decoder_is_killed_after_the_timeout_and_only_its_video_fails(videos, tmp_path):
     ids = ["v0", "black", "v1", "v2"]
     started = time.monotonic()
-    result, shard = chunk(videos, ids, [WithView(HangsOnBlack(n=4, size=32))], tmp_path, "hang",
-                          decode_workers=2, decode_timeout=1.5)
+    result, shard = chunk(
+        videos,
+        ids,
+        [WithView(HangsOnBlack(n=4, size=32))],
+        tmp_path,
+        "hang",
+        decode_workers=2,
+        decode_timeout=1.5,
+    )
     assert time.monotonic() - started < 60
     assert result.done["with-view"] == ["v0", "v1", "v2"]
     [(video, name, error)] = result.failures
@@ -219,33 +222,52 @@ def test_a_hanging_decoder_is_killed_after_the_timeout_and_only_its_video_fails(
     assert "decoding stalled" in error and "--decode-timeout" in error
     assert sorted(FeatureCache(shard).ids("with-view")) == ["v0", "v1", "v2"]
     # the pool replaced the killed process: the next chunk of this process runs on it
-    again, _ = chunk(videos, ["v3", "v4"], [WithView(HangsOnBlack(n=4, size=32))], tmp_path, "after",
-                     decode_workers=2, decode_timeout=1.5)
+    again, _ = chunk(
+        videos,
+        ["v3", "v4"],
+        [WithView(HangsOnBlack(n=4, size=32))],
+        tmp_path,
+        "after",
+        decode_workers=2,
+        decode_timeout=1.5,
+    )
     assert again.done["with-view"] == ["v3", "v4"] and again.failures == []
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client
-
-    from aigvqa.pipeline.extract.cluster import local_cluster
-
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with two_worker_client() as c:
         yield c
 
 
-def test_decode_processes_work_inside_dask_workers_and_give_the_same_cache(client, videos, tmp_path):
+def test_decode_processes_work_inside_dask_workers_and_give_the_same_cache(
+    client, videos, tmp_path
+):
     ids = ["v0", "v1", "v2", "v3", "v4", "empty"]
     caches = {}
     for workers in (0, 2):
         caches[workers] = tmp_path / f"feats-{workers}.h5"
-        report = extract(records(videos, ids), [MeanColour(n=4, batch_size=6)], caches[workers],
-                         client=client, decode_workers=workers, chunk_size=3, progress=False)
+        report = extract(
+            records(videos, ids),
+            [MeanColour(n=4, batch_size=6)],
+            caches[workers],
+            client=client,
+            decode_workers=workers,
+            chunk_size=3,
+            progress=False,
+        )
         assert (report.succeeded, report.failed, report.decode_workers) == (5, 1, workers)
         assert ("2 decode process(es) per worker" in report.summary()) == (workers == 2)
-    pids = client.run(lambda: sorted(p.proc.pid for group in __import__(
-        "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"])._IDLE.values()
-        for pool in group for p in pool.slots))
+    pids = client.run(
+        lambda: sorted(
+            p.proc.pid
+            for group in __import__(
+                "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"]
+            )._IDLE.values()
+            for pool in group
+            for p in pool.slots
+        )
+    )
     assert any(len(found) == 2 for found in pids.values())  # 2 processes beside a worker
     a, b = FeatureCache(caches[0]).read("mean-colour"), FeatureCache(caches[2]).read("mean-colour")
     assert a.ids == b.ids and len(a.ids) == 5
@@ -253,12 +275,21 @@ def test_decode_processes_work_inside_dask_workers_and_give_the_same_cache(clien
     assert FeatureCache(caches[2]).failures()[0].id == "empty"
 
 
-def test_a_dying_decode_process_is_retried_once_then_its_video_fails_alone(client, videos, tmp_path):
+def test_a_dying_decode_process_is_retried_once_then_its_video_fails_alone(
+    client, videos, tmp_path
+):
     marker = tmp_path / "white-killed-once"
     ids = ["v0", "black", "v1", "white", "v2"]
     cache = tmp_path / "feats.h5"
-    report = extract(records(videos, ids), [WithView(KillsOnBlack(marker=str(marker)))], cache,
-                     client=client, decode_workers=1, chunk_size=5, progress=False)
+    report = extract(
+        records(videos, ids),
+        [WithView(KillsOnBlack(marker=str(marker)))],
+        cache,
+        client=client,
+        decode_workers=1,
+        chunk_size=5,
+        progress=False,
+    )
     assert marker.exists()  # the white video's first decode process really died
     reader = FeatureCache(cache)
     stored = reader.ids("with-view")
@@ -302,18 +333,41 @@ def test_two_task_threads_share_the_decode_processes_and_give_the_same_features(
     from aigvqa.pipeline.extract.cluster import local_cluster
 
     ids = ["v0", "v1", "v2", "v3", "v4"]
-    with local_cluster(1, threads_per_worker=2, dashboard_address=":0") as cluster, Client(cluster) as c:
-        report = extract(records(videos, ids), [MeanColour(n=4, batch_size=6)], tmp_path / "two.h5",
-                         client=c, decode_workers=2, chunk_size=2, progress=False)
-        sizes = c.run(lambda: sorted(pool.n for group in __import__(
-            "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"])._IDLE.values() for pool in group))
+    with (
+        local_cluster(1, threads_per_worker=2, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        report = extract(
+            records(videos, ids),
+            [MeanColour(n=4, batch_size=6)],
+            tmp_path / "two.h5",
+            client=c,
+            decode_workers=2,
+            chunk_size=2,
+            progress=False,
+        )
+        sizes = c.run(
+            lambda: sorted(
+                pool.n
+                for group in __import__(
+                    "aigvqa.pipeline.extract.decode_pool", fromlist=["_IDLE"]
+                )._IDLE.values()
+                for pool in group
+            )
+        )
     assert report.succeeded == 5
     assert list(sizes.values())[0] in ([1], [1, 1])  # 1 process per task thread, never 2
-    reference = run_video_chunk(records(videos, ids), [MeanColour(n=4, batch_size=6)],
-                                str(tmp_path / "ref.h5"), decode_workers=0)
+    reference = run_video_chunk(
+        records(videos, ids),
+        [MeanColour(n=4, batch_size=6)],
+        str(tmp_path / "ref.h5"),
+        decode_workers=0,
+    )
     assert reference.done["mean-colour"] == ids
-    np.testing.assert_array_equal(FeatureCache(tmp_path / "two.h5").read("mean-colour").arrays["mean-colour"],
-                                  FeatureCache(tmp_path / "ref.h5").read("mean-colour").arrays["mean-colour"])
+    np.testing.assert_array_equal(
+        FeatureCache(tmp_path / "two.h5").read("mean-colour").arrays["mean-colour"],
+        FeatureCache(tmp_path / "ref.h5").read("mean-colour").arrays["mean-colour"],
+    )
 
 
 class MarksOneVideo(KeyFramesView):
@@ -350,7 +404,13 @@ class WaitsForTheMarker(WithView):
 def test_a_decode_process_starts_the_next_video_while_the_forward_passes_run(videos, tmp_path):
     WaitsForTheMarker.saw = []
     marker = tmp_path / "v1-started"
-    result, _ = chunk(videos, ["v0", "v1"], [WaitsForTheMarker(MarksOneVideo(str(marker), "v1"))],
-                      tmp_path, "ahead", decode_workers=1)
+    result, _ = chunk(
+        videos,
+        ["v0", "v1"],
+        [WaitsForTheMarker(MarksOneVideo(str(marker), "v1"))],
+        tmp_path,
+        "ahead",
+        decode_workers=1,
+    )
     assert result.done["waits"] == ["v0", "v1"]
     assert WaitsForTheMarker.saw == [True]

@@ -19,14 +19,13 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from _extract_helpers import moving_clips, two_worker_client
 
 from aigvqa import __version__
 from aigvqa.errors import WeightsNotFoundError
 from aigvqa.extractors.base import Extractor
-from aigvqa.extractors.decode import write_video
-from aigvqa.extractors.synthetic import moving_pattern
 from aigvqa.pipeline.extract import extract
-from aigvqa.pipeline.extract.cluster import ClusterError, local_cluster
+from aigvqa.pipeline.extract.cluster import ClusterError
 from aigvqa.pipeline.records import VideoRecord
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -74,11 +73,9 @@ class NeedsWeights(Extractor):
 def cluster():
     """A LocalCluster of 2 worker processes without $AIGVQA_WEIGHTS in their environment,
     reached by address (as an existing cluster is)."""
-    from distributed import Client
-
     saved = os.environ.pop("AIGVQA_WEIGHTS", None)
     try:
-        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as client:
+        with two_worker_client() as client:
             yield client
     finally:
         if saved is not None:
@@ -87,9 +84,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[VideoRecord]:
-    folder = tmp_path_factory.mktemp("videos")
-    return [VideoRecord(f"v{i}", write_video(folder / f"v{i}.mp4", moving_pattern(6, 32, 48, seed=i), 8),
-                        labels={"mos": float(i)}) for i in range(3)]
+    return moving_clips(tmp_path_factory.mktemp("videos"), count=3, n_frames=6)
 
 
 @pytest.fixture
@@ -109,8 +104,12 @@ def test_missing_weights_are_found_on_the_client_in_the_cli_words(tmp_path, reco
     from aigvqa.pipeline.cli import main
 
     manifest = tmp_path / "m.csv"
-    manifest.write_text("video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records))
-    code = main(["extract", str(manifest), "--extractors", "slowfast", "--cache", str(tmp_path / "c.h5")])
+    manifest.write_text(
+        "video_id,path,mos\n" + "".join(f"{r.video_id},{r.path},1\n" for r in records)
+    )
+    code = main(
+        ["extract", str(manifest), "--extractors", "slowfast", "--cache", str(tmp_path / "c.h5")]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "no weights found for extractor 'slowfast'" in err
@@ -128,11 +127,18 @@ def test_missing_weights_are_found_on_the_client_in_the_python_words(tmp_path, r
     assert "--weights" not in text
 
 
-def test_a_workers_missing_weights_are_one_clean_error_naming_its_environment(cluster, records, tmp_path, capfd):
+def test_a_workers_missing_weights_are_one_clean_error_naming_its_environment(
+    cluster, records, tmp_path, capfd
+):
     # an existing cluster: the client cannot see what the workers see, the workers check
     with pytest.raises(WeightsNotFoundError) as caught:
-        extract(records, [NeedsWeights()], tmp_path / "c.h5", scheduler=cluster.scheduler.address,
-                progress=False)
+        extract(
+            records,
+            [NeedsWeights()],
+            tmp_path / "c.h5",
+            scheduler=cluster.scheduler.address,
+            progress=False,
+        )
     text = str(caught.value)
     assert "by Dask worker tcp://" in text and "its own environment" in text
     assert "$AIGVQA_WEIGHTS is not set in its environment" in text
@@ -142,7 +148,9 @@ def test_a_workers_missing_weights_are_one_clean_error_naming_its_environment(cl
 
 
 # -- what a run leaves on a shared cluster --------------------------------------------------
-def test_a_run_on_an_existing_cluster_leaves_no_plugin_and_no_loaded_model(cluster, records, tmp_path):
+def test_a_run_on_an_existing_cluster_leaves_no_plugin_and_no_loaded_model(
+    cluster, records, tmp_path
+):
     def plugins(dask_scheduler):
         return sorted(dask_scheduler.worker_plugins)
 
@@ -152,24 +160,42 @@ def test_a_run_on_an_existing_cluster_leaves_no_plugin_and_no_loaded_model(clust
         return len(worker._LOADED)
 
     before = cluster.run_on_scheduler(plugins)
-    report = extract(records, [NeedsWeights(random_init=True)], tmp_path / "c.h5",
-                     scheduler=cluster.scheduler.address, progress=False)
+    report = extract(
+        records,
+        [NeedsWeights(random_init=True)],
+        tmp_path / "c.h5",
+        scheduler=cluster.scheduler.address,
+        progress=False,
+    )
     assert report.succeeded == len(records)
     assert cluster.run_on_scheduler(plugins) == before  # aigvqa-torch-threads is gone again
-    assert all("aigvqa-torch-threads" not in names
-               for names in cluster.run(lambda dask_worker: list(dask_worker.plugins)).values())
+    assert all(
+        "aigvqa-torch-threads" not in names
+        for names in cluster.run(lambda dask_worker: list(dask_worker.plugins)).values()
+    )
     assert set(cluster.run(loaded_models).values()) == {0}  # models released
 
 
 def test_a_run_with_a_given_client_unregisters_its_plugin_too(cluster, records, tmp_path):
-    extract(records, [NeedsWeights(random_init=True)], tmp_path / "c.h5", client=cluster, progress=False)
+    extract(
+        records, [NeedsWeights(random_init=True)], tmp_path / "c.h5", client=cluster, progress=False
+    )
     assert "aigvqa-torch-threads" not in cluster.run_on_scheduler(
-        lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+        lambda dask_scheduler: list(dask_scheduler.worker_plugins)
+    )
 
 
-def test_random_init_is_announced_once_per_extractor_by_the_client(cluster, records, tmp_path, capfd):
-    extract(records, [NeedsWeights(random_init=True)], tmp_path / "c.h5", client=cluster,
-            progress=False, chunk_size=1)
+def test_random_init_is_announced_once_per_extractor_by_the_client(
+    cluster, records, tmp_path, capfd
+):
+    extract(
+        records,
+        [NeedsWeights(random_init=True)],
+        tmp_path / "c.h5",
+        client=cluster,
+        progress=False,
+        chunk_size=1,
+    )
     err = capfd.readouterr().err
     assert err.count("RANDOM-INIT: extractor 'needs-weights'") == 1  # 2 workers loaded it
 
@@ -188,21 +214,37 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_workers_without_aigvqa_or_with_another_version_are_named_in_one_line(records, tmp_path, capfd):
+def test_workers_without_aigvqa_or_with_another_version_are_named_in_one_line(
+    records, tmp_path, capfd
+):
     from distributed import Client, LocalCluster
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as scheduler, \
-            Client(scheduler) as client:
-        workers = [subprocess.Popen([sys.executable, str(script), kind, scheduler.scheduler_address],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for kind in ("missing", "0.0.1")]
+    with (
+        LocalCluster(
+            n_workers=0, processes=False, protocol="tcp", dashboard_address=":0"
+        ) as scheduler,
+        Client(scheduler) as client,
+    ):
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(script), kind, scheduler.scheduler_address],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for kind in ("missing", "0.0.1")
+        ]
         try:
             client.wait_for_workers(2, timeout=120)
             with pytest.raises(ClusterError) as caught:
-                extract(records, [NeedsWeights(random_init=True)], tmp_path / "c.h5",
-                        scheduler=scheduler.scheduler_address, progress=False)
+                extract(
+                    records,
+                    [NeedsWeights(random_init=True)],
+                    tmp_path / "c.h5",
+                    scheduler=scheduler.scheduler_address,
+                    progress=False,
+                )
         finally:
             for proc in workers:
                 proc.terminate()
@@ -215,7 +257,9 @@ def test_workers_without_aigvqa_or_with_another_version_are_named_in_one_line(re
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_models_load_on_every_worker_with_progress_and_on_one_when_all_is_cached(cluster, records, tmp_path, capfd):
+def test_models_load_on_every_worker_with_progress_and_on_one_when_all_is_cached(
+    cluster, records, tmp_path, capfd
+):
     cache = tmp_path / "c.h5"
     extract(records, [NeedsWeights(random_init=True)], cache, client=cluster)
     first = capfd.readouterr().err

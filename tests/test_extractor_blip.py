@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _weights_helpers import drop_tensor
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import blip, create_extractor, encode_prompts, extract_video
@@ -20,11 +21,25 @@ from aigvqa.extractors.registry import ExtractorConfigError
 from aigvqa.extractors.runner import MissingPromptError
 from aigvqa.extractors.weights import sha256_of
 
-VISION = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
-          "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
-TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "vocab_size": 120, "max_position_embeddings": 64, "bos_token_id": 1, "sep_token_id": 102,
-        "pad_token_id": 0}
+VISION = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "vocab_size": 120,
+    "max_position_embeddings": 64,
+    "bos_token_id": 1,
+    "sep_token_id": 102,
+    "pad_token_id": 0,
+}
 TINY = {"vision_config": VISION, "text_config": TEXT, "image_text_hidden_size": 24}
 WORDS = ["a", "red", "fox", "cat", "jumping", "over", "frozen", "river", "dog", "runs"]
 PROMPTS = ["a red fox jumping over a frozen river", "a cat", "a dog runs"]
@@ -75,14 +90,25 @@ def hf_reference(model, folder, frames, prompt):
     ``BlipForImageTextRetrieval.forward`` (both heads) for one prompt."""
     from transformers import AutoTokenizer
 
-    tokens = AutoTokenizer.from_pretrained(folder)([prompt] * len(frames), padding="max_length",
-                                                   max_length=35, return_tensors="pt")
+    tokens = AutoTokenizer.from_pretrained(folder)(
+        [prompt] * len(frames), padding="max_length", max_length=35, return_tensors="pt"
+    )
     with torch.no_grad():
-        itm = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                    pixel_values=pixels(frames), use_itm_head=True).itm_score.softmax(-1)[:, 1]
-        itc = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                    pixel_values=pixels(frames), use_itm_head=False).itm_score.diagonal()
-        image = model.vision_proj(model.vision_model(pixel_values=pixels(frames)).last_hidden_state[:, 0])
+        itm = model(
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            pixel_values=pixels(frames),
+            use_itm_head=True,
+        ).itm_score.softmax(-1)[:, 1]
+        itc = model(
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            pixel_values=pixels(frames),
+            use_itm_head=False,
+        ).itm_score.diagonal()
+        image = model.vision_proj(
+            model.vision_model(pixel_values=pixels(frames)).last_hidden_state[:, 0]
+        )
     return itm.numpy(), itc.numpy(), image.numpy()
 
 
@@ -90,8 +116,13 @@ def hf_reference(model, folder, frames, prompt):
 def test_random_init_per_frame_outputs_columns_and_stamp(video_factory, capsys):
     path = video_factory("clip", n_frames=12, size=(48, 64))
     extractor = create_extractor("blip-itm", random_init=True, blip_config=TINY, n_frames=4)
-    assert extractor.view().config() == {"n": 4, "size": 32, "fps": None, "resize_mode": "squash",
-                                         "as_clip": False}
+    assert extractor.view().config() == {
+        "n": 4,
+        "size": 32,
+        "fps": None,
+        "resize_mode": "squash",
+        "as_clip": False,
+    }
     features = extract_video(path, [extractor], prompt=PROMPTS[0])["blip-itm"]
     assert features.shape == (4, 2 + 24) and features.dtype == np.float32
     assert ((features[:, 0] >= 0) & (features[:, 0] <= 1)).all()  # ITM probability
@@ -173,12 +204,8 @@ def test_blip_text_from_the_blip_itm_folder_is_the_itc_text_side(tmp_path, frame
 
 
 def test_folder_with_a_missing_tensor_is_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     saved_blip(tmp_path / "blip")
-    state = load_file(tmp_path / "blip" / "model.safetensors")
-    del state["itm_head.weight"]
-    save_file(state, tmp_path / "blip" / "model.safetensors", metadata={"format": "pt"})
+    drop_tensor(tmp_path / "blip" / "model.safetensors", "itm_head.weight")
     with pytest.raises(CheckpointMismatchError, match="itm_head.weight"):
         create_extractor("blip-itm", weights=str(tmp_path / "blip")).load()
 
@@ -206,7 +233,11 @@ def test_missing_blip_weights_name_every_place(tmp_path, monkeypatch):
 # -- imagereward ---------------------------------------------------------------------------------
 def imagereward_layout(vision=VISION, text=TEXT, embed=24):
     """{key: shape} of an ImageReward.pt for the given sizes, in ImageReward's own names."""
-    d, layers, inter = vision["hidden_size"], vision["num_hidden_layers"], vision["intermediate_size"]
+    d, layers, inter = (
+        vision["hidden_size"],
+        vision["num_hidden_layers"],
+        vision["intermediate_size"],
+    )
     patch = vision["patch_size"]
     tokens = (vision["image_size"] // patch) ** 2 + 1
     shapes = {
@@ -219,38 +250,69 @@ def imagereward_layout(vision=VISION, text=TEXT, embed=24):
     }
     for i in range(layers):
         block = f"blip.visual_encoder.blocks.{i}."
-        shapes.update({
-            block + "norm1.weight": (d,), block + "norm1.bias": (d,),
-            block + "attn.qkv.weight": (3 * d, d), block + "attn.qkv.bias": (3 * d,),
-            block + "attn.proj.weight": (d, d), block + "attn.proj.bias": (d,),
-            block + "norm2.weight": (d,), block + "norm2.bias": (d,),
-            block + "mlp.fc1.weight": (inter, d), block + "mlp.fc1.bias": (inter,),
-            block + "mlp.fc2.weight": (d, inter), block + "mlp.fc2.bias": (d,),
-        })
+        shapes.update(
+            {
+                block + "norm1.weight": (d,),
+                block + "norm1.bias": (d,),
+                block + "attn.qkv.weight": (3 * d, d),
+                block + "attn.qkv.bias": (3 * d,),
+                block + "attn.proj.weight": (d, d),
+                block + "attn.proj.bias": (d,),
+                block + "norm2.weight": (d,),
+                block + "norm2.bias": (d,),
+                block + "mlp.fc1.weight": (inter, d),
+                block + "mlp.fc1.bias": (inter,),
+                block + "mlp.fc2.weight": (d, inter),
+                block + "mlp.fc2.bias": (d,),
+            }
+        )
     t, t_inter = text["hidden_size"], text["intermediate_size"]
-    shapes.update({
-        "blip.text_encoder.embeddings.word_embeddings.weight": (text["vocab_size"], t),
-        "blip.text_encoder.embeddings.position_embeddings.weight": (text["max_position_embeddings"], t),
-        "blip.text_encoder.embeddings.LayerNorm.weight": (t,),
-        "blip.text_encoder.embeddings.LayerNorm.bias": (t,),
-    })
+    shapes.update(
+        {
+            "blip.text_encoder.embeddings.word_embeddings.weight": (text["vocab_size"], t),
+            "blip.text_encoder.embeddings.position_embeddings.weight": (
+                text["max_position_embeddings"],
+                t,
+            ),
+            "blip.text_encoder.embeddings.LayerNorm.weight": (t,),
+            "blip.text_encoder.embeddings.LayerNorm.bias": (t,),
+        }
+    )
     for i in range(text["num_hidden_layers"]):
         layer = f"blip.text_encoder.encoder.layer.{i}."
         for part, width in (("attention", t), ("crossattention", d)):
-            shapes.update({
-                f"{layer}{part}.self.query.weight": (t, t), f"{layer}{part}.self.query.bias": (t,),
-                f"{layer}{part}.self.key.weight": (t, width), f"{layer}{part}.self.key.bias": (t,),
-                f"{layer}{part}.self.value.weight": (t, width), f"{layer}{part}.self.value.bias": (t,),
-                f"{layer}{part}.output.dense.weight": (t, t), f"{layer}{part}.output.dense.bias": (t,),
-                f"{layer}{part}.output.LayerNorm.weight": (t,), f"{layer}{part}.output.LayerNorm.bias": (t,),
-            })
-        shapes.update({
-            layer + "intermediate.dense.weight": (t_inter, t), layer + "intermediate.dense.bias": (t_inter,),
-            layer + "output.dense.weight": (t, t_inter), layer + "output.dense.bias": (t,),
-            layer + "output.LayerNorm.weight": (t,), layer + "output.LayerNorm.bias": (t,),
-        })
-    shapes.update({"blip.vision_proj.weight": (embed, d), "blip.vision_proj.bias": (embed,),
-                   "blip.text_proj.weight": (embed, t), "blip.text_proj.bias": (embed,)})
+            shapes.update(
+                {
+                    f"{layer}{part}.self.query.weight": (t, t),
+                    f"{layer}{part}.self.query.bias": (t,),
+                    f"{layer}{part}.self.key.weight": (t, width),
+                    f"{layer}{part}.self.key.bias": (t,),
+                    f"{layer}{part}.self.value.weight": (t, width),
+                    f"{layer}{part}.self.value.bias": (t,),
+                    f"{layer}{part}.output.dense.weight": (t, t),
+                    f"{layer}{part}.output.dense.bias": (t,),
+                    f"{layer}{part}.output.LayerNorm.weight": (t,),
+                    f"{layer}{part}.output.LayerNorm.bias": (t,),
+                }
+            )
+        shapes.update(
+            {
+                layer + "intermediate.dense.weight": (t_inter, t),
+                layer + "intermediate.dense.bias": (t_inter,),
+                layer + "output.dense.weight": (t, t_inter),
+                layer + "output.dense.bias": (t,),
+                layer + "output.LayerNorm.weight": (t,),
+                layer + "output.LayerNorm.bias": (t,),
+            }
+        )
+    shapes.update(
+        {
+            "blip.vision_proj.weight": (embed, d),
+            "blip.vision_proj.bias": (embed,),
+            "blip.text_proj.weight": (embed, t),
+            "blip.text_proj.bias": (embed,),
+        }
+    )
     width = t
     for index, out in zip((0, 2, 4, 6, 7), (1024, 128, 64, 16, 1)):
         shapes[f"mlp.layers.{index}.weight"] = (out, width)
@@ -262,9 +324,14 @@ def imagereward_layout(vision=VISION, text=TEXT, embed=24):
 def saved_imagereward(path, seed=3, drop=(), extra=None):
     """A random ImageReward.pt (the published format: a plain state dict, saved by torch.save)."""
     generator = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(shape, generator=generator) * 0.2
-             for k, shape in imagereward_layout().items() if k not in drop}
-    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(TEXT["max_position_embeddings"])[None]
+    state = {
+        k: torch.randn(shape, generator=generator) * 0.2
+        for k, shape in imagereward_layout().items()
+        if k not in drop
+    }
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(
+        TEXT["max_position_embeddings"]
+    )[None]
     state.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -278,27 +345,53 @@ def reward_of(extractor, **kw):
 def test_imagereward_checkpoint_file_gives_the_published_reward(tmp_path, frames):
     state = saved_imagereward(tmp_path / "ir" / "ImageReward.pt")
     save_tokenizer(tmp_path / "bert")
-    extractor = create_extractor("imagereward", blip_config=TINY, weights=str(tmp_path / "ir" / "ImageReward.pt"),
-                                 tokenizer=str(tmp_path / "bert"))
-    assert extractor.view().config()["resize_mode"] == "crop" and extractor.output_dims() == {"values": 1}
+    extractor = create_extractor(
+        "imagereward",
+        blip_config=TINY,
+        weights=str(tmp_path / "ir" / "ImageReward.pt"),
+        tokenizer=str(tmp_path / "bert"),
+    )
+    assert extractor.view().config()["resize_mode"] == "crop" and extractor.output_dims() == {
+        "values": 1
+    }
     extractor.load()
     assert extractor.weights_identity == f"sha256:{sha256_of(tmp_path / 'ir' / 'ImageReward.pt')}"
     module = extractor.blip_.model.state_dict()
     # the renaming, rule by rule (BLIP's ViT names -> transformers' BlipVisionModel names)
-    for ours, theirs in {
-        "vision_model.embeddings.class_embedding": "blip.visual_encoder.cls_token",
-        "vision_model.embeddings.position_embedding": "blip.visual_encoder.pos_embed",
-        "vision_model.embeddings.patch_embedding.weight": "blip.visual_encoder.patch_embed.proj.weight",
-        "vision_model.encoder.layers.1.layer_norm1.weight": "blip.visual_encoder.blocks.1.norm1.weight",
-        "vision_model.encoder.layers.1.layer_norm2.bias": "blip.visual_encoder.blocks.1.norm2.bias",
-        "vision_model.encoder.layers.0.self_attn.qkv.weight": "blip.visual_encoder.blocks.0.attn.qkv.weight",
-        "vision_model.encoder.layers.0.self_attn.projection.bias": "blip.visual_encoder.blocks.0.attn.proj.bias",
-        "vision_model.encoder.layers.0.mlp.fc2.weight": "blip.visual_encoder.blocks.0.mlp.fc2.weight",
-        "vision_model.post_layernorm.weight": "blip.visual_encoder.norm.weight",
-        "text_encoder.encoder.layer.1.crossattention.self.key.weight":
+    for ours, theirs in [
+        ("vision_model.embeddings.class_embedding", "blip.visual_encoder.cls_token"),
+        ("vision_model.embeddings.position_embedding", "blip.visual_encoder.pos_embed"),
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            "blip.visual_encoder.patch_embed.proj.weight",
+        ),
+        (
+            "vision_model.encoder.layers.1.layer_norm1.weight",
+            "blip.visual_encoder.blocks.1.norm1.weight",
+        ),
+        (
+            "vision_model.encoder.layers.1.layer_norm2.bias",
+            "blip.visual_encoder.blocks.1.norm2.bias",
+        ),
+        (
+            "vision_model.encoder.layers.0.self_attn.qkv.weight",
+            "blip.visual_encoder.blocks.0.attn.qkv.weight",
+        ),
+        (
+            "vision_model.encoder.layers.0.self_attn.projection.bias",
+            "blip.visual_encoder.blocks.0.attn.proj.bias",
+        ),
+        (
+            "vision_model.encoder.layers.0.mlp.fc2.weight",
+            "blip.visual_encoder.blocks.0.mlp.fc2.weight",
+        ),
+        ("vision_model.post_layernorm.weight", "blip.visual_encoder.norm.weight"),
+        (
+            "text_encoder.encoder.layer.1.crossattention.self.key.weight",
             "blip.text_encoder.encoder.layer.1.crossattention.self.key.weight",
-        "mlp.7.weight": "mlp.layers.7.weight",
-    }.items():
+        ),
+        ("mlp.7.weight", "mlp.layers.7.weight"),
+    ]:
         torch.testing.assert_close(module[ours], state[theirs])
 
     rewards = extractor.forward(frames, prompts=[PROMPTS[0]] * 3 + [PROMPTS[1]] * 2)
@@ -308,9 +401,12 @@ def test_imagereward_checkpoint_file_gives_the_published_reward(tmp_path, frames
     ids, mask = extractor.blip_.tokenize([PROMPTS[0]] * 3 + [PROMPTS[1]] * 2)
     with torch.no_grad():
         image = model.vision_model(pixel_values=pixels(frames)).last_hidden_state
-        cls = model.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image,
-                                 encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long)
-                                 ).last_hidden_state[:, 0]
+        cls = model.text_encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long),
+        ).last_hidden_state[:, 0]
         x = cls
         for index in (0, 2, 4, 6, 7):
             x = x @ state[f"mlp.layers.{index}.weight"].T + state[f"mlp.layers.{index}.bias"]
@@ -318,7 +414,9 @@ def test_imagereward_checkpoint_file_gives_the_published_reward(tmp_path, frames
     np.testing.assert_allclose(rewards, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_imagereward_from_aigvqa_weights_with_the_tokenizer_beside_it(tmp_path, frames, monkeypatch):
+def test_imagereward_from_aigvqa_weights_with_the_tokenizer_beside_it(
+    tmp_path, frames, monkeypatch
+):
     saved_imagereward(tmp_path / "weights" / "imagereward" / "ImageReward.pt")
     save_tokenizer(tmp_path / "weights" / "imagereward")
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path / "weights"))
@@ -329,16 +427,24 @@ def test_imagereward_from_aigvqa_weights_with_the_tokenizer_beside_it(tmp_path, 
 
 
 def test_imagereward_checkpoint_missing_a_tensor_names_it(tmp_path):
-    saved_imagereward(tmp_path / "ImageReward.pt", drop=("blip.visual_encoder.blocks.1.norm2.weight",))
+    saved_imagereward(
+        tmp_path / "ImageReward.pt", drop=("blip.visual_encoder.blocks.1.norm2.weight",)
+    )
     save_tokenizer(tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\)[\s\S]*layers.1.layer_norm2.weight"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing keys \(1\)[\s\S]*layers.1.layer_norm2.weight"
+    ):
         reward_of(None, weights=str(tmp_path / "ImageReward.pt")).load()
 
 
 def test_imagereward_checkpoint_with_a_foreign_tensor_is_refused(tmp_path):
-    saved_imagereward(tmp_path / "ImageReward.pt", extra={"blip.itm_head.weight": torch.zeros(2, 32)})
+    saved_imagereward(
+        tmp_path / "ImageReward.pt", extra={"blip.itm_head.weight": torch.zeros(2, 32)}
+    )
     save_tokenizer(tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\)[\s\S]*blip.itm_head.weight"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"unexpected keys \(1\)[\s\S]*blip.itm_head.weight"
+    ):
         reward_of(None, weights=str(tmp_path / "ImageReward.pt")).load()
 
 
@@ -347,7 +453,9 @@ def test_imagereward_checkpoint_of_another_size_is_refused(tmp_path):
     save_tokenizer(tmp_path)
     wider = {**TINY, "text_config": {**TEXT, "intermediate_size": 80}}
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        create_extractor("imagereward", blip_config=wider, weights=str(tmp_path / "ImageReward.pt")).load()
+        create_extractor(
+            "imagereward", blip_config=wider, weights=str(tmp_path / "ImageReward.pt")
+        ).load()
 
 
 def test_imagereward_missing_checkpoint_and_missing_tokenizer(tmp_path, monkeypatch):
@@ -368,7 +476,9 @@ def test_imagereward_random_init_per_frame_reward(video_factory, capsys):
     extractor = reward_of(None, random_init=True, n_frames=3)
     out = extract_video(video_factory(n_frames=10), [extractor], prompt=PROMPTS[2])["imagereward"]
     assert out.shape == (3, 1) and np.isfinite(out).all()
-    assert extractor.provenance()["weights"] == RANDOM_INIT and "columns" not in extractor.provenance()
+    assert (
+        extractor.provenance()["weights"] == RANDOM_INIT and "columns" not in extractor.provenance()
+    )
     assert RANDOM_INIT in capsys.readouterr().err
 
 
@@ -389,10 +499,24 @@ def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, cap
         for g in range(3):
             vid = f"p{p}-g{g}"
             path = video_factory(vid, n_frames=8, size=(32, 48), seed=3 * p + g)
-            records.append(VideoRecord(vid, path, prompt, labels={"mos": float(g + rng.normal(0, 0.3))},
-                                       groups={"prompt": f"p{p}", "generator": f"g{g}"}))
-    records.append(VideoRecord("no-prompt", video_factory("no-prompt", n_frames=8, size=(32, 48)), None,
-                               labels={"mos": 1.0}, groups={"generator": "g0"}))
+            records.append(
+                VideoRecord(
+                    vid,
+                    path,
+                    prompt,
+                    labels={"mos": float(g + rng.normal(0, 0.3))},
+                    groups={"prompt": f"p{p}", "generator": f"g{g}"},
+                )
+            )
+    records.append(
+        VideoRecord(
+            "no-prompt",
+            video_factory("no-prompt", n_frames=8, size=(32, 48)),
+            None,
+            labels={"mos": 1.0},
+            groups={"generator": "g0"},
+        )
+    )
     tiny_blip = {"random_init": True, "blip_config": TINY}
     extractors = {
         "handcrafted": {"max_frames": 4, "size": 32},
@@ -401,7 +525,9 @@ def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, cap
         "imagereward": {**tiny_blip, "n_frames": 3},
     }
     cache = tmp_path / "feats.h5"
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
         report = extract(records, extractors, cache, client=client, progress=False)
     assert RANDOM_INIT in capsys.readouterr().err
     assert (report.succeeded, report.failed) == (9, 1)
@@ -412,19 +538,42 @@ def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, cap
         assert store.group_info(group).random_init
     assert store.group_info("blip-itm").provenance["columns"] == {"match": [0, 2], "image": [2, 26]}
     data = store.read(["blip-itm", "imagereward"])
-    assert data.arrays["blip-itm"].shape == (9, 3, 26) and data.arrays["imagereward"].shape == (9, 3, 1)
+    assert data.arrays["blip-itm"].shape == (9, 3, 26) and data.arrays["imagereward"].shape == (
+        9,
+        3,
+        1,
+    )
 
-    params = {"features": {"technical": "handcrafted", "aesthetic": "handcrafted"}, "epochs": 3,
-              "d_model": 8, "mlp_hidden": 8, "batch_size": 4}
-    result = evaluate_cache(cache, "branchsum", params=params, split="prompt-disjoint", trials=2,
-                            features=["handcrafted", "blip-itm", "blip-text", "imagereward"], progress=False)
+    params = {
+        "features": {"technical": "handcrafted", "aesthetic": "handcrafted"},
+        "epochs": 3,
+        "d_model": 8,
+        "mlp_hidden": 8,
+        "batch_size": 4,
+    }
+    result = evaluate_cache(
+        cache,
+        "branchsum",
+        params=params,
+        split="prompt-disjoint",
+        trials=2,
+        features=["handcrafted", "blip-itm", "blip-text", "imagereward"],
+        progress=False,
+    )
     assert {"pair_acc", "prompt_srcc", "model_pair_acc"} <= set(result.metric_names())
     assert all(0.0 <= v <= 1.0 for v in result.values("pair_acc"))
 
-    bundle_path, _ = train(cache, "branchsum", tmp_path / "model", params=params,
-                           features=["handcrafted", "blip-itm", "blip-text", "imagereward"])
+    bundle_path, _ = train(
+        cache,
+        "branchsum",
+        tmp_path / "model",
+        params=params,
+        features=["handcrafted", "blip-itm", "blip-text", "imagereward"],
+    )
     bundle = load_bundle(bundle_path)
-    assert {"blip-itm-match", "blip-itm-image", "blip-text-pooled", "imagereward"} <= set(bundle.feature_names)
+    assert {"blip-itm-match", "blip-itm-image", "blip-text-pooled", "imagereward"} <= set(
+        bundle.feature_names
+    )
     assert bundle.head.feature_names_["match"] == "blip-itm-match"
     assert bundle.head.feature_names_["frames"] == "blip-itm-image"
     # scoring from the cache derives the column features the same way

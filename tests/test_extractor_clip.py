@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _weights_helpers import drop_tensor
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors import clip, create_extractor, encode_prompts, extract_video
@@ -26,7 +27,11 @@ TINY_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-PROMPTS = ["a red fox jumping over a frozen river", "a cat", "a red fox jumping over a frozen river"]
+PROMPTS = [
+    "a red fox jumping over a frozen river",
+    "a cat",
+    "a red fox jumping over a frozen river",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,6 +161,30 @@ def test_frames_and_text_share_one_model_per_checkpoint(tmp_path):
     assert other.towers_.model is not frames_ex.towers_.model
 
 
+def test_building_an_open_clip_model_leaves_the_root_logger_unconfigured():
+    """open_clip logs with ``logging.info(...)``, which runs ``logging.basicConfig()`` on a
+    root logger without handlers; the root kept that handler, so distributed, imported
+    later (the stage-one bench), added none of its own and every local cluster printed
+    its INFO records ("INFO:distributed.scheduler:...") through it."""
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]  # pytest's own capture handlers: a fresh process has none
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        tiny("clip-frames", random_init=True).load()
+        tiny("clip-text", random_init=True).load()
+        left = root.handlers[:]
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+    assert left == []
+    assert not any(isinstance(f, clip._DropOpenClipRandomNotice) for f in root.filters)
+
+
 @pytest.mark.slow
 def test_default_vit_b_32_random_init_shapes(video):
     frames_ex = create_extractor("clip-frames", random_init=True, n_frames=4)
@@ -179,7 +208,9 @@ def test_hf_random_init_builds_the_default_clip_config(video):
 
 # -- open_clip checkpoints through the public resolution path ------------------------------
 @pytest.mark.parametrize("filename", [f"{TINY}.bin", f"{TINY}.safetensors"])
-def test_open_clip_checkpoint_explicit_path_gives_the_saved_models_features(tmp_path, frames, filename):
+def test_open_clip_checkpoint_explicit_path_gives_the_saved_models_features(
+    tmp_path, frames, filename
+):
     model = saved_tiny_checkpoint(tmp_path / filename)
     extractor = tiny(weights=str(tmp_path / filename))
     extractor.load()
@@ -190,7 +221,9 @@ def test_open_clip_checkpoint_explicit_path_gives_the_saved_models_features(tmp_
     assert extractor.provenance()["weights"] != RANDOM_INIT
 
 
-def test_open_clip_checkpoint_from_aigvqa_weights_for_frames_and_text(tmp_path, frames, monkeypatch):
+def test_open_clip_checkpoint_from_aigvqa_weights_for_frames_and_text(
+    tmp_path, frames, monkeypatch
+):
     folder = tmp_path / "weights" / "clip-frames"
     folder.mkdir(parents=True)
     model = saved_tiny_checkpoint(folder / f"{TINY}.bin")
@@ -205,7 +238,9 @@ def test_open_clip_checkpoint_from_aigvqa_weights_for_frames_and_text(tmp_path, 
     out = encode_prompts(text, PROMPTS[:1])
     ids, _ = text.towers_.tokenize(PROMPTS[:1])
     with torch.no_grad():
-        np.testing.assert_allclose(out["pooled"], model.encode_text(ids).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out["pooled"], model.encode_text(ids).numpy(), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_open_clip_pretrained_tag_is_found_in_the_offline_hf_cache(tmp_path, frames, monkeypatch):
@@ -215,9 +250,7 @@ def test_open_clip_pretrained_tag_is_found_in_the_offline_hf_cache(tmp_path, fra
     monkeypatch.setitem(
         open_clip.pretrained._PRETRAINED, TINY, {"testtag": {"hf_hub": "aigvqa-test/tiny-clip/"}}
     )
-    snapshot = (
-        tmp_path / "hf-cache" / "models--aigvqa-test--tiny-clip" / "snapshots" / "0123abcd"
-    )
+    snapshot = tmp_path / "hf-cache" / "models--aigvqa-test--tiny-clip" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
@@ -256,8 +289,10 @@ def test_openai_torchscript_checkpoint_is_read_without_unpickling_code(tmp_path,
     state["input_resolution"] = torch.tensor(32)  # the OpenAI archive's extra entries
     state["context_length"] = torch.tensor(77)
     state["vocab_size"] = torch.tensor(49408)
-    _torchscript_archive({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-                         tmp_path / f"{TINY}.pt")
+    _torchscript_archive(
+        {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+        tmp_path / f"{TINY}.pt",
+    )
     extractor = tiny(weights=str(tmp_path / f"{TINY}.pt"))
     extractor.load()
     np.testing.assert_allclose(
@@ -265,7 +300,9 @@ def test_openai_torchscript_checkpoint_is_read_without_unpickling_code(tmp_path,
     )
 
 
-def test_torchscript_weights_with_code_that_runs_on_load_are_refused_before_it_runs(tmp_path, capfd):
+def test_torchscript_weights_with_code_that_runs_on_load_are_refused_before_it_runs(
+    tmp_path, capfd
+):
     """OpenAI's archive format can carry a __setstate__ that torch.jit.load executes; the
     extractor reads tensors only and refuses a module it cannot read without running code."""
     import warnings
@@ -326,7 +363,9 @@ def test_checkpoint_missing_a_key_is_refused(tmp_path):
     state = torch.load(tmp_path / "full.bin", weights_only=True)
     del state["visual.ln_post.weight"]
     torch.save(state, tmp_path / "broken.bin")
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\)[\s\S]*visual.ln_post.weight"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing keys \(1\)[\s\S]*visual.ln_post.weight"
+    ):
         tiny(weights=str(tmp_path / "broken.bin")).load()
 
 
@@ -342,10 +381,22 @@ def _tiny_hf_config():
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "vocab_size": 49408},
-        vision_config={"hidden_size": 48, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "vocab_size": 49408,
+        },
+        vision_config={
+            "hidden_size": 48,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=24,
     )
 
@@ -365,7 +416,9 @@ def _hf_reference(model, frames, prompts):
     pixels = (frames / 255.0 - np.asarray(clip.OPENAI_MEAN)) / np.asarray(clip.OPENAI_STD)
     ids = SimpleTokenizer()(prompts)
     with torch.no_grad():
-        vision = model.vision_model(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float())
+        vision = model.vision_model(
+            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float()
+        )
         image = model.visual_projection(vision.pooler_output).numpy()
         text = model.text_model(input_ids=ids, attention_mask=(ids != 0).long())
         pooled = model.text_projection(text.pooler_output).numpy()
@@ -376,7 +429,9 @@ def test_hf_clip_folder_explicit_and_from_aigvqa_weights(tmp_path, frames, monke
     model = _saved_hf_clip(tmp_path / "pickscore-like")
     image_ref, text_ref = _hf_reference(model, frames, PROMPTS[:2])
 
-    explicit = create_extractor("clip-frames", backend="hf", weights=str(tmp_path / "pickscore-like"))
+    explicit = create_extractor(
+        "clip-frames", backend="hf", weights=str(tmp_path / "pickscore-like")
+    )
     assert explicit.view().config()["size"] == 32 and explicit.output_dims() == {"values": 24}
     explicit.load()
     np.testing.assert_allclose(explicit.forward(frames), image_ref, rtol=1e-5, atol=1e-5)
@@ -393,12 +448,8 @@ def test_hf_clip_folder_explicit_and_from_aigvqa_weights(tmp_path, frames, monke
 
 
 def test_hf_clip_folder_with_a_missing_tensor_is_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     _saved_hf_clip(tmp_path / "hf")
-    state = load_file(tmp_path / "hf" / "model.safetensors")
-    del state["visual_projection.weight"]
-    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    drop_tensor(tmp_path / "hf" / "model.safetensors", "visual_projection.weight")
     with pytest.raises(CheckpointMismatchError, match="visual_projection.weight"):
         create_extractor("clip-frames", backend="hf", weights=str(tmp_path / "hf")).load()
 

@@ -46,7 +46,9 @@ def test_output_width_matches_feature_names_on_a_video(tmp_path):
 def test_blur_lowers_sharpness(texture):
     sharp = pair_features(texture, texture)
     blurred = pair_features(blur(texture), blur(texture))
-    assert feature(blurred, "sharpness_laplacian_var") < 0.5 * feature(sharp, "sharpness_laplacian_var")
+    assert feature(blurred, "sharpness_laplacian_var") < 0.5 * feature(
+        sharp, "sharpness_laplacian_var"
+    )
 
 
 def test_noise_raises_the_noise_estimate_and_breaks_mscn_structure(texture):
@@ -54,7 +56,9 @@ def test_noise_raises_the_noise_estimate_and_breaks_mscn_structure(texture):
     rng = np.random.default_rng(1)
     noisy = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
     clean_row, noisy_row = pair_features(smooth, smooth), pair_features(noisy, noisy)
-    assert feature(noisy_row, "noise_sigma_immerkaer") > 3 * feature(clean_row, "noise_sigma_immerkaer")
+    assert feature(noisy_row, "noise_sigma_immerkaer") > 3 * feature(
+        clean_row, "noise_sigma_immerkaer"
+    )
     assert feature(noisy_row, "noise_sigma_immerkaer") == pytest.approx(12, rel=0.35)
     assert feature(noisy_row, "mscn_pair_h_mean") < feature(clean_row, "mscn_pair_h_mean")
 

@@ -115,7 +115,6 @@ def test_pyth_checkpoint_loads_from_every_place(checkpoint, clips, tmp_path, mon
     assert explicit.weights_identity == f"sha256:{sha256_of(path)}"
     assert not np.allclose(loaded(random_init=True, **SMALL).forward(clips), expected)
 
-
     root = tmp_path / "weights"
     (root / "slowfast").mkdir(parents=True)
     (root / "slowfast" / SLOWFAST_R50_FILENAME).write_bytes(path.read_bytes())
@@ -123,7 +122,7 @@ def test_pyth_checkpoint_loads_from_every_place(checkpoint, clips, tmp_path, mon
     np.testing.assert_array_equal(loaded(**SMALL).forward(clips), expected)
     monkeypatch.delenv("AIGVQA_WEIGHTS")
 
-    hub = tmp_path / "torch-hub" / "checkpoints"  # where torch.hub.load(..., pretrained=True) puts it
+    hub = tmp_path / "torch-hub" / "checkpoints"  # where torch.hub.load(pretrained=True) puts it
     hub.mkdir(parents=True)
     (hub / SLOWFAST_R50_FILENAME).write_bytes(path.read_bytes())
     np.testing.assert_array_equal(loaded(**SMALL).forward(clips), expected)

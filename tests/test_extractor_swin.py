@@ -103,7 +103,9 @@ def test_default_config_gives_1_by_768(video):
 
 
 # -- weights -------------------------------------------------------------------------------------
-def test_torchvision_state_dict_loads_from_every_place(swin3d_checkpoint, clips, tmp_path, monkeypatch):
+def test_torchvision_state_dict_loads_from_every_place(
+    swin3d_checkpoint, clips, tmp_path, monkeypatch
+):
     path, expected = swin3d_checkpoint
     explicit = loaded(weights=str(path), **SMALL)
     np.testing.assert_array_equal(explicit.forward(clips), expected)

@@ -53,7 +53,9 @@ def save_timm_checkpoint(extractor, path, fmt="safetensors", seed=11):
                 tensor.add_(0.02 * torch.randn(tensor.shape, generator=generator))
     state = {k: v.clone().contiguous() for k, v in extractor.model_.state_dict().items()}
     classifier = extractor.model_.pretrained_cfg["classifier"]
-    state[f"{classifier}.weight"] = torch.randn(1000, extractor.model_.num_features, generator=generator)
+    state[f"{classifier}.weight"] = torch.randn(
+        1000, extractor.model_.num_features, generator=generator
+    )
     state[f"{classifier}.bias"] = torch.zeros(1000)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
@@ -104,7 +106,9 @@ def test_normalisation_follows_the_arch_unless_overridden(frames):
     assert vit.mean_ == (0.5, 0.5, 0.5) and vit.std_ == (0.5, 0.5, 0.5)  # AugReg ViT
     convnext = loaded("convnext-frames", random_init=True)
     assert convnext.mean_ == pytest.approx((0.485, 0.456, 0.406))  # ImageNet
-    custom = loaded("vit-keyframes", arch=TINY_VIT, random_init=True, mean=[0.4, 0.4, 0.4], std=[0.2] * 3)
+    custom = loaded(
+        "vit-keyframes", arch=TINY_VIT, random_init=True, mean=[0.4, 0.4, 0.4], std=[0.2] * 3
+    )
     assert custom.mean_ == (0.4, 0.4, 0.4)
     assert not np.allclose(custom.forward(frames), vit.forward(frames))
 
@@ -154,7 +158,9 @@ def test_torch_checkpoints_load_too(tmp_path, fmt):
     np.testing.assert_array_equal(extractor.forward(frames), reference.forward(frames))
 
 
-def test_weights_folder_env_and_hf_cache_are_searched(tiny_vit_checkpoint, frames, tmp_path, monkeypatch):
+def test_weights_folder_env_and_hf_cache_are_searched(
+    tiny_vit_checkpoint, frames, tmp_path, monkeypatch
+):
     path, expected = tiny_vit_checkpoint
     data = path.read_bytes()
 
@@ -177,7 +183,10 @@ def test_weights_folder_env_and_hf_cache_are_searched(tiny_vit_checkpoint, frame
     # timm's own offline cache: the HF hub entry of the arch's default pretrained tag
     import huggingface_hub.constants
 
-    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    repo = (
+        Path(huggingface_hub.constants.HF_HUB_CACHE)
+        / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    )
     (repo / "snapshots" / "0123abcd").mkdir(parents=True)
     (repo / "snapshots" / "0123abcd" / "model.safetensors").write_bytes(data)
     (repo / "refs").mkdir()

@@ -14,14 +14,7 @@ from aigvqa.errors import DecodeError
 from aigvqa.extractors import views
 from aigvqa.extractors.base import VideoInfo, View
 from aigvqa.extractors.decode import TruncatedVideoWarning, iter_frames, probe, write_video
-from aigvqa.extractors.synthetic import coordinate_frames, decode_coordinates, moving_pattern
-from aigvqa.extractors.views import (
-    FragmentsView,
-    FramePairsView,
-    KeyFramesView,
-    SlowFastClipsView,
-    UniformFramesView,
-    build_views,
+from aigvqa.extractors.sampling import (
     center_square,
     fragment_clip_indices,
     frame_pair_starts,
@@ -30,9 +23,18 @@ from aigvqa.extractors.views import (
     resize_short_side,
     slow_fast_split,
     slowfast_clip_indices,
+    uniform_indices,
+)
+from aigvqa.extractors.synthetic import coordinate_frames, decode_coordinates, moving_pattern
+from aigvqa.extractors.views import (
+    FragmentsView,
+    FramePairsView,
+    KeyFramesView,
+    SlowFastClipsView,
+    UniformFramesView,
+    build_views,
     stream_views,
     stream_views_from_frames,
-    uniform_indices,
     views_from_array,
 )
 

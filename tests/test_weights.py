@@ -45,9 +45,15 @@ def test_explicit_file_and_folder(tmp_path):
     file = touch(tmp_path / "any-name.ckpt")
     assert resolve_weights("toy", str(file), filenames=FILES) == file
     touch(tmp_path / "folder" / "fallback.bin")
-    assert resolve_weights("toy", tmp_path / "folder", filenames=FILES) == tmp_path / "folder" / "fallback.bin"
+    assert (
+        resolve_weights("toy", tmp_path / "folder", filenames=FILES)
+        == tmp_path / "folder" / "fallback.bin"
+    )
     touch(tmp_path / "folder" / "model.pyth")  # the first listed name wins
-    assert resolve_weights("toy", tmp_path / "folder", filenames=FILES) == tmp_path / "folder" / "model.pyth"
+    assert (
+        resolve_weights("toy", tmp_path / "folder", filenames=FILES)
+        == tmp_path / "folder" / "model.pyth"
+    )
 
 
 def test_explicit_path_wins_and_never_falls_through(tmp_path, monkeypatch):
@@ -72,27 +78,44 @@ def test_aigvqa_weights_folder_then_library_cache(tmp_path, monkeypatch):
 def test_env_folders_are_searched_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path))
     shared = touch(tmp_path / "clip-frames" / "model.pyth")
-    assert resolve_weights("clip-text", filenames=FILES, env_folders=("clip-text", "clip-frames")) == shared
+    assert (
+        resolve_weights("clip-text", filenames=FILES, env_folders=("clip-text", "clip-frames"))
+        == shared
+    )
     own = touch(tmp_path / "clip-text" / "model.pyth")
-    assert resolve_weights("clip-text", filenames=FILES, env_folders=("clip-text", "clip-frames")) == own
+    assert (
+        resolve_weights("clip-text", filenames=FILES, env_folders=("clip-text", "clip-frames"))
+        == own
+    )
 
 
 def test_folder_format_weights_return_the_folder(tmp_path, monkeypatch):
     touch(tmp_path / "hf" / "config.json", b"{}")
-    assert resolve_weights("toy", tmp_path / "hf", filenames=("config.json",), folder=True) == tmp_path / "hf"
+    assert (
+        resolve_weights("toy", tmp_path / "hf", filenames=("config.json",), folder=True)
+        == tmp_path / "hf"
+    )
     with pytest.raises(WeightsNotFoundError, match="needs a folder"):
-        resolve_weights("toy", tmp_path / "hf" / "config.json", filenames=("config.json",), folder=True)
+        resolve_weights(
+            "toy", tmp_path / "hf" / "config.json", filenames=("config.json",), folder=True
+        )
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path / "env"))
     touch(tmp_path / "env" / "toy" / "config.json", b"{}")
-    assert resolve_weights("toy", filenames=("config.json",), folder=True) == tmp_path / "env" / "toy"
+    assert (
+        resolve_weights("toy", filenames=("config.json",), folder=True) == tmp_path / "env" / "toy"
+    )
 
 
 def test_not_found_lists_every_place_and_the_file_to_put(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGVQA_WEIGHTS", str(tmp_path / "env"))
-    cache = [Candidate("torch hub checkpoints", tmp_path / "hub" / "model.pyth"),
-             Candidate("Hugging Face hub cache: repo org/model", None)]
+    cache = [
+        Candidate("torch hub checkpoints", tmp_path / "hub" / "model.pyth"),
+        Candidate("Hugging Face hub cache: repo org/model", None),
+    ]
     with pytest.raises(WeightsNotFoundError) as info:
-        resolve_weights("toy", filenames=FILES, cache_candidates=cache, how_to_get="Get it from the zoo.")
+        resolve_weights(
+            "toy", filenames=FILES, cache_candidates=cache, how_to_get="Get it from the zoo."
+        )
     message = str(info.value)
     assert str(tmp_path / "env" / "toy") in message
     assert str(tmp_path / "hub" / "model.pyth") in message
@@ -283,7 +306,9 @@ def _script(module, path):
     return path
 
 
-def test_torchscript_tensors_are_what_jit_load_gives_without_compiling_anything(tmp_path, monkeypatch):
+def test_torchscript_tensors_are_what_jit_load_gives_without_compiling_anything(
+    tmp_path, monkeypatch
+):
     path = _script(_Outer(), tmp_path / "outer.pt")
     trusted = torch.jit.load(str(path)).state_dict()
 

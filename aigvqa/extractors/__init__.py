@@ -27,6 +27,7 @@ from aigvqa.extractors import (  # noqa: E402,F401  isort: skip
     blip,
     clip,
     handcrafted,
+    imagereward,
     slowfast,
     swin,
     timm_frames,

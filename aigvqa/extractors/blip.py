@@ -1,9 +1,14 @@
-"""BLIP image-text matching and ImageReward: ``blip-itm``, ``blip-text``, ``imagereward``.
+"""BLIP image-text matching: ``blip-itm``, ``blip-text``; the BLIP backbone ``imagereward`` uses.
 
 Text-video alignment the way the AIGC papers measure it (the NTIRE 2024 AIGC-VQA winner
 built its alignment branch on BLIP / ImageReward image-text matching): every sampled frame
-is scored *against the video's prompt*. ``blip-itm`` and ``imagereward`` are video
-extractors with ``needs_prompt = True``: the runner hands ``forward`` one prompt per item.
+is scored *against the video's prompt*. ``blip-itm`` (and ``imagereward``, in
+``aigvqa.extractors.imagereward``) are video extractors with ``needs_prompt = True``: the
+runner hands ``forward`` one prompt per item.
+
+This module also holds what ImageReward shares with BLIP (``BlipBackbone``: option checks,
+the per-process model cache, the text encoder, frames and prompts encoded for a forward
+pass; the tokenizers; ``BlipModel``), so a new BLIP-based extractor is one more file.
 
 Models
 ------
@@ -13,40 +18,20 @@ space, the binary ``itm_head``). Weights are a ``save_pretrained`` folder (``con
 + ``model.safetensors`` / ``pytorch_model.bin`` + the tokenizer files), e.g. a snapshot of
 ``Salesforce/blip-itm-base-coco`` (ViT-B/16 at 384) or ``-large-coco``.
 
-``imagereward``: the same BLIP backbone (vision ViT + cross-attention text encoder) with
-ImageReward's reward MLP on the text encoder's [CLS] state (widths 768 -> 1024 -> 128 ->
-64 -> 16 -> 1, no activation between the layers, as published), normalised as
-ImageReward does: ``(r - 0.16717362830052426) / 1.0333394966054072``. Weights are
-ImageReward's own checkpoint file, ``ImageReward.pt``: a state dict keyed ``blip.*``
-(BLIP's original names: ``blip.visual_encoder.blocks.N.attn.qkv.weight``,
-``blip.text_encoder.encoder.layer.N.crossattention...``) and ``mlp.layers.{0,2,4,6,7}.*``;
-the keys are renamed onto transformers' modules on load (``_imagereward_key``), every
-tensor must be used, and only ImageReward's unused ITC projections (``blip.vision_proj``,
-``blip.text_proj``) and ``position_ids`` buffers may be left over. The architecture is
-ImageReward's (ViT-L/16 at 224 with LayerNorm eps 1e-6, BERT-base with cross-attention
-over 1024-wide image tokens), given as data in ``IMAGEREWARD_CONFIG``.
-
 Weights (first match wins; see ``weights.resolve_weights``)
 -------------------------------------------------------------
 ``blip-itm``: ``weights=<folder>``; ``$AIGVQA_WEIGHTS/blip-itm/`` holding ``config.json``;
 the Hugging Face hub cache snapshot of ``arch`` (default ``Salesforce/blip-itm-base-coco``).
 ``blip-text`` looks in ``$AIGVQA_WEIGHTS/blip-text/`` then ``blip-itm/`` (one model).
-``imagereward``: ``weights=<ImageReward.pt>`` (or a folder holding it);
-``$AIGVQA_WEIGHTS/imagereward/ImageReward.pt``; the HF hub cache of ``THUDM/ImageReward``;
-``~/.cache/ImageReward/ImageReward.pt`` (where the ``image-reward`` package downloads it).
-Its tokenizer (bert-base-uncased, which the checkpoint does not hold): the ``tokenizer``
-option (a folder with ``tokenizer.json`` / ``vocab.txt``, or a ``vocab.txt`` file), else
-tokenizer files beside the checkpoint, else the HF hub cache of ``google-bert/bert-base-uncased``.
 Nothing is downloaded; a miss is an error naming every place searched.
 
 Random weights (``random_init=True``; tests and benchmarks, stamped RANDOM-INIT):
 ``blip_config`` (a dict of ``BlipConfig`` keyword overrides, e.g. a tiny
 ``{"vision_config": {...}, "text_config": {...}}``) shapes the model, default the full
-size (blip-itm: ``BlipConfig()``, i.e. ViT-B/16 at 384 like blip-itm-base-coco;
-imagereward: ``IMAGEREWARD_CONFIG``). With no tokenizer files, a stand-in tokenizer hashes
-words to ids (as meaningless as the weights, but the compute is the same). A blip-itm
-folder brings its own config, so ``blip_config`` is refused there; for imagereward it
-must describe the checkpoint's architecture (a mismatch is a CheckpointMismatchError).
+size (``BlipConfig()``, i.e. ViT-B/16 at 384 like blip-itm-base-coco). With no tokenizer
+files, a stand-in tokenizer hashes words to ids (as meaningless as the weights, but the
+compute is the same). A blip-itm folder brings its own config, so ``blip_config`` is
+refused there.
 
 Outputs
 -------
@@ -65,21 +50,17 @@ of the text-only encoder's [CLS] state (``pooled``, the ITC text embedding, in t
 of ``blip-itm-image``) and of every token state, L = ``max_tokens`` (35, BLIP's). Stored
 once per prompt, like clip-text.
 
-``imagereward``: view ``UniformFramesView(n=n_frames, size=224, resize_mode="crop")``
-(ImageReward resizes the short side and centre-crops); one row per frame, [1], the
-normalised reward.
-
-Prompts are tokenised to ``max_tokens`` (35 for both, as BLIP's ITM and ImageReward do)
-and padded to that length. The models are cached per process, so blip-itm and blip-text
-on one folder share one model.
+Prompts are tokenised to ``max_tokens`` (35, as BLIP's ITM does) and padded to that
+length. The models are cached per process (``clear_model_cache`` forgets them, ImageReward's
+included), so blip-itm and blip-text on one folder share one model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -94,12 +75,9 @@ from aigvqa.extractors.weights import (
     announce_random_init,
     format_checkpoint_mismatch,
     hf_cache_candidate,
-    load_state_dict_file,
-    load_state_dict_strict,
     random_init_context,
     resolve_weights,
     weights_identity,
-    weights_root,
 )
 
 DEFAULT_ARCH = "Salesforce/blip-itm-base-coco"
@@ -107,31 +85,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 BERT_REPOS = ("google-bert/bert-base-uncased", "bert-base-uncased")
-
-IMAGEREWARD_FILE = "ImageReward.pt"
-IMAGEREWARD_REPO = "THUDM/ImageReward"
-IMAGEREWARD_MEAN = 0.16717362830052426
-IMAGEREWARD_STD = 1.0333394966054072
-IMAGEREWARD_CONFIG: dict[str, Any] = {
-    # ImageReward's BLIP: ViT-L/16 at 224 (timm-style blocks, LayerNorm eps 1e-6) and a
-    # BERT-base text encoder (BLIP's med_config: vocabulary 30524 with [DEC] and [ENC])
-    # whose cross-attention reads the 1024-wide image tokens.
-    "vision_config": {
-        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-        "num_attention_heads": 16, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6,
-    },
-    "text_config": {
-        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "vocab_size": 30524, "max_position_embeddings": 512,
-        "layer_norm_eps": 1e-12,
-    },
-    "image_text_hidden_size": 256,
-}
-REWARD_WIDTHS = (1024, 128, 64, 16, 1)
-"""ImageReward's MLP after its input (the text width, 768): five Linear layers stored at
-``mlp.layers.{0,2,4,6,7}`` (Dropout at 1, 3, 5), no activation between them."""
-REWARD_LINEAR_INDICES = (0, 2, 4, 6, 7)
-IMAGEREWARD_UNUSED_PREFIXES = ("blip.vision_proj.", "blip.text_proj.")
 
 
 @dataclass
@@ -157,27 +110,18 @@ def clear_model_cache() -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
-def _merged_config(base: dict[str, Any] | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """``overrides`` over ``base``, one level deep for the sub-configs."""
-    merged = json.loads(json.dumps(base or {}))
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
-
-
-def _blip_config(kwargs: dict[str, Any]):
+def blip_config(kwargs: dict[str, Any]):
     from transformers import BlipConfig
 
     try:
         return BlipConfig(**kwargs)
     except Exception as exc:  # noqa: BLE001 - TypeError, ValueError or huggingface_hub's StrictDataclassError
-        raise ExtractorConfigError(f"blip_config {kwargs!r} is not a valid BlipConfig: {exc}") from exc
+        raise ExtractorConfigError(
+            f"blip_config {kwargs!r} is not a valid BlipConfig: {exc}"
+        ) from exc
 
 
-def _square(size: Any) -> int:
+def square_size(size: Any) -> int:
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
             raise ExtractorConfigError(f"non-square BLIP image size {size} is not supported")
@@ -186,11 +130,11 @@ def _square(size: Any) -> int:
 
 
 # -- tokenizers ------------------------------------------------------------------------------
-def _has_tokenizer(folder: Path) -> bool:
+def has_tokenizer(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
-def _file_tokenizer(path: Path, max_tokens: int, vocab_size: int, source: str):
+def file_tokenizer(path: Path, max_tokens: int, vocab_size: int, source: str):
     """A tokenizer read from a folder (``AutoTokenizer``) or a ``vocab.txt`` (BERT WordPiece)."""
     if path.is_dir():
         from transformers import AutoTokenizer
@@ -207,14 +151,19 @@ def _file_tokenizer(path: Path, max_tokens: int, vocab_size: int, source: str):
         )
 
     def tokenize(prompts: list[str]):
-        batch = tokenizer(prompts, padding="max_length", truncation=True, max_length=max_tokens,
-                          return_tensors="pt")
+        batch = tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )
         return batch["input_ids"], batch["attention_mask"]
 
     return tokenize
 
 
-def _stand_in_tokenizer(max_tokens: int, vocab_size: int):
+def stand_in_tokenizer(max_tokens: int, vocab_size: int):
     """For random weights only: words hashed to ids between BERT's [CLS] / [SEP] ids, padded
     with 0, so token counts (and the compute) match a real tokenizer's."""
     import re
@@ -238,8 +187,99 @@ def _stand_in_tokenizer(max_tokens: int, vocab_size: int):
     return tokenize
 
 
+def prompt_rows(extractor, prompts, n: int) -> tuple[list[str], list[int]]:
+    """(distinct prompts, row of each item): each distinct prompt is tokenised once."""
+    if prompts is None or len(prompts) != n:
+        raise ValueError(
+            f"extractor {extractor.name!r} scores frames against prompts: forward(items, prompts) "
+            f"needs one prompt per item ({n} items, got "
+            f"{None if prompts is None else len(prompts)})"
+        )
+    unique = list(dict.fromkeys(prompts))
+    index = {p: i for i, p in enumerate(unique)}
+    return unique, [index[p] for p in prompts]
+
+
+# -- what every BLIP-based extractor shares ---------------------------------------------------
+class BlipBackbone(TorchExtractor):
+    """A BLIP vision ViT + cross-attention text encoder behind an extractor (blip-itm,
+    blip-text, imagereward): option checks, the per-process model cache, the encoders."""
+
+    blip_: BlipModel
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        config = self.config()
+        if config.get("blip_config") is not None and not isinstance(config["blip_config"], dict):
+            raise ExtractorConfigError(
+                f"extractor {self.name!r}: blip_config must be a table of BlipConfig options "
+                f"(e.g. {{vision_config = {{hidden_size = 64}}}}), got {config['blip_config']!r}"
+            )
+        max_tokens = config.get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 3:
+            raise ExtractorConfigError(
+                f"extractor {self.name!r}: max_tokens must be an int >= 3, got {max_tokens!r}"
+            )
+        n_frames = config.get("n_frames", 1)
+        if not isinstance(n_frames, int) or n_frames < 1:
+            raise ExtractorConfigError(
+                f"extractor {self.name!r}: n_frames must be a positive int, got {n_frames!r}"
+            )
+
+    def model_config(self):
+        """The ``BlipConfig`` of the model (known without building it)."""
+        raise NotImplementedError
+
+    def image_size(self) -> int:
+        return square_size(self.model_config().vision_config.image_size)
+
+    def load_shared_model(self, key: tuple, build: Callable[[], BlipModel]) -> None:
+        """The model cached under ``key`` in this process, built (and moved to the device)
+        by ``build`` the first time: extractors whose keys match share one model."""
+        with _MODELS_LOCK:
+            blip = _MODELS.get(key)
+            if blip is None:
+                blip = build()
+                blip.model = self.prepare_module(blip.model)
+                _MODELS[key] = blip
+        if blip.identity == RANDOM_INIT:
+            announce_random_init(self.name)
+        self.blip_ = blip
+        self.weights_identity = blip.identity
+
+    def text_states(self, ids, mask, image_embeds=None):
+        """The BLIP text encoder's token states, text-only or attending to ``image_embeds``."""
+        import torch
+
+        encoder = self.blip_.model.text_encoder
+        if image_embeds is None:
+            return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        image_mask = torch.ones(
+            image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device
+        )
+        return encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
+
+    def encode_frames_and_prompts(self, items: np.ndarray, prompts: list[str] | None):
+        """(image tokens [B, N, D], ids and mask of the distinct prompts [P, L], each item's
+        prompt row [B]) on the device; call it inside inference_mode and autocast."""
+        import torch
+
+        unique, rows = prompt_rows(self, prompts, len(items))
+        blip = self.blip_
+        pixels = self.images_to_tensor(items, blip.mean, blip.std)
+        image_embeds = blip.model.vision_model(pixel_values=pixels).last_hidden_state
+        ids, mask = blip.tokenize(unique)
+        rows_t = torch.as_tensor(rows, device=self.device_)
+        return image_embeds, ids.to(self.device_), mask.to(self.device_), rows_t
+
+
 # -- blip-itm / blip-text --------------------------------------------------------------------
-class _BlipFamily(TorchExtractor):
+class _BlipFamily(BlipBackbone):
     """Options and model loading shared by blip-itm and blip-text (one folder, one model)."""
 
     defaults: ClassVar[dict[str, Any]] = {
@@ -251,17 +291,19 @@ class _BlipFamily(TorchExtractor):
 
     def validate_config(self) -> None:
         super().validate_config()
-        _validate_common(self)
         if self["blip_config"] is not None and not self["random_init"]:
             raise ExtractorConfigError(
                 f"extractor {self.name!r}: blip_config shapes a random-init model only; a "
-                "weights folder brings its own config.json (drop blip_config, or add random_init=True)"
+                "weights folder brings its own config.json (drop blip_config, or add "
+                "random_init=True)"
             )
 
     def resolve_weights(self) -> Path:
         """The ``save_pretrained`` folder this extractor would load."""
         snapshot = hf_cache_candidate(self["arch"], "config.json")
-        folder = Candidate(snapshot.where, snapshot.path.parent if snapshot.path is not None else None)
+        folder = Candidate(
+            snapshot.where, snapshot.path.parent if snapshot.path is not None else None
+        )
         return resolve_weights(
             self.name,
             self["weights"],
@@ -277,17 +319,13 @@ class _BlipFamily(TorchExtractor):
         )
 
     def model_config(self):
-        """The ``BlipConfig`` of the model (known without building it)."""
         if getattr(self, "blip_", None) is not None:
             return self.blip_.model.config
         if self["random_init"]:
-            return _blip_config(self["blip_config"] or {})
+            return blip_config(self["blip_config"] or {})
         from transformers import BlipConfig
 
         return BlipConfig.from_pretrained(self.resolve_weights(), local_files_only=True)
-
-    def image_size(self) -> int:
-        return _square(self.model_config().vision_config.image_size)
 
     def embed_dim(self) -> int:
         return int(self.model_config().image_text_hidden_size)
@@ -302,46 +340,7 @@ class _BlipFamily(TorchExtractor):
             int(self["max_tokens"]),
             device,
         )
-        with _MODELS_LOCK:
-            blip = _MODELS.get(key)
-            if blip is None:
-                blip = _build_itm(self, folder)
-                blip.model = self.prepare_module(blip.model)
-                _MODELS[key] = blip
-        if folder is None:
-            announce_random_init(self.name)
-        self.blip_ = blip
-        self.weights_identity = blip.identity
-
-    def _text_encoder(self, ids, mask, image_embeds=None):
-        """The BLIP text encoder's [CLS] state, text-only or attending to ``image_embeds``."""
-        import torch
-
-        encoder = self.blip_.model.text_encoder
-        if image_embeds is None:
-            return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        return encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds,
-                       encoder_attention_mask=image_mask).last_hidden_state
-
-
-def _validate_common(extractor: TorchExtractor) -> None:
-    config = extractor.config()
-    if config.get("blip_config") is not None and not isinstance(config["blip_config"], dict):
-        raise ExtractorConfigError(
-            f"extractor {extractor.name!r}: blip_config must be a table of BlipConfig options "
-            f"(e.g. {{vision_config = {{hidden_size = 64}}}}), got {config['blip_config']!r}"
-        )
-    max_tokens = config.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens < 3:
-        raise ExtractorConfigError(
-            f"extractor {extractor.name!r}: max_tokens must be an int >= 3, got {max_tokens!r}"
-        )
-    n_frames = config.get("n_frames", 1)
-    if not isinstance(n_frames, int) or n_frames < 1:
-        raise ExtractorConfigError(
-            f"extractor {extractor.name!r}: n_frames must be a positive int, got {n_frames!r}"
-        )
+        self.load_shared_model(key, lambda: _build_itm(self, folder))
 
 
 def _from_pretrained_checked(cls, folder: Path):
@@ -349,8 +348,9 @@ def _from_pretrained_checked(cls, folder: Path):
     import torch
 
     try:
-        model, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                          output_loading_info=True)
+        model, info = cls.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+        )
     except (RuntimeError, ValueError) as exc:  # transformers refuses size mismatches
         raise CheckpointMismatchError(
             f"checkpoint folder {folder} does not match its {cls.__name__} config: {exc}. Fix: use "
@@ -366,7 +366,9 @@ def _from_pretrained_checked(cls, folder: Path):
     unexpected = sorted(info.get("unexpected_keys") or [])
     shapes = [str(m) for m in info.get("mismatched_keys") or []]
     if missing or unexpected or shapes:
-        raise CheckpointMismatchError(format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes))
+        raise CheckpointMismatchError(
+            format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes)
+        )
     return model
 
 
@@ -374,7 +376,7 @@ def _build_itm(extractor: _BlipFamily, folder: Path | None) -> BlipModel:
     from transformers import BlipForImageTextRetrieval
 
     if folder is None:
-        config = _blip_config(extractor["blip_config"] or {})
+        config = blip_config(extractor["blip_config"] or {})
         with random_init_context():
             model = BlipForImageTextRetrieval(config)
         identity = RANDOM_INIT
@@ -389,27 +391,18 @@ def _build_itm(extractor: _BlipFamily, folder: Path | None) -> BlipModel:
         std = tuple(pre.get("image_std", std))
     max_tokens, vocab = int(extractor["max_tokens"]), int(config.text_config.vocab_size)
     if folder is None:
-        tokenize = _stand_in_tokenizer(max_tokens, vocab)
-    elif _has_tokenizer(folder):
-        tokenize = _file_tokenizer(folder, max_tokens, vocab, "BLIP")
+        tokenize = stand_in_tokenizer(max_tokens, vocab)
+    elif has_tokenizer(folder):
+        tokenize = file_tokenizer(folder, max_tokens, vocab, "BLIP")
     else:
         raise WeightsNotFoundError(
             f"BLIP folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}). Fix: "
-            "copy them from the model's snapshot (the processor's tokenizer.save_pretrained(folder))."
+            "copy them from the model's snapshot (the processor's "
+            "tokenizer.save_pretrained(folder))."
         )
-    return BlipModel(model, identity, mean, std, _square(config.vision_config.image_size), tokenize)
-
-
-def _prompt_rows(extractor, prompts, n: int) -> tuple[list[str], list[int]]:
-    """(distinct prompts, row of each item): each distinct prompt is tokenised once."""
-    if prompts is None or len(prompts) != n:
-        raise ValueError(
-            f"extractor {extractor.name!r} scores frames against prompts: forward(items, prompts) "
-            f"needs one prompt per item ({n} items, got {None if prompts is None else len(prompts)})"
-        )
-    unique = list(dict.fromkeys(prompts))
-    index = {p: i for i, p in enumerate(unique)}
-    return unique, [index[p] for p in prompts]
+    return BlipModel(
+        model, identity, mean, std, square_size(config.vision_config.image_size), tokenize
+    )
 
 
 @register_extractor("blip-itm")
@@ -435,19 +428,13 @@ class BlipItm(_BlipFamily):
         import torch
         import torch.nn.functional as F
 
-        unique, rows = _prompt_rows(self, prompts, len(items))
-        blip = self.blip_
-        model = blip.model
         with torch.inference_mode(), self.autocast():
-            pixels = self.images_to_tensor(items, blip.mean, blip.std)
-            image_embeds = model.vision_model(pixel_values=pixels).last_hidden_state
-            ids, mask = blip.tokenize(unique)
-            ids, mask = ids.to(self.device_), mask.to(self.device_)
-            rows_t = torch.as_tensor(rows, device=self.device_)
-            text = F.normalize(model.text_proj(self._text_encoder(ids, mask)[:, 0]).float(), dim=-1)
+            image_embeds, ids, mask, rows = self.encode_frames_and_prompts(items, prompts)
+            model = self.blip_.model
+            text = F.normalize(model.text_proj(self.text_states(ids, mask)[:, 0]).float(), dim=-1)
             image = model.vision_proj(image_embeds[:, 0]).float()
-            itc = (F.normalize(image, dim=-1) * text[rows_t]).sum(-1)
-            joint = self._text_encoder(ids[rows_t], mask[rows_t], image_embeds)
+            itc = (F.normalize(image, dim=-1) * text[rows]).sum(-1)
+            joint = self.text_states(ids[rows], mask[rows], image_embeds)
             itm = model.itm_head(joint[:, 0]).float().softmax(dim=-1)[:, 1]
             out = torch.cat([itm[:, None], itc[:, None], image], dim=1)
         return out.float().cpu().numpy()
@@ -471,7 +458,7 @@ class BlipText(_BlipFamily):
         blip = self.blip_
         ids, mask = blip.tokenize(list(prompts))
         with torch.inference_mode(), self.autocast():
-            states = self._text_encoder(ids.to(self.device_), mask.to(self.device_))
+            states = self.text_states(ids.to(self.device_), mask.to(self.device_))
             tokens = blip.model.text_proj(states)
         return {
             "pooled": tokens[:, 0].float().cpu().numpy(),
@@ -480,247 +467,26 @@ class BlipText(_BlipFamily):
         }
 
 
-# -- imagereward -----------------------------------------------------------------------------
-_VISION_RENAMES = (
-    # BLIP's timm-style ViT names -> transformers' BlipVisionModel names
-    ("visual_encoder.cls_token", "vision_model.embeddings.class_embedding"),
-    ("visual_encoder.pos_embed", "vision_model.embeddings.position_embedding"),
-    ("visual_encoder.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
-    ("visual_encoder.norm.", "vision_model.post_layernorm."),
-    ("visual_encoder.blocks.", "vision_model.encoder.layers."),
-)
-_BLOCK_RENAMES = (
-    (".norm1.", ".layer_norm1."),
-    (".norm2.", ".layer_norm2."),
-    (".attn.qkv.", ".self_attn.qkv."),
-    (".attn.proj.", ".self_attn.projection."),
-)
-
-
-def _imagereward_key(key: str) -> str | None:
-    """The reward module's name for an ImageReward.pt key; None for a key it does not use."""
-    if key.endswith("position_ids") or key.startswith(IMAGEREWARD_UNUSED_PREFIXES):
-        return None
-    if key.startswith("mlp.layers."):
-        return "mlp." + key[len("mlp.layers."):]
-    if not key.startswith("blip."):
-        return key  # left as is: the strict load reports it as unexpected
-    name = key[len("blip."):]
-    if name.startswith("text_encoder."):
-        return name  # BLIP's med.py BERT and transformers' BlipTextModel share the names
-    for old, new in _VISION_RENAMES:
-        if name.startswith(old):
-            name = new + name[len(old):]
-            break
-    if name.startswith("vision_model.encoder.layers."):
-        for old, new in _BLOCK_RENAMES:
-            name = name.replace(old, new)
-    return name
-
-
-def _reward_module(config):
-    """BLIP vision + cross-attention text encoder + ImageReward's MLP, as one module whose
-    names are transformers' (``vision_model.*``, ``text_encoder.*``) and ``mlp.{0,2,4,6,7}``."""
-    from torch import nn
-    from transformers.models.blip.modeling_blip import BlipVisionModel
-    from transformers.models.blip.modeling_blip_text import BlipTextModel
-
-    module = nn.Module()
-    module.vision_model = BlipVisionModel(config.vision_config)
-    module.text_encoder = BlipTextModel(config.text_config, add_pooling_layer=False)
-    layers: list[nn.Module] = []
-    width = int(config.text_config.hidden_size)
-    for i, out in enumerate(REWARD_WIDTHS):
-        layers.append(nn.Linear(width, out))
-        width = out
-        if i < 3:
-            layers.append(nn.Identity())  # where ImageReward has Dropout: keeps its indices
-    module.mlp = nn.Sequential(*layers)
-    return module
-
-
-@register_extractor("imagereward")
-class ImageRewardFrames(TorchExtractor):
-    """ImageReward's normalised reward of every sampled frame for the video's prompt: [1]."""
-
-    needs_prompt = True
-    defaults: ClassVar[dict[str, Any]] = {
-        "n_frames": 16,
-        "tokenizer": None,
-        "blip_config": None,  # overrides of IMAGEREWARD_CONFIG (tests: a tiny model)
-        "max_tokens": 35,
+# ImageReward moved to its own family module; its names stay importable from here.
+_MOVED_TO_IMAGEREWARD = frozenset(
+    {
+        "IMAGEREWARD_CONFIG",
+        "IMAGEREWARD_FILE",
+        "IMAGEREWARD_MEAN",
+        "IMAGEREWARD_REPO",
+        "IMAGEREWARD_STD",
+        "IMAGEREWARD_UNUSED_PREFIXES",
+        "REWARD_LINEAR_INDICES",
+        "REWARD_WIDTHS",
+        "ImageRewardFrames",
+        "load_imagereward_checkpoint",
     }
-
-    def validate_config(self) -> None:
-        super().validate_config()
-        _validate_common(self)
-
-    def model_config(self):
-        if getattr(self, "blip_", None) is not None:
-            return self.blip_.model.config
-        return _blip_config(_merged_config(IMAGEREWARD_CONFIG, self["blip_config"]))
-
-    def image_size(self) -> int:
-        return _square(self.model_config().vision_config.image_size)
-
-    def view(self):
-        from aigvqa.extractors.views import UniformFramesView
-
-        return UniformFramesView(n=self["n_frames"], size=self.image_size(), resize_mode="crop")
-
-    def output_dims(self) -> dict[str, int]:
-        return {"values": 1}
-
-    # -- weights ---------------------------------------------------------------------------
-    def resolve_weights(self) -> Path:
-        """The ImageReward checkpoint file this extractor would load."""
-        download_cache = Path("~/.cache/ImageReward").expanduser() / IMAGEREWARD_FILE
-        return resolve_weights(
-            self.name,
-            self["weights"],
-            filenames=(IMAGEREWARD_FILE,),
-            cache_candidates=[
-                hf_cache_candidate(IMAGEREWARD_REPO, IMAGEREWARD_FILE),
-                Candidate(f"image-reward package download cache ({download_cache.parent})", download_cache),
-            ],
-            how_to_get=(
-                f"Real weights: {IMAGEREWARD_FILE} from the Hugging Face repo {IMAGEREWARD_REPO} "
-                "(huggingface_hub.hf_hub_download on a machine with internet)."
-            ),
-        )
-
-    def find_weights(self) -> list[Path]:
-        if self["random_init"]:
-            return []
-        checkpoint = self.resolve_weights()
-        return [checkpoint, self.resolve_tokenizer(checkpoint)]
-
-    def resolve_tokenizer(self, checkpoint: Path) -> Path:
-        """The tokenizer folder or vocab.txt (the ``tokenizer`` option, else beside the
-        checkpoint, else bert-base-uncased in the HF hub cache)."""
-        searched = []
-        explicit = self["tokenizer"]
-        if explicit:
-            path = Path(explicit).expanduser()
-            if path.is_file() or _has_tokenizer(path):
-                return path
-            raise WeightsNotFoundError(
-                f"tokenizer={explicit!r} for extractor {self.name!r} is neither a vocab.txt file nor "
-                f"a folder holding {' or '.join(TOKENIZER_FILES)}. Fix: point it at "
-                "bert-base-uncased's tokenizer files."
-            )
-        places = [checkpoint.parent]
-        root = weights_root()
-        if root is not None:
-            places.append(root / self.name)
-        for folder in dict.fromkeys(places):
-            if _has_tokenizer(folder):
-                return folder
-            searched.append(f"{folder}/{{{', '.join(TOKENIZER_FILES)}}}")
-        for repo in BERT_REPOS:
-            candidate = hf_cache_candidate(repo, "vocab.txt")
-            if candidate.exists():
-                return candidate.path.parent
-            searched.append(candidate.where)
-        raise WeightsNotFoundError(
-            f"no tokenizer found for extractor {self.name!r} (ImageReward uses bert-base-uncased's, "
-            "which ImageReward.pt does not hold). Searched:\n"
-            + "\n".join(f"  - {place}" for place in searched)
-            + f"\nFix: put bert-base-uncased's vocab.txt (or tokenizer.json) beside {checkpoint.name}, "
-            "or pass tokenizer=<folder or vocab.txt>."
-        )
-
-    def load(self, device: str | None = None) -> None:
-        device = self._set_device(device)
-        checkpoint = None if self["random_init"] else self.resolve_weights()
-        tokenizer = None if checkpoint is None else self.resolve_tokenizer(checkpoint)
-        config_json = json.dumps(self["blip_config"], sort_keys=True)
-        key = (
-            "reward",
-            str(checkpoint.resolve()) if checkpoint is not None else RANDOM_INIT,
-            str(tokenizer.resolve()) if tokenizer is not None else None,
-            config_json,
-            int(self["max_tokens"]),
-            device,
-        )
-        with _MODELS_LOCK:
-            blip = _MODELS.get(key)
-            if blip is None:
-                blip = self._build(checkpoint, tokenizer)
-                blip.model = self.prepare_module(blip.model)
-                _MODELS[key] = blip
-        if checkpoint is None:
-            announce_random_init(self.name)
-        self.blip_ = blip
-        self.weights_identity = blip.identity
-
-    def _build(self, checkpoint: Path | None, tokenizer: Path | None) -> BlipModel:
-        config = self.model_config()
-        if checkpoint is None:
-            with random_init_context():
-                model = _reward_module(config)
-            identity = RANDOM_INIT
-        else:
-            model = _reward_module(config)
-            load_imagereward_checkpoint(model, checkpoint)
-            identity = weights_identity(checkpoint)
-        model.config = config  # a plain module: give it the config BlipForImageTextRetrieval has
-        max_tokens, vocab = int(self["max_tokens"]), int(config.text_config.vocab_size)
-        tokenize = (_stand_in_tokenizer(max_tokens, vocab) if tokenizer is None
-                    else _file_tokenizer(tokenizer, max_tokens, vocab, "ImageReward"))
-        return BlipModel(model, identity, OPENAI_MEAN, OPENAI_STD,
-                         _square(config.vision_config.image_size), tokenize)
-
-    def forward(self, items: np.ndarray, prompts: list[str] | None = None) -> np.ndarray:
-        import torch
-
-        unique, rows = _prompt_rows(self, prompts, len(items))
-        blip = self.blip_
-        model = blip.model
-        with torch.inference_mode(), self.autocast():
-            pixels = self.images_to_tensor(items, blip.mean, blip.std)
-            image_embeds = model.vision_model(pixel_values=pixels).last_hidden_state
-            ids, mask = blip.tokenize(unique)
-            rows_t = torch.as_tensor(rows, device=self.device_)
-            ids, mask = ids.to(self.device_)[rows_t], mask.to(self.device_)[rows_t]
-            image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-            states = model.text_encoder(input_ids=ids, attention_mask=mask,
-                                        encoder_hidden_states=image_embeds,
-                                        encoder_attention_mask=image_mask).last_hidden_state
-        with torch.inference_mode():  # the small reward MLP in float32, outside autocast
-            reward = model.mlp(states[:, 0].float())
-        return ((reward - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).cpu().numpy()
+)
 
 
-def load_imagereward_checkpoint(model, path: str | os.PathLike) -> None:
-    """Load an ``ImageReward.pt`` state dict into ``_reward_module``'s module, strictly: every
-    module tensor must come from the file, and only the keys ImageReward keeps but the reward
-    does not use (``blip.vision_proj`` / ``blip.text_proj``, ``position_ids``) may be left."""
-    state = load_state_dict_file(path)
-    renamed: dict[str, Any] = {}
-    original: dict[str, str] = {}
-    for key, value in state.items():
-        name = _imagereward_key(key)
-        if name is None:
-            continue
-        if name in renamed:
-            raise CheckpointMismatchError(
-                f"checkpoint {path}: keys {original[name]!r} and {key!r} both map onto {name!r}"
-            )
-        renamed[name], original[name] = value, key
-    expected = model.state_dict()
-    # name what is wrong in the checkpoint's own (ImageReward) terms
-    unexpected = sorted(original[k] for k in set(renamed) - set(expected))
-    missing = sorted(set(expected) - set(renamed))
-    shapes = sorted(
-        f"{original[k]}: checkpoint {tuple(renamed[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(renamed)
-        if tuple(renamed[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            format_checkpoint_mismatch("ImageReward", path, missing, unexpected, shapes)
-            + f"\nImageReward.pt keys are blip.visual_encoder.*, blip.text_encoder.* and "
-            f"mlp.layers.*; a tiny or custom model needs blip_config to match ({path})."
-        )
-    load_state_dict_strict(model, renamed, path)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_IMAGEREWARD:
+        from aigvqa.extractors import imagereward
+
+        return getattr(imagereward, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

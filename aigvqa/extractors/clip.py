@@ -53,6 +53,7 @@ clip-frames and clip-text built on the same checkpoint share one model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -254,7 +255,9 @@ class _ClipFamily(TorchExtractor):
         if self["backend"] == "open_clip":
             import open_clip
 
-            return _as_square_size(open_clip.get_model_config(self["arch"])["vision_cfg"]["image_size"])
+            return _as_square_size(
+                open_clip.get_model_config(self["arch"])["vision_cfg"]["image_size"]
+            )
         if self["random_init"]:
             from transformers import CLIPVisionConfig
 
@@ -289,19 +292,49 @@ class _DropOpenClipRandomNotice(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
+_ROOT_LOGGER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _open_clip_logging():
+    """Run open_clip without letting it configure the process's logging.
+
+    open_clip logs with the root logger's module functions (``logging.info(...)``), and the
+    first such call on a root logger without handlers runs ``logging.basicConfig()``. The
+    root then keeps a handler for the rest of the process: distributed, imported after (a
+    bench, a notebook), installs no handler of its own, its INFO records reach that one and
+    every local cluster prints "INFO:distributed.scheduler:..." lines and, at shutdown,
+    CommClosedError tracebacks. So while open_clip runs, a root without handlers gets
+    Python's last-resort handler (warnings to stderr, as with no handler at all), removed
+    after; the misleading random-init notice is dropped."""
+    root = logging.getLogger()
+    notice = _DropOpenClipRandomNotice()
+    with _ROOT_LOGGER_LOCK:  # one open_clip call at a time touches the root's handlers
+        stand_in = None
+        if not root.handlers:
+            stand_in = logging.lastResort or logging.NullHandler()
+            root.addHandler(stand_in)
+        root.addFilter(notice)
+        try:
+            yield
+        finally:
+            root.removeFilter(notice)
+            if stand_in is not None:
+                root.removeHandler(stand_in)
+
+
 def _create_open_clip(arch: str, quick_gelu: bool):
     import open_clip
 
-    notice_filter = _DropOpenClipRandomNotice()
-    root = logging.getLogger()
-    root.addFilter(notice_filter)
-    try:
-        return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
-    finally:
-        root.removeFilter(notice_filter)
+    return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
 
 
 def _build_open_clip(extractor: _ClipFamily, weights: Path | None) -> ClipTowers:
+    with _open_clip_logging():
+        return _build_open_clip_quietly(extractor, weights)
+
+
+def _build_open_clip_quietly(extractor: _ClipFamily, weights: Path | None) -> ClipTowers:
     import open_clip
     from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict
 
@@ -502,7 +535,9 @@ class ClipFrames(_ClipFamily):
                 features = _open_clip_image(towers.model, images, self["pre_projection"])
             else:
                 pooled = towers.model.vision_model(pixel_values=images).pooler_output
-                features = pooled if self["pre_projection"] else towers.model.visual_projection(pooled)
+                features = (
+                    pooled if self["pre_projection"] else towers.model.visual_projection(pooled)
+                )
         return features.float().cpu().numpy()
 
 
@@ -528,7 +563,9 @@ class ClipText(_ClipFamily):
             if towers.backend == "open_clip":
                 pooled, tokens = _open_clip_text(towers.model, ids)
             else:
-                out = towers.model.text_model(input_ids=ids, attention_mask=mask.to(self.device_).long())
+                out = towers.model.text_model(
+                    input_ids=ids, attention_mask=mask.to(self.device_).long()
+                )
                 pooled = towers.model.text_projection(out.pooler_output)
                 tokens = towers.model.text_projection(out.last_hidden_state)
         return {

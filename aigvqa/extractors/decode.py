@@ -29,15 +29,28 @@ DEFAULT_FPS = 25.0
 MAX_FPS = 240.0
 """Rates above this are container artefacts (e.g. a 1/90000 time base), not frame rates."""
 
-VIDEO_CONTAINERS = frozenset({
-    "mov", "mp4",  # .mp4 / .mov / .m4v / .3gp: what most generators and datasets ship
-    "matroska", "webm",  # .mkv / .webm
-    "avi",
-    "gif", "apng",  # animated images: FETV and many T2V demo pages ship GIFs
-    "flv", "mpegts", "mpeg", "asf", "ogg",  # .flv, .ts, .mpg, .wmv, .ogv
-    "ivf", "yuv4mpegpipe",  # VP8/VP9/AV1 test streams, .y4m raw video (research pipelines)
-    "h264", "hevc", "m4v", "obu",  # raw elementary video streams
-})
+VIDEO_CONTAINERS = frozenset(
+    {
+        "mov",
+        "mp4",  # .mp4 / .mov / .m4v / .3gp: what most generators and datasets ship
+        "matroska",
+        "webm",  # .mkv / .webm
+        "avi",
+        "gif",
+        "apng",  # animated images: FETV and many T2V demo pages ship GIFs
+        "flv",
+        "mpegts",
+        "mpeg",
+        "asf",
+        "ogg",  # .flv, .ts, .mpg, .wmv, .ogv
+        "ivf",
+        "yuv4mpegpipe",  # VP8/VP9/AV1 test streams, .y4m raw video (research pipelines)
+        "h264",
+        "hevc",
+        "m4v",
+        "obu",  # raw elementary video streams
+    }
+)
 """FFmpeg demuxer names accepted as video. Anything else FFmpeg can open is refused: it
 would "decode" a .txt file into a picture of its text (the ``tty`` demuxer), a subtitle
 file into nothing, and a still image (``png_pipe``, ``jpeg_pipe``, ``image2``, ...) into
@@ -114,7 +127,8 @@ def _check_is_video(path: Path, container) -> None:
     codec = container.streams.video[0].codec_context.name
     if not codec or codec in TEXT_CODECS:
         raise DecodeError(
-            f"{path}: its video stream has {'no known codec' if not codec else 'the text codec ' + repr(codec)} "
+            f"{path}: its video stream has "
+            f"{'no known codec' if not codec else 'the text codec ' + repr(codec)} "
             "(not a video); re-encode it (e.g. to H.264 mp4) or remove it from the manifest"
         )
 

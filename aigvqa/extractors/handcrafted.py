@@ -94,7 +94,9 @@ def _gaussian_blur(image: np.ndarray) -> np.ndarray:
         return cv2.sepFilter2D(image, cv2.CV_32F, _GAUSS, _GAUSS, borderType=cv2.BORDER_REFLECT_101)
     from scipy.ndimage import correlate1d
 
-    return correlate1d(correlate1d(image, _GAUSS, axis=0, mode="mirror"), _GAUSS, axis=1, mode="mirror")
+    return correlate1d(
+        correlate1d(image, _GAUSS, axis=0, mode="mirror"), _GAUSS, axis=1, mode="mirror"
+    )
 
 
 def luma(frame: np.ndarray) -> np.ndarray:
@@ -140,12 +142,22 @@ def mscn_statistics(gray: np.ndarray) -> tuple[float, float, float, float, float
 def farneback_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """Dense flow [H, W, 2] from ``prev`` to ``cur`` (grey float32 0..255), OpenCV Farneback."""
     return cv2.calcOpticalFlowFarneback(
-        prev.astype(np.uint8), cur.astype(np.uint8), None,
-        pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0,
+        prev.astype(np.uint8),
+        cur.astype(np.uint8),
+        None,
+        pyr_scale=0.5,
+        levels=3,
+        winsize=15,
+        iterations=3,
+        poly_n=5,
+        poly_sigma=1.2,
+        flags=0,
     )
 
 
-def block_matching_flow(prev: np.ndarray, cur: np.ndarray, block: int = 8, radius: int = 4) -> np.ndarray:
+def block_matching_flow(
+    prev: np.ndarray, cur: np.ndarray, block: int = 8, radius: int = 4
+) -> np.ndarray:
     """Integer motion of each ``block`` x ``block`` block of ``prev`` found in ``cur`` by
     exhaustive search within +-``radius`` pixels (sum of absolute differences; a tiny
     penalty on the displacement makes flat blocks report 0): [H//block, W//block, 2].
@@ -162,7 +174,9 @@ def block_matching_flow(prev: np.ndarray, cur: np.ndarray, block: int = 8, radiu
     costs = np.empty((len(shifts), rows, cols), dtype=np.float32)
     for k, (dy, dx) in enumerate(shifts):
         moved = padded[radius + dy : radius + dy + height, radius + dx : radius + dx + width]
-        sad = np.abs(moved - prev[:height, :width]).reshape(rows, block, cols, block).sum(axis=(1, 3))
+        sad = (
+            np.abs(moved - prev[:height, :width]).reshape(rows, block, cols, block).sum(axis=(1, 3))
+        )
         costs[k] = sad * (1.0 + 1e-3 * np.hypot(dy, dx))
     best = costs.argmin(axis=0)
     table = np.asarray(shifts, dtype=np.float32)[:, ::-1]  # (dx, dy) like OpenCV's flow

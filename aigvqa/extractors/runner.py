@@ -181,8 +181,9 @@ def extract_video(
 
     builder = VideoFeatureBuilder(extractors, prompt=prompt)
     if builder.views:
-        for view_key, item_index, item in stream_views(path, builder.views, info=info,
-                                                         threads=decode_threads):
+        for view_key, item_index, item in stream_views(
+            path, builder.views, info=info, threads=decode_threads
+        ):
             builder.add(view_key, item_index, item)
     return builder.outputs()
 

@@ -59,8 +59,9 @@ def build_slowfast_r50():
         # import time (fvcore/nn/focal_loss.py); torch >= 2.10 deprecates that with a
         # FutureWarning the user can do nothing about, printed once per worker. SlowFast
         # never uses the scripted function; only that one warning is silenced.
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                                category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
         from pytorchvideo.models.hub.slowfast import slowfast_r50
 
     return slowfast_r50(pretrained=False)

@@ -18,7 +18,8 @@ Backbones (option ``backbone``):
 
 Weights, first hit wins:
 
-- swin3d_t: ``weights=`` (file or folder) -> ``$AIGVQA_WEIGHTS/swin-fragments/swin3d_t-7615ae03.pth``
+- swin3d_t: ``weights=`` (file or folder)
+  -> ``$AIGVQA_WEIGHTS/swin-fragments/swin3d_t-7615ae03.pth``
   -> ``torch.hub.get_dir()/checkpoints/swin3d_t-7615ae03.pth`` (where torchvision's
   ``swin3d_t(weights="KINETICS400_V1")`` stores it). A torchvision state dict; it must
   match in full (the classifier included, though it is never run).

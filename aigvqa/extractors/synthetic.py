@@ -56,7 +56,8 @@ def moving_pattern_frames(
 
 
 def moving_pattern(n_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A clip [T, H, W, 3] uint8 of moving shapes over a drifting texture (see ``moving_pattern_frames``)."""
+    """A clip [T, H, W, 3] uint8 of moving shapes over a drifting texture (see
+    ``moving_pattern_frames``)."""
     frames = list(moving_pattern_frames(n_frames, height, width, seed))
     if not frames:
         return np.zeros((0, height, width, 3), dtype=np.uint8)

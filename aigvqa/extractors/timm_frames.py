@@ -154,7 +154,9 @@ def timm_weights_path(extractor_name: str, arch: str, weights: str | None) -> Pa
     )
 
 
-def create_timm_backbone(extractor_name: str, arch: str, path: str | os.PathLike | None) -> tuple[Any, str]:
+def create_timm_backbone(
+    extractor_name: str, arch: str, path: str | os.PathLike | None
+) -> tuple[Any, str]:
     """(headless timm ``arch`` with the checkpoint ``path`` loaded, weights identity).
 
     ``path=None`` (random_init) builds seeded random weights (identical in every process)
@@ -199,6 +201,7 @@ class TimmFrames(TorchExtractor):
         "mean": None,
         "std": None,
     }
+
     def validate_config(self) -> None:
         super().validate_config()
         for key in ("mean", "std"):

@@ -62,8 +62,8 @@ def extract(
     ``gpus=True`` starts a LocalCUDACluster; otherwise a LocalCluster of ``n_workers``
     processes (default: sized to the machine) with ``threads_per_worker`` task threads and
     ``torch_threads`` torch threads each. ``cluster`` (a ``ClusterSpec``) says the same as
-    one value, instead of those keywords (not with them). An existing ``distributed.Client`` can be passed
-    as ``client`` instead (it is used as is and not closed).
+    one value, instead of those keywords (not with them). An existing ``distributed.Client``
+    can be passed as ``client`` instead (it is used as is and not closed).
 
     Decoding: ``decode_workers`` processes beside each model worker decode videos and
     build their views (default: the cores a model worker can spare on its machine,
@@ -95,16 +95,33 @@ def extract(
 
     started = time.perf_counter()
     options = ExtractOptions(
-        chunk_size=chunk_size, overwrite=overwrite, progress=progress, merge_every=merge_every,
-        decode=DecodeSettings(decode_workers=decode_workers, decode_threads=decode_threads,
-                              videos_in_flight=videos_in_flight, decode_timeout=decode_timeout),
+        chunk_size=chunk_size,
+        overwrite=overwrite,
+        progress=progress,
+        merge_every=merge_every,
+        decode=DecodeSettings(
+            decode_workers=decode_workers,
+            decode_threads=decode_threads,
+            videos_in_flight=videos_in_flight,
+            decode_timeout=decode_timeout,
+        ),
     ).check()
-    cluster = as_cluster_spec(cluster, scheduler=scheduler, gpus=gpus, n_workers=n_workers,
-                              threads_per_worker=threads_per_worker, torch_threads=torch_threads,
-                              dashboard_address=dashboard_address)
+    cluster = as_cluster_spec(
+        cluster,
+        scheduler=scheduler,
+        gpus=gpus,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        torch_threads=torch_threads,
+        dashboard_address=dashboard_address,
+    )
     records = as_records(manifest_or_records)
-    wanted = resolve_extractors(extractors, random_init=random_init, weights=weights,
-                                device="cuda" if cluster.gpus else None)
+    wanted = resolve_extractors(
+        extractors,
+        random_init=random_init,
+        weights=weights,
+        device="cuda" if cluster.gpus else None,
+    )
     cache_path = Path(cache).resolve()
     check_cache_path(cache_path)
     sees_worker_files = (client is None and not cluster.scheduler) or _is_local(client)
@@ -124,8 +141,15 @@ def extract(
             report = ExtractRun(client, records, wanted, cache_path, options, cluster).go()
         else:
             with open_cluster(cluster, say=_stderr_line if progress else None) as own_client:
-                report = ExtractRun(own_client, records, wanted, cache_path, options, cluster,
-                                    release_workers=bool(cluster.scheduler)).go()
+                report = ExtractRun(
+                    own_client,
+                    records,
+                    wanted,
+                    cache_path,
+                    options,
+                    cluster,
+                    release_workers=bool(cluster.scheduler),
+                ).go()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -151,8 +175,9 @@ def on_gpu(extractors: Sequence[Extractor]) -> bool:
     return any(str(e.config().get("device") or "cpu").startswith("cuda") for e in extractors)
 
 
-def default_decode_threads(extractors: Sequence[Extractor], torch_threads: int,
-                           decode_workers: int = 0) -> int:
+def default_decode_threads(
+    extractors: Sequence[Extractor], torch_threads: int, decode_workers: int = 0
+) -> int:
     """FFmpeg threads per video when not told. With decode processes, 1: the processes are
     the parallelism. Otherwise, with every model on the CPU, a worker decodes with as many
     threads as it computes with (FFmpeg's default, one per core in every worker,
@@ -164,8 +189,9 @@ def default_decode_threads(extractors: Sequence[Extractor], torch_threads: int,
     return 0 if on_gpu(extractors) else max(1, int(torch_threads))
 
 
-def default_decode_workers(cores_by_worker: Mapping[str, tuple[str, int]],
-                           threads_per_model_worker: int) -> int:
+def default_decode_workers(
+    cores_by_worker: Mapping[str, tuple[str, int]], threads_per_model_worker: int
+) -> int:
     """Decode processes per model worker when not told: the cores a model worker can spare.
 
     ``cores_by_worker``: worker address -> (host, cores) as the workers report them. On
@@ -183,13 +209,16 @@ def default_decode_workers(cores_by_worker: Mapping[str, tuple[str, int]],
     return max(0, min(spare))
 
 
-def resolve_decode_settings(decode: DecodeSettings, extractors: Sequence[Extractor],
-                            torch_threads: int, cores_by_worker) -> DecodeSettings:
+def resolve_decode_settings(
+    decode: DecodeSettings, extractors: Sequence[Extractor], torch_threads: int, cores_by_worker
+) -> DecodeSettings:
     """``decode`` with its defaults filled from the cluster (called once per run)."""
     workers = decode.decode_workers
     if workers is None:
-        workers = default_decode_workers(cores_by_worker() if callable(cores_by_worker) else cores_by_worker,
-                                         1 if on_gpu(extractors) else torch_threads)
+        workers = default_decode_workers(
+            cores_by_worker() if callable(cores_by_worker) else cores_by_worker,
+            1 if on_gpu(extractors) else torch_threads,
+        )
     threads = decode.decode_threads
     if threads is None:
         threads = default_decode_threads(extractors, torch_threads, workers)
@@ -233,11 +262,14 @@ def check_cache_path(cache: Path) -> None:
     if cache.is_dir():
         raise ExtractError(f"--cache {cache} is a folder; give a file name such as feats.h5")
     if not cache.parent.is_dir():
-        raise ExtractError(f"--cache {cache}: folder {cache.parent} does not exist; create it first")
+        raise ExtractError(
+            f"--cache {cache}: folder {cache.parent} does not exist; create it first"
+        )
 
 
-def extractor_options(path: str | os.PathLike | None, names: str | Sequence[str] | None = None
-                      ) -> dict[str, dict]:
+def extractor_options(
+    path: str | os.PathLike | None, names: str | Sequence[str] | None = None
+) -> dict[str, dict]:
     """An extractors TOML file (``config.load_extractor_config``: one ``[extractor-name]``
     table of options each, ``weights`` relative to the file) and/or a list of names ->
     ``{name: options}``, what ``extract`` takes.
@@ -260,12 +292,15 @@ def extractor_options(path: str | os.PathLike | None, names: str | Sequence[str]
         unknown = sorted(set(config) - set(names) - known)
         if unknown:
             raise ExtractError(
-                f"--config {path} has table(s) {', '.join(f'[{u}]' for u in unknown)}, which name no "
+                f"--config {path} has table(s) {', '.join(f'[{u}]' for u in unknown)}, "
+                "which name no "
                 f"extractor (known: {', '.join(sorted(known))}); fix or remove them"
             )
         return {n: dict(config.get(n, {})) for n in names}
     if not config:
-        raise ExtractError("name the extractors: --extractors clip-frames,clip-text (or give --config)")
+        raise ExtractError(
+            "name the extractors: --extractors clip-frames,clip-text (or give --config)"
+        )
     return config
 
 
@@ -332,7 +367,9 @@ def resolve_extractors(
     names = [e.name for e in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ExtractError(f"extractor(s) {', '.join(dup)} requested twice; each names one cache group")
+        raise ExtractError(
+            f"extractor(s) {', '.join(dup)} requested twice; each names one cache group"
+        )
     return out
 
 
@@ -367,6 +404,6 @@ def _weights_map(weights, torch_names: list[str]) -> dict[str, str]:
         raise ExtractError(
             "one weights path was given but "
             f"{len(torch_names)} requested extractors take weights ({', '.join(torch_names)}); "
-            "set weights per extractor in --config extractors.toml ([name] weights = \"path\")"
+            'set weights per extractor in --config extractors.toml ([name] weights = "path")'
         )
     return {torch_names[0]: os.fspath(weights)}

@@ -71,9 +71,16 @@ class CrossVideoBatcher:
         if self.needs_prompt and not (self.videos[video].record.prompt or "").strip():
             from aigvqa.extractors.runner import MissingPromptError
 
-            self.videos[video].broken.setdefault(self.name, (MissingPromptError(
-                f"extractor {self.name!r} scores frames against the video's prompt, and this "
-                "video has none; give the manifest a prompt column"), True))
+            self.videos[video].broken.setdefault(
+                self.name,
+                (
+                    MissingPromptError(
+                        f"extractor {self.name!r} scores frames against the video's prompt, "
+                        "and this video has none; give the manifest a prompt column"
+                    ),
+                    True,
+                ),
+            )
             return {video}
         if not self.across and self.pending and self.pending[-1][0] != video:
             broke = self.flush()
@@ -98,7 +105,8 @@ class CrossVideoBatcher:
             batch = np.stack([p[2] for p in pending])
             if self.needs_prompt:
                 output = self.model.forward(
-                    batch, prompts=[str(self.videos[v].record.prompt) for v, _, _ in pending])
+                    batch, prompts=[str(self.videos[v].record.prompt) for v, _, _ in pending]
+                )
             else:
                 output = self.model.forward(batch)
             features = np.asarray(output, dtype=np.float32)
@@ -134,13 +142,15 @@ def make_source(records: Sequence[VideoRecord], views, settings: DecodeSettings,
     if pool is not None:
         return pool.source(paths, views, threads)
     if settings.videos_in_flight > 1 and len(paths) > 1:
-        return ThreadSource(paths, views, threads, settings.videos_in_flight,
-                            settings.decode_ahead_bytes)
+        return ThreadSource(
+            paths, views, threads, settings.videos_in_flight, settings.decode_ahead_bytes
+        )
     return SequentialSource(paths, views, threads)
 
 
-def compute_chunk(records: Sequence[VideoRecord], models: Sequence[Extractor],
-                  settings: DecodeSettings, pool=None) -> list[Outcome]:
+def compute_chunk(
+    records: Sequence[VideoRecord], models: Sequence[Extractor], settings: DecodeSettings, pool=None
+) -> list[Outcome]:
     """(features, errors) of every record for the loaded video extractors ``models``."""
     models = [m for m in models if m.modality == "video"]
     threads = int(settings.decode_threads or 0)
@@ -202,7 +212,10 @@ def _finish(state: _Video, models: list[Extractor], threads: int) -> Outcome:
     from aigvqa.extractors.runner import run_stats
 
     record = state.record
-    kind, payload = state.terminal or ("error", RuntimeError("the decoder never finished this video"))
+    kind, payload = state.terminal or (
+        "error",
+        RuntimeError("the decoder never finished this video"),
+    )
     if kind == "error":
         return failed_video(record, models, payload, threads)
     if kind == "end":
@@ -226,7 +239,9 @@ def _finish(state: _Video, models: list[Extractor], threads: int) -> Outcome:
         if not rows:
             errors[model.name] = _no_items(model, state.info)
         else:
-            outputs[model.name] = np.stack([rows[i] for i in sorted(rows)]).astype(np.float32, copy=False)
+            outputs[model.name] = np.stack([rows[i] for i in sorted(rows)]).astype(
+                np.float32, copy=False
+            )
     return outputs, errors
 
 
@@ -249,8 +264,9 @@ def extract_one(record: VideoRecord, models: list[Extractor], threads: int = 0) 
     try:
         info = probe(record.path)
         with truncation_warnings() as caught:
-            outputs = extract_video(record.path, models, info=info, decode_threads=threads,
-                                    prompt=record.prompt)
+            outputs = extract_video(
+                record.path, models, info=info, decode_threads=threads, prompt=record.prompt
+            )
     except Exception as err:  # noqa: BLE001 - one bad video must never stop the run
         return failed_video(record, models, err, threads)
     cut = truncation(caught, info.num_frames)
@@ -266,8 +282,9 @@ def extract_one(record: VideoRecord, models: list[Extractor], threads: int = 0) 
     return {k: v for k, v in outputs.items() if k not in errors}, errors
 
 
-def failed_video(record: VideoRecord, models: list[Extractor], err: BaseException,
-                 threads: int) -> Outcome:
+def failed_video(
+    record: VideoRecord, models: list[Extractor], err: BaseException, threads: int
+) -> Outcome:
     """(outputs, errors) of a video whose decoding or extraction raised ``err``."""
     from aigvqa.errors import DecodeError
 

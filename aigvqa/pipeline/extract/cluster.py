@@ -79,7 +79,9 @@ def as_cluster_spec(cluster: ClusterSpec | None = None, **flat) -> ClusterSpec:
     return cluster
 
 
-def default_n_workers(torch_threads: int = 1, memory_per_worker: int = _MIN_BYTES_PER_WORKER) -> int:
+def default_n_workers(
+    torch_threads: int = 1, memory_per_worker: int = _MIN_BYTES_PER_WORKER
+) -> int:
     """Worker processes for this machine: one per ``torch_threads`` cores, capped by RAM."""
     import psutil
 
@@ -118,8 +120,12 @@ def worker_environ(torch_threads: int = 1) -> dict:
     return {"distributed.nanny.pre-spawn-environ": env}
 
 
-def local_cluster(n_workers: int, threads_per_worker: int = 1, torch_threads: int = 1,
-                  dashboard_address: str | None = ":8787"):
+def local_cluster(
+    n_workers: int,
+    threads_per_worker: int = 1,
+    torch_threads: int = 1,
+    dashboard_address: str | None = ":8787",
+):
     """The default stage-one cluster: ``n_workers`` processes, configured as above."""
     import dask
     from distributed import LocalCluster
@@ -143,7 +149,9 @@ def quiet_port_fallback():
     dashboard port is normal here, the fallback port is what we want, and the one dashboard
     line (``dashboard_message``) gives the link that is really served."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Port \d+ is already in use", category=UserWarning
+        )
         yield
 
 
@@ -208,9 +216,13 @@ def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) ->
         say("starting a local Dask cluster, one worker per GPU (dask-cuda) ...")
         cluster = _cuda_cluster(spec)
     else:
-        n_workers = spec.n_workers if spec.n_workers is not None else default_n_workers(spec.torch_threads)
+        n_workers = (
+            spec.n_workers if spec.n_workers is not None else default_n_workers(spec.torch_threads)
+        )
         say(f"starting a local Dask cluster of {n_workers} worker process(es) ...")
-        cluster = local_cluster(n_workers, spec.threads_per_worker, spec.torch_threads, spec.dashboard_address)
+        cluster = local_cluster(
+            n_workers, spec.threads_per_worker, spec.torch_threads, spec.dashboard_address
+        )
     try:
         client = Client(cluster)
         try:
@@ -298,9 +310,11 @@ def _probe():
     return namespace["aigvqa_probe"]
 
 
-WORKER_NEEDS = ("aigvqa installed at the client's version (with the extras its extractors "
-                "need), the extractors' weights, and the cache's folder and the videos on "
-                "shared storage at the same paths: README, 'Running on an existing Dask cluster'")
+WORKER_NEEDS = (
+    "aigvqa installed at the client's version (with the extras its extractors "
+    "need), the extractors' weights, and the cache's folder and the videos on "
+    "shared storage at the same paths: README, 'Running on an existing Dask cluster'"
+)
 
 
 def check_workers(client) -> dict[str, tuple[str, str]]:

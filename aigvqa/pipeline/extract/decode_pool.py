@@ -110,9 +110,18 @@ class _Process:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aigvqa.pipeline.extract.decode_process",
-                 str(control_r), str(events_w), str(ring_fd), str(ring_size)],
-                pass_fds=(control_r, events_w, ring_fd), stdin=subprocess.DEVNULL, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "aigvqa.pipeline.extract.decode_process",
+                    str(control_r),
+                    str(events_w),
+                    str(ring_fd),
+                    str(ring_size),
+                ],
+                pass_fds=(control_r, events_w, ring_fd),
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
             self.ring = mmap.mmap(ring_fd, ring_size)
         finally:
@@ -127,8 +136,9 @@ class _Process:
         self.released = 0
         self._freed: dict[int, int] = {}  # begin -> end of spans consumed out of order
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, args=(events_r, events),
-                                        name=f"aigvqa-decode-{slot}", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read, args=(events_r, events), name=f"aigvqa-decode-{slot}", daemon=True
+        )
         self._reader.start()
 
     def _read(self, fd: int, events: queue.Queue) -> None:
@@ -153,7 +163,7 @@ class _Process:
         with self._lock:
             while view:
                 try:
-                    view = view[os.write(self.control_w, view):]
+                    view = view[os.write(self.control_w, view) :]
                 except BlockingIOError:  # the pipe is full: wait for it to read, not forever
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -210,7 +220,9 @@ class DecodePool:
             self.slots[proc.slot] = _Process(proc.slot, self.ring_bytes, self.events)
         return self.slots[proc.slot]
 
-    def source(self, paths: Sequence[str], views, threads: int, decoder: str = "pyav") -> PoolSource:
+    def source(
+        self, paths: Sequence[str], views, threads: int, decoder: str = "pyav"
+    ) -> PoolSource:
         return PoolSource(self, paths, views, threads, decoder)
 
     def close(self) -> None:
@@ -222,8 +234,9 @@ class DecodePool:
 class PoolSource:
     """One chunk's videos through a pool (see ``sources`` for the events)."""
 
-    def __init__(self, pool: DecodePool, paths: Sequence[str], views, threads: int,
-                 decoder: str) -> None:
+    def __init__(
+        self, pool: DecodePool, paths: Sequence[str], views, threads: int, decoder: str
+    ) -> None:
         import cloudpickle
 
         self.pool, self.paths, self.threads, self.decoder = pool, list(paths), threads, decoder
@@ -244,8 +257,7 @@ class PoolSource:
             for proc in self.pool.slots:
                 if not self.todo:
                     return
-                if (len(proc.jobs) < ahead and proc.kill_reason is None
-                        and proc.proc.poll() is None):
+                if len(proc.jobs) < ahead and proc.kill_reason is None and proc.proc.poll() is None:
                     video = self.todo.popleft()
                     job = next(_job_ids)
                     if not proc.jobs:
@@ -253,7 +265,9 @@ class PoolSource:
                     proc.jobs.append(job)
                     self.video_of[job] = video
                     self.job_of[video] = (job, proc)
-                    proc.send(("job", job, self.paths[video], self.blob, self.threads, self.decoder))
+                    proc.send(
+                        ("job", job, self.paths[video], self.blob, self.threads, self.decoder)
+                    )
 
     def _drain(self) -> None:
         """Handle every event already there (cheap: items are not copied yet), so finished
@@ -269,8 +283,12 @@ class PoolSource:
         now = time.monotonic()
         for proc in self.pool.slots:
             limit = self.pool.timeout + (0.0 if proc.ready else STARTUP_SECONDS)
-            if (proc.jobs and not proc.waiting and proc.kill_reason is None
-                    and now - proc.last_seen > limit):
+            if (
+                proc.jobs
+                and not proc.waiting
+                and proc.kill_reason is None
+                and now - proc.last_seen > limit
+            ):
                 proc.kill("timeout")
 
     def _handle(self, proc: _Process, message) -> None:

@@ -35,7 +35,7 @@ def frame(obj) -> bytes:
 def write_message(fd: int, obj) -> None:
     view = memoryview(frame(obj))
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
@@ -86,8 +86,9 @@ class _Ring:
         with self.cond:
             if self.head + need - self.released > self.size:
                 write_message(self.events_fd, ("wait", job, None))
-                self.cond.wait_for(lambda: self.head + need - self.released <= self.size
-                                   or job in self.cancelled)
+                self.cond.wait_for(
+                    lambda: self.head + need - self.released <= self.size or job in self.cancelled
+                )
             if job in self.cancelled:
                 raise _Cancelled
 
@@ -126,7 +127,9 @@ def _read_control(control_fd: int, jobs: queue.Queue, ring: _Ring) -> None:
             ring.cancel(message[1])
 
 
-def _run_job(job: int, path: str, views, threads: int, decoder, ring: _Ring, events_fd: int) -> None:
+def _run_job(
+    job: int, path: str, views, threads: int, decoder, ring: _Ring, events_fd: int
+) -> None:
     from aigvqa.errors import DecodeError
     from aigvqa.pipeline.extract.sources import decode_events
 
@@ -134,8 +137,9 @@ def _run_job(job: int, path: str, views, threads: int, decoder, ring: _Ring, eve
         write_message(events_fd, ("skipped", job, None))
         return
     try:
-        for kind, payload in decode_events(decoder, path, views, threads,
-                                           lambda: job in ring.cancelled):
+        for kind, payload in decode_events(
+            decoder, path, views, threads, lambda: job in ring.cancelled
+        ):
             if kind == "item":
                 ring.send_item(job, *payload)
             elif kind == "end":
@@ -146,8 +150,9 @@ def _run_job(job: int, path: str, views, threads: int, decoder, ring: _Ring, eve
     except _Cancelled:
         write_message(events_fd, ("skipped", job, None))
     except Exception as err:  # noqa: BLE001 - reported; the parent decides what it costs
-        write_message(events_fd, ("error", job, (type(err).__name__, str(err),
-                                                 isinstance(err, DecodeError))))
+        write_message(
+            events_fd, ("error", job, (type(err).__name__, str(err), isinstance(err, DecodeError)))
+        )
 
 
 def main(argv: list[str]) -> None:

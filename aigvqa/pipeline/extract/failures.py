@@ -13,8 +13,13 @@ import warnings
 
 from aigvqa.cache.schema import ALL_EXTRACTORS
 
-__all__ = ["ALL_EXTRACTORS", "MIN_DECODED_FRACTION", "error_text", "truncation",
-           "truncation_warnings"]
+__all__ = [
+    "ALL_EXTRACTORS",
+    "MIN_DECODED_FRACTION",
+    "error_text",
+    "truncation",
+    "truncation_warnings",
+]
 
 MIN_DECODED_FRACTION = 0.9
 """A video that decodes fewer than this share of the frames its header promises is a

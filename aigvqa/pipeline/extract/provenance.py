@@ -63,21 +63,24 @@ def check_provenance(cache: Path, provenance: Mapping[str, Mapping[str, Any]]) -
     problems = []
     for name, prov in provenance.items():
         if name in present:
-            diffs = describe_differences(reader.group_info(name).provenance, prov,
-                                         ignore=RUNTIME_KEYS)
+            diffs = describe_differences(
+                reader.group_info(name).provenance, prov, ignore=RUNTIME_KEYS
+            )
             if diffs:
                 problems.append(f"  {name} (cache vs this run): " + "; ".join(diffs))
     if problems:
         raise ProvenanceMismatchError(
             f"{cache}: features of a different configuration or weights are already in this "
-            "cache, and mixing them in one group is refused:\n" + "\n".join(problems)
+            "cache, and mixing them in one group is refused:\n"
+            + "\n".join(problems)
             + "\nUse another --cache file for the new settings, or run with the settings "
             "the cache was made with."
         )
 
 
-def check_leftover_shard(path: Path, shard_dir: Path, group: str, found: Mapping[str, Any],
-                         wanted: Mapping[str, Any]) -> None:
+def check_leftover_shard(
+    path: Path, shard_dir: Path, group: str, found: Mapping[str, Any], wanted: Mapping[str, Any]
+) -> None:
     """A shard an interrupted run left must hold features of this run's settings."""
     from aigvqa.cache.schema import RUNTIME_KEYS, describe_differences
 

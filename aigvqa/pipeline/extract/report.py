@@ -44,8 +44,9 @@ class ExtractReport:
             lines.append(
                 f"prompts: {self.prompts_encoded} encoded, {self.prompts_skipped} already cached"
             )
-        decoders = (f", {self.decode_workers} decode process(es) per worker"
-                    if self.decode_workers else "")
+        decoders = (
+            f", {self.decode_workers} decode process(es) per worker" if self.decode_workers else ""
+        )
         lines.append(f"cache: {self.cache} ({self.seconds:.1f} s on {self.cluster}{decoders})")
         shown = self.failures[:10]
         for video_id, extractor, error in shown:

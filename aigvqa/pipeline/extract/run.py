@@ -66,8 +66,17 @@ from aigvqa.pipeline.records import VideoRecord
 class ExtractRun:
     """One extraction run on a connected client (plan -> submit -> merge as they land)."""
 
-    def __init__(self, client, records: list[VideoRecord], extractors: list[Extractor],
-                 cache: Path, options: ExtractOptions, spec, *, release_workers: bool = False) -> None:
+    def __init__(
+        self,
+        client,
+        records: list[VideoRecord],
+        extractors: list[Extractor],
+        cache: Path,
+        options: ExtractOptions,
+        spec,
+        *,
+        release_workers: bool = False,
+    ) -> None:
         self.client = client
         # connected to a shared scheduler by this run: hand the workers back clean at the end
         self.release_workers = release_workers
@@ -118,8 +127,12 @@ class ExtractRun:
     def _go(self) -> None:
         from aigvqa.pipeline.extract.api import resolve_decode_settings
 
-        self.decode = resolve_decode_settings(self.decode, self.video_exts, self.spec.torch_threads,
-                                              lambda: self.client.run(host_cores))
+        self.decode = resolve_decode_settings(
+            self.decode,
+            self.video_exts,
+            self.spec.torch_threads,
+            lambda: self.client.run(host_cores),
+        )
         self.report.decode_workers = int(self.decode.decode_workers)
         self.chunk_size = self.options.chunk_size or default_chunk_size(self.decode.decode_workers)
         self._describe()
@@ -145,19 +158,35 @@ class ExtractRun:
         everything = self.video_exts + self.text_exts
         workers = list(self.client.scheduler_info().get("workers", {}))
         # a run with little (or nothing) to compute loads the models where tasks will run
-        workers = workers[:max(1, self._tasks_expected())]
+        workers = workers[: max(1, self._tasks_expected())]
         started = time.monotonic()
         names = ", ".join(e.name for e in everything)
         if workers:
-            self._say(f"loading {len(everything)} model(s) ({names}) on {len(workers)} worker(s) ...")
-            futures = [self.client.submit(describe_extractors, everything, pure=False, workers=[w],
-                                          allow_other_workers=True, priority=100,
-                                          key=f"load-extractors-{self.token}-{i}")
-                       for i, w in enumerate(workers)]
+            self._say(
+                f"loading {len(everything)} model(s) ({names}) on {len(workers)} worker(s) ..."
+            )
+            futures = [
+                self.client.submit(
+                    describe_extractors,
+                    everything,
+                    pure=False,
+                    workers=[w],
+                    allow_other_workers=True,
+                    priority=100,
+                    key=f"load-extractors-{self.token}-{i}",
+                )
+                for i, w in enumerate(workers)
+            ]
         else:
             self._say(f"waiting for a Dask worker to join {describe_client(self.client)} ...")
-            futures = [self.client.submit(describe_extractors, everything, pure=False,
-                                          key=f"load-extractors-{self.token}-0")]
+            futures = [
+                self.client.submit(
+                    describe_extractors,
+                    everything,
+                    pure=False,
+                    key=f"load-extractors-{self.token}-0",
+                )
+            ]
         from distributed import as_completed
 
         answers = []
@@ -210,8 +239,9 @@ class ExtractRun:
             for group in shard.groups():
                 info = shard.group_info(group)
                 if group in self.provenance:
-                    check_leftover_shard(path, self.shard_dir, group, info.provenance,
-                                         self.provenance[group])
+                    check_leftover_shard(
+                        path, self.shard_dir, group, info.provenance, self.provenance[group]
+                    )
                 if info.keyed_by == "video":
                     recovered.update(shard.ids(group))
         self._merge(leftovers)
@@ -234,7 +264,8 @@ class ExtractRun:
         by_missing: dict[tuple[str, ...], list[VideoRecord]] = defaultdict(list)
         for rec in self.records:
             missing = tuple(
-                e.name for e in self.video_exts
+                e.name
+                for e in self.video_exts
                 if rec.video_id not in have[e.name]
                 # a video without a prompt is planned without the extractors that need one
                 # (it gets their failure row instead, in _execute)
@@ -297,18 +328,28 @@ class ExtractRun:
         exts = [self.by_name[n] for n in names]
         name = shard_name("video", [r.video_id for r in chunk], [self.provenance[n] for n in names])
         return self.client.submit(
-            run_video_chunk, chunk, exts, str(self.shard_dir / name), self.decode,
-            key=f"video-chunk-{name[len('shard-video-'):-3]}-{self.token}-{attempt}",
-            retries=TASK_RETRIES, pure=False,
+            run_video_chunk,
+            chunk,
+            exts,
+            str(self.shard_dir / name),
+            self.decode,
+            key=f"video-chunk-{name[len('shard-video-') : -3]}-{self.token}-{attempt}",
+            retries=TASK_RETRIES,
+            pure=False,
         ), ("video", chunk, exts, attempt)
 
     def _submit_prompts(self, part: dict[str, str], ext_name: str):
         name = shard_name("prompt", list(part), [self.provenance[ext_name]])
         ext = self.by_name[ext_name]
         return self.client.submit(
-            run_prompt_chunk, part, ext, str(self.shard_dir / name),
-            key=f"prompt-chunk-{name[len('shard-prompt-'):-3]}-{self.token}",
-            retries=TASK_RETRIES, pure=False, priority=10,  # small: run them first
+            run_prompt_chunk,
+            part,
+            ext,
+            str(self.shard_dir / name),
+            key=f"prompt-chunk-{name[len('shard-prompt-') : -3]}-{self.token}",
+            retries=TASK_RETRIES,
+            pure=False,
+            priority=10,  # small: run them first
         ), ("prompt", list(part), [ext], 0)
 
     def _execute(self, video_plan, prompt_plan, no_prompt) -> None:
@@ -332,15 +373,24 @@ class ExtractRun:
         for ext_name, todo in prompt_plan.items():
             ids = sorted(todo)
             for i in range(0, len(ids), PROMPT_CHUNK_SIZE):
-                add(self._submit_prompts({p: todo[p] for p in ids[i : i + PROMPT_CHUNK_SIZE]}, ext_name))
+                add(
+                    self._submit_prompts(
+                        {p: todo[p] for p in ids[i : i + PROMPT_CHUNK_SIZE]}, ext_name
+                    )
+                )
 
         # The videos table of every record (labels, prompt ids: it refreshes rows of
         # skipped videos too) and one failure row per video without a prompt and extractor
         # needing one (text features, prompt-scored frames); both land with the first merge.
         no_prompt_rows = [
-            (r.video_id, e.name, f"the manifest gives no prompt for this video; {e.name} "
-             "needs one (add a prompt column)")
-            for e in self.prompt_exts for r in no_prompt
+            (
+                r.video_id,
+                e.name,
+                f"the manifest gives no prompt for this video; {e.name} "
+                "needs one (add a prompt column)",
+            )
+            for e in self.prompt_exts
+            for r in no_prompt
         ]
         self._pending.append(self._client_shard(videos=self.records, failures=no_prompt_rows))
         self.report.failures.extend(no_prompt_rows)
@@ -453,14 +503,17 @@ class ExtractRun:
         if not shards:
             return
         started = time.monotonic()
-        report = merge_shards(self.cache, shards, overwrite=self.options.overwrite, remove_shards=True)
+        report = merge_shards(
+            self.cache, shards, overwrite=self.options.overwrite, remove_shards=True
+        )
         if report.groups_replaced:
-            print(f"--overwrite: replaced group(s) {', '.join(report.groups_replaced)} made "
-                  "with other settings", file=sys.stderr)
+            print(
+                f"--overwrite: replaced group(s) {', '.join(report.groups_replaced)} made "
+                "with other settings",
+                file=sys.stderr,
+            )
         self._last_merge = time.monotonic()
         self._merge_seconds = self._last_merge - started
-
-
 
 
 def _progress_bar(total: int, enabled: bool, desc: str = "extract", unit: str = "video"):

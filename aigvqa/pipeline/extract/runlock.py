@@ -57,8 +57,10 @@ def run_lock(cache: str | os.PathLike, echo: Callable[[str], None] | None = None
                 break
             except BlockingIOError:
                 if not said:
-                    echo(f"another extract run ({_holder(fd)}) is writing {cache}; waiting for "
-                         f"it to finish (lock {path}; Ctrl-C stops waiting)")
+                    echo(
+                        f"another extract run ({_holder(fd)}) is writing {cache}; waiting for "
+                        f"it to finish (lock {path}; Ctrl-C stops waiting)"
+                    )
                     said = True
                 time.sleep(POLL_SECONDS)
         if said:

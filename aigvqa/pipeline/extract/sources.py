@@ -45,8 +45,9 @@ class Decoder(ABC):
     def probe(self, path: str) -> VideoInfo: ...
 
     @abstractmethod
-    def stream(self, path: str, views: Sequence[View], info: VideoInfo,
-               threads: int) -> Iterator[tuple[str, int, object]]: ...
+    def stream(
+        self, path: str, views: Sequence[View], info: VideoInfo, threads: int
+    ) -> Iterator[tuple[str, int, object]]: ...
 
 
 class PyAVDecoder(Decoder):
@@ -68,8 +69,13 @@ class PyAVDecoder(Decoder):
 DECODERS: dict[str, type[Decoder]] = {"pyav": PyAVDecoder}
 
 
-def decode_events(decoder: Decoder, path: str, views: Sequence[View], threads: int,
-                  stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, object]]:
+def decode_events(
+    decoder: Decoder,
+    path: str,
+    views: Sequence[View],
+    threads: int,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[str, object]]:
     """One video's events (kind, payload) minus errors, which the caller catches."""
     info = decoder.probe(path)
     yield "start", info
@@ -85,8 +91,13 @@ def decode_events(decoder: Decoder, path: str, views: Sequence[View], threads: i
 class SequentialSource:
     """Decode each video in the consuming thread, in turn with the forward passes."""
 
-    def __init__(self, paths: Sequence[str], views: Sequence[View], threads: int,
-                 decoder: Decoder | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        views: Sequence[View],
+        threads: int,
+        decoder: Decoder | None = None,
+    ) -> None:
         self.paths, self.views, self.threads = list(paths), list(views), threads
         self.decoder = decoder or PyAVDecoder()
         self._cancelled: set[int] = set()
@@ -97,8 +108,13 @@ class SequentialSource:
                 yield video, "skipped", None
                 continue
             try:
-                for kind, payload in decode_events(self.decoder, path, self.views, self.threads,
-                                                   lambda v=video: v in self._cancelled):
+                for kind, payload in decode_events(
+                    self.decoder,
+                    path,
+                    self.views,
+                    self.threads,
+                    lambda v=video: v in self._cancelled,
+                ):
                     yield video, kind, payload
             except Exception as err:  # noqa: BLE001 - one bad video fails alone
                 yield video, "error", err
@@ -138,7 +154,9 @@ class _DecodeAhead:
     def begin_video(self) -> int:
         """Wait for room, then return the index of the video the decoder starts."""
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._started - self._finished < self._max_videos)
+            self._cond.wait_for(
+                lambda: self._closed or self._started - self._finished < self._max_videos
+            )
             if self._closed:
                 raise _DecoderStopped
             self._started += 1
@@ -148,8 +166,12 @@ class _DecodeAhead:
         """Queue ``event``; raises _SkipVideo when ``video`` is the one to abandon."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self._closed or video == self._skip or not self._events
-                or self._bytes + nbytes <= self._max_bytes
+                lambda: (
+                    self._closed
+                    or video == self._skip
+                    or not self._events
+                    or self._bytes + nbytes <= self._max_bytes
+                )
             )
             if self._closed:
                 raise _DecoderStopped
@@ -197,8 +219,15 @@ class ThreadSource:
     the GIL). One thread, not one per video: a thread per video that decodes and then
     computes falls into step with its twin, both decoding while the models sit idle."""
 
-    def __init__(self, paths: Sequence[str], views: Sequence[View], threads: int,
-                 videos_in_flight: int, max_bytes: int, decoder: Decoder | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        views: Sequence[View],
+        threads: int,
+        videos_in_flight: int,
+        max_bytes: int,
+        decoder: Decoder | None = None,
+    ) -> None:
         self.paths, self.views, self.threads = list(paths), list(views), threads
         self.decoder = decoder or PyAVDecoder()
         self.hand_off = _DecodeAhead(videos_in_flight, max_bytes)
@@ -211,7 +240,9 @@ class ThreadSource:
             for path in self.paths:
                 video = hand_off.begin_video()
                 try:
-                    for kind, payload in decode_events(self.decoder, path, self.views, self.threads):
+                    for kind, payload in decode_events(
+                        self.decoder, path, self.views, self.threads
+                    ):
                         if kind == "item":
                             hand_off.put((video, kind, payload), payload[2].nbytes, video)
                         else:

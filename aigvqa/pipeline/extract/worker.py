@@ -132,9 +132,13 @@ def describe_extractors(extractors: list[Extractor]) -> list[dict[str, Any]] | W
     except AigvqaError as err:
         return WorkerProblem(who, err)
     except ImportError as err:
-        return WorkerProblem(who, ExtractError(
-            f"{who} cannot load the extractors: {err}. Install aigvqa with the extras its "
-            "extractors need in the environment the workers start from"))
+        return WorkerProblem(
+            who,
+            ExtractError(
+                f"{who} cannot load the extractors: {err}. Install aigvqa with the extras its "
+                "extractors need in the environment the workers start from"
+            ),
+        )
 
 
 def host_cores() -> tuple[str, int]:
@@ -156,8 +160,13 @@ class ChunkResult:
     reused: bool = False  # the shard already existed (a re-run task): nothing recomputed
 
 
-def run_video_chunk(records: list[VideoRecord], extractors: list[Extractor], shard_path: str,
-                    settings: DecodeSettings | None = None, **changes: Any) -> ChunkResult:
+def run_video_chunk(
+    records: list[VideoRecord],
+    extractors: list[Extractor],
+    shard_path: str,
+    settings: DecodeSettings | None = None,
+    **changes: Any,
+) -> ChunkResult:
     """Worker task: features of ``records`` for ``extractors`` into one shard file.
 
     ``settings`` (``DecodeSettings``; keyword ``changes`` replace its fields) say who
@@ -192,8 +201,14 @@ def run_video_chunk(records: list[VideoRecord], extractors: list[Extractor], sha
             kept[name][1].append(array)
         failures.extend((record.video_id, name, text) for name, text in errors.items())
     groups = [
-        GroupData(m.name, keyed_by="video", ids=kept[m.name][0], values=kept[m.name][1],
-                  provenance=m.provenance(), columns=m.feature_names())
+        GroupData(
+            m.name,
+            keyed_by="video",
+            ids=kept[m.name][0],
+            values=kept[m.name][1],
+            provenance=m.provenance(),
+            columns=m.feature_names(),
+        )
         for m in models
     ]
     write_shard(
@@ -244,8 +259,14 @@ def prompt_group(model: Extractor, ids: list[str], encoded: Mapping[str, Any]):
     else:
         values = [encoded["pooled"][i][None, :] for i in rows]
         extras = {k: [v[i] for i in rows] for k, v in encoded.items() if k != "pooled"}
-    return GroupData(model.name, keyed_by="prompt", ids=ids, values=values, extras=extras,
-                     provenance=model.provenance())
+    return GroupData(
+        model.name,
+        keyed_by="prompt",
+        ids=ids,
+        values=values,
+        extras=extras,
+        provenance=model.provenance(),
+    )
 
 
 def _result_from_shard(shard_path: str, kind: str) -> ChunkResult:
