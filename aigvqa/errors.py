@@ -20,6 +20,9 @@ _INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar(
 CLI_WORDS: dict[str, str] = {
     "weights=<path>": "--weights PATH",
     "random_init=True": "--random-init",
+    "features={role: name}": (
+        'a [features] table in the --config TOML (role = "cache group", as in examples/ugvq.toml)'
+    ),
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
 

@@ -499,6 +499,7 @@ def evaluate_cache(
         defaults=(lambda head_name, given: protocol_params(chosen, head_name, given))
         if chosen
         else None,
+        X=data.X,
     )
     if test_cache is None:
         notes = []
