@@ -448,3 +448,10 @@ def test_an_error_raised_under_an_open_progress_bar_starts_its_own_line(monkeypa
     monkeypatch.setattr(info, "run", run)
     assert main(["info", "whatever.h5"]) == 2
     _error_line(capsys.readouterr().err, "info")
+
+
+def test_a_stack_without_a_config_points_at_the_shipped_stack_config(cache, capsys):
+    assert main(["evaluate", str(cache), "--head", "stack", "--trials", "2"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "--config examples/videval-stack.toml" in line
+    assert (Path(__file__).parents[1] / "examples" / "videval-stack.toml").is_file()

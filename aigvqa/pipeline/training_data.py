@@ -301,6 +301,11 @@ def build_head(
     if not name:
         raise TrainingDataError('name a head with --head (or `head = "..."` in the --config file)')
     merged = {**config_params, **(params or {})}
+    if name == "stack" and "estimators" not in merged:
+        raise TrainingDataError(
+            "head 'stack' needs its base heads: give a stack config with one "
+            '[estimators.NAME] table per base, e.g. config="examples/videval-stack.toml"'
+        )
     if defaults is not None:
         merged = defaults(name, merged)
     cls = get_head_class(name)
