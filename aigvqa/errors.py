@@ -23,6 +23,7 @@ CLI_WORDS: dict[str, str] = {
     "features={role: name}": (
         'a [features] table in the --config TOML (role = "cache group", as in examples/ugvq.toml)'
     ),
+    "label_cols=...": "--labels COL[=NAME]",
     'config="examples/videval-stack.toml"': "--config examples/videval-stack.toml",
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
