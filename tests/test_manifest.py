@@ -426,4 +426,4 @@ def test_a_missing_label_column_is_named_in_the_words_of_the_interface(folder, c
     assert main([*command, "--cache", str(folder / "c.h5"), "--labels", "mos_nope=mos"]) == 2
     err = capsys.readouterr().err
     assert "'mos_nope' is not in the header" in err and "--labels COL[=NAME]" in err
-    assert "label_col" not in err and "Traceback" not in err
+    assert "label_col=" not in err and "label_cols=" not in err and "Traceback" not in err
