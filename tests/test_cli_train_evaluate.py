@@ -455,3 +455,12 @@ def test_a_stack_without_a_config_points_at_the_shipped_stack_config(cache, caps
     line = _error_line(capsys.readouterr().err)
     assert "--config examples/videval-stack.toml" in line
     assert (Path(__file__).parents[1] / "examples" / "videval-stack.toml").is_file()
+
+
+def test_deep_trials_fit_one_by_one_show_their_epochs_and_validation_loss(cache, tmp_path, capsys):
+    config = tmp_path / "mlp.toml"
+    config.write_text('head = "mlp"\nhidden = 8\nepochs = 3\nval_fraction = 0.25\n')
+    command = ["evaluate", str(cache), "--config", str(config), "--features", "a"]
+    assert main([*command, "--labels", "mos", "--trials", "2", "--no-batch-trials"]) == 0
+    err = capsys.readouterr().err
+    assert "trial 1/2, epoch 1/3" in err and "trial 2/2, epoch 3/3, val_loss" in err
