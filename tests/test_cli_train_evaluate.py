@@ -464,3 +464,12 @@ def test_deep_trials_fit_one_by_one_show_their_epochs_and_validation_loss(cache,
     assert main([*command, "--labels", "mos", "--trials", "2", "--no-batch-trials"]) == 0
     err = capsys.readouterr().err
     assert "trial 1/2, epoch 1/3" in err and "trial 2/2, epoch 3/3, val_loss" in err
+
+
+def test_a_protocol_under_test_cache_says_what_of_it_applies(cache, tmp_path, capsys):
+    other = make_cache(tmp_path / "other.h5", seed=1)
+    command = ["evaluate", str(cache), "--protocol", "videval", "--test-cache", str(other)]
+    assert main([*command, "--features", "a", "--labels", "mos", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol videval:" in out and "svr searches standard" in out
+    assert "its splits do not" in out

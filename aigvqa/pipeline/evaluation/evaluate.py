@@ -557,7 +557,7 @@ def evaluate_cache(
             + f" ({cache} vs {test_cache}); extract both caches with the same extractor "
             "configs and weights"
         )
-    return cross_dataset(
+    result = cross_dataset(
         estimator,
         data.X,
         data.y,
@@ -568,3 +568,10 @@ def evaluate_cache(
         seed=seed,
         name=f"{Path(cache).stem}->{Path(test_cache).stem}",
     )
+    if chosen is not None:
+        result.notes.append(
+            f"protocol {chosen.name}: its head and hyper-parameter selection apply "
+            f"({_selection_rules(estimator)}); its splits do not: --test-cache trains once on "
+            f"every video of {cache} and tests on every video of {test_cache}."
+        )
+    return result
