@@ -303,8 +303,13 @@ def build_head(
     merged = {**config_params, **(params or {})}
     if name == "stack" and "estimators" not in merged:
         raise TrainingDataError(
-            "head 'stack' needs its base heads: give a stack config with one "
-            '[estimators.NAME] table per base, e.g. config="examples/videval-stack.toml"'
+            "head 'stack' needs estimators (its base heads): "
+            + (
+                'give a stack config, e.g. config="examples/videval-stack.toml"'
+                if config is None
+                else f"add one [estimators.NAME] table per base to {config}, as "
+                "examples/videval-stack.toml does"
+            )
         )
     if defaults is not None:
         merged = defaults(name, merged)
