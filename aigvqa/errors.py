@@ -20,6 +20,11 @@ _INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar(
 CLI_WORDS: dict[str, str] = {
     "weights=<path>": "--weights PATH",
     "random_init=True": "--random-init",
+    "features={role: name}": (
+        'a [features] table in the --config TOML (role = "cache group", as in examples/ugvq.toml)'
+    ),
+    "label_cols=...": "--labels COL[=NAME]",
+    'config="examples/videval-stack.toml"': "--config examples/videval-stack.toml",
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
 

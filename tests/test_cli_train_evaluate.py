@@ -393,3 +393,83 @@ def test_deep_heads_train_with_epoch_progress_and_evaluate_trials_together_or_no
         with open(csv_path.with_name(csv_path.stem + ".trials.csv")) as fh:  # --per-trial rows
             srcc.append([float(row["srcc"]) for row in csv.DictReader(fh)])
     np.testing.assert_allclose(srcc[0], srcc[1], atol=1e-6)
+
+
+def _error_line(err: str, verb: str = "evaluate") -> str:
+    """The line of stderr holding the CLI's error (it must start the line)."""
+    lines = [line for line in err.splitlines() if f"aigvqa {verb}: error:" in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"aigvqa {verb}: error:"), lines[0]  # not after a progress bar
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ('search = "standrd"', "search='standrd'"),
+        ("[search]\nCc = [1, 2]", "unknown parameters ['Cc']"),
+        ("Cc = 2.0", "has no parameter(s) Cc"),
+    ],
+)
+def test_config_mistakes_are_found_before_any_trial_and_name_the_file(
+    cache, tmp_path, capsys, body, words
+):
+    config = tmp_path / "t.toml"
+    config.write_text(f'head = "svr"\n{body}\n')
+    assert main(["evaluate", str(cache), "--config", str(config), "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    line = _error_line(err)
+    assert line.startswith(f"aigvqa evaluate: error: {config}: ") and words in line
+    assert "evaluate svr" not in err  # no trial (and no progress bar) started
+    assert "__init__" not in line
+
+
+def test_deep_head_roles_are_explained_in_cli_words_before_any_trial(cache, capsys):
+    assert main(["evaluate", str(cache), "--head", "branchsum", "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    line = _error_line(err)
+    assert "[features] table" in line and "examples/ugvq.toml" in line
+    assert "features={role: name}" not in line and "evaluate branchsum" not in err
+
+
+def test_an_error_raised_under_an_open_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    from aigvqa.errors import AigvqaError
+    from aigvqa.pipeline.cli.commands import info
+
+    def run(args):
+        bar = tqdm(total=3, desc="working", file=sys.stderr)
+        bar.update()
+        raise AigvqaError("something the user can fix")
+
+    monkeypatch.setattr(info, "run", run)
+    assert main(["info", "whatever.h5"]) == 2
+    _error_line(capsys.readouterr().err, "info")
+
+
+def test_a_stack_without_a_config_points_at_the_shipped_stack_config(cache, capsys):
+    assert main(["evaluate", str(cache), "--head", "stack", "--trials", "2"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "--config examples/videval-stack.toml" in line
+    assert (Path(__file__).parents[1] / "examples" / "videval-stack.toml").is_file()
+
+
+def test_deep_trials_fit_one_by_one_show_their_epochs_and_validation_loss(cache, tmp_path, capsys):
+    config = tmp_path / "mlp.toml"
+    config.write_text('head = "mlp"\nhidden = 8\nepochs = 3\nval_fraction = 0.25\n')
+    command = ["evaluate", str(cache), "--config", str(config), "--features", "a"]
+    assert main([*command, "--labels", "mos", "--trials", "2", "--no-batch-trials"]) == 0
+    err = capsys.readouterr().err
+    assert "trial 1/2, epoch 1/3" in err and "trial 2/2, epoch 3/3, val_loss" in err
+
+
+def test_a_protocol_under_test_cache_says_what_of_it_applies(cache, tmp_path, capsys):
+    other = make_cache(tmp_path / "other.h5", seed=1)
+    command = ["evaluate", str(cache), "--protocol", "videval", "--test-cache", str(other)]
+    assert main([*command, "--features", "a", "--labels", "mos", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol videval:" in out and "svr searches standard" in out
+    assert "its splits do not" in out

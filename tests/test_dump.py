@@ -227,3 +227,51 @@ def test_failures_csv_is_always_written(tmp_path, capsys):
         main(["dump", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "failures.csv (only its header when nothing failed)" in help_text
+
+
+def test_csv_of_a_sequence_group_keeps_its_pooled_extra_and_help_says_what_it_holds(
+    cache, tmp_path, capsys
+):
+    dump(cache, tmp_path / "csv", format="csv", groups=["text"])
+    rows = read_csv(tmp_path / "csv" / "text.csv")
+    assert list(rows[0]) == [
+        "prompt_id",
+        "text.0",
+        "text.1",
+        "text.2",
+        "text.pooled.0",
+        "text.pooled.1",
+    ]
+    for r in rows:
+        np.testing.assert_array_equal(
+            [float(r["text.pooled.0"]), float(r["text.pooled.1"])], POOLED[r["prompt_id"]]
+        )
+        np.testing.assert_allclose(
+            [float(r[f"text.{d}"]) for d in range(3)], PROMPTS[r["prompt_id"]].mean(axis=0)
+        )
+    from aigvqa.pipeline.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["dump", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "sequence group" in help_text and "pooled" in help_text
+
+
+def test_column_ranges_the_cache_records_name_the_csv_header_and_columns_txt(tmp_path):
+    values = [RNG.normal(size=(2, 4)).astype(np.float32) for _ in VIDEO_IDS]
+    group = GroupData(
+        "itm",
+        "video",
+        VIDEO_IDS,
+        values,
+        provenance={"extractor": "itm", "columns": {"match": [0, 2], "image": [2, 4]}},
+    )
+    shard = write_shard(tmp_path / "s.h5", [group], [], [], dtype="float32")
+    merge_shards(tmp_path / "itm.h5", [shard])
+    dump(tmp_path / "itm.h5", tmp_path / "csv", format="csv")
+    names = ["itm.match.0", "itm.match.1", "itm.image.0", "itm.image.1"]
+    assert list(read_csv(tmp_path / "csv" / "itm.csv")[0]) == ["video_id", *names]
+    dump(tmp_path / "itm.h5", tmp_path / "npy", format="npy")
+    assert (tmp_path / "npy" / "itm.columns.txt").read_text().split() == [
+        n.split(".", 1)[1] for n in names
+    ]

@@ -309,3 +309,32 @@ def test_classical_heads_ignore_batch_trials():
         batch_trials=False,
     )
     assert a.values("srcc", "mos0").tolist() == b.values("srcc", "mos0").tolist()
+
+
+class InvertedHead(SpyHead):
+    """Ranks the videos backwards: the negated linear fit."""
+
+    def predict(self, X):
+        return -super().predict(X)
+
+
+def test_an_inverted_ranking_is_flagged_beside_poly3_plcc_and_ntire():
+    X, y, _ = _data()
+    result = evaluate(InvertedHead(), X, y[:, 0], split="random-8:2", trials=2, progress=False)
+    assert (result.values("srcc") < 0).all() and (result.values("ntire") > 0.5).all()
+    assert "SRCC is negative in 2 of 2 trials" in result.table()
+    plain = evaluate(SpyHead(), X, y[:, 0], split="random-8:2", trials=2, progress=False)
+    assert "SRCC is negative" not in plain.table()
+
+
+def test_in_prompt_ranking_that_is_nan_in_every_trial_says_why():
+    X, y, groups = _data(generators=5)
+    result = evaluate(
+        SpyHead(), X, y[:, 0], groups, split="leave-one-generator-out", progress=False
+    )
+    assert np.isnan(result.values("pair_acc")).all()
+    table = result.table()
+    assert "within-prompt ranking (pair_acc, prompt_srcc) is nan" in table
+    assert "each fold tests one generator" in table
+    ranked = evaluate(SpyHead(), X, y[:, 0], groups, split="random-8:2", trials=2, progress=False)
+    assert "within-prompt ranking" not in ranked.table()

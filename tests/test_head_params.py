@@ -142,5 +142,5 @@ def test_cli_train_prints_the_parameter_error_without_a_traceback(
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip() == f"aigvqa train: error: {expected}"
+    assert err.strip() == f"aigvqa train: error: {config}: {expected}"  # the file named first
     assert "Traceback" not in err

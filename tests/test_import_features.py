@@ -12,7 +12,12 @@ import scipy.io
 from aigvqa.cache import FeatureCache
 from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.pipeline.cli import main
-from aigvqa.pipeline.import_features import ImportFeaturesError, file_sha256, import_features
+from aigvqa.pipeline.import_features import (
+    ImportFeaturesError,
+    file_sha256,
+    import_features,
+    parse_rows,
+)
 
 N, D = 7, 5
 
@@ -331,7 +336,19 @@ def test_subset_lists_that_do_not_fit_the_file_are_errors(feats, tmp_path, capsy
         )
         == 2
     )
-    assert "1-based row numbers" in capsys.readouterr().err
+    assert "'x' is not a 1-based row number" in capsys.readouterr().err
+
+
+def test_a_bad_row_list_file_is_named_by_its_path_and_line(tmp_path):
+    rows = tmp_path / "drop.txt"
+    rows.write_text("1\n0\n5000  # a comment\nabc\n")
+    with pytest.raises(ImportFeaturesError) as err:
+        parse_rows(str(rows), "--drop-rows")
+    message = str(err.value)
+    assert f"--drop-rows {rows}, line 4: 'abc' is not a 1-based row number" in message
+    assert "5000" not in message  # the file's name and line, not its contents
+    rows.write_text("3,6 # the first two\n10\n")
+    assert parse_rows(str(rows), "--drop-rows") == [3, 6, 10]
 
 
 def test_labels_can_be_renamed_on_import(feats, tmp_path):

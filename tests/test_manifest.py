@@ -413,3 +413,17 @@ def test_file_sha256_is_the_digest_of_every_byte_and_follows_changes(tmp_path):
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     path.write_bytes(data[:-1] + b"x")  # same size, last byte changed: a fresh digest
     assert file_sha256(str(path)) == hashlib.sha256(data[:-1] + b"x").hexdigest()
+
+
+def test_a_missing_label_column_is_named_in_the_words_of_the_interface(folder, capsys):
+    from aigvqa.pipeline.cli import main
+
+    manifest = write(folder / "m.csv", "video_id,path,mos\na,videos/a.mp4,3\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest, label_cols={"mos": "mos_nope"})
+    assert "label_cols=" in str(err.value) and "label_col=" not in str(err.value)
+    command = ["extract", str(manifest), "--extractors", "handcrafted"]
+    assert main([*command, "--cache", str(folder / "c.h5"), "--labels", "mos_nope=mos"]) == 2
+    err = capsys.readouterr().err
+    assert "'mos_nope' is not in the header" in err and "--labels COL[=NAME]" in err
+    assert "label_col=" not in err and "label_cols=" not in err and "Traceback" not in err

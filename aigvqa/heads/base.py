@@ -167,6 +167,13 @@ class TorchHead(RegressorMixin, BaseEstimator):
             )
         return roles
 
+    def check_config(self, X: FeatureSet | None = None) -> None:
+        """Raise what ``fit`` would about the parameters and, given the FeatureSet ``X``,
+        about the feature roles, before any fit (``aigvqa.heads.params.check_head``)."""
+        check_parameters(self)
+        if X is not None:
+            self._resolve_features(X)
+
     # -- hooks for subclasses -------------------------------------------------------------
     def _build_module(self, dims: dict[str, int], n_outputs: int) -> nn.Module:
         raise NotImplementedError

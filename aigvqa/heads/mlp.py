@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aigvqa.errors import AigvqaError
 from aigvqa.heads.base import TorchHead
 from aigvqa.heads.deep_params import DROPOUT, LOSS, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
@@ -131,7 +132,10 @@ class PooledMLPHead(TorchHead):
         names = X.names if self.features is None else list(self.features)
         missing = [n for n in names if n not in X.arrays]
         if missing:
-            raise KeyError(f"PooledMLPHead features {missing} not in the feature set ({X.names})")
+            raise AigvqaError(
+                f"PooledMLPHead features {missing} are not in the feature set ({X.names}); "
+                "extract them into the cache or name others with features=[...]"
+            )
         return {n: n for n in names}
 
     def _build_module(self, dims, n_outputs):

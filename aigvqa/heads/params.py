@@ -177,3 +177,21 @@ def check_parameters(head: Any, params: Mapping[str, Any] | None = None) -> None
         raise TypeError(f"{type(head).__name__}.PARAMETER_CONSTRAINTS has no entry for {missing}")
     for name, value in values.items():
         check_value(head, name, value)
+
+
+def check_head(head: Any, X: Any = None) -> None:
+    """What ``fit`` would refuse about ``head``'s configuration, checked without fitting, so
+    a bad config fails before any trial starts: the head's own ``check_config(X)`` when it
+    has one (its parameters, a classical head's ``search`` grid, a deep head's feature roles
+    against the FeatureSet ``X``), else its ``PARAMETER_CONSTRAINTS``; a stack's bases given
+    as heads are checked the same way."""
+    own = getattr(head, "check_config", None)
+    if callable(own):
+        own(X)
+        return
+    if hasattr(type(head), "PARAMETER_CONSTRAINTS"):
+        check_parameters(head)
+    bases = head.get_params(deep=False).get("estimators") if hasattr(head, "get_params") else None
+    for entry in bases if isinstance(bases, list | tuple) else ():
+        if isinstance(entry, list | tuple) and len(entry) == 2 and hasattr(entry[1], "fit"):
+            check_head(entry[1], X)

@@ -227,6 +227,12 @@ class PooledHead(RegressorMixin, BaseEstimator):
                 check_value(self, key, value, where=" (in search)")
         return grid
 
+    def check_config(self, X=None) -> None:
+        """Raise what ``fit`` would about the parameters and the ``search`` grid, before any
+        fit (``aigvqa.heads.params.check_head``); ``X`` is not needed."""
+        check_parameters(self)
+        self._grid()
+
     def _params(self, overrides: Mapping) -> dict:
         params = self.get_params(deep=False)
         params.update(overrides)

@@ -26,6 +26,12 @@ for a prompt-keyed group) then features, by ``pool``:
     "flatten"  T_max x D columns ``G.t{t}.<name>``: every time step, cells past the row's
                length left empty (wide; meant for short sequences)
 
+then, for each per-row float extra ``e``, its columns ``G.e.<j>`` (clip-text's ``pooled``
+embedding: a CSV of clip-text holds the token mean *and* the pooled vector). Column names
+are the extractor's (the cache's ``columns`` attribute), else the column ranges the group's
+provenance records (blip-itm: ``blip-itm.match.0``, ``blip-itm.image.0``, ...), else numbers;
+``G.columns.txt`` of an npy dump lists the same names.
+
 Every dump also writes ``videos.csv`` (video_id, path, prompt_id, prompt, one column per
 label and per grouping key, then any other per-video field such as source_order), so
 labels travel with the features, and ``failures.csv`` (id, extractor, error; only the
@@ -147,12 +153,7 @@ class _Group:
         else:
             self.ids = sorted(reader.ids(name))
         self.id_column = "prompt_id" if self.by_prompt else "video_id"
-        dim = info.dim
-        self.columns = (
-            list(info.columns)
-            if info.columns and len(info.columns) == dim
-            else [str(d) for d in range(dim)]
-        )
+        self.columns, self.named = _column_names(info)
 
     def read(self, ids: list[str]):
         if self.by_prompt:
@@ -165,6 +166,40 @@ class _Group:
         if self.dtype is not None and np.issubdtype(a.dtype, np.floating):
             return a.astype(self.dtype)
         return a
+
+
+def _column_names(info) -> tuple[list[str], bool]:
+    """The D column names of a group and whether the cache names them: the extractor's
+    names (the ``columns`` attribute), else the column ranges its provenance records
+    (blip-itm: ``match.0, match.1, image.0 ..``), else the column numbers."""
+    dim = info.dim
+    if info.columns and len(info.columns) == dim:
+        return list(info.columns), True
+    names = [str(d) for d in range(dim)]
+    ranges = (info.provenance or {}).get("columns") or {}
+    named = False
+    for label, (start, stop) in ranges.items():
+        if 0 <= start < stop <= dim:
+            names[start:stop] = [f"{label}.{j}" for j in range(stop - start)]
+            named = True
+    return names, named
+
+
+def _extra_columns(name: str, extras: dict) -> dict[str, list[str]]:
+    """CSV columns of a group's per-row float extras (clip-text's ``pooled``: one vector per
+    row); boolean extras (token masks) are left out: the lengths already carry them."""
+    columns = {}
+    for key, array in extras.items():
+        extra = key.split("/", 1)[1]
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        width = int(np.prod(array.shape[1:], dtype=np.int64))
+        columns[key] = (
+            [f"{name}.{extra}"]
+            if array.ndim == 1
+            else [f"{name}.{extra}.{j}" for j in range(width)]
+        )
+    return columns
 
 
 def _chunks(ids: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -209,9 +244,9 @@ def _dump_npy(group: _Group, out: Path, chunk_rows: int) -> list[Path]:
     np.save(lengths_path, lengths)
     np.save(ids_path, np.asarray(group.ids, dtype=str))
     files = [values_path, lengths_path, ids_path] + [out / f"{name}.{e}.npy" for e in extras]
-    if info.columns:
+    if group.named:
         columns_path = out / f"{name}.columns.txt"
-        columns_path.write_text("".join(f"{c}\n" for c in info.columns), encoding="utf-8")
+        columns_path.write_text("".join(f"{c}\n" for c in group.columns), encoding="utf-8")
         files.append(columns_path)
     return files
 
@@ -224,12 +259,17 @@ def _dump_csv(group: _Group, out: Path, pool: str, chunk_rows: int) -> Path:
     else:
         header = [f"{name}.t{t}.{c}" for t in range(t_max) for c in group.columns]
     path = out / f"{name}.csv"
+    extra_columns = None
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow([group.id_column, *header])
         for part in _chunks(group.ids, chunk_rows):
             data = group.read(part)
+            if extra_columns is None:  # the extras' widths are known from the first rows
+                extra_columns = _extra_columns(name, data.extras)
+                extra_header = [c for cols in extra_columns.values() for c in cols]
+                writer.writerow([group.id_column, *header, *extra_header])
             values, lengths = group.cast(data.arrays[name]), data.lengths[name]
+            extras = {key: group.cast(data.extras[key]) for key in extra_columns}
             for i, row_id in enumerate(part):
                 valid = values[i, : lengths[i]]
                 if pool == "mean":
@@ -242,7 +282,11 @@ def _dump_csv(group: _Group, out: Path, pool: str, chunk_rows: int) -> Path:
                 else:
                     cells = [_fmt(x) for x in valid.reshape(-1)]
                     cells += [""] * (t_max * dim - len(cells))
+                for key in extras:
+                    cells += [_fmt(x) for x in np.ravel(extras[key][i])]
                 writer.writerow([row_id, *cells])
+        if extra_columns is None:  # a group without rows: the header alone
+            writer.writerow([group.id_column, *header])
     return path
 
 

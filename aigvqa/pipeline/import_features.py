@@ -315,21 +315,30 @@ def read_id_list(path: str | Path) -> list[str]:
 
 
 def parse_rows(text: str | Iterable[int] | None, what: str) -> list[int] | None:
-    """1-based row numbers: "3,6,10", a file of such numbers (commas / whitespace / lines),
-    or a list of ints."""
+    """1-based row numbers: "3,6,10", a file of such numbers (commas / whitespace / lines;
+    ``#`` comments ignored), or a list of ints. A bad entry is named with the file's name
+    and line (not the file's contents)."""
     if text is None:
         return None
     if not isinstance(text, str):
         return [int(r) for r in text]
-    if Path(text).is_file():
-        text = Path(text).read_text()
-    tokens = [t for t in text.replace(",", " ").split() if t]
-    try:
-        rows = [int(t) for t in tokens]
-    except ValueError as err:
-        raise ImportFeaturesError(
-            f"{what}: {text[:60]!r} is not a list of 1-based row numbers (e.g. 3,6,10)"
-        ) from err
+    source = Path(text) if Path(text).is_file() else None
+    lines = (
+        [line.split("#", 1)[0] for line in source.read_text(encoding="utf-8-sig").splitlines()]
+        if source is not None
+        else [text]
+    )
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        for token in line.replace(",", " ").split():
+            try:
+                rows.append(int(token))
+            except ValueError as err:
+                where = f"{source}, line {number}" if source is not None else repr(text[:60])
+                raise ImportFeaturesError(
+                    f"{what} {where}: {token!r} is not a 1-based row number; give numbers "
+                    "separated by commas, spaces or lines (e.g. 3,6,10)"
+                ) from err
     return rows
 
 

@@ -209,12 +209,22 @@ def _find(header: Sequence[str], aliases: Iterable[str]) -> str | None:
     return None
 
 
+# the read_manifest argument that names a role's column; errors.CLI_WORDS has the CLI's flag
+_COLUMN_ARGUMENT = {
+    "id": "id_col=...",
+    "path": "path_col=...",
+    "prompt": "prompt_col=...",
+    "label": "label_cols=...",
+    "group": "group_cols=...",
+}
+
+
 def _require(header: Sequence[str], column: str, role: str, path: Path) -> str:
     found = _find(header, [column.lower()])
     if found is None:
         raise ManifestError(
             f"{path}: the {role} column {column!r} is not in the header {list(header)}; "
-            f"pass the right name (e.g. {role}_col=...)"
+            f"name one of those columns in {_COLUMN_ARGUMENT[role]}"
         )
     return found
 

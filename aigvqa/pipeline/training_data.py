@@ -275,13 +275,21 @@ def build_head(
     *,
     default_name: str | None = None,
     defaults: Callable[[str, dict], dict] | None = None,
+    X: FeatureSet | None = None,
 ):
     """A head from its name, a TOML config and explicit parameters (these win).
 
     ``default_name``: the head when neither ``name`` nor the config names one;
     ``defaults(name, params)``: fills in defaults under the given parameters (an evaluation
     protocol's, ``pipeline.evaluation.protocols``). A stack's config may give one table per
-    base (``StackingHead.from_config``)."""
+    base (``StackingHead.from_config``).
+
+    The head is checked here, before any fit (``aigvqa.heads.params.check_head``): its
+    parameters, a classical head's ``search`` grid and, given the FeatureSet ``X`` it will
+    be fit on, a deep head's feature roles; errors name the config file first."""
+    import inspect
+
+    from aigvqa.heads.params import check_head
     from aigvqa.heads.registry import create_head, get_head_class
 
     config_name, config_params = load_head_config(config)
@@ -293,18 +301,51 @@ def build_head(
     if not name:
         raise TrainingDataError('name a head with --head (or `head = "..."` in the --config file)')
     merged = {**config_params, **(params or {})}
+    if name == "stack" and "estimators" not in merged:
+        raise TrainingDataError(
+            "head 'stack' needs estimators (its base heads): "
+            + (
+                'give a stack config, e.g. config="examples/videval-stack.toml"'
+                if config is None
+                else f"add one [estimators.NAME] table per base to {config}, as "
+                "examples/videval-stack.toml does"
+            )
+        )
     if defaults is not None:
         merged = defaults(name, merged)
-    from_config = getattr(get_head_class(name), "from_config", None)
+    cls = get_head_class(name)
+    from_config = getattr(cls, "from_config", None)
+    where = f"{config}: " if config is not None else ""
+    if from_config is None:
+        signature = inspect.signature(cls).parameters
+        accepted = set(signature)
+        unknown = sorted(set(merged) - accepted)
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.values())
+        if unknown and not open_ended:
+            raise TrainingDataError(
+                f"{where}head {name!r} has no parameter(s) {', '.join(unknown)}; "
+                f"its parameters are {', '.join(sorted(accepted))}"
+            )
     try:
-        return name, (
-            from_config(merged) if from_config is not None else create_head(name, **merged)
-        )
+        estimator = from_config(merged) if from_config is not None else create_head(name, **merged)
+        check_head(estimator, X)
     except TypeError as err:
         raise TrainingDataError(
-            f"head {name!r} does not take these parameters ({err}); "
+            f"{where}head {name!r} does not take these parameters ({err}); "
             f"check {config or 'the parameters'}"
         ) from err
+    except AigvqaError as err:
+        if not where:
+            raise
+        # the same error, its message led by the config file it came from (worded when shown)
+        text = where + str(err.args[0] if err.args else err)
+        try:
+            prefixed = type(err)(text)
+        except TypeError:  # an error class whose constructor takes more than the message
+            prefixed = TrainingDataError(text)
+        prefixed.__dict__.update(err.__dict__)
+        raise prefixed from err
+    return name, estimator
 
 
 def provenance_problems(

@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars still open, so that an error printed next starts on its own
+    line instead of after a bar's last state."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -63,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return int(args._run(args) or 0)
             except AigvqaError as err:
+                _close_progress_bars()
                 print(f"aigvqa {args.verb}: error: {err}", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
+                _close_progress_bars()
                 print(
                     f"aigvqa {args.verb}: interrupted; finished work is kept, re-run to resume",
                     file=sys.stderr,

@@ -18,7 +18,8 @@ Deep heads train their trials together (``batch_trials=True``, the default): one
 model for all splits (``aigvqa.heads.trials.fit_trials``), whose per-trial results equal
 fitting the trials one by one up to float rounding; a trial's ``fit_seconds`` is then the
 group's time divided by the trials. ``batch_trials=False`` (``--no-batch-trials``) fits them
-one by one.
+one by one; with ``n_jobs=1`` the progress bar then shows each trial's epoch and validation
+loss, as the trials-together bar shows its epochs.
 
 ``evaluate_cache`` does the same from a feature cache and a head name (what ``aigvqa
 evaluate`` runs), reading rows through ``pipeline.training_data``.
@@ -165,8 +166,25 @@ class FitInfo:
         )
 
 
-def _fit_predict(head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None):
+def _epoch_postfix(bar, trial: str):
+    """A deep head's ``verbose`` callback that shows, in the evaluation's bar, the trial's
+    epoch and its validation loss (what ``--no-batch-trials`` fits one by one show)."""
+
+    def report(head, record) -> None:
+        text = f"{trial}, epoch {int(record['epoch']) + 1}/{int(head._hp('epochs'))}"
+        if "val_loss" in record:
+            text += f", val_loss {record['val_loss']:.4g}"
+        bar.set_postfix_str(text)
+
+    return report
+
+
+def _fit_predict(
+    head, X_train, y_train, X_val, y_val, X_test, seed: int, prompts_train=None, on_epoch=None
+):
     model = seeded(clone(head), seed)
+    if on_epoch is not None and model.get_params(deep=False).get("verbose", True) is False:
+        model.set_params(verbose=on_epoch)  # a deep head left quiet reports to the bar
     y_fit = y_train[:, 0] if y_train.shape[1] == 1 else y_train
     kwargs = {}
     if prompts_train is not None and accepts_groups(model):
@@ -204,6 +222,7 @@ def _run_trial(
     generators,
     prompts=None,
     prompt_groups=None,
+    on_epoch=None,
 ) -> TrialResult:
     has_val = split.val is not None and len(split.val) > 0
     pred, seconds, best = _fit_predict(
@@ -215,6 +234,7 @@ def _run_trial(
         X[split.test],
         split.seed,
         prompts_train=None if prompts is None else prompts[split.train],
+        on_epoch=on_epoch,
     )
     gen = None if generators is None else generators[split.test]
     ranked = None if prompt_groups is None else prompt_groups[split.test]
@@ -348,7 +368,10 @@ def evaluate(
         results = _run_trials_together(head, X, Y, splits, labels, generators, prompt_groups, bar)
     elif n_jobs == 1:
         for i, s in enumerate(splits):
-            results[i] = _run_trial(head, X, Y, s, labels, generators, prompts, prompt_groups)
+            report = _epoch_postfix(bar, f"trial {i + 1}/{len(splits)}") if progress else None
+            results[i] = _run_trial(
+                head, X, Y, s, labels, generators, prompts, prompt_groups, on_epoch=report
+            )
             bar.update()
     else:
 
@@ -499,6 +522,7 @@ def evaluate_cache(
         defaults=(lambda head_name, given: protocol_params(chosen, head_name, given))
         if chosen
         else None,
+        X=data.X,
     )
     if test_cache is None:
         notes = []
@@ -533,7 +557,7 @@ def evaluate_cache(
             + f" ({cache} vs {test_cache}); extract both caches with the same extractor "
             "configs and weights"
         )
-    return cross_dataset(
+    result = cross_dataset(
         estimator,
         data.X,
         data.y,
@@ -544,3 +568,10 @@ def evaluate_cache(
         seed=seed,
         name=f"{Path(cache).stem}->{Path(test_cache).stem}",
     )
+    if chosen is not None:
+        result.notes.append(
+            f"protocol {chosen.name}: its head and hyper-parameter selection apply "
+            f"({_selection_rules(estimator)}); its splits do not: --test-cache trains once on "
+            f"every video of {cache} and tests on every video of {test_cache}."
+        )
+    return result

@@ -106,6 +106,37 @@ class EvaluationResult:
         label = self._label(label)
         return {f: sum(bool(t.metrics[label][f]) for t in self.trials) for f in FALLBACK_NAMES}
 
+    def caveats(self) -> list[str]:
+        """Sentences for numbers that mislead when read alone: a negative SRCC beside a
+        positive PLCC (poly3) and the NTIRE score (the polynomial may decrease, NTIRE takes
+        absolute values: neither shows an inverted ranking), and within-prompt ranking
+        metrics that are nan in every trial (why)."""
+        out = []
+        names = self.metric_names()
+        for label in self.label_names:
+            if "srcc" in names and "plcc_poly3" in names:
+                srcc = self.values("srcc", label)
+                inverted = int(np.sum(srcc < 0))
+                if inverted:
+                    out.append(
+                        f"{label}: SRCC is negative in {inverted} of {len(srcc)} trials: the "
+                        "predictions rank those videos backwards, which PLCC (poly3) and NTIRE do "
+                        "not show (the cubic fit may decrease and NTIRE adds |SRCC| and "
+                        "|PLCC|); read SRCC for the direction of the ranking"
+                    )
+            ranked = [m for m in RANKING_NAMES if m in names]
+            if ranked and all(np.isnan(self.values(m, label)).all() for m in ranked):
+                why = (
+                    " (each fold tests one generator, so a prompt has one test video)"
+                    if self.split.startswith("leave-one-generator-out")
+                    else ""
+                )
+                out.append(
+                    f"{label}: the within-prompt ranking ({', '.join(ranked)}) is nan: no "
+                    f"test split holds a prompt with two videos of different MOS{why}"
+                )
+        return out
+
     def convergence_warnings(self) -> int:
         """ConvergenceWarnings raised by the fits of every trial (counted, never printed)."""
         return sum(t.convergence_warnings for t in self.trials)
@@ -180,6 +211,7 @@ class EvaluationResult:
                     "(the fit did not converge, had too few points or, for the logistic, came out "
                     "decreasing, which would invert the ranking)"
                 )
+        lines += [f"\n{line}" for line in self.caveats()]
         for label in self.label_names:
             weights = self.meta_weights(label)
             if weights is not None:

@@ -69,7 +69,7 @@ def train(
     from aigvqa.pipeline.model.bundle import save_bundle
 
     data = load_training_data(cache, features, labels)
-    name, estimator = build_head(head, config, params)
+    name, estimator = build_head(head, config, params, X=data.X)
     fit_head(estimator, data, progress=progress)
     path = save_bundle(
         estimator,
