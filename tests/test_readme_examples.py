@@ -155,6 +155,14 @@ def run_cli(argv: list[str], workdir: Path, capsys) -> None:
     code = main(argv[1:])
     out = capsys.readouterr()
     assert code == 0, f"`{shlex.join(argv)}` exited {code}\n{out.err[-3000:]}\n{out.out[-2000:]}"
+    assert_no_noise(out.err, shlex.join(argv))
+
+
+def assert_no_noise(err: str, what: str) -> None:
+    """An example run as written prints no traceback and no warning the user did not cause
+    (issue 14); the capture is per file descriptor, so Dask workers' stderr counts too."""
+    for word in ("Traceback", "Warning", "ERROR"):
+        assert word not in err, f"`{what}` printed {word!r}:\n{err[-3000:]}"
 
 
 def test_the_readme_has_the_examples_this_test_runs():
@@ -176,17 +184,18 @@ def test_the_readme_has_the_examples_this_test_runs():
 
 @pytest.mark.slow  # the module's demo and every example: about a minute on an idle 2-core machine
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
-def test_readme_example_runs_as_written(example: Example, workdir: Path, capsys, monkeypatch):
+def test_readme_example_runs_as_written(example: Example, workdir: Path, capfd, monkeypatch):
     reason = skip_reason(example)
     if reason:
         pytest.skip(reason)
     monkeypatch.chdir(workdir)
     if example.kind == "bash":
         for argv in split_command(example.text):
-            run_cli(argv, workdir, capsys)
+            run_cli(argv, workdir, capfd)
     elif example.kind == "python":
         code = compile(example.text, f"README.md:{example.line}", "exec")
         exec(code, {"__name__": "__main__"})
+        assert_no_noise(capfd.readouterr().err, f"README.md:{example.line}")
     else:
         check_toml(example.text)
 
