@@ -185,3 +185,31 @@ def test_cli_scores_a_manifest_from_a_cache(setup, tmp_path, capsys):
     assert code == 0
     assert "6 scored" in capsys.readouterr().out
     assert len(_rows(out)) == 6
+
+
+# -- an --out that is not a score CSV is left as it is (review of issue 11, defect A) --------
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe binary\x00\x9c without a final newline",
+        b"video_id,path,label\na,a.mp4,3.5\nb,b.mp4,4.0",  # a manifest, no final newline
+        b"video_id,path,status,overall\na,a.mp4,ok,3.5\ntorn",  # another model's scores
+    ],
+)
+def test_an_out_that_is_not_this_models_csv_is_refused_and_left_unchanged(tmp_path, content):
+    from aigvqa.pipeline.model.score_output import output_columns, read_scored
+
+    victim = tmp_path / "victim.h5"
+    victim.write_bytes(content)
+    with pytest.raises(ScoreError, match="victim.h5.*another --out"):
+        read_scored(victim, output_columns(["overall", "alignment"]), retry_failed=False)
+    assert victim.read_bytes() == content
+
+
+def test_a_torn_last_row_of_our_own_csv_is_still_cut(tmp_path):
+    from aigvqa.pipeline.model.score_output import output_columns, read_scored
+
+    out = tmp_path / "s.csv"
+    out.write_text("video_id,path,status,overall,error\na,a.mp4,ok,3.5,\nb,b.mp4,o")
+    assert read_scored(out, output_columns(["overall"]), retry_failed=False) == {"a": "ok"}
+    assert out.read_text().endswith("a,a.mp4,ok,3.5,\n")

@@ -114,19 +114,34 @@ def output_lock(out: Path) -> Iterator[Path]:
 
 def read_scored(out: Path, columns: list[str], retry_failed: bool) -> dict[str, str]:
     """{video id: status} of the rows already in ``out``; checks it was written for the same
-    labels. With ``retry_failed`` the failed rows are removed from the file (atomically) first."""
-    if not out.exists() or out.stat().st_size == 0:
+    labels. With ``retry_failed`` the failed rows are removed from the file (atomically) first.
+
+    Nothing is changed in a file that is not a score CSV of these columns: the header is
+    decoded and checked before a torn last row is cut (``drop_torn_tail``)."""
+    if not out.exists():
         return {}
-    drop_torn_tail(out)
-    with open(out, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        rows = list(reader)
+    if not out.is_file():  # a folder, or a FIFO that appending would block on
+        raise ScoreError(f"{out} is not a regular file: give another --out")
+    if out.stat().st_size == 0:
+        return {}
+    data = out.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ScoreError(
+            f"{out} is not a score CSV (not UTF-8 text at byte {err.start}; a feature cache or "
+            "another binary file?): it was left as it is. Give another --out."
+        ) from None
+    header = next(csv.reader(io.StringIO(text.partition("\n")[0] + "\n")), [])
     if header != columns:
         raise ScoreError(
-            f"{out} has columns {header}, but this model writes {columns}: it was written by "
-            "another model. Give another --out, or delete the file to rescore everything."
+            f"{out} has columns {header[:12]}, but this model writes {columns}: it is not this "
+            "model's score CSV (another model's, or another file) and was left as it is. Give "
+            "another --out, or delete the file to rescore everything."
         )
+    drop_torn_tail(out)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     if retry_failed and any(r["status"] != STATUS_OK for r in rows):
         rows = [r for r in rows if r["status"] == STATUS_OK]
         tmp = out.with_name(f".{out.name}.tmp")
@@ -144,6 +159,7 @@ def drop_torn_tail(out: Path) -> bool:
     Every row is written on one line (see ``_Appender``), so a tail without a newline is an
     incomplete row: dropping it means that video is scored again, and the next append starts
     on a fresh line instead of gluing onto the torn one. Returns whether anything was cut.
+    Call it only on a file whose header ``read_scored`` has checked: it cuts any file.
     """
     data = out.read_bytes()
     if not data or data.endswith(b"\n"):
