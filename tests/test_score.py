@@ -4,11 +4,12 @@ they match the model, and an interrupted run resumes without redoing finished vi
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _score_helpers import in_process_client, trained_model
+from _score_helpers import EXTRACTORS, in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.pipeline.extract import extract
@@ -213,3 +214,30 @@ def test_a_torn_last_row_of_our_own_csv_is_still_cut(tmp_path):
     out.write_text("video_id,path,status,overall,error\na,a.mp4,ok,3.5,\nb,b.mp4,o")
     assert read_scored(out, output_columns(["overall"]), retry_failed=False) == {"a": "ok"}
     assert out.read_text().endswith("a,a.mp4,ok,3.5,\n")
+
+
+# -- a video changed after --cache extracted it (review of issue 11, defect B) --------------
+def test_a_changed_video_is_not_scored_from_a_cache_that_grew_after_it(
+    setup, client, tmp_path, capsys
+):
+    _, model, _, records = setup
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copyfile(records[0].path, a)
+    shutil.copyfile(records[1].path, b)
+    ra = replace(records[0], video_id="a", path=a)
+    rb = replace(records[1], video_id="b", path=b)
+    cache = tmp_path / "c.h5"
+    extract([ra], EXTRACTORS, cache, client=client, progress=False)
+    shutil.copyfile(records[2].path, a)  # a.mp4 is now another video ...
+    # ... and the cache is written after it: the cache file's mtime passes a.mp4's
+    extract([rb], EXTRACTORS, cache, client=client, progress=False)
+    report = score([ra], model, tmp_path / "s.csv", cache=cache, client=client, progress=False)
+    assert report.not_from_cache == 1 and report.from_cache == 0
+    reference = replace(records[2], video_id="reference")
+    score([reference], model, tmp_path / "r.csv", client=client, progress=False)
+    assert _rows(tmp_path / "s.csv")[0]["overall"] == _rows(tmp_path / "r.csv")[0]["overall"]
+
+    capsys.readouterr()
+    extract([ra, rb], EXTRACTORS, cache, client=client, progress=False)  # resumed by id
+    said = capsys.readouterr().err
+    assert "1 video(s) already in" in said and ": a;" in said and "--overwrite" in said

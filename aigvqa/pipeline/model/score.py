@@ -25,10 +25,11 @@ unlike a hash of their bytes. In the work cache, rows are stored under
 ``<video_id>@<16 hex digits of that identity>`` and prompt features under a hash of the
 prompt text, so a changed file, another file under a known id, or a changed prompt gets
 new features, and deleting the output CSV reuses only what still matches. A ``--cache``
-stores each video's path but not its size or mtime, so a video is taken from it only if
-the cache's path for its id is the same file, the file (when present here) was not
-modified after the cache was last written, and the manifest's prompt, if it gives one, is
-the cache's; otherwise it is extracted afresh. Rows of imported features have no path:
+records each video's path and, since ``extract`` records it, its ``file_identity`` (size
+and mtime_ns when it was decoded), so a video is taken from it only if the cache's path
+for its id is the same file, the file (when present here) has the recorded identity --
+in caches written before, was not modified after the cache was last written -- and the
+manifest's prompt, if it gives one, is the cache's; otherwise it is extracted afresh. Rows of imported features have no path:
 their id is all the identity they have. A file modified twice within one mtime tick with
 the same size is not detected.
 
