@@ -200,3 +200,33 @@ def test_bundle_records_the_versions_of_the_packages_that_shape_a_model(data, tm
     assert versions == package_versions(MODEL_PACKAGES)
     assert versions["scikit-learn"] == importlib.metadata.version("scikit-learn")
     assert "h5py" in package_versions() and "h5py" in FEATURE_PACKAGES and "h5py" not in versions
+
+
+# -- a named pipe in place of a bundle file (review of issue 11, defect C) ------------------
+@pytest.mark.parametrize("member", ["state", BUNDLE_JSON])
+def test_a_named_pipe_in_place_of_a_bundle_file_is_refused_without_blocking(data, tmp_path, member):
+    import os
+    import threading
+
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y[:, 0]), tmp_path / "model", PROVENANCE, X.names, ["mos"])
+    if member == "state":
+        member = json.loads((path / BUNDLE_JSON).read_text())["state"]["file"]
+    (path / member).unlink()
+    os.mkfifo(path / member)
+    outcome = []
+
+    def load():
+        try:
+            load_bundle(path)
+        except BundleError as err:
+            outcome.append(str(err))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # the old code blocks in open(): give it an end of file, then fail
+        os.close(os.open(path / member, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        pytest.fail("load_bundle blocked on a named pipe")
+    assert outcome and "is not a regular file" in outcome[0] and member in outcome[0]

@@ -161,19 +161,35 @@ def _plain_name(name: str, meta_path: Path) -> str:
 
 
 def _read_member(root: Path, name: str, shown: Path) -> bytes:
-    """The bytes of ``root/name``: a regular file, not a link, not resolving elsewhere."""
+    """The bytes of ``root/name``: a regular file, not a link, not resolving elsewhere.
+
+    The type is checked with ``lstat`` *before* opening: opening a FIFO put in place of a
+    file would block until something writes to it (load_bundle would hang), and a device
+    could be read forever. The open itself (O_NOFOLLOW | O_NONBLOCK) cannot block or
+    follow a link swapped in after the check, and ``fstat`` confirms what was opened."""
     file = root / name
     where = shown / name
-    if file.is_symlink():
+    try:
+        mode = os.lstat(file).st_mode
+    except FileNotFoundError:
+        raise BundleError(
+            f"{where}: bundle file is missing; the bundle is incomplete, retrain it"
+        ) from None
+    except OSError as err:
+        raise BundleError(f"{where}: cannot be read ({err.strerror})") from err
+    if stat.S_ISLNK(mode):
         raise BundleError(
             f"{where}: is a symbolic link (to {os.readlink(file)}); bundle files must be plain "
             "files"
         )
-    if not file.exists():
-        raise BundleError(f"{where}: bundle file is missing; the bundle is incomplete, retrain it")
+    if not stat.S_ISREG(mode):
+        raise BundleError(
+            f"{where}: is not a regular file (a named pipe, a device or a folder); bundle files "
+            "are plain files: restore the bundle, or retrain it"
+        )
     if file.resolve().parent != root:
         raise BundleError(f"{where}: resolves outside the bundle folder ({file.resolve()})")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(file, flags)
     except OSError as err:
