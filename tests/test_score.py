@@ -241,3 +241,16 @@ def test_a_changed_video_is_not_scored_from_a_cache_that_grew_after_it(
     extract([ra, rb], EXTRACTORS, cache, client=client, progress=False)  # resumed by id
     said = capsys.readouterr().err
     assert "1 video(s) already in" in said and ": a;" in said and "--overwrite" in said
+
+
+def test_the_output_lock_holds_through_a_link_to_the_same_csv(tmp_path):
+    # review of issue 11, defect D: `--out s.csv` and `--out link.csv` ran at once
+    from aigvqa.pipeline.model.score_output import output_lock
+
+    out = tmp_path / "s.csv"
+    out.write_text("")
+    (tmp_path / "link.csv").symlink_to(out)
+    with output_lock(out):
+        with pytest.raises(ScoreError, match="being written by another"):
+            with output_lock(tmp_path / "link.csv"):
+                pass

@@ -92,9 +92,12 @@ def output_columns(label_names: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[Path]:
     """Hold ``<out>.lock`` exclusively (fcntl.flock, released by the OS if the process dies;
-    the empty lock file stays). Raises ``ScoreError`` at once if another run holds it."""
+    the empty lock file stays), ``out`` resolved through symbolic links first. Raises ``ScoreError`` at once if another run holds it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.with_name(out.name + ".lock")
+    # named after the real path: two runs given links to one CSV (or to its folder) must
+    # take the same lock
+    real = Path(os.path.realpath(out))
+    lock = real.with_name(real.name + ".lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
