@@ -78,3 +78,7 @@ class CacheError(AigvqaError, OSError):
 class HeadParameterError(AigvqaError, ValueError):
     """A head hyper-parameter (e.g. from a head config file) is invalid; the message names the
     head, the parameter, the bad value and what is allowed (``aigvqa.heads.params``)."""
+
+
+class TargetValueError(AigvqaError, ValueError):
+    """Targets (MOS) hold NaN or infinite values, or values too large to standardise."""

@@ -56,7 +56,7 @@ from sklearn.svm import SVR
 from sklearn.utils.validation import check_is_fitted
 
 from aigvqa.errors import AigvqaError, HeadParameterError
-from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.featureset import FeatureSet, check_targets
 from aigvqa.heads.params import (
     Check,
     Interval,
@@ -165,11 +165,9 @@ def _store_params(estimator, params: Mapping) -> None:
 
 def _as_2d(y) -> tuple[np.ndarray, bool]:
     y = np.asarray(y, dtype=np.float64)
-    if y.ndim == 1:
-        return y[:, None], True
-    if y.ndim == 2:
-        return y, False
-    raise ValueError(f"y must be [N] or [N, k], got shape {y.shape}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"y must be [N] or [N, k], got shape {y.shape}")
+    return (y[:, None], True) if y.ndim == 1 else (y, False)
 
 
 SEARCH_SCORINGS = ("rmse", "logistic-rmse", "srcc")
@@ -394,6 +392,7 @@ class PooledHead(RegressorMixin, BaseEstimator):
         check_parameters(self)
         X = as_featureset(X)
         Y, single = _as_2d(y)
+        check_targets(Y, X.ids)
         if len(Y) != len(X):
             raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
         Y_val = None

@@ -7,9 +7,11 @@ indexable by scikit-learn's cross-validation utilities, so ``fit(X[train], y[tra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from aigvqa.errors import TargetValueError
 
 
 class FeatureSet:
@@ -43,7 +45,9 @@ class FeatureSet:
                 raise ValueError(f"lengths of {name!r} must be [N] ints in [0, {a.shape[1]}]")
             self.lengths[name] = given
         self.ids = (
-            np.asarray(list(ids), dtype=object) if ids is not None else np.arange(n).astype(str).astype(object)
+            np.asarray(list(ids), dtype=object)
+            if ids is not None
+            else np.arange(n).astype(str).astype(object)
         )
         if len(self.ids) != n:
             raise ValueError(f"{len(self.ids)} ids for {n} rows")
@@ -77,7 +81,9 @@ class FeatureSet:
         missing = [n for n in names if n not in self.arrays]
         if missing:
             raise KeyError(f"features {missing} not in this set (have {self.names})")
-        return FeatureSet({k: self.arrays[k] for k in names}, {k: self.lengths[k] for k in names}, self.ids)
+        return FeatureSet(
+            {k: self.arrays[k] for k in names}, {k: self.lengths[k] for k in names}, self.ids
+        )
 
     def mask(self, name: str) -> np.ndarray:
         """[N, T] boolean: True where a time step holds data."""
@@ -87,3 +93,39 @@ class FeatureSet:
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}{tuple(v.shape[1:])}" for k, v in self.arrays.items())
         return f"FeatureSet(n={len(self)}, {parts})"
+
+
+def target_overflow(y: np.ndarray, ids: Sequence[str] | None = None) -> str | None:
+    """Why finite targets ``y`` [N, k] cannot be standardised -- their mean or std overflows
+    float64 (a label of 1e308) -- or None when they can. Heads standardise targets (deep
+    heads always, classical ones with ``scale_target``): an infinite std makes every
+    prediction NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.concatenate([y.mean(0), y.std(0)])
+    if np.isfinite(spread).all():
+        return None
+    big = np.abs(y).max(axis=1)
+    at = int(np.argmax(big))
+    where = f"video {ids[at]}" if ids is not None else f"row {at}"
+    return (
+        f"the target (MOS) is too large to standardise: its mean or std is not a finite float64 "
+        f"(largest |value| {big[at]:.3g}, {where}); check the label column, or rescale the "
+        "labels (e.g. to 0..100) before fitting"
+    )
+
+
+def check_targets(y: np.ndarray, ids: Sequence[str]) -> None:
+    """Refuse training targets ``y`` [N, k] that hold NaN / inf or are too large to
+    standardise (``TargetValueError`` naming the videos): what every head fits on."""
+    if len(y) != len(ids):
+        return  # the caller's shape check says it better
+    bad = ~np.isfinite(y).all(1)
+    if bad.any():
+        shown = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
+        raise TargetValueError(
+            f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}"
+            f"{' ...' if bad.sum() > 5 else ''}); drop those rows before fitting"
+        )
+    overflow = target_overflow(y, ids)
+    if overflow:
+        raise TargetValueError(overflow)
