@@ -230,3 +230,133 @@ def test_a_named_pipe_in_place_of_a_bundle_file_is_refused_without_blocking(data
         reader.join(timeout=30)
         pytest.fail("load_bundle blocked on a named pipe")
     assert outcome and "is not a regular file" in outcome[0] and member in outcome[0]
+
+
+# -- edited LightGBM texts with recomputed hashes (review of issue 11, defect F) ------------
+def _resized(text: str) -> str:
+    """What an adversary who also fixes tree_sizes does: each tree's byte count."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("Tree=")]
+    end = lines.index("end of trees")
+    sizes = [
+        sum(len(line.encode()) + 1 for line in lines[a:b])
+        for a, b in zip(starts, [*starts[1:], end])
+    ]
+    return "\n".join(
+        "tree_sizes=" + " ".join(map(str, sizes)) if line.startswith("tree_sizes=") else line
+        for line in lines
+    )
+
+
+@pytest.fixture(scope="module")
+def lightgbm_bundle(data, tmp_path_factory):
+    X, y = data
+    head = LightGBMHead(n_estimators=4, num_leaves=6, min_child_samples=3).fit(X, y[:, 0])
+    return save_bundle(head, tmp_path_factory.mktemp("lgb") / "m", PROVENANCE, X.names, ["mos"])
+
+
+@pytest.fixture(scope="module")
+def lightgbm_text(lightgbm_bundle):
+    return (lightgbm_bundle / "lightgbm-0.txt").read_text()
+
+
+def _edit_line(text: str, key: str, edit) -> str:
+    lines = text.split("\n")
+    i = next(i for i, line in enumerate(lines) if line.startswith(key + "=") and "  " not in line)
+    lines[i] = edit(lines[i])
+    return _resized("\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "key, edit, says",
+    [
+        (
+            "num_leaves",
+            lambda line: line + "0",
+            r"leaf_value has \d+ values, num_leaves implies \d+0",
+        ),
+        (
+            "left_child",
+            lambda line: "left_child=99999 " + line.split("=")[1].split(" ", 1)[1],
+            r"left_child\[0\]=99999 is out of range",
+        ),
+        (
+            "right_child",
+            lambda line: "right_child=0 " + line.split("=")[1].split(" ", 1)[1],
+            r"right_child\[0\]=0 is out of range or reached twice",
+        ),
+        (
+            "split_feature",
+            lambda line: "split_feature=4000 " + line.split("=")[1].split(" ", 1)[1],
+            r"split_feature\[0\]=4000 is out of range",
+        ),
+        ("num_cat", lambda line: "num_cat=1", "num_cat=1 is out of range"),
+    ],
+)
+def test_an_edited_lightgbm_text_with_recomputed_hashes_is_refused_naming_the_line(
+    lightgbm_bundle, tmp_path, key, edit, says, monkeypatch
+):
+    import shutil
+
+    import lightgbm
+
+    path = tmp_path / "model"
+    shutil.copytree(lightgbm_bundle, path)
+    text = (path / "lightgbm-0.txt").read_text()
+    (path / "lightgbm-0.txt").write_text(_edit_line(text, key, edit))
+    _reseal(path)
+
+    def crash(*args, **kwargs):
+        raise AssertionError("LightGBM parsed a text the check should have refused")
+
+    monkeypatch.setattr(lightgbm, "Booster", crash)
+    with pytest.raises(BundleError, match=rf"lightgbm-0\.txt, line \d+: {says}"):
+        load_bundle(path)
+
+
+def test_random_edits_that_pass_the_check_never_crash_lightgbm(lightgbm_text, tmp_path):
+    import subprocess
+    import sys
+
+    from aigvqa.pipeline.model.lightgbm_text import check_model_text
+
+    rng = np.random.default_rng(11)
+    trees = lightgbm_text.index("Tree=0")
+    end = lightgbm_text.index("end of trees")
+    passed, refused = [], 0
+    for _ in range(300):
+        at = int(rng.integers(trees, end))
+        new = str(rng.choice(list("0123456789-. =\n")))
+        if rng.random() < 0.3:
+            text = lightgbm_text[:at] + lightgbm_text[at + 1 :]
+        else:
+            text = lightgbm_text[:at] + new + lightgbm_text[at + 1 :]
+        text = _resized(text) if "end of trees" in text and "\ntree_sizes=" in text else text
+        try:
+            check_model_text(text, tmp_path / "m.txt")
+        except BundleError:
+            refused += 1
+        else:
+            passed.append(text)
+    assert refused > 100  # the edits did hit what LightGBM indexes by
+    (tmp_path / "texts.json").write_text(json.dumps(passed))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, numpy as np, lightgbm\n"
+            "for text in json.load(open(sys.argv[1])):\n"
+            "    try:\n"
+            "        booster = lightgbm.Booster(model_str=text)\n"
+            "    except lightgbm.basic.LightGBMError:\n"
+            "        continue\n"
+            "    x = np.random.default_rng(0).normal(size=(20, booster.num_feature()))\n"
+            "    booster.predict(x)\n"
+            "print('survived')\n",
+            str(tmp_path / "texts.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from aigvqa.pipeline.model.bundle_files import BUNDLE_JSON, BundleError
+from aigvqa.pipeline.model.lightgbm_text import check_model_text
 
 
 def _builtin_head_classes() -> tuple[str, ...]:
@@ -228,6 +229,7 @@ def _load_booster(name: str, data: bytes, folder: Path) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise BundleError(f"{folder / name}: not a LightGBM text model ({err})") from err
+    check_model_text(text, folder / name)  # LightGBM's parser crashes on malformed trees
     try:
         return lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as err:
