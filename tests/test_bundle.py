@@ -12,7 +12,13 @@ from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.heads.classical import LightGBMHead, SVRHead
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
-from aigvqa.pipeline.model.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+from aigvqa.pipeline.model.bundle import (
+    BUNDLE_JSON,
+    BundleError,
+    load_bundle,
+    meta_digest,
+    save_bundle,
+)
 
 PROVENANCE = {
     "handcrafted": {
@@ -56,6 +62,7 @@ def _reseal(path):
         for f in path.iterdir()
         if f.name != BUNDLE_JSON
     }
+    meta["digest"] = meta_digest(meta)
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
 
 
@@ -128,11 +135,13 @@ def test_loading_refuses_classes_outside_the_heads_package(data, tmp_path):
     )
     meta = json.loads((path / BUNDLE_JSON).read_text())
     meta["state"]["class"] = "subprocess.Popen"
+    meta["digest"] = meta_digest(meta)  # an author who also recomputes bundle.json's digest
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="subprocess.Popen.*trusted"):
         load_bundle(path)
     meta["state"]["class"] = "aigvqa.heads.mlp.PooledMLPHead"
     meta["state"]["file"] = "../weights.safetensors"
+    meta["digest"] = meta_digest(meta)
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(path)
@@ -360,3 +369,32 @@ def test_random_edits_that_pass_the_check_never_crash_lightgbm(lightgbm_text, tm
         timeout=120,
     )
     assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+# -- bundle.json's own digest (review of issue 11, defect G) -------------------------------
+def test_an_edited_bundle_json_is_refused(data, tmp_path):
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y), tmp_path / "m", PROVENANCE, X.names, ["a", "b"])
+    meta = json.loads((path / BUNDLE_JSON).read_text())
+    meta["label_names"] = ["b", "a"]  # scores would land under the wrong column
+    (path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+    with pytest.raises(BundleError, match="bundle.json was edited after it was saved"):
+        load_bundle(path)
+    meta["label_names"] = ["a", "b"]  # put back (another indentation): loads again
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+    assert load_bundle(path).label_names == ["a", "b"]
+
+
+def test_a_bundle_saved_before_digests_loads_with_a_warning(data, tmp_path):
+    X, y = data
+    path = save_bundle(SVRHead().fit(X, y[:, 0]), tmp_path / "m", PROVENANCE, X.names, ["mos"])
+    meta = json.loads((path / BUNDLE_JSON).read_text())
+    del meta["digest"]
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="edited after it was saved"):
+        load_bundle(path)  # format 3 without its digest: someone removed it
+    meta["format_version"] = 2  # what aigvqa wrote before digests
+    (path / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="without a digest of bundle.json.*retrain"):
+        bundle = load_bundle(path)
+    assert bundle.label_names == ["mos"]
