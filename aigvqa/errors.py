@@ -20,6 +20,7 @@ _INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar(
 CLI_WORDS: dict[str, str] = {
     "weights=<path>": "--weights PATH",
     "random_init=True": "--random-init",
+    "encoding='latin-1'": "--encoding latin-1",  # extract and score both take it
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
 

@@ -254,3 +254,36 @@ def test_the_output_lock_holds_through_a_link_to_the_same_csv(tmp_path):
         with pytest.raises(ScoreError, match="being written by another"):
             with output_lock(tmp_path / "link.csv"):
                 pass
+
+
+# -- score --encoding (review of issue 11, defect H) ---------------------------------------
+def test_score_reads_a_latin1_manifest_with_encoding(setup, client, tmp_path, capsys):
+    from aigvqa.pipeline.cli.main import main
+
+    root, model, train_cache, _ = setup
+    train = [
+        line.split(",")[:2]
+        for line in (root / "train" / "manifest.csv").read_text().splitlines()[1:3]
+    ]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(
+        (
+            "video_id,path,prompt\n"
+            + "".join(
+                f"{vid},{(root / 'train' / path).resolve()},un caf\u00e9\n" for vid, path in train
+            )
+        ).encode("latin-1")
+    )
+    assert main(["score", str(manifest), "--model", str(model), "--no-progress"]) == 2
+    said = capsys.readouterr().err
+    assert "--encoding latin-1" in said and "aigvqa extract" not in said and "line 2" in said
+    report = score(
+        manifest,
+        model,
+        tmp_path / "s.csv",
+        cache=train_cache,
+        encoding="latin-1",
+        client=client,
+        progress=False,
+    )
+    assert report.scored == 2 and report.from_cache == 2

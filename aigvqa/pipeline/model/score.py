@@ -118,6 +118,7 @@ def score(
     client=None,
     progress: bool = True,
     cluster=None,
+    encoding: str = "utf-8",
 ) -> ScoreReport:
     """Score every video of ``manifest`` with the bundle ``model`` (a folder, or a loaded
     ``Bundle``) into the CSV ``out``.
@@ -128,6 +129,7 @@ def score(
     Cluster: ``cluster=ClusterSpec(...)`` as ``extract`` takes it, or the flat keywords
     ``scheduler``, ``gpus``, ``n_workers``, ``torch_threads``; a Dask cluster is started
     only if some features must be extracted (and only once for the whole run).
+    ``encoding``: the manifest file's text encoding (``read_manifest``'s).
     """
     from aigvqa.pipeline.extract.cluster import as_cluster_spec
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
@@ -143,7 +145,7 @@ def score(
     out = Path(out)
     cache = Path(cache) if cache is not None else None
     work = Path(work_cache) if work_cache is not None else out.with_name(out.name + ".features.h5")
-    records = _records(manifest)
+    records = _records(manifest, encoding)
     with output_lock(out):
         if cache is not None:
             _check_cache(bundle, cache)
@@ -333,7 +335,7 @@ def score_to_rows(
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    records = _records(manifest)
+    records = _records(manifest, options.pop("encoding", "utf-8"))
     ids = [r.video_id for r in records]
     if out is not None:
         report = score(records, bundle, out, **options)
