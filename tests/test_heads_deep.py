@@ -295,6 +295,24 @@ def test_a_finite_target_too_large_to_standardise_is_refused(name):
             head.fit(X, y)
 
 
+@pytest.mark.parametrize("name", ["svr", "elasticnet", "lightgbm"])
+def test_classical_heads_name_the_videos_with_nan_features_without_a_runtime_warning(name):
+    # review of issue 11 (minor): svr named pooled columns after numpy's RuntimeWarning
+    import warnings
+
+    X, y = all_features(20)
+    arrays = {k: v.copy() for k, v in X.arrays.items()}
+    lengths = {k: v.copy() for k, v in X.lengths.items()}
+    feature = X.names[0]
+    arrays[feature][5, 0, 0] = np.nan
+    arrays[feature][9, -1, 0] = np.inf  # in v9's padding: never read
+    lengths[feature][9] = arrays[feature].shape[1] - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(FeatureValueError, match=rf"'{feature}' in 1 videos \(v5\)"):
+            create_head(name).fit(FeatureSet(arrays, lengths, X.ids), y)
+
+
 def test_save_bundle_refuses_non_finite_learned_state_naming_the_tensor(tmp_path):
     from aigvqa.pipeline.model.bundle import BundleError, save_bundle
 

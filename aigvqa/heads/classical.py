@@ -56,7 +56,7 @@ from sklearn.svm import SVR
 from sklearn.utils.validation import check_is_fitted
 
 from aigvqa.errors import AigvqaError, HeadParameterError
-from aigvqa.heads.featureset import FeatureSet, check_targets
+from aigvqa.heads.featureset import FeatureSet, check_targets, nonfinite_text
 from aigvqa.heads.params import (
     Check,
     Interval,
@@ -309,6 +309,9 @@ class PooledHead(RegressorMixin, BaseEstimator):
     def _pool(self, X: FeatureSet, params: dict, cache: dict) -> np.ndarray:
         key = repr([params[k] for k in _POOL_PARAMS])
         if key not in cache:
+            problem = nonfinite_text(X, params["features"])  # before pooling warns of it
+            if problem:
+                raise FeatureValueError(problem)
             Z, _ = pool_sequences(X, params["pooling"], params["percentiles"], params["features"])
             if not np.isfinite(Z).all():
                 cols = np.flatnonzero(~np.isfinite(Z).all(axis=0))

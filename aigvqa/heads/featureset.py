@@ -129,3 +129,45 @@ def check_targets(y: np.ndarray, ids: Sequence[str]) -> None:
     overflow = target_overflow(y, ids)
     if overflow:
         raise TargetValueError(overflow)
+
+
+def nonfinite_rows(
+    X: FeatureSet, names: Sequence[str], chunk_rows: int = 1024
+) -> dict[str, np.ndarray]:
+    """name -> rows of ``X`` whose valid steps (t < length) of that feature hold NaN or inf
+    (padding is never looked at): what the classical heads refuse, naming the videos."""
+    found = {}
+    for name in names:
+        a, lengths = X.arrays[name], X.lengths[name]
+        steps = np.arange(a.shape[1])[None, :]
+        bad = [
+            start
+            + np.flatnonzero(
+                (
+                    (~np.isfinite(a[start : start + chunk_rows])).any(-1)
+                    & (steps < lengths[start : start + chunk_rows, None])
+                ).any(1)
+            )
+            for start in range(0, len(a), chunk_rows)
+        ]
+        rows = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+        if rows.size:
+            found[name] = rows
+    return found
+
+
+def nonfinite_text(X: FeatureSet, names: Sequence[str]) -> str | None:
+    """Why a classical head cannot use ``X`` -- the features and videos whose valid steps
+    hold NaN or inf -- or None."""
+    found = nonfinite_rows(X, names)
+    if not found:
+        return None
+    parts = [
+        f"{name!r} in {len(rows)} videos ({', '.join(map(str, X.ids[rows[:5]]))}"
+        f"{' ...' if len(rows) > 5 else ''})"
+        for name, rows in found.items()
+    ]
+    return (
+        f"features hold NaN or inf: {'; '.join(parts)}. Drop those videos (or re-extract "
+        "them), or replace the values when importing the features (VIDEVAL sets them to 0)"
+    )
