@@ -287,3 +287,17 @@ def test_score_reads_a_latin1_manifest_with_encoding(setup, client, tmp_path, ca
         progress=False,
     )
     assert report.scored == 2 and report.from_cache == 2
+
+
+def test_the_summary_counts_what_was_extracted_not_what_the_work_cache_held(
+    setup, client, tmp_path
+):
+    # review of issue 11 (minor): "3 extracted" when the work cache already held 2
+    _, model, _, records = setup
+    work = tmp_path / "work.h5"
+    score(records[:2], model, tmp_path / "a.csv", work_cache=work, client=client, progress=False)
+    report = score(
+        records[:3], model, tmp_path / "b.csv", work_cache=work, client=client, progress=False
+    )
+    assert report.scored == 3 and report.extracted == 1 and report.reused_work == 2
+    assert "1 extracted, 2 from the work cache" in report.summary()

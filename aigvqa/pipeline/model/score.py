@@ -244,7 +244,7 @@ def _score_pending(
                     )
                     bar.clear()
                 try:
-                    extract(
+                    done = extract(
                         [w for _, w in keyed],
                         configs,
                         work,
@@ -255,7 +255,9 @@ def _score_pending(
                     )
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
-                report.extracted += len(to_extract)
+                # what this run computed (or tried to): the work cache may hold the rest
+                report.extracted += done.succeeded + done.failed
+                report.reused_work += done.skipped + done.resumed
                 _check_cache(bundle, work, missing_ok=True)
                 extracted = []
                 for r, w in keyed:

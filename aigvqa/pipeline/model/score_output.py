@@ -42,7 +42,8 @@ class ScoreReport:
     failed_before: int = 0  # of already_done: rows that say failed (not retried)
     from_cache: int = 0
     not_from_cache: int = 0  # in --cache under their id, but for another file or prompt
-    extracted: int = 0
+    extracted: int = 0  # computed by this run (failures included)
+    reused_work: int = 0  # already in the work cache (an earlier, interrupted run's)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -68,8 +69,9 @@ class ScoreReport:
                 + ")"
             )
         text += (
-            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted "
-            f"({self.seconds:.1f} s)"
+            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted"
+            + (f", {self.reused_work} from the work cache" if self.reused_work else "")
+            + f" ({self.seconds:.1f} s)"
         )
         if self.not_from_cache:
             text += (
