@@ -301,3 +301,35 @@ def test_the_summary_counts_what_was_extracted_not_what_the_work_cache_held(
     )
     assert report.scored == 3 and report.extracted == 1 and report.reused_work == 2
     assert "1 extracted, 2 from the work cache" in report.summary()
+
+
+def test_the_output_csv_is_utf8_whatever_the_locale(tmp_path):
+    # read_scored decodes the CSV as UTF-8 (defect A), so it must be written as UTF-8 too
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from aigvqa.pipeline.model.score_output import _Appender, _row, output_columns,"
+        " read_rows, read_scored\n"
+        "from aigvqa.pipeline.records import VideoRecord\n"
+        "out, columns = Path(sys.argv[1]), output_columns(['mos'])\n"
+        "appender = _Appender(out, columns)\n"
+        "appender.write([_row(VideoRecord('a', Path('caf\\u00e9.mp4')), 'ok', {'mos': 3.0})])\n"
+        "appender.close()\n"
+        "assert read_scored(out, columns, False) == {'a': 'ok'}\n"
+        "assert read_rows(out, ['mos'])[0]['path'] == 'caf\\u00e9.mp4'\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env["PYTHONCOERCECLOCALE"] = "0"
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s.csv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "café.mp4" in (tmp_path / "s.csv").read_text(encoding="utf-8")

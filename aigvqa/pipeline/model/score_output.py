@@ -145,12 +145,12 @@ def read_scored(out: Path, columns: list[str], retry_failed: bool) -> dict[str, 
             "another --out, or delete the file to rescore everything."
         )
     drop_torn_tail(out)
-    with open(out, newline="") as fh:
+    with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if retry_failed and any(r["status"] != STATUS_OK for r in rows):
         rows = [r for r in rows if r["status"] == STATUS_OK]
         tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
@@ -184,7 +184,7 @@ class _Appender:
     def __init__(self, out: Path, columns: list[str]):
         out.parent.mkdir(parents=True, exist_ok=True)
         new = not out.exists() or out.stat().st_size == 0
-        self.fh = open(out, "a", newline="")
+        self.fh = open(out, "a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.fh, fieldnames=columns)
         if new:
             self.writer.writeheader()
@@ -230,7 +230,7 @@ def read_rows(
 ) -> list[dict[str, Any]]:
     """Rows of an output CSV with the scores as floats (None where the video failed), in the
     order of ``ids`` when given (only those rows), else in file order."""
-    with open(out, newline="") as fh:
+    with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         for name in label_names:
