@@ -29,9 +29,9 @@ records each video's path and, since ``extract`` records it, its ``file_identity
 and mtime_ns when it was decoded), so a video is taken from it only if the cache's path
 for its id is the same file, the file (when present here) has the recorded identity --
 in caches written before, was not modified after the cache was last written -- and the
-manifest's prompt, if it gives one, is the cache's; otherwise it is extracted afresh. Rows of imported features have no path:
-their id is all the identity they have. A file modified twice within one mtime tick with
-the same size is not detected.
+manifest's prompt, if it gives one, is the cache's; otherwise it is extracted afresh.
+Rows of imported features have no path: their id is all the identity they have. A file
+modified twice within one mtime tick with the same size is not detected.
 
 Resuming: videos already in the output CSV are not extracted or predicted again, so an
 interrupted run continues where it stopped; ``retry_failed=True`` first drops the

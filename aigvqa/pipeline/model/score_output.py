@@ -94,7 +94,8 @@ def output_columns(label_names: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[Path]:
     """Hold ``<out>.lock`` exclusively (fcntl.flock, released by the OS if the process dies;
-    the empty lock file stays), ``out`` resolved through symbolic links first. Raises ``ScoreError`` at once if another run holds it."""
+    the empty lock file stays), ``out`` resolved through symbolic links first. Raises
+    ``ScoreError`` at once if another run holds it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # named after the real path: two runs given links to one CSV (or to its folder) must
     # take the same lock
