@@ -25,6 +25,7 @@ CLI_WORDS: dict[str, str] = {
     ),
     "label_cols=...": "--labels COL[=NAME]",
     'config="examples/videval-stack.toml"': "--config examples/videval-stack.toml",
+    "encoding='latin-1'": "--encoding latin-1",  # extract and score both take it
 }
 """Python-API phrase -> the CLI's, for the phrases user-facing messages use."""
 
@@ -83,3 +84,7 @@ class CacheError(AigvqaError, OSError):
 class HeadParameterError(AigvqaError, ValueError):
     """A head hyper-parameter (e.g. from a head config file) is invalid; the message names the
     head, the parameter, the bad value and what is allowed (``aigvqa.heads.params``)."""
+
+
+class TargetValueError(AigvqaError, ValueError):
+    """Targets (MOS) hold NaN or infinite values, or values too large to standardise."""

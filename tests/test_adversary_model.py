@@ -29,7 +29,14 @@ from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.mlp import PooledMLPHead
 from aigvqa.pipeline.extract import extract
 from aigvqa.pipeline.model import score as score_module
-from aigvqa.pipeline.model.bundle import BUNDLE_JSON, Bundle, BundleError, load_bundle, save_bundle
+from aigvqa.pipeline.model.bundle import (
+    BUNDLE_JSON,
+    Bundle,
+    BundleError,
+    load_bundle,
+    meta_digest,
+    save_bundle,
+)
 from aigvqa.pipeline.model.score import ScoreError, score, score_videos
 from aigvqa.pipeline.model.train import train
 
@@ -63,6 +70,7 @@ def reseal(path: Path) -> None:
         for f in path.iterdir()
         if f.name != BUNDLE_JSON
     }
+    meta["digest"] = meta_digest(meta)
     (path / BUNDLE_JSON).write_text(json.dumps(meta))
 
 

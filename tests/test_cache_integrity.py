@@ -199,6 +199,20 @@ def test_verify_passes_a_sound_file(tmp_path):
     assert "OK" in report.summary()
 
 
+def test_verify_reports_nan_and_inf_values_per_group(tmp_path):
+    # review of issue 11 (minor): `info --verify` passed a cache full of NaN / inf
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(4)]
+    values[1][2, 0], values[3][0, 1] = np.nan, np.inf
+    group = GroupData("handcrafted", "video", ["a", "b", "c", "d"], values, provenance=prov())
+    shard = write_shard(tmp_path / "s.h5", [group], [], [], dtype="float32")
+    merge_shards(tmp_path / "c.h5", [shard], remove_shards=True)
+    report = FeatureCache(tmp_path / "c.h5").verify()
+    assert report.nonfinite == ["group 'handcrafted': NaN or inf in 2 of 4 rows (b, d)"]
+    assert "NaN or inf" in report.summary() and "(b, d)" in report.summary()
+    assert not FeatureCache(small_cache(tmp_path / "ok.h5")).verify().nonfinite
+
+
 # -- groups a writer never produces ----------------------------------------------------------
 def test_duplicate_ids_and_zero_lengths_are_refused_on_read(tmp_path):
     old = v1_fixture(tmp_path)  # format 1: no checksums, so another tool may have edited it

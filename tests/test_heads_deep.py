@@ -294,6 +294,51 @@ def test_nan_target_is_refused_naming_the_video():
         tiny("mlp").fit(X, y)
 
 
+@pytest.mark.parametrize("name", ["mlp", "svr", "lightgbm"])
+def test_a_finite_target_too_large_to_standardise_is_refused(name):
+    # review of issue 11, defect E: mos=1e308 trained a deep head with y_std_ = inf (every
+    # later score failed) and gave LightGBM an overflowing cast; no RuntimeWarning either
+    import warnings
+
+    X, y = all_features(20)
+    y = y.copy()
+    y[7] = 1e308
+    head = tiny(name) if name == "mlp" else create_head(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(TargetValueError, match="too large to standardise.*v7"):
+            head.fit(X, y)
+
+
+@pytest.mark.parametrize("name", ["svr", "elasticnet", "lightgbm"])
+def test_classical_heads_name_the_videos_with_nan_features_without_a_runtime_warning(name):
+    # review of issue 11 (minor): svr named pooled columns after numpy's RuntimeWarning
+    import warnings
+
+    X, y = all_features(20)
+    arrays = {k: v.copy() for k, v in X.arrays.items()}
+    lengths = {k: v.copy() for k, v in X.lengths.items()}
+    feature = X.names[0]
+    arrays[feature][5, 0, 0] = np.nan
+    arrays[feature][9, -1, 0] = np.inf  # in v9's padding: never read
+    lengths[feature][9] = arrays[feature].shape[1] - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(FeatureValueError, match=rf"'{feature}' in 1 videos \(v5\)"):
+            create_head(name).fit(FeatureSet(arrays, lengths, X.ids), y)
+
+
+def test_save_bundle_refuses_non_finite_learned_state_naming_the_tensor(tmp_path):
+    from aigvqa.pipeline.model.bundle import BundleError, save_bundle
+
+    X, y = all_features(20)
+    head = tiny("mlp").fit(X, y)
+    head.y_std_ = np.full_like(head.y_std_, np.inf)
+    with pytest.raises(BundleError, match="y_std_.*NaN or inf"):
+        save_bundle(head, tmp_path / "model", {}, X.names, ["mos"])
+    assert not (tmp_path / "model" / "bundle.json").exists()
+
+
 def test_a_length_0_row_reads_as_one_zero_step_whatever_its_array_holds():
     X, y = all_features(24)
     lengths = {k: v.copy() for k, v in X.lengths.items()}

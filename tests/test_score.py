@@ -4,11 +4,12 @@ they match the model, and an interrupted run resumes without redoing finished vi
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _score_helpers import in_process_client, trained_model
+from _score_helpers import EXTRACTORS, in_process_client, trained_model
 
 from aigvqa.errors import ProvenanceMismatchError
 from aigvqa.pipeline.extract import extract
@@ -185,3 +186,150 @@ def test_cli_scores_a_manifest_from_a_cache(setup, tmp_path, capsys):
     assert code == 0
     assert "6 scored" in capsys.readouterr().out
     assert len(_rows(out)) == 6
+
+
+# -- an --out that is not a score CSV is left as it is (review of issue 11, defect A) --------
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe binary\x00\x9c without a final newline",
+        b"video_id,path,label\na,a.mp4,3.5\nb,b.mp4,4.0",  # a manifest, no final newline
+        b"video_id,path,status,overall\na,a.mp4,ok,3.5\ntorn",  # another model's scores
+    ],
+)
+def test_an_out_that_is_not_this_models_csv_is_refused_and_left_unchanged(tmp_path, content):
+    from aigvqa.pipeline.model.score_output import output_columns, read_scored
+
+    victim = tmp_path / "victim.h5"
+    victim.write_bytes(content)
+    with pytest.raises(ScoreError, match="victim.h5.*another --out"):
+        read_scored(victim, output_columns(["overall", "alignment"]), retry_failed=False)
+    assert victim.read_bytes() == content
+
+
+def test_a_torn_last_row_of_our_own_csv_is_still_cut(tmp_path):
+    from aigvqa.pipeline.model.score_output import output_columns, read_scored
+
+    out = tmp_path / "s.csv"
+    out.write_text("video_id,path,status,overall,error\na,a.mp4,ok,3.5,\nb,b.mp4,o")
+    assert read_scored(out, output_columns(["overall"]), retry_failed=False) == {"a": "ok"}
+    assert out.read_text().endswith("a,a.mp4,ok,3.5,\n")
+
+
+# -- a video changed after --cache extracted it (review of issue 11, defect B) --------------
+def test_a_changed_video_is_not_scored_from_a_cache_that_grew_after_it(
+    setup, client, tmp_path, capsys
+):
+    _, model, _, records = setup
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copyfile(records[0].path, a)
+    shutil.copyfile(records[1].path, b)
+    ra = replace(records[0], video_id="a", path=a)
+    rb = replace(records[1], video_id="b", path=b)
+    cache = tmp_path / "c.h5"
+    extract([ra], EXTRACTORS, cache, client=client, progress=False)
+    shutil.copyfile(records[2].path, a)  # a.mp4 is now another video ...
+    # ... and the cache is written after it: the cache file's mtime passes a.mp4's
+    extract([rb], EXTRACTORS, cache, client=client, progress=False)
+    report = score([ra], model, tmp_path / "s.csv", cache=cache, client=client, progress=False)
+    assert report.not_from_cache == 1 and report.from_cache == 0
+    reference = replace(records[2], video_id="reference")
+    score([reference], model, tmp_path / "r.csv", client=client, progress=False)
+    assert _rows(tmp_path / "s.csv")[0]["overall"] == _rows(tmp_path / "r.csv")[0]["overall"]
+
+    capsys.readouterr()
+    extract([ra, rb], EXTRACTORS, cache, client=client, progress=False)  # resumed by id
+    said = capsys.readouterr().err
+    assert "1 video(s) already in" in said and ": a;" in said and "--overwrite" in said
+
+
+def test_the_output_lock_holds_through_a_link_to_the_same_csv(tmp_path):
+    # review of issue 11, defect D: `--out s.csv` and `--out link.csv` ran at once
+    from aigvqa.pipeline.model.score_output import output_lock
+
+    out = tmp_path / "s.csv"
+    out.write_text("")
+    (tmp_path / "link.csv").symlink_to(out)
+    with output_lock(out):
+        with pytest.raises(ScoreError, match="being written by another"):
+            with output_lock(tmp_path / "link.csv"):
+                pass
+
+
+# -- score --encoding (review of issue 11, defect H) ---------------------------------------
+def test_score_reads_a_latin1_manifest_with_encoding(setup, client, tmp_path, capsys):
+    from aigvqa.pipeline.cli.main import main
+
+    root, model, train_cache, _ = setup
+    train = [
+        line.split(",")[:2]
+        for line in (root / "train" / "manifest.csv").read_text().splitlines()[1:3]
+    ]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(
+        (
+            "video_id,path,prompt\n"
+            + "".join(
+                f"{vid},{(root / 'train' / path).resolve()},un caf\u00e9\n" for vid, path in train
+            )
+        ).encode("latin-1")
+    )
+    assert main(["score", str(manifest), "--model", str(model), "--no-progress"]) == 2
+    said = capsys.readouterr().err
+    assert "--encoding latin-1" in said and "aigvqa extract" not in said and "line 2" in said
+    report = score(
+        manifest,
+        model,
+        tmp_path / "s.csv",
+        cache=train_cache,
+        encoding="latin-1",
+        client=client,
+        progress=False,
+    )
+    assert report.scored == 2 and report.from_cache == 2
+
+
+def test_the_summary_counts_what_was_extracted_not_what_the_work_cache_held(
+    setup, client, tmp_path
+):
+    # review of issue 11 (minor): "3 extracted" when the work cache already held 2
+    _, model, _, records = setup
+    work = tmp_path / "work.h5"
+    score(records[:2], model, tmp_path / "a.csv", work_cache=work, client=client, progress=False)
+    report = score(
+        records[:3], model, tmp_path / "b.csv", work_cache=work, client=client, progress=False
+    )
+    assert report.scored == 3 and report.extracted == 1 and report.reused_work == 2
+    assert "1 extracted, 2 from the work cache" in report.summary()
+
+
+def test_the_output_csv_is_utf8_whatever_the_locale(tmp_path):
+    # read_scored decodes the CSV as UTF-8 (defect A), so it must be written as UTF-8 too
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from aigvqa.pipeline.model.score_output import _Appender, _row, output_columns,"
+        " read_rows, read_scored\n"
+        "from aigvqa.pipeline.records import VideoRecord\n"
+        "out, columns = Path(sys.argv[1]), output_columns(['mos'])\n"
+        "appender = _Appender(out, columns)\n"
+        "appender.write([_row(VideoRecord('a', Path('caf\\u00e9.mp4')), 'ok', {'mos': 3.0})])\n"
+        "appender.close()\n"
+        "assert read_scored(out, columns, False) == {'a': 'ok'}\n"
+        "assert read_rows(out, ['mos'])[0]['path'] == 'caf\\u00e9.mp4'\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env["PYTHONCOERCECLOCALE"] = "0"
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s.csv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "café.mp4" in (tmp_path / "s.csv").read_text(encoding="utf-8")

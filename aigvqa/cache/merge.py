@@ -432,6 +432,10 @@ def merge_shards(
                             # an extract's row for an imported video keeps its row in the
                             # imported file
                             row = {**row, "source_order": videos[vid]["source_order"]}
+                        if "file_identity" not in row and "file_identity" in videos.get(vid, {}):
+                            # the client's row of a video it did not decode (resumed by id)
+                            # keeps the identity of the file its features were made from
+                            row = {**row, "file_identity": videos[vid]["file_identity"]}
                         if vid not in videos:
                             report.videos_added += 1
                         elif videos[vid] != row:

@@ -41,7 +41,9 @@ HDF5 tool can read it (``h5ls -r cache.h5``, ``h5py.File(path)["clip-frames/valu
         <field>         any other per-video field a writer added (e.g. ``source_order``, the
                         row of the video in the metadata file it was imported with): int64,
                         float64 or utf-8 (attr ``kind``: "int" | "float" | "bool" | "str";
-                        an int column with missing rows is stored as float64 with NaN)
+                        an int column with missing rows is stored as float64 with NaN).
+                        ``file_identity``: "<size>:<mtime_ns>" of the video file when
+                        extract decoded it ("" in rows of older caches and imports)
     /failures/                id, extractor, error: [K] utf-8; at most one row per
                               (id, extractor), sorted by (id, extractor); extractor "*" means
                               the whole video failed (e.g. it could not be decoded)

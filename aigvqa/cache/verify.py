@@ -40,6 +40,8 @@ class VerifyReport:
     datasets: int = 0  # datasets read in full
     problems: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)  # datasets read without a checksum
+    # not damage, but what heads refuse and scoring marks failed: NaN / inf in valid steps
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,11 +63,16 @@ class VerifyReport:
                 "datasets read; the structure is sound). The next merge into it (any extract "
                 "or import-features run) rewrites it with checksums."
             )
-        return f"{self.path}: OK: {self.datasets} datasets read in full, every checksum matches"
+        text = f"{self.path}: OK: {self.datasets} datasets read in full, every checksum matches"
+        if self.nonfinite:
+            text += "; but some features hold NaN or inf (heads refuse those videos):"
+            text += "".join(f"\n  {line}" for line in self.nonfinite)
+        return text
 
 
-def _read_blocks(ds: h5py.Dataset) -> int:
-    """Read a dataset in full (in row blocks: bounded memory); return its element count."""
+def _read_blocks(ds: h5py.Dataset, inspect=None) -> int:
+    """Read a dataset in full (in row blocks: bounded memory); return its element count.
+    ``inspect(start, block)`` sees each block of rows as it is read."""
     if ds.dtype.kind == "O" or h5py.check_string_dtype(ds.dtype) is not None:
         return len(read_str(ds))
     if ds.shape is None or ds.ndim == 0:
@@ -74,7 +81,9 @@ def _read_blocks(ds: h5py.Dataset) -> int:
     row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
     step = max(1, VERIFY_BLOCK_BYTES // row_bytes)
     for start in range(0, ds.shape[0], step):
-        ds[start : start + step]
+        block = ds[start : start + step]
+        if inspect is not None:
+            inspect(start, block)
     return int(ds.size)
 
 
@@ -113,10 +122,25 @@ def _verify_group(f: h5py.File, name: str, path: Path, report: VerifyReport) -> 
         report.problems.append(f"group {name!r} cannot be opened ({type(err).__name__}: {err})")
         return
     sound = True
+    bad_rows: list[np.ndarray] = []
+    inspect = None
+    if name not in (VIDEOS, FAILURES) and {"values", "lengths", "ids"} <= set(keys):
+        try:
+            lengths = g["lengths"][()]
+        except H5_ERRORS:
+            lengths = None  # reported when the loop reads it
+        if lengths is not None and g["values"].ndim == 3 and g["values"].dtype.kind == "f":
+
+            def inspect(start, block):
+                steps = np.arange(block.shape[1])[None, :]
+                valid = steps < lengths[start : start + len(block), None]
+                hit = ((~np.isfinite(block)).any(-1) & valid).any(1)
+                bad_rows.append(start + np.flatnonzero(hit))
+
     for key in keys:
         try:
             ds = g[key]
-            _read_blocks(ds)
+            _read_blocks(ds, inspect if key == "values" else None)
             read_attrs(ds)
             report.datasets += 1
             if ds.dtype.kind not in "OSU" and not ds.fletcher32:
@@ -126,6 +150,13 @@ def _verify_group(f: h5py.File, name: str, path: Path, report: VerifyReport) -> 
             report.problems.append(f"{name}/{key}: cannot be read ({type(err).__name__}: {err})")
     if not sound:
         return
+    rows = np.concatenate(bad_rows) if bad_rows else np.zeros(0, dtype=np.int64)
+    if rows.size:
+        ids = read_str(g["ids"])
+        shown = ", ".join(str(ids[i]) for i in rows[:5]) + (" ..." if rows.size > 5 else "")
+        report.nonfinite.append(
+            f"group {name!r}: NaN or inf in {rows.size} of {len(ids)} rows ({shown})"
+        )
     try:
         read_attrs(g)
         if name == VIDEOS:

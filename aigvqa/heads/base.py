@@ -47,10 +47,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from aigvqa.errors import AigvqaError, CheckpointMismatchError
+from aigvqa.errors import AigvqaError, CheckpointMismatchError, TargetValueError
 from aigvqa.heads.deep_params import DROPOUT, LOSS, RATE, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
-from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.featureset import FeatureSet, target_overflow
 from aigvqa.heads.layers import (
     Adapter,
     CrossAttentionBlock,
@@ -85,11 +85,6 @@ __all__ = [
     "masked_std",
     "sinusoidal_positions",
 ]
-
-
-class TargetValueError(AigvqaError, ValueError):
-    """Targets (MOS) hold NaN or infinite values."""
-
 
 STATE_FORMAT = 1
 """Version of the (config, tensors) export layout written by ``TorchHead.get_state``."""
@@ -196,8 +191,11 @@ class TorchHead(RegressorMixin, BaseEstimator):
         return outputs["score"]
 
     def _fit_target_scaler(self, y: np.ndarray) -> None:
-        self.y_mean_ = y.mean(0)
-        std = y.std(0)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+            self.y_mean_ = y.mean(0)
+            std = y.std(0)
+        if not (np.isfinite(self.y_mean_).all() and np.isfinite(std).all()):
+            raise TargetValueError(target_overflow(y) or "the target's mean or std overflows")
         self.y_std_ = np.where(std > 0, std, 1.0)
 
     def _scale_targets(self, y: np.ndarray) -> np.ndarray:
@@ -281,6 +279,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
             )
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
+        overflow = target_overflow(y2, row_ids)  # finite labels whose mean / std overflow
+        if overflow:
+            raise TargetValueError(overflow)
         self.n_outputs_ = y2.shape[1]
         self.feature_names_ = self._resolve_features(X)
         self.feature_dims_ = {r: int(X.arrays[n].shape[2]) for r, n in self.feature_names_.items()}

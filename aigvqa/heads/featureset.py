@@ -7,9 +7,11 @@ indexable by scikit-learn's cross-validation utilities, so ``fit(X[train], y[tra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from aigvqa.errors import TargetValueError
 
 
 class FeatureSet:
@@ -91,3 +93,81 @@ class FeatureSet:
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}{tuple(v.shape[1:])}" for k, v in self.arrays.items())
         return f"FeatureSet(n={len(self)}, {parts})"
+
+
+def target_overflow(y: np.ndarray, ids: Sequence[str] | None = None) -> str | None:
+    """Why finite targets ``y`` [N, k] cannot be standardised -- their mean or std overflows
+    float64 (a label of 1e308) -- or None when they can. Heads standardise targets (deep
+    heads always, classical ones with ``scale_target``): an infinite std makes every
+    prediction NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.concatenate([y.mean(0), y.std(0)])
+    if np.isfinite(spread).all():
+        return None
+    big = np.abs(y).max(axis=1)
+    at = int(np.argmax(big))
+    where = f"video {ids[at]}" if ids is not None else f"row {at}"
+    return (
+        f"the target (MOS) is too large to standardise: its mean or std is not a finite float64 "
+        f"(largest |value| {big[at]:.3g}, {where}); check the label column, or rescale the "
+        "labels (e.g. to 0..100) before fitting"
+    )
+
+
+def check_targets(y: np.ndarray, ids: Sequence[str]) -> None:
+    """Refuse training targets ``y`` [N, k] that hold NaN / inf or are too large to
+    standardise (``TargetValueError`` naming the videos): what every head fits on."""
+    if len(y) != len(ids):
+        return  # the caller's shape check says it better
+    bad = ~np.isfinite(y).all(1)
+    if bad.any():
+        shown = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
+        raise TargetValueError(
+            f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}"
+            f"{' ...' if bad.sum() > 5 else ''}); drop those rows before fitting"
+        )
+    overflow = target_overflow(y, ids)
+    if overflow:
+        raise TargetValueError(overflow)
+
+
+def nonfinite_rows(
+    X: FeatureSet, names: Sequence[str], chunk_rows: int = 1024
+) -> dict[str, np.ndarray]:
+    """name -> rows of ``X`` whose valid steps (t < length) of that feature hold NaN or inf
+    (padding is never looked at): what the classical heads refuse, naming the videos."""
+    found = {}
+    for name in names:
+        a, lengths = X.arrays[name], X.lengths[name]
+        steps = np.arange(a.shape[1])[None, :]
+        bad = [
+            start
+            + np.flatnonzero(
+                (
+                    (~np.isfinite(a[start : start + chunk_rows])).any(-1)
+                    & (steps < lengths[start : start + chunk_rows, None])
+                ).any(1)
+            )
+            for start in range(0, len(a), chunk_rows)
+        ]
+        rows = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+        if rows.size:
+            found[name] = rows
+    return found
+
+
+def nonfinite_text(X: FeatureSet, names: Sequence[str]) -> str | None:
+    """Why a classical head cannot use ``X`` -- the features and videos whose valid steps
+    hold NaN or inf -- or None."""
+    found = nonfinite_rows(X, names)
+    if not found:
+        return None
+    parts = [
+        f"{name!r} in {len(rows)} videos ({', '.join(map(str, X.ids[rows[:5]]))}"
+        f"{' ...' if len(rows) > 5 else ''})"
+        for name, rows in found.items()
+    ]
+    return (
+        f"features hold NaN or inf: {'; '.join(parts)}. Drop those videos (or re-extract "
+        "them), or replace the values when importing the features (VIDEVAL sets them to 0)"
+    )

@@ -43,7 +43,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from aigvqa.errors import AigvqaError
-from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.featureset import FeatureSet, check_targets, nonfinite_text
 from aigvqa.heads.params import (
     Check,
     Interval,
@@ -243,6 +243,9 @@ class PooledHead(RegressorMixin, BaseEstimator):
     def _pool(self, X: FeatureSet, params: dict, cache: dict) -> np.ndarray:
         key = repr([params[k] for k in _POOL_PARAMS])
         if key not in cache:
+            problem = nonfinite_text(X, params["features"])  # before pooling warns of it
+            if problem:
+                raise FeatureValueError(problem)
             Z, _ = pool_sequences(X, params["pooling"], params["percentiles"], params["features"])
             if not np.isfinite(Z).all():
                 cols = np.flatnonzero(~np.isfinite(Z).all(axis=0))
@@ -342,6 +345,7 @@ class PooledHead(RegressorMixin, BaseEstimator):
         check_parameters(self)
         X = as_featureset(X)
         Y, single = _as_2d(y)
+        check_targets(Y, X.ids)
         if len(Y) != len(X):
             raise ValueError(f"X has {len(X)} rows, y {len(Y)}")
         Y_val = None

@@ -118,8 +118,8 @@ def _read_text(path: Path, encoding: str) -> str:
         raise ManifestError(
             f"{path}: line {line}, column {column}: byte(s) {bad.hex(' ')} are not valid "
             f"{encoding} ({err.reason}); manifests are read as {encoding}. Re-save the file as "
-            "UTF-8, or name its encoding (`aigvqa extract --encoding latin-1`, "
-            "read_manifest(..., encoding='latin-1'); 'cp1252' for files saved by Excel on Windows)"
+            "UTF-8, or name its encoding (encoding='latin-1'; 'cp1252' for files saved by Excel "
+            "on Windows)"
         ) from err
 
 

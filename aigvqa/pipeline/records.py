@@ -4,6 +4,7 @@ identities of inputs: a prompt's key, a file's sha256."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,3 +47,32 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+FILE_IDENTITY = "file_identity"
+"""The /videos field ``extract`` records for each video it decoded: ``"<size>:<mtime_ns>"``
+of the file when it was read (a string: an int column some rows lack would be stored as
+float64, which cannot hold nanoseconds). Rows of caches written before it have none."""
+
+
+def file_identity_text(path: str | Path) -> str | None:
+    """``"<size>:<mtime_ns>"`` of ``path`` (the FILE_IDENTITY field), or None when it cannot
+    be stat'ed. Content identity without reading the bytes: a file rewritten within one
+    mtime tick at the same size is not told apart."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def identified_row(record: VideoRecord) -> dict:
+    """The videos-table row of ``record`` with its file's FILE_IDENTITY, taken now (call it
+    before decoding, so that the identity is never newer than the features)."""
+    from aigvqa.cache.schema import video_row
+
+    row = video_row(record)
+    identity = file_identity_text(record.path)
+    if identity is not None:
+        row[FILE_IDENTITY] = identity
+    return row

@@ -22,6 +22,7 @@ their failure rows are replaced by the new outcome.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import uuid
@@ -60,7 +61,7 @@ from aigvqa.pipeline.extract.worker import (
     run_prompt_chunk,
     run_video_chunk,
 )
-from aigvqa.pipeline.records import VideoRecord
+from aigvqa.pipeline.records import FILE_IDENTITY, VideoRecord, file_identity_text
 
 
 class ExtractRun:
@@ -258,6 +259,7 @@ class ExtractRun:
             for name in self.by_name:
                 if name in present:
                     have[name] = set(reader.ids(name))
+            self._say_changed(reader.videos(), have)
 
         no_prompt = [r for r in self.records if r.prompt_id is None or not (r.prompt or "").strip()]
         prompt_less = {r.video_id for r in no_prompt}
@@ -297,6 +299,33 @@ class ExtractRun:
         if not self.prompt_exts:
             no_prompt = []
         return by_missing, prompts, no_prompt, prompts_skipped
+
+    def _say_changed(self, stored: list[dict], have: dict[str, set[str]]) -> None:
+        """One line when videos resumed by id are not the files their cached features were
+        made from (another path, or size / mtime_ns other than recorded): they are not
+        silently re-extracted -- ids are the cache's keys -- but said, with the fix."""
+        rows = {v["video_id"]: v for v in stored}
+        cached = set().union(*have.values()) if have else set()
+        changed = []
+        for rec in self.records:
+            row = rows.get(rec.video_id)
+            if rec.video_id not in cached or not row or not row.get("path"):
+                continue
+            now = file_identity_text(rec.path)
+            moved = os.path.realpath(row["path"]) != os.path.realpath(rec.path)
+            if moved or (row.get(FILE_IDENTITY) and now and now != row[FILE_IDENTITY]):
+                changed.append(rec.video_id)
+        if changed and not getattr(self, "_changed_said", False):  # _plan runs twice
+            self._changed_said = True
+            print(
+                f"{len(changed)} video(s) already in {self.cache} by id are not the file their "
+                f"features were made from (changed since, or another path): "
+                f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}; their cached "
+                "features are kept (`aigvqa score` extracts such videos afresh). To recompute "
+                "them, re-run with --overwrite or extract into a new cache.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _tasks_expected(self) -> int:
         """About how many tasks the run will submit (before leftover shards are merged,

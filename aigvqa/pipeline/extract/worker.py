@@ -24,12 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aigvqa.cache.schema import video_row
 from aigvqa.extractors.base import Extractor
 from aigvqa.pipeline.extract.failures import error_text
 from aigvqa.pipeline.extract.options import DecodeSettings
 from aigvqa.pipeline.extract.provenance import extractor_key
-from aigvqa.pipeline.records import VideoRecord
+from aigvqa.pipeline.records import VideoRecord, identified_row
 
 _LOADED: dict[str, Extractor] = {}
 """Per-process model cache: extractor_key -> loaded extractor. Lives in each worker
@@ -184,6 +183,7 @@ def run_video_chunk(
     from aigvqa.pipeline.extract.chunk import compute_chunk
 
     models = [loaded(e) for e in extractors]
+    rows = [identified_row(r) for r in records]  # the files' identity before decoding them
     if settings.decode_workers:
         from aigvqa.pipeline.extract.decode_pool import checkout
 
@@ -215,7 +215,7 @@ def run_video_chunk(
         Path(shard_path),
         groups,
         [Failure(*f) for f in failures],
-        [video_row(r) for r in records],
+        rows,
         dtype={m.name: m.cache_dtype for m in models},
     )
     return ChunkResult(shard_path, "video", {m.name: kept[m.name][0] for m in models}, failures)

@@ -53,6 +53,7 @@ from aigvqa.pipeline.model.bundle_files import (  # noqa: F401  (re-exported)
     _plain_name,
     _read_member,
     _verified_files,
+    meta_digest,
 )
 from aigvqa.pipeline.model.bundle_state import (  # noqa: F401  (re-exported)
     HEAD_CLASSES,
@@ -204,6 +205,7 @@ def save_bundle(
         "extra": _jsonable(dict(extra or {})),
         "files": {file: file_sha256(path / file) for file in written},
     }
+    meta["digest"] = meta_digest(meta)
     tmp = path / f".{BUNDLE_JSON}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=False))
     tmp.replace(path / BUNDLE_JSON)

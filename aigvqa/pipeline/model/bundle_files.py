@@ -18,9 +18,11 @@ not.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,12 @@ from typing import Any
 from aigvqa.errors import AigvqaError
 
 BUNDLE_FORMAT = "aigvqa-bundle"
-BUNDLE_VERSION = 2
-"""2: ``files`` holds the sha256 of every file, checked on load; checkpoint paths reduced
-to file names. 1 (no checksums) is refused: retrain, or re-save with this version."""
+BUNDLE_VERSION = 3
+"""3: ``digest`` holds the sha256 of bundle.json's own canonical content (``meta_digest``),
+checked on load. 2: ``files`` holds the sha256 of every file, checked on load; checkpoint
+paths reduced to file names. 2 is still read, with a warning that its bundle.json cannot
+be checked (re-save it: retrain with this aigvqa); 1 (no checksums) is refused."""
+DIGEST_FROM = 3  # the first format whose bundle.json must carry its digest
 BUNDLE_JSON = "bundle.json"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -72,6 +77,37 @@ _STATE_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+def meta_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of bundle.json's content without its ``digest`` field, in a canonical form
+    (sorted keys, no whitespace), so that re-indenting the file changes nothing and
+    changing any value (swapped label names, another head parameter) does."""
+    content = {k: v for k, v in meta.items() if k != "digest"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _check_digest(meta: Mapping[str, Any], meta_path: Path) -> None:
+    """A format-3 bundle.json must match its digest. A format-2 one has none: it is read,
+    with a warning -- an editor able to drop the digest and the version could as well
+    recompute the digest, so refusing old bundles would protect nothing more."""
+    if meta["format_version"] < DIGEST_FROM:
+        warnings.warn(
+            f"{meta_path}: saved by an older aigvqa, without a digest of bundle.json, so edits "
+            "to it (label names, parameters) cannot be detected; retrain with this aigvqa to "
+            "get one",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    digest = meta.get("digest")
+    if not isinstance(digest, str) or digest != meta_digest(meta):
+        raise BundleError(
+            f"{meta_path}: bundle.json was edited after it was saved (its content does not match "
+            "the digest recorded in it); refusing to load it: restore the original bundle.json, "
+            "or retrain"
+        )
+
+
 def _check_fields(
     obj: Mapping[str, Any], fields: Mapping[str, tuple[Any, str]], where: str, meta_path: Path
 ) -> None:
@@ -106,7 +142,7 @@ def _check_meta(meta: Any, meta_path: Path) -> None:
             f"{meta_path}: bundle format {version} is newer than this aigvqa reads "
             f"({BUNDLE_VERSION}); upgrade aigvqa"
         )
-    if version < BUNDLE_VERSION:
+    if version < 2:
         raise BundleError(
             f"{meta_path}: bundle format {version} was written before bundles recorded the sha256 "
             "of their files, so it cannot be checked before loading; retrain it with this aigvqa "
@@ -143,6 +179,7 @@ def _check_meta(meta: Any, meta_path: Path) -> None:
                 f"{meta_path}: the state names file {file!r}, which has no recorded sha256 in "
                 "'files'; the bundle is damaged, retrain it"
             )
+    _check_digest(meta, meta_path)  # last: a wrong type is named as such, an edit as an edit
 
 
 def _plain_name(name: str, meta_path: Path) -> str:
@@ -161,19 +198,35 @@ def _plain_name(name: str, meta_path: Path) -> str:
 
 
 def _read_member(root: Path, name: str, shown: Path) -> bytes:
-    """The bytes of ``root/name``: a regular file, not a link, not resolving elsewhere."""
+    """The bytes of ``root/name``: a regular file, not a link, not resolving elsewhere.
+
+    The type is checked with ``lstat`` *before* opening: opening a FIFO put in place of a
+    file would block until something writes to it (load_bundle would hang), and a device
+    could be read forever. The open itself (O_NOFOLLOW | O_NONBLOCK) cannot block or
+    follow a link swapped in after the check, and ``fstat`` confirms what was opened."""
     file = root / name
     where = shown / name
-    if file.is_symlink():
+    try:
+        mode = os.lstat(file).st_mode
+    except FileNotFoundError:
+        raise BundleError(
+            f"{where}: bundle file is missing; the bundle is incomplete, retrain it"
+        ) from None
+    except OSError as err:
+        raise BundleError(f"{where}: cannot be read ({err.strerror})") from err
+    if stat.S_ISLNK(mode):
         raise BundleError(
             f"{where}: is a symbolic link (to {os.readlink(file)}); bundle files must be plain "
             "files"
         )
-    if not file.exists():
-        raise BundleError(f"{where}: bundle file is missing; the bundle is incomplete, retrain it")
+    if not stat.S_ISREG(mode):
+        raise BundleError(
+            f"{where}: is not a regular file (a named pipe, a device or a folder); bundle files "
+            "are plain files: restore the bundle, or retrain it"
+        )
     if file.resolve().parent != root:
         raise BundleError(f"{where}: resolves outside the bundle folder ({file.resolve()})")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(file, flags)
     except OSError as err:

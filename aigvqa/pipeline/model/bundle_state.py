@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from aigvqa.pipeline.model.bundle_files import BUNDLE_JSON, BundleError
+from aigvqa.pipeline.model.lightgbm_text import check_model_text
 
 
 def _builtin_head_classes() -> tuple[str, ...]:
@@ -129,6 +130,15 @@ def _save_torch(head: Any, folder: Path, file: str) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     config, tensors = head.get_state()
+    for key, tensor in tensors.items():
+        # a bundle of NaN / inf weights would score every video "failed" (or, worse, train
+        # on): refuse to write it, naming the tensor
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise BundleError(
+                f"{folder / file}: {type(head).__name__}'s learned tensor {key!r} holds NaN or "
+                "inf values, so the fit went wrong (targets or features too large, a learning "
+                "rate that diverged); not saving it -- check the training data and refit"
+            )
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / file))
     return {"kind": "torch", "class": _class_path(head), "config": _jsonable(config), "file": file}
 
@@ -219,6 +229,7 @@ def _load_booster(name: str, data: bytes, folder: Path) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise BundleError(f"{folder / name}: not a LightGBM text model ({err})") from err
+    check_model_text(text, folder / name)  # LightGBM's parser crashes on malformed trees
     try:
         return lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as err:

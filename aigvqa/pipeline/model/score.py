@@ -25,12 +25,13 @@ unlike a hash of their bytes. In the work cache, rows are stored under
 ``<video_id>@<16 hex digits of that identity>`` and prompt features under a hash of the
 prompt text, so a changed file, another file under a known id, or a changed prompt gets
 new features, and deleting the output CSV reuses only what still matches. A ``--cache``
-stores each video's path but not its size or mtime, so a video is taken from it only if
-the cache's path for its id is the same file, the file (when present here) was not
-modified after the cache was last written, and the manifest's prompt, if it gives one, is
-the cache's; otherwise it is extracted afresh. Rows of imported features have no path:
-their id is all the identity they have. A file modified twice within one mtime tick with
-the same size is not detected.
+records each video's path and, since ``extract`` records it, its ``file_identity`` (size
+and mtime_ns when it was decoded), so a video is taken from it only if the cache's path
+for its id is the same file, the file (when present here) has the recorded identity --
+in caches written before, was not modified after the cache was last written -- and the
+manifest's prompt, if it gives one, is the cache's; otherwise it is extracted afresh.
+Rows of imported features have no path: their id is all the identity they have. A file
+modified twice within one mtime tick with the same size is not detected.
 
 Resuming: videos already in the output CSV are not extracted or predicted again, so an
 interrupted run continues where it stopped; ``retry_failed=True`` first drops the
@@ -117,6 +118,7 @@ def score(
     client=None,
     progress: bool = True,
     cluster=None,
+    encoding: str = "utf-8",
 ) -> ScoreReport:
     """Score every video of ``manifest`` with the bundle ``model`` (a folder, or a loaded
     ``Bundle``) into the CSV ``out``.
@@ -127,6 +129,7 @@ def score(
     Cluster: ``cluster=ClusterSpec(...)`` as ``extract`` takes it, or the flat keywords
     ``scheduler``, ``gpus``, ``n_workers``, ``torch_threads``; a Dask cluster is started
     only if some features must be extracted (and only once for the whole run).
+    ``encoding``: the manifest file's text encoding (``read_manifest``'s).
     """
     from aigvqa.pipeline.extract.cluster import as_cluster_spec
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
@@ -142,7 +145,7 @@ def score(
     out = Path(out)
     cache = Path(cache) if cache is not None else None
     work = Path(work_cache) if work_cache is not None else out.with_name(out.name + ".features.h5")
-    records = _records(manifest)
+    records = _records(manifest, encoding)
     with output_lock(out):
         if cache is not None:
             _check_cache(bundle, cache)
@@ -241,7 +244,7 @@ def _score_pending(
                     )
                     bar.clear()
                 try:
-                    extract(
+                    done = extract(
                         [w for _, w in keyed],
                         configs,
                         work,
@@ -252,7 +255,9 @@ def _score_pending(
                     )
                 except WeightsNotFoundError as err:
                     raise ScoreError(_weights_advice(bundle, err)) from err
-                report.extracted += len(to_extract)
+                # what this run computed (or tried to): the work cache may hold the rest
+                report.extracted += done.succeeded + done.failed
+                report.reused_work += done.skipped + done.resumed
                 _check_cache(bundle, work, missing_ok=True)
                 extracted = []
                 for r, w in keyed:
@@ -332,7 +337,7 @@ def score_to_rows(
     from aigvqa.pipeline.model.bundle import Bundle, load_bundle
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    records = _records(manifest)
+    records = _records(manifest, options.pop("encoding", "utf-8"))
     ids = [r.video_id for r in records]
     if out is not None:
         report = score(records, bundle, out, **options)

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from aigvqa.pipeline.model.score_output import STATUS_FAILED, STATUS_OK, _row
-from aigvqa.pipeline.records import VideoRecord, prompt_key
+from aigvqa.pipeline.records import (
+    FILE_IDENTITY,
+    VideoRecord,
+    file_identity_text,
+    prompt_key,
+)
 
 IMPORTED = "imported"
 
@@ -154,9 +159,15 @@ class _GivenCache:
         if stored:
             if os.path.realpath(stored) != os.path.realpath(record.path):
                 return f"{self.cache} holds {record.video_id!r} for {stored}, not for {record.path}"
-            identity = file_identity(record.path)
-            if identity is not None and identity[2] > self.written_ns:
-                return f"{record.path} was modified after {self.cache} was written"
+            recorded = video.get(FILE_IDENTITY)
+            if recorded:  # what extract saw when it decoded the file: size and mtime_ns
+                now = file_identity_text(record.path)  # None: the file is not here
+                if now is not None and now != recorded:
+                    return f"{record.path} changed after {self.cache} extracted it"
+            else:  # a cache written before FILE_IDENTITY was recorded: its mtime must do
+                identity = file_identity(record.path)
+                if identity is not None and identity[2] > self.written_ns:
+                    return f"{record.path} was modified after {self.cache} was written"
         if (
             self.by_prompt
             and (record.prompt or "").strip()

@@ -33,13 +33,13 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".txt")
 """Inputs of ``aigvqa score`` read as a manifest rather than as a video."""
 
 
-def _records(manifest) -> list[VideoRecord]:
+def _records(manifest, encoding: str = "utf-8") -> list[VideoRecord]:
     if isinstance(manifest, str | os.PathLike):
         from aigvqa.pipeline.manifest import read_manifest
 
         # Missing files are not a reason to refuse the whole manifest here: they become
         # failed rows of the output, like any video that cannot be decoded.
-        records = read_manifest(manifest, check_files=False)
+        records = read_manifest(manifest, check_files=False, encoding=encoding)
     else:
         records = list(manifest)
     seen: set[str] = set()

@@ -42,7 +42,8 @@ class ScoreReport:
     failed_before: int = 0  # of already_done: rows that say failed (not retried)
     from_cache: int = 0
     not_from_cache: int = 0  # in --cache under their id, but for another file or prompt
-    extracted: int = 0
+    extracted: int = 0  # computed by this run (failures included)
+    reused_work: int = 0  # already in the work cache (an earlier, interrupted run's)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -68,8 +69,9 @@ class ScoreReport:
                 + ")"
             )
         text += (
-            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted "
-            f"({self.seconds:.1f} s)"
+            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted"
+            + (f", {self.reused_work} from the work cache" if self.reused_work else "")
+            + f" ({self.seconds:.1f} s)"
         )
         if self.not_from_cache:
             text += (
@@ -92,9 +94,13 @@ def output_columns(label_names: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[Path]:
     """Hold ``<out>.lock`` exclusively (fcntl.flock, released by the OS if the process dies;
-    the empty lock file stays). Raises ``ScoreError`` at once if another run holds it."""
+    the empty lock file stays), ``out`` resolved through symbolic links first. Raises
+    ``ScoreError`` at once if another run holds it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.with_name(out.name + ".lock")
+    # named after the real path: two runs given links to one CSV (or to its folder) must
+    # take the same lock
+    real = Path(os.path.realpath(out))
+    lock = real.with_name(real.name + ".lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -114,23 +120,38 @@ def output_lock(out: Path) -> Iterator[Path]:
 
 def read_scored(out: Path, columns: list[str], retry_failed: bool) -> dict[str, str]:
     """{video id: status} of the rows already in ``out``; checks it was written for the same
-    labels. With ``retry_failed`` the failed rows are removed from the file (atomically) first."""
-    if not out.exists() or out.stat().st_size == 0:
+    labels. With ``retry_failed`` the failed rows are removed from the file (atomically) first.
+
+    Nothing is changed in a file that is not a score CSV of these columns: the header is
+    decoded and checked before a torn last row is cut (``drop_torn_tail``)."""
+    if not out.exists():
         return {}
-    drop_torn_tail(out)
-    with open(out, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        rows = list(reader)
+    if not out.is_file():  # a folder, or a FIFO that appending would block on
+        raise ScoreError(f"{out} is not a regular file: give another --out")
+    if out.stat().st_size == 0:
+        return {}
+    data = out.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ScoreError(
+            f"{out} is not a score CSV (not UTF-8 text at byte {err.start}; a feature cache or "
+            "another binary file?): it was left as it is. Give another --out."
+        ) from None
+    header = next(csv.reader(io.StringIO(text.partition("\n")[0] + "\n")), [])
     if header != columns:
         raise ScoreError(
-            f"{out} has columns {header}, but this model writes {columns}: it was written by "
-            "another model. Give another --out, or delete the file to rescore everything."
+            f"{out} has columns {header[:12]}, but this model writes {columns}: it is not this "
+            "model's score CSV (another model's, or another file) and was left as it is. Give "
+            "another --out, or delete the file to rescore everything."
         )
+    drop_torn_tail(out)
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     if retry_failed and any(r["status"] != STATUS_OK for r in rows):
         rows = [r for r in rows if r["status"] == STATUS_OK]
         tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
@@ -144,6 +165,7 @@ def drop_torn_tail(out: Path) -> bool:
     Every row is written on one line (see ``_Appender``), so a tail without a newline is an
     incomplete row: dropping it means that video is scored again, and the next append starts
     on a fresh line instead of gluing onto the torn one. Returns whether anything was cut.
+    Call it only on a file whose header ``read_scored`` has checked: it cuts any file.
     """
     data = out.read_bytes()
     if not data or data.endswith(b"\n"):
@@ -163,7 +185,7 @@ class _Appender:
     def __init__(self, out: Path, columns: list[str]):
         out.parent.mkdir(parents=True, exist_ok=True)
         new = not out.exists() or out.stat().st_size == 0
-        self.fh = open(out, "a", newline="")
+        self.fh = open(out, "a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.fh, fieldnames=columns)
         if new:
             self.writer.writeheader()
@@ -209,7 +231,7 @@ def read_rows(
 ) -> list[dict[str, Any]]:
     """Rows of an output CSV with the scores as floats (None where the video failed), in the
     order of ``ids`` when given (only those rows), else in file order."""
-    with open(out, newline="") as fh:
+    with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         for name in label_names:

@@ -40,6 +40,11 @@ def add_arguments(parser):
         "--out", help="output CSV (appended to; existing rows are kept). Default: print the rows"
     )
     parser.add_argument("--prompt", help="the prompt of the videos given as files or folders")
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="the manifest's text encoding (default utf-8; e.g. latin-1, cp1252)",
+    )
     parser.add_argument("--cache", help="feature cache that may already hold the model's features")
     parser.add_argument(
         "--work-cache", help="where extracted features go (default: OUT.features.h5)"
@@ -93,6 +98,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         retry_failed=args.retry_failed,
         weights=args.weights,
+        encoding=args.encoding,
         cluster=cluster_spec(args),
         progress=not args.no_progress,
     )
