@@ -25,6 +25,11 @@ evaluation, one outer training split; the outer test rows never reach it):
    trail its strongest member when blending does not help.
 4. Each base head is then refit on all training rows (``estimators_``) for ``predict``.
 
+A deep base whose trials ``aigvqa.heads.trials`` can vectorise (``can_train_together``)
+trains its ``cv`` out-of-fold models and its refit on all rows as one vectorised model
+(``fit_trials``: ``cv + 1`` trials on different row sets, each equal to its fit alone up to
+float rounding); ``batch_trials=False`` fits them one by one, like the classical bases.
+
 Base heads whose ``fit`` takes ``X_val, y_val`` get the validation rows given to ``fit``
 (those rows are never training rows). Base heads are given as ``(name, estimator)`` pairs or
 ``(name, "registered-head-name")``; nested parameters read ``<name>__<param>``, also for
@@ -35,6 +40,7 @@ bases given by name (``set_params(svr__C=2.0)``, ``GridSearchCV`` over them).
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Mapping
 from numbers import Integral
 from typing import ClassVar
@@ -78,6 +84,33 @@ def _fit_predict_fold(estimator, X, y, train, held_out, X_val, y_val) -> tuple[n
     return np.asarray(model.predict(X[held_out]), dtype=np.float64).reshape(
         len(held_out), -1
     ), warned
+
+
+def _oof_together(estimator, X, y, folds) -> tuple[list[np.ndarray], object]:
+    """A deep base's out-of-fold predictions (one [held, k] array per fold) and its refit on
+    all rows, trained as ``len(folds) + 1`` trials of one vectorised model."""
+    from aigvqa.heads.trials import fit_trials, predict_trials
+
+    rows = [train for train, _ in folds] + [np.arange(len(X))]
+    heads = fit_trials(estimator, X, y, rows)
+    held = [held for _, held in folds]
+    preds = predict_trials(heads[:-1], X, held)
+    return [
+        np.asarray(p, dtype=np.float64).reshape(len(h), -1) for p, h in zip(preds, held)
+    ], heads[-1]
+
+
+def _trains_together(estimator, X_val) -> bool:
+    """A deep base ``fit_trials`` can vectorise (and that would not be given validation
+    rows: ``fit_trials`` has none to give). Only a deep head can be one, and its module has
+    been imported by then: a stack of classical bases never imports torch."""
+    if "aigvqa.heads.base" not in sys.modules:
+        return False
+    if X_val is not None and _accepts_validation(estimator):
+        return False
+    from aigvqa.heads.trials import can_train_together
+
+    return can_train_together(estimator)
 
 
 def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float]:
@@ -240,8 +273,9 @@ class StackingHead(RegressorMixin, _BaseComposition):
     (classical bases without a search get their standard grid) or None / False (bases as
     given);
     ``tune_per_fold`` repeat each base's search inside every fold; ``allow_best_base`` the
-    meta-learner may pick the best single base over the blend; ``random_state`` shuffles the
-    folds; ``n_jobs`` fits (fold, head) pairs in parallel.
+    meta-learner may pick the best single base over the blend; ``batch_trials`` a deep base
+    trains its out-of-fold models and refit together (module docstring); ``random_state``
+    shuffles the folds; ``n_jobs`` fits (fold, head) pairs of the other bases in parallel.
     Fitted: ``estimators_``, ``named_estimators_``, ``oof_predictions_`` [N, m] (or
     [N, m, k]), ``coef_`` [m] (or [k, m]), ``intercept_``, ``meta_weights_`` {name: weight}
     (a list of them for k outputs), ``meta_choice_`` "blend" or the chosen base's name,
@@ -273,6 +307,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
         ],
         "tune_per_fold": [bool],
         "allow_best_base": [bool],
+        "batch_trials": [bool],
         "random_state": [None, Integral, np.random.RandomState],
         "n_jobs": [None, Integral],
     }
@@ -286,6 +321,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
         tune_bases="standard",
         tune_per_fold=False,
         allow_best_base=True,
+        batch_trials=True,
         random_state=0,
         n_jobs=1,
     ):
@@ -295,6 +331,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
         self.tune_bases = tune_bases
         self.tune_per_fold = tune_per_fold
         self.allow_best_base = allow_best_base
+        self.batch_trials = batch_trials
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -489,14 +526,19 @@ class StackingHead(RegressorMixin, _BaseComposition):
         bases = self._bases()
         folds = self._folds(len(Y), groups)
         parallel = Parallel(n_jobs=self.n_jobs)
+        together = [self.batch_trials and _trains_together(est, X_val) for _, est in bases]
+        alone = [m for m in range(len(bases)) if not together[m]]
+        finals: list = [None] * len(bases)
         # Final models first: with one search per base, their winners fix the fold models'
         # hyper-parameters (every search ran on the stack's training rows only).
-        finals = parallel(delayed(_fit)(est, X, y, X_val, y_val) for _, est in bases)
-        fold_bases = [
-            est if self.tune_per_fold else _frozen(est, fitted)
-            for (_, est), (fitted, _) in zip(bases, finals)
-        ]
-        jobs = [(f, m) for f in range(len(folds)) for m in range(len(bases))]
+        fitted = parallel(delayed(_fit)(bases[m][1], X, y, X_val, y_val) for m in alone)
+        for m, result in zip(alone, fitted):
+            finals[m] = result
+        fold_bases = {
+            m: bases[m][1] if self.tune_per_fold else _frozen(bases[m][1], finals[m][0])
+            for m in alone
+        }
+        jobs = [(f, m) for f in range(len(folds)) for m in alone]
         fold_out = parallel(
             delayed(_fit_predict_fold)(fold_bases[m], X, y, folds[f][0], folds[f][1], X_val, y_val)
             for f, m in jobs
@@ -504,6 +546,11 @@ class StackingHead(RegressorMixin, _BaseComposition):
         oof = np.full((len(Y), len(bases), Y.shape[1]), np.nan)
         for (f, m), (pred, _) in zip(jobs, fold_out):
             oof[folds[f][1], m, :] = pred
+        for m in np.flatnonzero(together):
+            preds, final = _oof_together(bases[m][1], X, y, folds)
+            for (_, held), pred in zip(folds, preds):
+                oof[held, m, :] = pred
+            finals[m] = (final, int(getattr(final, "n_convergence_warnings_", 0)))
         names = [name for name, _ in bases]
         fits, choices = [], []
         for j in range(Y.shape[1]):
