@@ -173,3 +173,25 @@ def test_a_stacks_deep_base_trains_its_folds_and_refit_together(name, monkeypatc
         together.predict(X), alone.predict(X), rtol=1e-4, atol=1e-4 * np.std(y)
     )
     assert not np.allclose(together.oof_predictions_[:, 0], together.oof_predictions_[:, 1])
+
+
+def test_evaluate_no_batch_trials_reaches_a_stacks_deep_bases(monkeypatch):
+    """``evaluate(batch_trials=False)`` (``--no-batch-trials``) fits a stack's deep base one
+    by one too; by default each trial's stack trains the deep base's folds together."""
+    import aigvqa.heads.trials as trials
+    from aigvqa.heads.blend import StackingHead
+    from aigvqa.pipeline.evaluation.evaluate import evaluate
+
+    calls = []
+
+    def spy(head, X, y, train_rows, *args, **kwargs):
+        calls.append(len(train_rows))
+        return fit_trials(head, X, y, train_rows, *args, **kwargs)
+
+    monkeypatch.setattr(trials, "fit_trials", spy)
+    X, y = all_features(40)
+    stack = StackingHead([("deep", tiny("mlp", epochs=1)), ("en", "elasticnet")], cv=2)
+    evaluate(stack, X, y, trials=2, progress=False, batch_trials=False)
+    assert calls == [] and stack.batch_trials is True  # the caller's head is left as given
+    evaluate(stack, X, y, trials=2, progress=False)
+    assert calls == [3, 3]  # per trial: 2 folds and the refit
