@@ -409,3 +409,12 @@ def test_convergence_warnings_of_bases_are_counted_not_printed():
         ).fit(X, y)
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert stack.n_convergence_warnings_ >= 4  # 3 fold fits + the final fit
+
+
+def test_a_bad_base_key_is_named_alone_with_a_hint():
+    with pytest.raises(HeadParameterError) as caught:
+        StackingHead.from_config({"estimators": {"svr": {"search": "standard", "Cc": 3}}})
+    message = str(caught.value)
+    assert "does not take ['Cc']" in message and "did you mean 'Cc' -> 'C'" in message
+    with pytest.raises(HeadParameterError, match=r"does not take \['Cee', 'epsilonn'\]"):
+        StackingHead.from_config({"estimators": {"svr": {"epsilonn": 0.1, "Cee": 1}}})

@@ -39,6 +39,7 @@ bases given by name (``set_params(svr__C=2.0)``, ``GridSearchCV`` over them).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import sys
 from collections.abc import Mapping
@@ -58,7 +59,7 @@ from aigvqa.errors import HeadParameterError
 from aigvqa.heads.classical import as_featureset, fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
 from aigvqa.heads.params import Check, Interval, Options, check_parameters
-from aigvqa.heads.registry import create_head, register_head
+from aigvqa.heads.registry import create_head, get_head_class, register_head
 
 META_LEARNERS = ("linear", "nnls")
 
@@ -224,6 +225,29 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
             )
         out.append((name, spec))
     return out
+
+
+def _base_key_error(name: str, head: str, spec: Mapping, err: TypeError) -> HeadParameterError:
+    """A base table's keys that its head does not take (only those), with a "did you mean"
+    for each near miss, and the head's parameters."""
+    valid = sorted(
+        p.name
+        for p in inspect.signature(get_head_class(head)).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+    unknown = sorted(set(spec) - set(valid))
+    if not unknown:  # the head's __init__ itself raised
+        return HeadParameterError(f"stack base {name!r} (head {head!r}): {err}")
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r} -> {close[0]!r}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    return HeadParameterError(
+        f"stack base {name!r} (head {head!r}) does not take {unknown}{hint}; "
+        f"its parameters: {', '.join(valid)}"
+    )
 
 
 def _tunable(estimator) -> bool:
@@ -450,11 +474,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
                 try:
                     est = create_head(head, **spec)
                 except TypeError as err:
-                    valid = sorted(create_head(head).get_params(deep=False))
-                    raise HeadParameterError(
-                        f"stack base {name!r} (head {head!r}) does not take {sorted(spec)}: {err}; "
-                        f"its parameters: {', '.join(valid)}"
-                    ) from err
+                    raise _base_key_error(name, head, spec, err) from err
                 pairs.append((name, est))
             else:
                 pairs.append((name, spec))
