@@ -48,9 +48,7 @@ from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.validation import check_is_fitted
@@ -58,10 +56,23 @@ from sklearn.utils.validation import check_is_fitted
 from aigvqa.errors import HeadParameterError
 from aigvqa.heads.classical import as_featureset, fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.meta_learners import (  # re-exported: the stack's public helpers
+    META_LEARNERS,
+    choose_meta,
+    fit_best_base,
+    fit_meta,
+)
 from aigvqa.heads.params import Check, Interval, Options, check_parameters
-from aigvqa.heads.registry import create_head, get_head_class, register_head
+from aigvqa.heads.registry import UnknownHeadError, create_head, get_head_class, register_head
 
-META_LEARNERS = ("linear", "nnls")
+__all__ = [
+    "META_LEARNERS",
+    "StackingHead",
+    "choose_meta",
+    "fit_best_base",
+    "fit_meta",
+    "stack_base_tables",
+]
 
 
 def _accepts_validation(estimator) -> bool:
@@ -112,55 +123,6 @@ def _trains_together(estimator, X_val) -> bool:
     from aigvqa.heads.trials import can_train_together
 
     return can_train_together(estimator)
-
-
-def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float]:
-    """(weights [m], intercept) mapping base predictions P [N, m] to y [N]."""
-    if meta == "linear":
-        lr = LinearRegression().fit(P, y)
-        return lr.coef_.astype(np.float64), float(lr.intercept_)
-    # Non-negative least squares with a free intercept: for any weights the best intercept is
-    # mean(y - P w), so centring P and y makes plain NNLS solve the full problem exactly.
-    p_mean, y_mean = P.mean(axis=0), y.mean()
-    w, _ = nnls(P - p_mean, y - y_mean)
-    return w, float(y_mean - p_mean @ w)
-
-
-def fit_best_base(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float, int]:
-    """The single base (column of P) with the lowest squared error once mapped to y by the
-    meta-learner on its own: (weights [m], one-hot times its scale, intercept, its index)."""
-    best = None
-    for k in range(P.shape[1]):
-        w, b = fit_meta(P[:, [k]], y, meta)
-        sse = float(np.sum((P[:, k] * w[0] + b - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, k, w[0], b)
-    _, k, scale, intercept = best
-    weights = np.zeros(P.shape[1])
-    weights[k] = scale
-    return weights, intercept, k
-
-
-def choose_meta(
-    P: np.ndarray, y: np.ndarray, meta: str, folds
-) -> tuple[np.ndarray, float, int | None]:
-    """Blend or best single base, whichever predicts held-out OOF rows better.
-
-    Both candidates are fit on the other folds' OOF predictions and scored on each fold's
-    (squared error summed over folds); the winner is refit on every OOF row. Returns
-    (weights, intercept, index of the chosen base or None for the blend). A tie keeps the
-    single base (the simpler model).
-    """
-    sse_blend = sse_best = 0.0
-    for train, held in folds:
-        w, b = fit_meta(P[train], y[train], meta)
-        sse_blend += float(np.sum((P[held] @ w + b - y[held]) ** 2))
-        w, b, _ = fit_best_base(P[train], y[train], meta)
-        sse_best += float(np.sum((P[held] @ w + b - y[held]) ** 2))
-    if sse_blend < sse_best:
-        w, b = fit_meta(P, y, meta)
-        return w, b, None
-    return fit_best_base(P, y, meta)
 
 
 def _estimator_list(value) -> bool:
@@ -338,7 +300,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
 
     def __init__(
         self,
-        estimators,
+        estimators=None,
         *,
         meta="nnls",
         cv=5,
@@ -349,6 +311,12 @@ class StackingHead(RegressorMixin, _BaseComposition):
         random_state=0,
         n_jobs=1,
     ):
+        if estimators is None:  # a missing argument, said in the house's words
+            raise HeadParameterError(
+                "StackingHead needs estimators: a list of (name, head or registered head name), "
+                'e.g. create_head("stack", estimators=[("svr", "svr"), ("lgbm", "lightgbm")]); '
+                "a head config gives one [estimators.<name>] table per base"
+            )
         self.estimators = estimators
         self.meta = meta
         self.cv = cv
@@ -459,8 +427,10 @@ class StackingHead(RegressorMixin, _BaseComposition):
           ``head = "svr"`` (default: the table's name);
         * ``[[estimators]]`` tables with ``name`` and ``head`` keys and the base's parameters;
 
-        plus ``<base>__<param> = value`` keys anywhere at the top level. Unknown keys raise a
-        HeadParameterError that names them and what is valid.
+        plus ``<base>__<param> = value`` keys anywhere at the top level. The whole stack is
+        checked here, before any fit: an unknown key (named with what is valid), an unknown
+        base head, a bad base parameter or ``search`` raise a HeadParameterError naming the
+        base.
         """
         config = dict(config)
         config.pop("head", None)
@@ -475,6 +445,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
                     est = create_head(head, **spec)
                 except TypeError as err:
                     raise _base_key_error(name, head, spec, err) from err
+                except UnknownHeadError as err:
+                    raise HeadParameterError(f"stack base {name!r}: {err}") from err
                 pairs.append((name, est))
             else:
                 pairs.append((name, spec))
@@ -486,7 +458,24 @@ class StackingHead(RegressorMixin, _BaseComposition):
             raise HeadParameterError(
                 f"stack config keys {sorted(config)}: {err}; stack parameters: {valid}"
             ) from err
-        return stack.set_params(**nested)
+        stack.set_params(**nested)
+        stack._check_bases()  # a bad base is refused now, before any fit
+        return stack
+
+    def _check_bases(self) -> None:
+        """The stack's own parameters and every base as a fit would build it: a registered
+        head name, valid parameters, a valid ``search`` grid. Raises HeadParameterError
+        naming the base."""
+        check_parameters(self)
+        for name, est in self._pairs():
+            try:
+                base = create_head(est) if isinstance(est, str) else est
+                if getattr(type(base), "PARAMETER_CONSTRAINTS", None):
+                    check_parameters(base)
+                if callable(getattr(base, "_grid", None)):
+                    base._grid()  # the search's keys and values
+            except (HeadParameterError, UnknownHeadError) as err:
+                raise HeadParameterError(f"stack base {name!r}: {err}") from err
 
     # -- fitting ------------------------------------------------------------------------
     def _bases(self) -> list[tuple[str, object]]:
@@ -534,7 +523,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
         """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
         out-of-fold predictions the meta-learner sees are for unseen groups."""
-        check_parameters(self)
+        self._check_bases()
         X = _as_rows(X)
         if X_val is not None:
             X_val = _as_rows(X_val)
