@@ -8,6 +8,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from aigvqa.heads.blend import StackingHead, fit_meta
 from aigvqa.heads.classical import ElasticNetHead, HeadParameterError, LightGBMHead
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.registry import create_head
 
 
 class MemoriserHead(RegressorMixin, BaseEstimator):
@@ -409,3 +410,53 @@ def test_convergence_warnings_of_bases_are_counted_not_printed():
         ).fit(X, y)
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert stack.n_convergence_warnings_ >= 4  # 3 fold fits + the final fit
+
+
+def test_a_bad_base_key_is_named_alone_with_a_hint():
+    with pytest.raises(HeadParameterError) as caught:
+        StackingHead.from_config({"estimators": {"svr": {"search": "standard", "Cc": 3}}})
+    message = str(caught.value)
+    assert "does not take ['Cc']" in message and "did you mean 'Cc' -> 'C'" in message
+    with pytest.raises(HeadParameterError, match=r"does not take \['Cee', 'epsilonn'\]"):
+        StackingHead.from_config({"estimators": {"svr": {"epsilonn": 0.1, "Cee": 1}}})
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"boost": {"head": "lightgbmm"}}, "stack base 'boost': unknown head 'lightgbmm'"),
+        ({"boost": {"head": "lightgbmm", "n_estimators": 3}}, "did you mean 'lightgbm'"),
+        ([["boost", "lightgbmm"]], "stack base 'boost': unknown head"),
+        ({"svr": {"search": "standrd"}}, "stack base 'svr': SVRHead: search='standrd'"),
+        ({"svr": {"search": {"Cee": [1.0, 2.0]}}}, r"unknown parameters \['Cee'\]"),
+        ({"svr": {"search": {"C": [-1.0, 2.0]}}}, r"C=-1.0 \(in search\)"),
+        ({"svr": {"C": -1.0}}, "stack base 'svr': SVRHead: C=-1.0"),
+    ],
+)
+def test_a_bad_base_is_refused_when_the_stack_is_built_not_mid_fit(config, message):
+    from aigvqa.errors import AigvqaError
+
+    with pytest.raises(HeadParameterError, match=message) as caught:
+        StackingHead.from_config({"estimators": config})  # building only: no fit runs
+    assert isinstance(caught.value, AigvqaError)
+
+
+def test_a_base_param_set_at_the_top_level_is_checked_at_build_too():
+    with pytest.raises(HeadParameterError, match="stack base 'svr': SVRHead: search='nope'"):
+        StackingHead.from_config({"estimators": {"svr": {}}, "svr__search": "nope"})
+
+
+def test_a_stack_built_in_python_checks_its_bases_before_fitting_any():
+    X, y = _data(40)
+    stack = StackingHead([("m", MemoriserHead()), ("svr", create_head("svr", search="nope"))])
+    with pytest.raises(HeadParameterError, match="stack base 'svr'"):
+        stack.fit(X, y)
+    assert not hasattr(stack.estimators[0][1], "table_")  # the memoriser was never fit
+
+
+def test_create_head_stack_without_estimators_says_what_to_give():
+    from aigvqa.errors import AigvqaError
+
+    with pytest.raises(AigvqaError, match=r'needs estimators.*estimators=\[\("svr", "svr"\)'):
+        create_head("stack")
+    assert clone(create_head("stack", estimators=[("s", "svr")])).estimators == [("s", "svr")]

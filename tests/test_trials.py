@@ -138,3 +138,60 @@ def test_trials_split_into_groups_give_the_same_fits():
         X,
         y,
     )
+
+
+@pytest.mark.parametrize("name", ["mlp", "msavqa"])
+def test_a_stacks_deep_base_trains_its_folds_and_refit_together(name, monkeypatch):
+    """StackingHead's deep base: its cv out-of-fold models and its refit on all rows are one
+    fit_trials call of cv + 1 trials, and the stack equals the one-by-one stack."""
+    import aigvqa.heads.trials as trials
+    from aigvqa.heads.blend import StackingHead
+
+    calls = []
+
+    def spy(head, X, y, train_rows, *args, **kwargs):
+        calls.append([len(r) for r in train_rows])
+        return fit_trials(head, X, y, train_rows, *args, **kwargs)
+
+    monkeypatch.setattr(trials, "fit_trials", spy)
+    X, y = all_features(60)
+    deep = tiny(name, epochs=3, dropout=0.1, val_fraction=0.2, lr=1e-2)
+    # a linear blend of both (no best-base fallback), so both weights depend on both bases
+    stack = StackingHead(
+        [("deep", deep), ("svr", "svr")], cv=3, meta="linear", allow_best_base=False
+    )
+    together = clone(stack).fit(X, y)
+    assert calls == [[40, 40, 40, 60]]  # 3 folds' training rows and all rows, in one call
+    alone = clone(stack).set_params(batch_trials=False).fit(X, y)
+    assert len(calls) == 1  # one by one: fit_trials is not used
+    np.testing.assert_allclose(
+        together.oof_predictions_, alone.oof_predictions_, rtol=1e-4, atol=1e-4 * np.std(y)
+    )
+    assert together.meta_weights_ == pytest.approx(alone.meta_weights_, rel=1e-3, abs=1e-4)
+    assert all(abs(w) > 1e-3 for w in together.meta_weights_.values())
+    np.testing.assert_allclose(
+        together.predict(X), alone.predict(X), rtol=1e-4, atol=1e-4 * np.std(y)
+    )
+    assert not np.allclose(together.oof_predictions_[:, 0], together.oof_predictions_[:, 1])
+
+
+def test_evaluate_no_batch_trials_reaches_a_stacks_deep_bases(monkeypatch):
+    """``evaluate(batch_trials=False)`` (``--no-batch-trials``) fits a stack's deep base one
+    by one too; by default each trial's stack trains the deep base's folds together."""
+    import aigvqa.heads.trials as trials
+    from aigvqa.heads.blend import StackingHead
+    from aigvqa.pipeline.evaluation.evaluate import evaluate
+
+    calls = []
+
+    def spy(head, X, y, train_rows, *args, **kwargs):
+        calls.append(len(train_rows))
+        return fit_trials(head, X, y, train_rows, *args, **kwargs)
+
+    monkeypatch.setattr(trials, "fit_trials", spy)
+    X, y = all_features(40)
+    stack = StackingHead([("deep", tiny("mlp", epochs=1)), ("en", "elasticnet")], cv=2)
+    evaluate(stack, X, y, trials=2, progress=False, batch_trials=False)
+    assert calls == [] and stack.batch_trials is True  # the caller's head is left as given
+    evaluate(stack, X, y, trials=2, progress=False)
+    assert calls == [3, 3]  # per trial: 2 folds and the refit

@@ -25,6 +25,11 @@ evaluation, one outer training split; the outer test rows never reach it):
    trail its strongest member when blending does not help.
 4. Each base head is then refit on all training rows (``estimators_``) for ``predict``.
 
+A deep base whose trials ``aigvqa.heads.trials`` can vectorise (``can_train_together``)
+trains its ``cv`` out-of-fold models and its refit on all rows as one vectorised model
+(``fit_trials``: ``cv + 1`` trials on different row sets, each equal to its fit alone up to
+float rounding); ``batch_trials=False`` fits them one by one, like the classical bases.
+
 Base heads whose ``fit`` takes ``X_val, y_val`` get the validation rows given to ``fit``
 (those rows are never training rows). Base heads are given as ``(name, estimator)`` pairs or
 ``(name, "registered-head-name")``; nested parameters read ``<name>__<param>``, also for
@@ -34,16 +39,16 @@ bases given by name (``set_params(svr__C=2.0)``, ``GridSearchCV`` over them).
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import sys
 from collections.abc import Mapping
 from numbers import Integral
 from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.validation import check_is_fitted
@@ -51,10 +56,23 @@ from sklearn.utils.validation import check_is_fitted
 from aigvqa.errors import HeadParameterError
 from aigvqa.heads.classical import as_featureset, fit_counting_convergence
 from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.meta_learners import (  # re-exported: the stack's public helpers
+    META_LEARNERS,
+    choose_meta,
+    fit_best_base,
+    fit_meta,
+)
 from aigvqa.heads.params import Check, Interval, Options, check_parameters
-from aigvqa.heads.registry import create_head, register_head
+from aigvqa.heads.registry import UnknownHeadError, create_head, get_head_class, register_head
 
-META_LEARNERS = ("linear", "nnls")
+__all__ = [
+    "META_LEARNERS",
+    "StackingHead",
+    "choose_meta",
+    "fit_best_base",
+    "fit_meta",
+    "stack_base_tables",
+]
 
 
 def _accepts_validation(estimator) -> bool:
@@ -80,53 +98,31 @@ def _fit_predict_fold(estimator, X, y, train, held_out, X_val, y_val) -> tuple[n
     ), warned
 
 
-def fit_meta(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float]:
-    """(weights [m], intercept) mapping base predictions P [N, m] to y [N]."""
-    if meta == "linear":
-        lr = LinearRegression().fit(P, y)
-        return lr.coef_.astype(np.float64), float(lr.intercept_)
-    # Non-negative least squares with a free intercept: for any weights the best intercept is
-    # mean(y - P w), so centring P and y makes plain NNLS solve the full problem exactly.
-    p_mean, y_mean = P.mean(axis=0), y.mean()
-    w, _ = nnls(P - p_mean, y - y_mean)
-    return w, float(y_mean - p_mean @ w)
+def _oof_together(estimator, X, y, folds) -> tuple[list[np.ndarray], object]:
+    """A deep base's out-of-fold predictions (one [held, k] array per fold) and its refit on
+    all rows, trained as ``len(folds) + 1`` trials of one vectorised model."""
+    from aigvqa.heads.trials import fit_trials, predict_trials
+
+    rows = [train for train, _ in folds] + [np.arange(len(X))]
+    heads = fit_trials(estimator, X, y, rows)
+    held = [held for _, held in folds]
+    preds = predict_trials(heads[:-1], X, held)
+    return [
+        np.asarray(p, dtype=np.float64).reshape(len(h), -1) for p, h in zip(preds, held)
+    ], heads[-1]
 
 
-def fit_best_base(P: np.ndarray, y: np.ndarray, meta: str) -> tuple[np.ndarray, float, int]:
-    """The single base (column of P) with the lowest squared error once mapped to y by the
-    meta-learner on its own: (weights [m], one-hot times its scale, intercept, its index)."""
-    best = None
-    for k in range(P.shape[1]):
-        w, b = fit_meta(P[:, [k]], y, meta)
-        sse = float(np.sum((P[:, k] * w[0] + b - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, k, w[0], b)
-    _, k, scale, intercept = best
-    weights = np.zeros(P.shape[1])
-    weights[k] = scale
-    return weights, intercept, k
+def _trains_together(estimator, X_val) -> bool:
+    """A deep base ``fit_trials`` can vectorise (and that would not be given validation
+    rows: ``fit_trials`` has none to give). Only a deep head can be one, and its module has
+    been imported by then: a stack of classical bases never imports torch."""
+    if "aigvqa.heads.base" not in sys.modules:
+        return False
+    if X_val is not None and _accepts_validation(estimator):
+        return False
+    from aigvqa.heads.trials import can_train_together
 
-
-def choose_meta(
-    P: np.ndarray, y: np.ndarray, meta: str, folds
-) -> tuple[np.ndarray, float, int | None]:
-    """Blend or best single base, whichever predicts held-out OOF rows better.
-
-    Both candidates are fit on the other folds' OOF predictions and scored on each fold's
-    (squared error summed over folds); the winner is refit on every OOF row. Returns
-    (weights, intercept, index of the chosen base or None for the blend). A tie keeps the
-    single base (the simpler model).
-    """
-    sse_blend = sse_best = 0.0
-    for train, held in folds:
-        w, b = fit_meta(P[train], y[train], meta)
-        sse_blend += float(np.sum((P[held] @ w + b - y[held]) ** 2))
-        w, b, _ = fit_best_base(P[train], y[train], meta)
-        sse_best += float(np.sum((P[held] @ w + b - y[held]) ** 2))
-    if sse_blend < sse_best:
-        w, b = fit_meta(P, y, meta)
-        return w, b, None
-    return fit_best_base(P, y, meta)
+    return can_train_together(estimator)
 
 
 def _estimator_list(value) -> bool:
@@ -193,6 +189,29 @@ def stack_base_tables(raw) -> list[tuple[str, object]]:
     return out
 
 
+def _base_key_error(name: str, head: str, spec: Mapping, err: TypeError) -> HeadParameterError:
+    """A base table's keys that its head does not take (only those), with a "did you mean"
+    for each near miss, and the head's parameters."""
+    valid = sorted(
+        p.name
+        for p in inspect.signature(get_head_class(head)).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+    unknown = sorted(set(spec) - set(valid))
+    if not unknown:  # the head's __init__ itself raised
+        return HeadParameterError(f"stack base {name!r} (head {head!r}): {err}")
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r} -> {close[0]!r}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    return HeadParameterError(
+        f"stack base {name!r} (head {head!r}) does not take {unknown}{hint}; "
+        f"its parameters: {', '.join(valid)}"
+    )
+
+
 def _tunable(estimator) -> bool:
     """A classical head with a standard search grid and no search set."""
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
@@ -240,8 +259,9 @@ class StackingHead(RegressorMixin, _BaseComposition):
     (classical bases without a search get their standard grid) or None / False (bases as
     given);
     ``tune_per_fold`` repeat each base's search inside every fold; ``allow_best_base`` the
-    meta-learner may pick the best single base over the blend; ``random_state`` shuffles the
-    folds; ``n_jobs`` fits (fold, head) pairs in parallel.
+    meta-learner may pick the best single base over the blend; ``batch_trials`` a deep base
+    trains its out-of-fold models and refit together (module docstring); ``random_state``
+    shuffles the folds; ``n_jobs`` fits (fold, head) pairs of the other bases in parallel.
     Fitted: ``estimators_``, ``named_estimators_``, ``oof_predictions_`` [N, m] (or
     [N, m, k]), ``coef_`` [m] (or [k, m]), ``intercept_``, ``meta_weights_`` {name: weight}
     (a list of them for k outputs), ``meta_choice_`` "blend" or the chosen base's name,
@@ -273,28 +293,37 @@ class StackingHead(RegressorMixin, _BaseComposition):
         ],
         "tune_per_fold": [bool],
         "allow_best_base": [bool],
+        "batch_trials": [bool],
         "random_state": [None, Integral, np.random.RandomState],
         "n_jobs": [None, Integral],
     }
 
     def __init__(
         self,
-        estimators,
+        estimators=None,
         *,
         meta="nnls",
         cv=5,
         tune_bases="standard",
         tune_per_fold=False,
         allow_best_base=True,
+        batch_trials=True,
         random_state=0,
         n_jobs=1,
     ):
+        if estimators is None:  # a missing argument, said in the house's words
+            raise HeadParameterError(
+                "StackingHead needs estimators: a list of (name, head or registered head name), "
+                'e.g. create_head("stack", estimators=[("svr", "svr"), ("lgbm", "lightgbm")]); '
+                "a head config gives one [estimators.<name>] table per base"
+            )
         self.estimators = estimators
         self.meta = meta
         self.cv = cv
         self.tune_bases = tune_bases
         self.tune_per_fold = tune_per_fold
         self.allow_best_base = allow_best_base
+        self.batch_trials = batch_trials
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -398,8 +427,10 @@ class StackingHead(RegressorMixin, _BaseComposition):
           ``head = "svr"`` (default: the table's name);
         * ``[[estimators]]`` tables with ``name`` and ``head`` keys and the base's parameters;
 
-        plus ``<base>__<param> = value`` keys anywhere at the top level. Unknown keys raise a
-        HeadParameterError that names them and what is valid.
+        plus ``<base>__<param> = value`` keys anywhere at the top level. The whole stack is
+        checked here, before any fit: an unknown key (named with what is valid), an unknown
+        base head, a bad base parameter or ``search`` raise a HeadParameterError naming the
+        base.
         """
         config = dict(config)
         config.pop("head", None)
@@ -413,11 +444,9 @@ class StackingHead(RegressorMixin, _BaseComposition):
                 try:
                     est = create_head(head, **spec)
                 except TypeError as err:
-                    valid = sorted(create_head(head).get_params(deep=False))
-                    raise HeadParameterError(
-                        f"stack base {name!r} (head {head!r}) does not take {sorted(spec)}: {err}; "
-                        f"its parameters: {', '.join(valid)}"
-                    ) from err
+                    raise _base_key_error(name, head, spec, err) from err
+                except UnknownHeadError as err:
+                    raise HeadParameterError(f"stack base {name!r}: {err}") from err
                 pairs.append((name, est))
             else:
                 pairs.append((name, spec))
@@ -429,7 +458,24 @@ class StackingHead(RegressorMixin, _BaseComposition):
             raise HeadParameterError(
                 f"stack config keys {sorted(config)}: {err}; stack parameters: {valid}"
             ) from err
-        return stack.set_params(**nested)
+        stack.set_params(**nested)
+        stack._check_bases()  # a bad base is refused now, before any fit
+        return stack
+
+    def _check_bases(self) -> None:
+        """The stack's own parameters and every base as a fit would build it: a registered
+        head name, valid parameters, a valid ``search`` grid. Raises HeadParameterError
+        naming the base."""
+        check_parameters(self)
+        for name, est in self._pairs():
+            try:
+                base = create_head(est) if isinstance(est, str) else est
+                if getattr(type(base), "PARAMETER_CONSTRAINTS", None):
+                    check_parameters(base)
+                if callable(getattr(base, "_grid", None)):
+                    base._grid()  # the search's keys and values
+            except (HeadParameterError, UnknownHeadError) as err:
+                raise HeadParameterError(f"stack base {name!r}: {err}") from err
 
     # -- fitting ------------------------------------------------------------------------
     def _bases(self) -> list[tuple[str, object]]:
@@ -477,7 +523,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
         """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
         out-of-fold predictions the meta-learner sees are for unseen groups."""
-        check_parameters(self)
+        self._check_bases()
         X = _as_rows(X)
         if X_val is not None:
             X_val = _as_rows(X_val)
@@ -489,14 +535,19 @@ class StackingHead(RegressorMixin, _BaseComposition):
         bases = self._bases()
         folds = self._folds(len(Y), groups)
         parallel = Parallel(n_jobs=self.n_jobs)
+        together = [self.batch_trials and _trains_together(est, X_val) for _, est in bases]
+        alone = [m for m in range(len(bases)) if not together[m]]
+        finals: list = [None] * len(bases)
         # Final models first: with one search per base, their winners fix the fold models'
         # hyper-parameters (every search ran on the stack's training rows only).
-        finals = parallel(delayed(_fit)(est, X, y, X_val, y_val) for _, est in bases)
-        fold_bases = [
-            est if self.tune_per_fold else _frozen(est, fitted)
-            for (_, est), (fitted, _) in zip(bases, finals)
-        ]
-        jobs = [(f, m) for f in range(len(folds)) for m in range(len(bases))]
+        fitted = parallel(delayed(_fit)(bases[m][1], X, y, X_val, y_val) for m in alone)
+        for m, result in zip(alone, fitted):
+            finals[m] = result
+        fold_bases = {
+            m: bases[m][1] if self.tune_per_fold else _frozen(bases[m][1], finals[m][0])
+            for m in alone
+        }
+        jobs = [(f, m) for f in range(len(folds)) for m in alone]
         fold_out = parallel(
             delayed(_fit_predict_fold)(fold_bases[m], X, y, folds[f][0], folds[f][1], X_val, y_val)
             for f, m in jobs
@@ -504,6 +555,11 @@ class StackingHead(RegressorMixin, _BaseComposition):
         oof = np.full((len(Y), len(bases), Y.shape[1]), np.nan)
         for (f, m), (pred, _) in zip(jobs, fold_out):
             oof[folds[f][1], m, :] = pred
+        for m in np.flatnonzero(together):
+            preds, final = _oof_together(bases[m][1], X, y, folds)
+            for (_, held), pred in zip(folds, preds):
+                oof[held, m, :] = pred
+            finals[m] = (final, int(getattr(final, "n_convergence_warnings_", 0)))
         names = [name for name, _ in bases]
         fits, choices = [], []
         for j in range(Y.shape[1]):

@@ -261,6 +261,11 @@ def _trains_trials_together(head) -> bool:
     return can_train_together(head)
 
 
+def _own_params(head) -> dict:
+    get_params = getattr(head, "get_params", None)
+    return get_params(deep=False) if get_params is not None else {}
+
+
 def _run_trials_together(
     head, X: FeatureSet, Y: np.ndarray, splits: list[Split], labels, generators, prompt_groups, bar
 ) -> list[TrialResult]:
@@ -333,7 +338,8 @@ def evaluate(
     ``split``: a protocol name or a list of ``Split`` objects. ``n_jobs`` runs trials in
     parallel processes; results do not depend on it. ``batch_trials``: a deep head trains
     all its trials together as one vectorised model (module docstring; ``n_jobs`` is then
-    not used); False fits them one by one.
+    not used); False fits them one by one, and so do the deep bases of a stack (which
+    otherwise train their out-of-fold models together: ``StackingHead(batch_trials=...)``).
     """
     Y = _as_2d(y)
     if len(Y) != len(X):
@@ -356,6 +362,8 @@ def evaluate(
     else:
         splits, split_name = list(split), "custom"
     name = _head_label(head)
+    if not batch_trials and "batch_trials" in _own_params(head):
+        head = clone(head).set_params(batch_trials=False)  # a stack's deep bases fit alone too
 
     bar = tqdm(
         total=len(splits),
