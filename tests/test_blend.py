@@ -457,6 +457,7 @@ def test_a_stack_built_in_python_checks_its_bases_before_fitting_any():
 def test_create_head_stack_without_estimators_says_what_to_give():
     from aigvqa.errors import AigvqaError
 
-    with pytest.raises(AigvqaError, match=r'needs estimators.*estimators=\[\("svr", "svr"\)'):
-        create_head("stack")
+    head = create_head("stack")  # __init__ only stores (scikit-learn's contract)
+    with pytest.raises(AigvqaError, match=r"estimators=None is not allowed.*non-empty list"):
+        head.fit(np.zeros((8, 2)), np.arange(8.0))
     assert clone(create_head("stack", estimators=[("s", "svr")])).estimators == [("s", "svr")]

@@ -311,12 +311,8 @@ class StackingHead(RegressorMixin, _BaseComposition):
         random_state=0,
         n_jobs=1,
     ):
-        if estimators is None:  # a missing argument, said in the house's words
-            raise HeadParameterError(
-                "StackingHead needs estimators: a list of (name, head or registered head name), "
-                'e.g. create_head("stack", estimators=[("svr", "svr"), ("lgbm", "lightgbm")]); '
-                "a head config gives one [estimators.<name>] table per base"
-            )
+        # stores only (scikit-learn's rule, so clone and GridSearchCV work); a missing
+        # ``estimators`` is refused by PARAMETER_CONSTRAINTS at fit / from_config
         self.estimators = estimators
         self.meta = meta
         self.cv = cv
