@@ -187,10 +187,9 @@ def pipeline(
     """(wall seconds, CPU seconds of the worker processes and their decode processes,
     decode processes per worker) of one ``extract`` run, after a warm-up run on two other
     ids (models loaded, decode processes started)."""
-    from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.extract.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
 
     mix = MIX if mix is None else mix
 
@@ -210,7 +209,7 @@ def pipeline(
     records = [VideoRecord(p.stem, p) for p in paths]
     tag = f"{n_workers}-{videos_in_flight}-{decode_workers}-{abs(hash(str(sorted(mix)))) % 10**6}"
     options = dict(progress=False, videos_in_flight=videos_in_flight, decode_workers=decode_workers)
-    with local_cluster(n_workers, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with open_cluster(ClusterSpec(n_workers=n_workers, dashboard_address=None)) as client:
         warm = [VideoRecord(f"warm-{i}-{p.stem}", p) for i, p in enumerate(paths[: 2 * n_workers])]
         ex.extract(warm, mix, workdir / f"warm-{tag}.h5", client=client, chunk_size=1, **options)
         cpu_before = sum(client.run(cpu_seconds).values())
@@ -229,10 +228,9 @@ def worker_peak_rss(
     together) while a fresh worker extracts ``path`` twice with ``decode_workers`` decode
     processes; sampled every 10 ms in the worker (``ru_maxrss`` would include the peak of
     the parent process the worker was forked from)."""
-    from distributed import Client
 
     from aigvqa.pipeline import extract as ex
-    from aigvqa.pipeline.extract.cluster import local_cluster
+    from aigvqa.pipeline.extract.cluster import ClusterSpec, open_cluster
     from aigvqa.pipeline.extract.worker import loaded as load
 
     def start_sampling(dask_worker) -> float:
@@ -264,7 +262,7 @@ def worker_peak_rss(
         dask_worker.rss_sampling = False
         return dask_worker.rss_peak / 2**20, dask_worker.rss_children_peak / 2**20
 
-    with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with open_cluster(ClusterSpec(n_workers=1, dashboard_address=None)) as client:
         extractors = ex.resolve_extractors(MIX)
         client.run(lambda: [load(e) for e in extractors])
         # start the decode processes before sampling: between fork and exec a new process
