@@ -20,7 +20,7 @@ def in_process_client() -> Iterator:
     """A Dask client on threads of this process (one worker, two threads)."""
     from distributed import Client
 
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
         yield c
 
 

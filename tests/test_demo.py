@@ -83,7 +83,7 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
     from distributed import Client
 
     with Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0"
     ) as client:
         result = run_demo(tmp_path / "demo", 12, quick=True, client=client, progress=False)
     out = capsys.readouterr().out

@@ -526,7 +526,7 @@ def test_extract_and_evaluate_with_random_init_blip(video_factory, tmp_path, cap
     }
     cache = tmp_path / "feats.h5"
     with Client(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0"
     ) as client:
         report = extract(records, extractors, cache, client=client, progress=False)
     assert RANDOM_INIT in capsys.readouterr().err

@@ -300,7 +300,11 @@ def test_the_summary_counts_what_was_extracted_not_what_the_work_cache_held(
         records[:3], model, tmp_path / "b.csv", work_cache=work, client=client, progress=False
     )
     assert report.scored == 3 and report.extracted == 1 and report.reused_work == 2
-    assert "1 extracted, 2 from the work cache" in report.summary()
+    assert "features: 1 extracted, 2 from the work cache" in report.summary()  # no --cache
+    given = score(records[:3], model, tmp_path / "c.csv", cache=work, client=client, progress=False)
+    # the work cache's rows are keyed for scoring, not as a feature cache: none are used,
+    # but a given --cache is named in the summary
+    assert "features: 0 from the given cache, 3 extracted" in given.summary()
 
 
 def test_the_output_csv_is_utf8_whatever_the_locale(tmp_path):

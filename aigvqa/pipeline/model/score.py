@@ -156,6 +156,7 @@ def score(
             out=out,
             already_done=len(records) - len(pending),
             failed_before=sum(done.get(r.video_id) == STATUS_FAILED for r in records),
+            cache_given=cache is not None,
         )
         if pending:
             _score_pending(

@@ -44,6 +44,7 @@ class ScoreReport:
     not_from_cache: int = 0  # in --cache under their id, but for another file or prompt
     extracted: int = 0  # computed by this run (failures included)
     reused_work: int = 0  # already in the work cache (an earlier, interrupted run's)
+    cache_given: bool = False  # whether --cache was given (the summary names it only then)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -69,7 +70,9 @@ class ScoreReport:
                 + ")"
             )
         text += (
-            f"; features: {self.from_cache} from the given cache, {self.extracted} extracted"
+            "; features: "
+            + (f"{self.from_cache} from the given cache, " if self.cache_given else "")
+            + f"{self.extracted} extracted"
             + (f", {self.reused_work} from the work cache" if self.reused_work else "")
             + f" ({self.seconds:.1f} s)"
         )
