@@ -17,6 +17,10 @@ the models:
       every extractor, shards, merge) with its default decode processes (the cores the
       worker can spare: 1 on 2 cores);
   (b0) the same with ``decode_workers=0``: a decoder thread in the worker runs ahead;
+  (b2) the same worker running two tasks at once, each with its own decode process
+      (``--threads-per-worker 2 --decode-workers 2``): one task's decoding overlaps the
+      other's last forward passes, where (b) leaves its decode process idle at every task
+      boundary;
   (c) the same with 2 workers (default: no decode processes on 2 cores);
   (b1), (c1) (b0) and (c) with ``videos_in_flight=1``: decoding and forward passes in turn;
   (d) the pure forward time of the same extractors on views decoded beforehand (the
@@ -183,6 +187,7 @@ def pipeline(
     videos_in_flight: int = 2,
     decode_workers: int | None = None,
     mix=None,
+    threads_per_worker: int = 1,
 ) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds of the worker processes and their decode processes,
     decode processes per worker) of one ``extract`` run, after a warm-up run on two other
@@ -207,9 +212,13 @@ def pipeline(
         return total
 
     records = [VideoRecord(p.stem, p) for p in paths]
-    tag = f"{n_workers}-{videos_in_flight}-{decode_workers}-{abs(hash(str(sorted(mix)))) % 10**6}"
+    mix_tag = abs(hash(str(sorted(mix)))) % 10**6
+    tag = f"{n_workers}x{threads_per_worker}-{videos_in_flight}-{decode_workers}-{mix_tag}"
     options = dict(progress=False, videos_in_flight=videos_in_flight, decode_workers=decode_workers)
-    with open_cluster(ClusterSpec(n_workers=n_workers, dashboard_address=None)) as client:
+    spec = ClusterSpec(
+        n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard_address=None
+    )
+    with open_cluster(spec) as client:
         warm = [VideoRecord(f"warm-{i}-{p.stem}", p) for i, p in enumerate(paths[: 2 * n_workers])]
         ex.extract(warm, mix, workdir / f"warm-{tag}.h5", client=client, chunk_size=1, **options)
         cpu_before = sum(client.run(cpu_seconds).values())
@@ -362,6 +371,7 @@ ROWS = [
     ("(a) peer-style: decode per extractor, sequential", "a"),
     ("(b) aigvqa extract, 1 worker, default decode processes", "b"),
     ("(b0) same, decode_workers=0 (a decoder thread in the worker)", "b0"),
+    ("(b2) same, 2 tasks at once, 2 decode processes (--threads-per-worker 2)", "b2"),
     ("(b1) same, decode_workers=0, videos_in_flight=1 (decode and compute in turn)", "b1"),
     ("(c) aigvqa extract, 2 workers, default decode processes", "c"),
     ("(c1) same, decode_workers=0, videos_in_flight=1", "c1"),
@@ -380,13 +390,21 @@ def measure(paths, workdir: Path) -> tuple[dict, dict, dict]:
     times["d"] = pure_forward(models, paths)
     print(f"(d) pure forward: {times['d']:.1f} s", flush=True)
     del models
-    runs = (("b", 1, 2, None), ("b0", 1, 2, 0), ("b1", 1, 1, 0), ("c", 2, 2, None), ("c1", 2, 1, 0))
-    for key, workers, in_flight, decode_workers in runs:
+    runs = (
+        ("b", 1, 2, None, 1),
+        ("b0", 1, 2, 0, 1),
+        ("b2", 1, 2, 2, 2),
+        ("b1", 1, 1, 0, 1),
+        ("c", 2, 2, None, 1),
+        ("c1", 2, 1, 0, 1),
+    )
+    for key, workers, in_flight, decode_workers, tasks in runs:
         times[key], cpu[key], pools[key] = pipeline(
-            paths, workers, workdir, in_flight, decode_workers
+            paths, workers, workdir, in_flight, decode_workers, threads_per_worker=tasks
         )
         print(
-            f"({key}) pipeline, {workers} worker(s), {pools[key]} decode process(es) each, "
+            f"({key}) pipeline, {workers} worker(s) of {tasks} task(s) at once, "
+            f"{pools[key]} decode process(es) each, "
             f"videos_in_flight={in_flight}: {times[key]:.1f} s "
             f"({cpu[key]:.1f} CPU s in the workers)",
             flush=True,
@@ -413,6 +431,7 @@ def report(label: str, n: int, times: dict, cpu: dict) -> None:
     ratios = [
         ("(b)/(a) decode once vs per extractor", times["a"] / times["b"], 2.0),
         ("(b)/(d) pipeline vs pure forward", times["d"] / times["b"], 0.9),
+        ("(b2)/(d) the same, 2 tasks at once, vs pure forward", times["d"] / times["b2"], 0.9),
         ("(c)/(b) 2 workers vs 1", times["b"] / times["c"], 1.7),
     ]
     for ratio_label, value, target in ratios:
