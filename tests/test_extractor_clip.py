@@ -161,6 +161,20 @@ def test_frames_and_text_share_one_model_per_checkpoint(tmp_path):
     assert other.towers_.model is not frames_ex.towers_.model
 
 
+def test_releasing_a_workers_models_clears_every_familys_shared_models():
+    """``clear_shared_models`` (what a stage-one worker runs when a run on a shared cluster
+    ends) frees the models of every family's cache, not of a list of module names."""
+    from aigvqa.extractors.base import clear_shared_models
+
+    first = tiny(random_init=True)
+    first.load()
+    assert clear_shared_models() >= 1
+    again = tiny(random_init=True)
+    again.load()
+    assert again.towers_.model is not first.towers_.model  # built afresh
+    assert clear_shared_models() >= 1 and clear_shared_models() == 0
+
+
 def test_building_an_open_clip_model_leaves_the_root_logger_unconfigured():
     """open_clip logs with ``logging.info(...)``, which runs ``logging.basicConfig()`` on a
     root logger without handlers; the root kept that handler, so distributed, imported

@@ -17,7 +17,9 @@ does not grow with video length.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +28,41 @@ import numpy as np
 
 RANDOM_INIT = "RANDOM-INIT"
 """Weights identity stamped into the cache when a model was randomly initialised."""
+
+
+class SharedModels:
+    """Models built once per process, under a key (weights, architecture, device), so the
+    extractors of one family whose keys match share one model (clip-frames and clip-text
+    on one checkpoint). Every instance is listed, so ``clear_shared_models`` frees them all
+    whatever family built them."""
+
+    instances: ClassVar[list[SharedModels]] = []
+
+    def __init__(self) -> None:
+        self._models: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+        SharedModels.instances.append(self)
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The model under ``key``; ``build()`` makes it the first time (under the lock, so
+        two threads never build the same model twice)."""
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = build()
+            return model
+
+    def clear(self) -> int:
+        """Forget this cache's models (tests; freeing memory between runs)."""
+        with self._lock:
+            count = len(self._models)
+            self._models.clear()
+            return count
+
+
+def clear_shared_models() -> int:
+    """Forget the models of every ``SharedModels`` of this process; how many there were."""
+    return sum(cache.clear() for cache in SharedModels.instances)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,6 @@ included), so blip-itm and blip-text on one folder share one model.
 from __future__ import annotations
 
 import json
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
-from aigvqa.extractors.base import RANDOM_INIT
+from aigvqa.extractors.base import RANDOM_INIT, SharedModels
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.weights import (
     Candidate,
@@ -99,14 +98,8 @@ class BlipModel:
     tokenize: Any  # list[str] -> (ids LongTensor [n, L], mask LongTensor [n, L])
 
 
-_MODELS: dict[tuple, BlipModel] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def clear_model_cache() -> None:
-    """Forget the per-process models (tests; freeing memory between runs)."""
-    with _MODELS_LOCK:
-        _MODELS.clear()
+_MODELS = SharedModels()
+clear_model_cache = _MODELS.clear
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -236,12 +229,13 @@ class BlipBackbone(TorchExtractor):
     def load_shared_model(self, key: tuple, build: Callable[[], BlipModel]) -> None:
         """The model cached under ``key`` in this process, built (and moved to the device)
         by ``build`` the first time: extractors whose keys match share one model."""
-        with _MODELS_LOCK:
-            blip = _MODELS.get(key)
-            if blip is None:
-                blip = build()
-                blip.model = self.prepare_module(blip.model)
-                _MODELS[key] = blip
+
+        def prepared() -> BlipModel:
+            blip = build()
+            blip.model = self.prepare_module(blip.model)
+            return blip
+
+        blip = _MODELS.get(key, prepared)
         if blip.identity == RANDOM_INIT:
             announce_random_init(self.name)
         self.blip_ = blip

@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
-from aigvqa.extractors.base import RANDOM_INIT
+from aigvqa.extractors.base import RANDOM_INIT, SharedModels
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.weights import (
     Candidate,
@@ -102,14 +102,8 @@ class ClipTowers:
     tokenize: Any  # list[str] -> (ids LongTensor [n, L], mask BoolTensor [n, L])
 
 
-_TOWERS: dict[tuple, ClipTowers] = {}
-_TOWERS_LOCK = threading.Lock()
-
-
-def clear_model_cache() -> None:
-    """Forget the per-process models (tests; freeing memory between runs)."""
-    with _TOWERS_LOCK:
-        _TOWERS.clear()
+_TOWERS = SharedModels()
+clear_model_cache = _TOWERS.clear
 
 
 def _as_square_size(size: Any) -> int:
@@ -236,17 +230,17 @@ class _ClipFamily(TorchExtractor):
             str(weights.resolve()) if weights is not None else RANDOM_INIT,
             device,
         )
-        with _TOWERS_LOCK:
-            towers = _TOWERS.get(key)
-            if towers is None:
-                build = _build_open_clip if self["backend"] == "open_clip" else _build_hf
-                towers = build(self, weights)
-                towers.model = self.prepare_module(towers.model)
-                _TOWERS[key] = towers
+        towers = _TOWERS.get(key, lambda: self._build(weights))
         if weights is None:
             announce_random_init(self.name)  # loud every time an extractor uses it
         self.towers_ = towers
         self.weights_identity = towers.identity
+
+    def _build(self, weights: Path | None) -> ClipTowers:
+        build = _build_open_clip if self["backend"] == "open_clip" else _build_hf
+        towers = build(self, weights)
+        towers.model = self.prepare_module(towers.model)
+        return towers
 
     def image_size(self) -> int:
         """The model's input resolution (known without building the model)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aigvqa.extractors.base import Extractor
+from aigvqa.extractors.base import Extractor, clear_shared_models
 from aigvqa.pipeline.extract.failures import error_text
 from aigvqa.pipeline.extract.options import DecodeSettings
 from aigvqa.pipeline.extract.provenance import extractor_key
@@ -66,10 +66,7 @@ def release_models() -> int:
     with _LOADING:
         dropped = len(_LOADED)
         _LOADED.clear()
-    for name in ("aigvqa.extractors.clip", "aigvqa.extractors.blip"):
-        module = sys.modules.get(name)  # loaded only if this process built such a model
-        if module is not None:
-            module.clear_model_cache()
+    clear_shared_models()  # every family's per-process model cache
     decode_pool = sys.modules.get("aigvqa.pipeline.extract.decode_pool")
     if decode_pool is not None:
         decode_pool.close_idle_pools()
