@@ -44,6 +44,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heads import prompt_token_lengths, synthetic_cache  # noqa: E402
 
 
+def deep_head_and_cache(head_name, preset, videos, epochs, device, threads, text_lengths):
+    """The deep head to time and a synthetic cache of the features it reads (torch set to
+    ``threads``); also the note on the prompt lengths used."""
+    import torch
+
+    from aigvqa.heads.registry import create_head
+
+    if threads:
+        torch.set_num_threads(threads)
+    text, text_note = prompt_token_lengths(text_lengths)
+    X, y = synthetic_cache(videos, text_lengths=text)
+    head = create_head(head_name, preset=preset, epochs=epochs, device=device)
+    X = X.select(sorted(set({**head.DEFAULT_FEATURES, **(head.features or {})}.values())))
+    return head, X, y, text_note
+
+
+def time_both_ways(fit, order: str, log) -> tuple[dict, dict, dict, dict]:
+    """``fit(together)`` run with trials together and one by one (in ``order``): its results,
+    wall and CPU seconds and load averages (before, after), keyed "together" / "one by one"."""
+    results, seconds, cpu, load = {}, {}, {}, {}
+    for together in (True, False) if order == "together-first" else (False, True):
+        label = "together" if together else "one by one"
+        before = os.getloadavg()[0]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        results[label] = fit(together)
+        seconds[label], cpu[label] = time.perf_counter() - start, time.process_time() - start_cpu
+        load[label] = (before, os.getloadavg()[0])
+        log(
+            f"  {label:>10}: {seconds[label]:8.1f} s wall, {cpu[label]:8.1f} s CPU  "
+            f"(load average {before:.1f} -> {load[label][1]:.1f})"
+        )
+    return results, seconds, cpu, load
+
+
 def run(
     head_name: str,
     preset: str,
@@ -59,15 +93,11 @@ def run(
 ) -> dict:
     import torch
 
-    from aigvqa.heads.registry import create_head
     from aigvqa.pipeline.evaluation.evaluate import evaluate
 
-    if threads:
-        torch.set_num_threads(threads)
-    text, text_note = prompt_token_lengths(text_lengths)
-    X, y = synthetic_cache(videos, text_lengths=text)
-    head = create_head(head_name, preset=preset, epochs=epochs, device=device)
-    X = X.select(sorted(set({**head.DEFAULT_FEATURES, **(head.features or {})}.values())))
+    head, X, y, text_note = deep_head_and_cache(
+        head_name, preset, videos, epochs, device, threads, text_lengths
+    )
     n = len(X)
     groups = {"prompt": np.arange(n) // 4, "generator": np.array([f"g{i % 8}" for i in range(n)])}
     log(
@@ -76,20 +106,13 @@ def run(
         f"prompts: {text_note}); split {split}, {trials} trials; {os.cpu_count()} CPU cores, "
         f"torch threads {torch.get_num_threads()}"
     )
-    results, seconds, cpu, load = {}, {}, {}, {}
-    for together in (True, False) if order == "together-first" else (False, True):
-        label = "together" if together else "one by one"
-        before = os.getloadavg()[0]
-        start, start_cpu = time.perf_counter(), time.process_time()
-        results[label] = evaluate(
+    results, seconds, cpu, load = time_both_ways(
+        lambda together: evaluate(
             head, X, y, groups, split=split, trials=trials, progress=False, batch_trials=together
-        )
-        seconds[label], cpu[label] = time.perf_counter() - start, time.process_time() - start_cpu
-        load[label] = (before, os.getloadavg()[0])
-        log(
-            f"  {label:>10}: {seconds[label]:8.1f} s wall, {cpu[label]:8.1f} s CPU  "
-            f"(load average {before:.1f} -> {load[label][1]:.1f})"
-        )
+        ),
+        order,
+        log,
+    )
     srcc = {k: r.values("srcc") for k, r in results.items()}
     plcc = {k: r.values("plcc") for k, r in results.items()}
     d_srcc = float(np.max(np.abs(srcc["together"] - srcc["one by one"])))
@@ -142,30 +165,18 @@ def run_stack(
     from aigvqa.heads.blend import StackingHead
     from aigvqa.heads.registry import create_head
 
-    if threads:
-        torch.set_num_threads(threads)
-    text, text_note = prompt_token_lengths(text_lengths)
-    X, y = synthetic_cache(videos, text_lengths=text)
-    head = create_head(head_name, preset=preset, epochs=epochs, device=device)
-    X = X.select(sorted(set({**head.DEFAULT_FEATURES, **(head.features or {})}.values())))
+    head, X, y, text_note = deep_head_and_cache(
+        head_name, preset, videos, epochs, device, threads, text_lengths
+    )
     stack = StackingHead([(head_name, head), ("svr", create_head("svr"))], cv=cv, tune_bases=None)
     log(
         f"stack of {head_name} (preset {preset}, {epochs} epochs, device {device}) + svr, "
         f"cv {cv}, fit on {len(X)} synthetic videos (prompts: {text_note}); "
         f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
     )
-    fitted, seconds, cpu, load = {}, {}, {}, {}
-    for together in (True, False) if order == "together-first" else (False, True):
-        label = "together" if together else "one by one"
-        before = os.getloadavg()[0]
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fitted[label] = clone(stack).set_params(batch_trials=together).fit(X, y)
-        seconds[label], cpu[label] = time.perf_counter() - start, time.process_time() - start_cpu
-        load[label] = (before, os.getloadavg()[0])
-        log(
-            f"  {label:>10}: {seconds[label]:8.1f} s wall, {cpu[label]:8.1f} s CPU  "
-            f"(load average {before:.1f} -> {load[label][1]:.1f})"
-        )
+    fitted, seconds, cpu, load = time_both_ways(
+        lambda together: clone(stack).set_params(batch_trials=together).fit(X, y), order, log
+    )
     oof = {k: s.oof_predictions_ for k, s in fitted.items()}
     d_oof = float(np.max(np.abs(oof["together"] - oof["one by one"])))
     ratio = seconds["one by one"] / seconds["together"]
