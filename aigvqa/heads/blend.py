@@ -62,7 +62,7 @@ from aigvqa.heads.meta_learners import (  # re-exported: the stack's public help
     fit_best_base,
     fit_meta,
 )
-from aigvqa.heads.params import Check, Interval, Options, check_parameters
+from aigvqa.heads.params import Check, Interval, Options, check_head, check_parameters
 from aigvqa.heads.registry import UnknownHeadError, create_head, get_head_class, register_head
 
 __all__ = [
@@ -455,21 +455,18 @@ class StackingHead(RegressorMixin, _BaseComposition):
                 f"stack config keys {sorted(config)}: {err}; stack parameters: {valid}"
             ) from err
         stack.set_params(**nested)
-        stack._check_bases()  # a bad base is refused now, before any fit
+        stack.check_config()  # a bad base is refused now, before any fit
         return stack
 
-    def _check_bases(self) -> None:
-        """The stack's own parameters and every base as a fit would build it: a registered
-        head name, valid parameters, a valid ``search`` grid. Raises HeadParameterError
-        naming the base."""
+    def check_config(self, X=None) -> None:
+        """Raise what ``fit`` would about the stack's parameters and every base as a fit
+        would build it -- a registered head name, its parameters, a classical base's
+        ``search`` grid and, given the FeatureSet ``X``, a deep base's feature roles --
+        naming the base, before any fit (``aigvqa.heads.params.check_head``)."""
         check_parameters(self)
         for name, est in self._pairs():
             try:
-                base = create_head(est) if isinstance(est, str) else est
-                if getattr(type(base), "PARAMETER_CONSTRAINTS", None):
-                    check_parameters(base)
-                if callable(getattr(base, "_grid", None)):
-                    base._grid()  # the search's keys and values
+                check_head(create_head(est) if isinstance(est, str) else est, X)
             except (HeadParameterError, UnknownHeadError) as err:
                 raise HeadParameterError(f"stack base {name!r}: {err}") from err
 
@@ -519,7 +516,7 @@ class StackingHead(RegressorMixin, _BaseComposition):
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
         """``groups`` (e.g. prompt ids): inner folds keep each group on one side, so the
         out-of-fold predictions the meta-learner sees are for unseen groups."""
-        self._check_bases()
+        self.check_config()
         X = _as_rows(X)
         if X_val is not None:
             X_val = _as_rows(X_val)

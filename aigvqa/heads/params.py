@@ -183,15 +183,9 @@ def check_head(head: Any, X: Any = None) -> None:
     """What ``fit`` would refuse about ``head``'s configuration, checked without fitting, so
     a bad config fails before any trial starts: the head's own ``check_config(X)`` when it
     has one (its parameters, a classical head's ``search`` grid, a deep head's feature roles
-    against the FeatureSet ``X``), else its ``PARAMETER_CONSTRAINTS``; a stack's bases given
-    as heads are checked the same way."""
+    against the FeatureSet ``X``, a stack's every base), else its ``PARAMETER_CONSTRAINTS``."""
     own = getattr(head, "check_config", None)
     if callable(own):
         own(X)
-        return
-    if hasattr(type(head), "PARAMETER_CONSTRAINTS"):
+    elif hasattr(type(head), "PARAMETER_CONSTRAINTS"):
         check_parameters(head)
-    bases = head.get_params(deep=False).get("estimators") if hasattr(head, "get_params") else None
-    for entry in bases if isinstance(bases, list | tuple) else ():
-        if isinstance(entry, list | tuple) and len(entry) == 2 and hasattr(entry[1], "fit"):
-            check_head(entry[1], X)
