@@ -50,7 +50,7 @@ from torch import nn
 from aigvqa.errors import AigvqaError, CheckpointMismatchError, TargetValueError
 from aigvqa.heads.deep_params import DROPOUT, LOSS, RATE, SIZE, deep_constraints
 from aigvqa.heads.device import Batch, DeviceFeatures
-from aigvqa.heads.featureset import FeatureSet, target_overflow
+from aigvqa.heads.featureset import FeatureSet, check_targets, target_overflow
 from aigvqa.heads.layers import (
     Adapter,
     CrossAttentionBlock,
@@ -268,20 +268,9 @@ class TorchHead(RegressorMixin, BaseEstimator):
         y = np.asarray(y, dtype=np.float64)
         if y.ndim not in (1, 2) or y.shape[0] != n:
             raise ValueError(f"y must be [N] or [N, k] with N = {n}, got {y.shape}")
-        bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
-        if bad.any():
-            shown = ", ".join(str(i) for i in row_ids[bad][:5]) + (
-                f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
-            )
-            raise TargetValueError(
-                f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); "
-                "drop those rows before fitting"
-            )
         self.single_output_ = y.ndim == 1
         y2 = y[:, None] if self.single_output_ else y
-        overflow = target_overflow(y2, row_ids)  # finite labels whose mean / std overflow
-        if overflow:
-            raise TargetValueError(overflow)
+        check_targets(y2, row_ids)  # NaN / inf, or finite labels whose mean / std overflow
         self.n_outputs_ = y2.shape[1]
         self.feature_names_ = self._resolve_features(X)
         self.feature_dims_ = {r: int(X.arrays[n].shape[2]) for r, n in self.feature_names_.items()}

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from aigvqa.heads.featureset import FeatureSet
+from aigvqa.heads.featureset import FeatureSet, nonfinite_message
 
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -93,16 +93,13 @@ class DeviceFeatures:
 
         found = self.nonfinite_rows(rows)
         if found:
-            parts = []
-            for name, bad in found.items():
-                ids = [str(self.ids[i]) for i in bad[:5]]
-                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-                parts.append(f"{name!r} in {len(bad)} videos ({', '.join(ids)}{more})")
             raise FeatureValueError(
-                "features hold NaN or inf: "
-                + "; ".join(parts)
-                + ". A deep head cannot use them: drop those "
-                "videos (or re-extract them), or replace the values when importing the features"
+                nonfinite_message(
+                    found,
+                    self.ids,
+                    "A deep head cannot use them: drop those videos (or re-extract them), or "
+                    "replace the values when importing the features",
+                )
             )
 
     # -- batches ----------------------------------------------------------------------------

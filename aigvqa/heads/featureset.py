@@ -121,10 +121,12 @@ def check_targets(y: np.ndarray, ids: Sequence[str]) -> None:
         return  # the caller's shape check says it better
     bad = ~np.isfinite(y).all(1)
     if bad.any():
-        shown = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
+        shown = ", ".join(str(i) for i in np.asarray(ids)[bad][:5]) + (
+            f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
+        )
         raise TargetValueError(
-            f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}"
-            f"{' ...' if bad.sum() > 5 else ''}); drop those rows before fitting"
+            f"the target (MOS) is NaN or inf for {bad.sum()} videos ({shown}); "
+            "drop those rows before fitting"
         )
     overflow = target_overflow(y, ids)
     if overflow:
@@ -162,12 +164,20 @@ def nonfinite_text(X: FeatureSet, names: Sequence[str]) -> str | None:
     found = nonfinite_rows(X, names)
     if not found:
         return None
-    parts = [
-        f"{name!r} in {len(rows)} videos ({', '.join(map(str, X.ids[rows[:5]]))}"
-        f"{' ...' if len(rows) > 5 else ''})"
-        for name, rows in found.items()
-    ]
-    return (
-        f"features hold NaN or inf: {'; '.join(parts)}. Drop those videos (or re-extract "
-        "them), or replace the values when importing the features (VIDEVAL sets them to 0)"
+    return nonfinite_message(
+        found,
+        X.ids,
+        "Drop those videos (or re-extract them), or replace the values when importing the "
+        "features (VIDEVAL sets them to 0)",
     )
+
+
+def nonfinite_message(found: dict[str, np.ndarray], ids: Sequence[str], advice: str) -> str:
+    """The message naming, per feature, the videos (rows of ``ids``) in ``found`` whose
+    values are NaN or inf, then ``advice``."""
+    parts = []
+    for name, rows in found.items():
+        shown = ", ".join(str(ids[i]) for i in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        parts.append(f"{name!r} in {len(rows)} videos ({shown}{more})")
+    return f"features hold NaN or inf: {'; '.join(parts)}. {advice}"
