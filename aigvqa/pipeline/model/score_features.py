@@ -143,8 +143,8 @@ class _GivenCache:
 
         store = FeatureCache(cache)
         self.cache = cache
-        self.ids = _cached_ids(cache, groups)
-        self.videos = {v["video_id"]: v for v in store.videos()} if self.ids else {}
+        self.videos = {v["video_id"]: v for v in store.videos()}
+        self.ids = _ids_with_groups(store, self.videos, groups)
         self.written_ns = cache.stat().st_mtime_ns
         have = store.groups()
         self.by_prompt = any(store.group_info(g).keyed_by == "prompt" for g in groups if g in have)
@@ -185,10 +185,14 @@ def _cached_ids(cache: Path | None, groups: Sequence[str]) -> set[str]:
     if cache is None or not cache.exists():
         return set()
     store = FeatureCache(cache)
+    return _ids_with_groups(store, {v["video_id"]: v for v in store.videos()}, groups)
+
+
+def _ids_with_groups(store, videos: dict[str, dict], groups: Sequence[str]) -> set[str]:
+    """Ids of ``videos`` (the cache's rows by id) that have every group in ``store``."""
     have = store.groups()
     if any(g not in have for g in groups):
         return set()
-    videos = {v["video_id"]: v for v in store.videos()}
     present = None
     for g in groups:
         info = store.group_info(g)
