@@ -66,6 +66,21 @@ def file_identity_text(path: str | Path) -> str | None:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def not_the_cached_file(row: dict, path: str | Path) -> str | None:
+    """Why the file at ``path`` is not the one a cache's videos-table ``row`` was made from
+    -- ``"moved"`` (the row names another path) or ``"changed"`` (its size or mtime_ns is not
+    the recorded FILE_IDENTITY) -- or None: the same file, or nothing to compare (no path or
+    identity recorded, or the file cannot be stat'ed here)."""
+    stored = row.get("path") or ""
+    if not stored:
+        return None
+    if os.path.realpath(stored) != os.path.realpath(path):
+        return "moved"
+    recorded = row.get(FILE_IDENTITY)
+    now = file_identity_text(path) if recorded else None
+    return "changed" if now is not None and now != recorded else None
+
+
 def identified_row(record: VideoRecord) -> dict:
     """The videos-table row of ``record`` with its file's FILE_IDENTITY, taken now (call it
     before decoding, so that the identity is never newer than the features)."""

@@ -22,7 +22,6 @@ their failure rows are replaced by the new outcome.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 import uuid
@@ -61,7 +60,7 @@ from aigvqa.pipeline.extract.worker import (
     run_prompt_chunk,
     run_video_chunk,
 )
-from aigvqa.pipeline.records import FILE_IDENTITY, VideoRecord, file_identity_text
+from aigvqa.pipeline.records import VideoRecord, not_the_cached_file
 
 
 class ExtractRun:
@@ -105,6 +104,7 @@ class ExtractRun:
         self._client_shards = 0
         self._last_merge = time.monotonic()
         self._merge_seconds = 0.0
+        self._identities_checked = False  # resumed ids compared with their files (_say_changed)
 
     # -- phases ---------------------------------------------------------------------
     def go(self) -> ExtractReport:
@@ -304,19 +304,17 @@ class ExtractRun:
         """One line when videos resumed by id are not the files their cached features were
         made from (another path, or size / mtime_ns other than recorded): they are not
         silently re-extracted -- ids are the cache's keys -- but said, with the fix."""
+        if self._identities_checked:  # _plan runs twice: stat the files once
+            return
+        self._identities_checked = True
         rows = {v["video_id"]: v for v in stored}
         cached = set().union(*have.values()) if have else set()
-        changed = []
-        for rec in self.records:
-            row = rows.get(rec.video_id)
-            if rec.video_id not in cached or not row or not row.get("path"):
-                continue
-            now = file_identity_text(rec.path)
-            moved = os.path.realpath(row["path"]) != os.path.realpath(rec.path)
-            if moved or (row.get(FILE_IDENTITY) and now and now != row[FILE_IDENTITY]):
-                changed.append(rec.video_id)
-        if changed and not getattr(self, "_changed_said", False):  # _plan runs twice
-            self._changed_said = True
+        changed = [
+            rec.video_id
+            for rec in self.records
+            if rec.video_id in cached and not_the_cached_file(rows.get(rec.video_id, {}), rec.path)
+        ]
+        if changed:
             print(
                 f"{len(changed)} video(s) already in {self.cache} by id are not the file their "
                 f"features were made from (changed since, or another path): "

@@ -24,7 +24,7 @@ from aigvqa.pipeline.model.score_output import STATUS_FAILED, STATUS_OK, _row
 from aigvqa.pipeline.records import (
     FILE_IDENTITY,
     VideoRecord,
-    file_identity_text,
+    not_the_cached_file,
     prompt_key,
 )
 
@@ -155,19 +155,17 @@ class _GivenCache:
         if record.video_id not in self.ids:
             return ""
         video = self.videos.get(record.video_id, {})
-        stored = video.get("path") or ""
-        if stored:
-            if os.path.realpath(stored) != os.path.realpath(record.path):
-                return f"{self.cache} holds {record.video_id!r} for {stored}, not for {record.path}"
-            recorded = video.get(FILE_IDENTITY)
-            if recorded:  # what extract saw when it decoded the file: size and mtime_ns
-                now = file_identity_text(record.path)  # None: the file is not here
-                if now is not None and now != recorded:
-                    return f"{record.path} changed after {self.cache} extracted it"
-            else:  # a cache written before FILE_IDENTITY was recorded: its mtime must do
-                identity = file_identity(record.path)
-                if identity is not None and identity[2] > self.written_ns:
-                    return f"{record.path} was modified after {self.cache} was written"
+        why = not_the_cached_file(video, record.path)
+        if why == "moved":
+            stored = video["path"]
+            return f"{self.cache} holds {record.video_id!r} for {stored}, not for {record.path}"
+        if why == "changed":  # extract recorded another size / mtime_ns when it decoded it
+            return f"{record.path} changed after {self.cache} extracted it"
+        if video.get("path") and not video.get(FILE_IDENTITY):
+            # a cache written before FILE_IDENTITY was recorded: its mtime must do
+            identity = file_identity(record.path)
+            if identity is not None and identity[2] > self.written_ns:
+                return f"{record.path} was modified after {self.cache} was written"
         if (
             self.by_prompt
             and (record.prompt or "").strip()
