@@ -28,9 +28,11 @@ from aigvqa.extractors import (  # noqa: E402,F401  isort: skip
     clip,
     handcrafted,
     imagereward,
+    sentence_text,
     slowfast,
     swin,
     timm_frames,
+    torchvision_frames,
 )
 
 __all__ = [

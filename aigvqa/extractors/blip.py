@@ -72,7 +72,7 @@ from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, reg
 from aigvqa.extractors.weights import (
     Candidate,
     announce_random_init,
-    format_checkpoint_mismatch,
+    from_pretrained_checked,
     hf_cache_candidate,
     random_init_context,
     resolve_weights,
@@ -337,35 +337,6 @@ class _BlipFamily(BlipBackbone):
         self.load_shared_model(key, lambda: _build_itm(self, folder))
 
 
-def _from_pretrained_checked(cls, folder: Path):
-    """``cls.from_pretrained(folder)`` offline, every tensor accounted for."""
-    import torch
-
-    try:
-        model, info = cls.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
-        )
-    except (RuntimeError, ValueError) as exc:  # transformers refuses size mismatches
-        raise CheckpointMismatchError(
-            f"checkpoint folder {folder} does not match its {cls.__name__} config: {exc}. Fix: use "
-            "the config.json saved with these weights."
-        ) from exc
-    except OSError as exc:
-        raise WeightsNotFoundError(
-            f"cannot load a {cls.__name__} from folder {folder}: {exc}. Fix: the folder must hold "
-            f"config.json and model.safetensors (or pytorch_model.bin), as written by "
-            f"{cls.__name__}.save_pretrained."
-        ) from exc
-    missing = sorted(info.get("missing_keys") or [])
-    unexpected = sorted(info.get("unexpected_keys") or [])
-    shapes = [str(m) for m in info.get("mismatched_keys") or []]
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes)
-        )
-    return model
-
-
 def _build_itm(extractor: _BlipFamily, folder: Path | None) -> BlipModel:
     from transformers import BlipForImageTextRetrieval
 
@@ -375,7 +346,7 @@ def _build_itm(extractor: _BlipFamily, folder: Path | None) -> BlipModel:
             model = BlipForImageTextRetrieval(config)
         identity = RANDOM_INIT
     else:
-        model = _from_pretrained_checked(BlipForImageTextRetrieval, folder)
+        model = from_pretrained_checked(BlipForImageTextRetrieval, folder)
         identity = weights_identity(folder)
     config = model.config
     mean, std = OPENAI_MEAN, OPENAI_STD

@@ -425,3 +425,50 @@ def format_checkpoint_mismatch(
         "model name option) or pick the arch the checkpoint was trained with."
     )
     return "\n".join(lines)
+
+
+def from_pretrained_checked(cls, folder: Path, unused_prefixes: Sequence[str] = ()):
+    """``cls.from_pretrained(folder)`` offline (transformers), every tensor accounted for:
+    a missing, unexpected or reshaped tensor is a ``CheckpointMismatchError``, except
+    missing or unexpected ones under ``unused_prefixes`` (modules the caller never runs,
+    such as BERT's pooler when features are the token states).
+    transformers' own "Loading weights" bar and load report are off meanwhile: stage one
+    shows one bar for loading every model, and a worker's stderr is no place for a second."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # its load report: the check below says it in our words
+    try:
+        model, info = cls.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+        )
+    except (RuntimeError, ValueError) as exc:  # transformers refuses size mismatches
+        raise CheckpointMismatchError(
+            f"checkpoint folder {folder} does not match its {cls.__name__} config: {exc}. Fix: use "
+            "the config.json saved with these weights."
+        ) from exc
+    except OSError as exc:
+        raise WeightsNotFoundError(
+            f"cannot load a {cls.__name__} from folder {folder}: {exc}. Fix: the folder must hold "
+            f"config.json and model.safetensors (or pytorch_model.bin), as written by "
+            f"{cls.__name__}.save_pretrained."
+        ) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+    def used(keys):
+        return sorted(k for k in keys or [] if not k.startswith(tuple(unused_prefixes)))
+
+    missing = used(info.get("missing_keys"))
+    unexpected = used(info.get("unexpected_keys"))
+    shapes = [str(m) for m in info.get("mismatched_keys") or []]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(
+            format_checkpoint_mismatch(cls.__name__, folder, missing, unexpected, shapes)
+        )
+    return model
