@@ -472,19 +472,19 @@ def test_every_provenance_check_ignores_the_weights_path_but_not_the_weights(tmp
     assert provenance_problems(trained, {"clip-frames": prov(weights="RANDOM-INIT", path=None)})
 
 
-def test_the_readme_snippets_for_outside_readers_run(tmp_path, monkeypatch):
-    """The README's h5py / xarray snippets, run as written on a cache named feats.h5."""
+def test_the_cache_format_snippets_for_outside_readers_run(tmp_path, monkeypatch):
+    """docs/cache-format.md's h5py / xarray snippets, run as written on a cache named feats.h5."""
     import re
 
     pytest.importorskip("pandas")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### The feature cache, for outside readers") :]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
+    section = doc[doc.index("## For outside readers") :]
     snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
     assert len(snippets) == 2 and "h5py" in snippets[0] and "xarray" in snippets[1]
     cache = small_cache(tmp_path / "feats.h5")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(snippets[0], "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    exec(compile(snippets[0], "cache-format.md", "exec"), scope)  # noqa: S102 - our own documentation
     table = scope["table"]
     assert list(table.index) == [f"v{i:02d}" for i in range(10)]
     assert (
@@ -499,6 +499,6 @@ def test_the_readme_snippets_for_outside_readers_run(tmp_path, monkeypatch):
     ]
     np.testing.assert_allclose(table[[f"stat{i}" for i in range(6)]].to_numpy(), pooled, rtol=1e-5)
     if all(__import__("importlib").util.find_spec(m) for m in ("xarray", "h5netcdf")):
-        exec(compile(snippets[1], "README.md", "exec"), scope)  # noqa: S102
+        exec(compile(snippets[1], "cache-format.md", "exec"), scope)  # noqa: S102
         assert scope["ds"]["values"].dims == ("ids", "step", "feature")
         scope["ds"].close()

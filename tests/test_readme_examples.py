@@ -1,14 +1,17 @@
-"""Every example of the README runs as written after `aigvqa demo`.
+"""Every example of the README and of docs/ runs as written after `aigvqa demo`.
 
-The README's ```bash blocks are read line by line (``\\`` continuations joined): each
-`aigvqa ...` line runs in README order, in-process through the CLI's ``main`` (the
-`aigvqa` console script calls the same function), in a working folder laid out like the
-checkout's root: ``examples/`` copied in, the demo's output in ``aigvqa-demo/``. A line whose
-comment says ``[needs ...]`` (checkpoints, a GPU, a running cluster, another dataset) is
-skipped with that reason; so are the set-up block's `pip install` (this test runs in the
-installed environment) and `python -m pytest` (the suite itself). The ```python blocks
-run in order between them, in the same folder; the ```toml blocks must be what
-``examples/`` ships (extractors.toml) or build a head (the stack).
+The documents are read in DOCUMENTS' order (the README first, then docs/, whose lines use
+files the README's lines make). Their ```bash blocks are read line by line (``\\``
+continuations joined): each `aigvqa ...` line runs in that order, in-process through the
+CLI's ``main`` (the `aigvqa` console script calls the same function), in a working folder
+laid out like the checkout's root: ``examples/`` copied in, the demo's output in
+``aigvqa-demo/``. A line whose comment says ``[needs ...]`` (checkpoints, a GPU, a running
+cluster, another dataset) is skipped with that reason; so are `pip install` lines (this
+test runs in the installed environment) and `python -m pytest` (the suite itself). The
+```python blocks run in order between them, in the same folder; the ```toml blocks must
+be what ``examples/`` ships (extractors.toml), tables every named extractor accepts, or
+build a head (the stack). Blocks fenced as ```text (or with no language) are output and
+signatures, never run.
 
 `aigvqa demo` runs once per session through the real console entry
 (``python -m aigvqa.pipeline.cli demo --quick``: the demo's files at a smaller size and
@@ -37,6 +40,23 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# the order the examples run in; every docs/*.md must be listed (a test checks it)
+DOCUMENTS = [
+    README,
+    *(
+        REPO / "docs" / name
+        for name in (
+            "extracting.md",
+            "cache-format.md",
+            "heads.md",
+            "protocols.md",
+            "failure-semantics.md",
+            "weights.md",
+            "benchmarks.md",
+            "ARCHITECTURE.md",
+        )
+    ),
+]
 NEEDS = re.compile(r"\[needs ([^\]]+)\]")
 
 
@@ -44,12 +64,13 @@ NEEDS = re.compile(r"\[needs ([^\]]+)\]")
 class Example:
     kind: str  # "bash" or "python" or "toml"
     text: str
-    line: int  # line of the README where it starts
+    line: int  # line of the document where it starts
+    document: str = "README.md"  # relative to the checkout's root
 
     @property
     def id(self) -> str:
         first = self.text.strip().splitlines()[0] if self.text.strip() else ""
-        return f"L{self.line}:{self.kind}:{first[:50]}"
+        return f"{self.document}:L{self.line}:{self.kind}:{first[:50]}"
 
 
 def readme_blocks(text: str) -> list[tuple[str, str, int]]:
@@ -82,17 +103,19 @@ def bash_commands(body: str, start: int) -> list[tuple[str, int]]:
     return commands
 
 
-def readme_examples() -> list[Example]:
+def document_examples(path: Path) -> list[Example]:
     out = []
-    for lang, body, start in readme_blocks(README.read_text()):
+    name = path.relative_to(REPO).as_posix()
+    for lang, body, start in readme_blocks(path.read_text()):
         if lang == "bash":
-            out += [Example("bash", cmd, line) for cmd, line in bash_commands(body, start)]
+            out += [Example("bash", cmd, line, name) for cmd, line in bash_commands(body, start)]
         elif lang in ("python", "toml"):
-            out.append(Example(lang, body, start))
+            out.append(Example(lang, body, start, name))
     return out
 
 
-EXAMPLES = readme_examples()
+EXAMPLES = [example for path in DOCUMENTS for example in document_examples(path)]
+README_EXAMPLES = [e for e in EXAMPLES if e.document == "README.md"]
 
 
 def skip_reason(example: Example) -> str | None:
@@ -100,7 +123,7 @@ def skip_reason(example: Example) -> str | None:
         return None
     needs = NEEDS.search(example.text)
     if needs:
-        return f"README marks it: needs {needs.group(1)}"
+        return f"{example.document} marks it: needs {needs.group(1)}"
     if example.text.startswith("pip install"):
         return "installs the package: this test runs in the installed environment"
     if example.text.startswith("python -m pytest"):
@@ -165,18 +188,27 @@ def assert_no_noise(err: str, what: str) -> None:
         assert word not in err, f"`{what}` printed {word!r}:\n{err[-3000:]}"
 
 
+def test_every_document_is_read_and_no_block_goes_unchecked():
+    assert set((REPO / "docs").glob("*.md")) == set(DOCUMENTS[1:])
+    checked = {"bash", "python", "toml"}
+    for path in DOCUMENTS:
+        langs = {lang for lang, _, _ in readme_blocks(path.read_text())}
+        # a fence's language says whether it runs: "text" (or none) for output and signatures
+        assert langs <= checked | {"text", ""}, f"{path.name}: unchecked block language(s) {langs}"
+
+
 def test_the_readme_has_the_examples_this_test_runs():
-    kinds = {e.kind for e in EXAMPLES}
+    kinds = {e.kind for e in README_EXAMPLES}
     assert kinds == {"bash", "python", "toml"}
     verbs = {
         split_command(e.text)[0][1]
-        for e in EXAMPLES
+        for e in README_EXAMPLES
         if e.kind == "bash" and e.text.startswith("aigvqa ")
     }
     from aigvqa.pipeline.cli import VERBS
 
     assert set(VERBS) <= verbs  # every verb has an example
-    runnable = [e for e in EXAMPLES if e.kind == "bash" and skip_reason(e) is None]
+    runnable = [e for e in README_EXAMPLES if e.kind == "bash" and skip_reason(e) is None]
     assert {split_command(e.text)[0][1] for e in runnable if e.text.startswith("aigvqa ")} == set(
         VERBS
     )
@@ -193,9 +225,9 @@ def test_readme_example_runs_as_written(example: Example, workdir: Path, capfd, 
         for argv in split_command(example.text):
             run_cli(argv, workdir, capfd)
     elif example.kind == "python":
-        code = compile(example.text, f"README.md:{example.line}", "exec")
+        code = compile(example.text, f"{example.document}:{example.line}", "exec")
         exec(code, {"__name__": "__main__"})
-        assert_no_noise(capfd.readouterr().err, f"README.md:{example.line}")
+        assert_no_noise(capfd.readouterr().err, f"{example.document}:{example.line}")
     else:
         check_toml(example.text)
 
@@ -209,9 +241,14 @@ def check_toml(text: str) -> None:
         path.write_text(text)
         name, head = build_head(None, path)
         assert name == config["head"] and head.get_params()
-    else:  # extractor tables: the file examples/ ships
+    else:  # extractor tables: the file examples/ ships, or tables every extractor accepts
         shipped = tomllib.loads((REPO / "examples" / "extractors.toml").read_text())
-        assert config == shipped
+        if config == shipped:
+            return
+        from aigvqa.extractors import create_extractor
+
+        for name, options in config.items():
+            create_extractor(name, **options)  # unknown extractor or option: ExtractorConfigError
 
 
 def test_ci_installs_and_tests_with_the_readmes_commands():
@@ -248,7 +285,7 @@ def test_the_test_extra_declares_what_the_readme_snippets_import():
     declared = " ".join(
         pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["test"]
     )
-    for lang, body, _ in readme_blocks(README.read_text()):
+    for lang, body, _ in (b for path in DOCUMENTS for b in readme_blocks(path.read_text())):
         if lang != "python":
             continue
         for node in ast.walk(ast.parse(body)):

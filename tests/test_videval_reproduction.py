@@ -1,5 +1,5 @@
 """Real data: VIDEVAL's protocol on its KoNViD-1k features, from the command line, with the
-README's own commands.
+commands docs/protocols.md shows.
 
 Published (vztu/VIDEVAL README): median SRCC 0.7832 / PLCC 0.7803 over 100 random 80/20
 splits. Protocol: MinMax scaling, RBF SVR, C in 2^1..2^10 x gamma in 2^-8..2^1 chosen on an
@@ -8,7 +8,7 @@ predictions after the 4-parameter logistic fit; outer splits
 train_test_split(range(n), test_size=0.2, random_state=ceil(8.8*i)) over the rows of the
 metadata file; PLCC after the 4-parameter logistic, SRCC raw.
 
-The README's import-features and `evaluate --protocol videval` commands run as written
+docs/protocols.md's import-features and `evaluate --protocol videval` commands run as written
 (paths substituted), on the first 8 splits by default: one split costs about 9 CPU-seconds
 (100 SVR fits through shared kernels, plus the logistic fits), about 40 s on 2 free cores.
 AIGVQA_VIDEVAL_SPLITS=100 runs all 100 and checks the published medians (about 8 minutes
@@ -43,6 +43,7 @@ from aigvqa.pipeline.evaluation import evaluate as evaluate_module
 pytestmark = pytest.mark.slow  # about a minute on 2 free cores (8 splits + 2 direct grid searches)
 
 ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS_DOC = ROOT / "docs" / "protocols.md"
 SHARED = Path(os.environ.get("AIGVQA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATA = SHARED / "videval_ugc" / "features"
 PUBLISHED_SRCC, PUBLISHED_PLCC = 0.7832, 0.7803
@@ -53,9 +54,9 @@ RECORDED_FIRST_8 = {"srcc": 0.7948, "plcc_logistic": 0.7803}
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's shell command starting with ``prefix`` (backslash continuations joined,
+    """docs/protocols.md's shell command starting with ``prefix`` (backslash continuations joined,
     comments dropped), as argv without the leading ``aigvqa``."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = PROTOCOLS_DOC.read_text().splitlines()
     for i, line in enumerate(lines):
         if line.startswith(prefix):
             text = line
@@ -63,7 +64,7 @@ def readme_command(prefix: str) -> list[str]:
                 i += 1
                 text = text.rstrip()[:-1] + " " + lines[i].strip()
             return shlex.split(text.split("  #")[0], comments=True)[1:]
-    raise AssertionError(f"the README has no command starting with {prefix!r}")
+    raise AssertionError(f"{PROTOCOLS_DOC} has no command starting with {prefix!r}")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def konvid_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def readme_run(konvid_cache, tmp_path_factory):
-    """The README's evaluate command on the first N splits: (result, row ids, printed text)."""
+    """docs/protocols.md's evaluate command on the first N splits: (result, row ids, printed text)."""
     cache, _, _ = konvid_cache
     splits = int(os.environ.get("AIGVQA_VIDEVAL_SPLITS", "8"))
     out = tmp_path_factory.mktemp("konvid-run") / "videval.csv"
@@ -210,9 +211,9 @@ def test_logistic_rmse_selection_picks_videvals_pair(konvid_cache, readme_run):
         assert (chosen[i - 1]["C"], chosen[i - 1]["gamma"]) == pytest.approx((C, gamma))
 
 
-def test_readme_numbers_are_the_recorded_run():
-    """The README shows what the recorded 100-split run printed."""
-    readme = (ROOT / "README.md").read_text()
+def test_documented_numbers_are_the_recorded_run():
+    """docs/protocols.md shows what the recorded 100-split run printed."""
+    readme = PROTOCOLS_DOC.read_text()
     medians = re.findall(
         r"\| mos \| (0\.\d{4}) ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| "
         r"(0\.\d{4}) ± ",

@@ -63,7 +63,7 @@ def vectorised():
 def _cuda_sdpa_backends():
     """Flash, memory-efficient or math attention, never cuDNN attention: under bf16 on Hopper
     that backend builds a graph per new sequence length (a hypothesis for issue 12's 4x
-    slower autocast epoch; see the README)."""
+    slower autocast epoch; see docs/benchmarks.md)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(

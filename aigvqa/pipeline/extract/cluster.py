@@ -183,8 +183,9 @@ def open_cluster(spec: ClusterSpec, say: Callable[[str], None] | None = None) ->
     after the last: starting the worker processes, and stopping them."""
     from distributed import Client
 
-    # the dashboard link is shown whatever the progress setting (README: what a run shows),
-    # through ``say`` when there is one, so that it lands above a progress bar, not in it
+    # the dashboard link is shown whatever the progress setting (docs/extracting.md: what a
+    # run shows), through ``say`` when there is one, so that it lands above a progress bar,
+    # not in it
     show = say or (lambda line: print(line, file=sys.stderr, flush=True))
     say = say or (lambda line: None)
 
@@ -330,7 +331,7 @@ def _probe():
 WORKER_NEEDS = (
     "aigvqa installed at the client's version (with the extras its extractors "
     "need), the extractors' weights, and the cache's folder and the videos on "
-    "shared storage at the same paths: README, 'Running on an existing Dask cluster'"
+    "shared storage at the same paths: docs/extracting.md, 'Running on an existing Dask cluster'"
 )
 
 
