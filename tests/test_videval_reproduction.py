@@ -92,7 +92,7 @@ def konvid_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def readme_run(konvid_cache, tmp_path_factory):
-    """docs/protocols.md's evaluate command on the first N splits: (result, row ids, printed text)."""
+    """The documented evaluate command on the first N splits: (result, row ids, printed text)."""
     cache, _, _ = konvid_cache
     splits = int(os.environ.get("AIGVQA_VIDEVAL_SPLITS", "8"))
     out = tmp_path_factory.mktemp("konvid-run") / "videval.csv"

@@ -70,12 +70,10 @@ from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors.base import RANDOM_INIT, SharedModels
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.weights import (
-    Candidate,
     announce_random_init,
     from_pretrained_checked,
-    hf_cache_candidate,
     random_init_context,
-    resolve_weights,
+    resolve_hf_folder,
     weights_identity,
 )
 
@@ -294,16 +292,10 @@ class _BlipFamily(BlipBackbone):
 
     def resolve_weights(self) -> Path:
         """The ``save_pretrained`` folder this extractor would load."""
-        snapshot = hf_cache_candidate(self["arch"], "config.json")
-        folder = Candidate(
-            snapshot.where, snapshot.path.parent if snapshot.path is not None else None
-        )
-        return resolve_weights(
+        return resolve_hf_folder(
             self.name,
             self["weights"],
-            filenames=("config.json",),
-            folder=True,
-            cache_candidates=[folder],
+            self["arch"],
             how_to_get=(
                 f"Real weights: on a machine with internet, huggingface_hub.snapshot_download("
                 f"{self['arch']!r}) and copy the snapshot folder (config.json, model.safetensors, "

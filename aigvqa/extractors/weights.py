@@ -174,6 +174,30 @@ _SEARCHER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+def resolve_hf_folder(
+    name: str,
+    explicit: str | os.PathLike | None,
+    repo_id: str,
+    *,
+    how_to_get: str,
+    env_folders: Sequence[str] | None = None,
+) -> Path:
+    """A transformers ``save_pretrained`` folder (one holding ``config.json``) for extractor
+    ``name``: the explicit path, ``$AIGVQA_WEIGHTS/<name>/``, then the Hugging Face hub
+    cache's snapshot of ``repo_id`` (the folder, not its config file)."""
+    snapshot = hf_cache_candidate(repo_id, "config.json")
+    folder = Candidate(snapshot.where, snapshot.path.parent if snapshot.path is not None else None)
+    return resolve_weights(
+        name,
+        explicit,
+        filenames=("config.json",),
+        folder=True,
+        cache_candidates=[folder],
+        how_to_get=how_to_get,
+        env_folders=env_folders,
+    )
+
+
 @contextlib.contextmanager
 def searching_on(who: str):
     """Weights looked for inside the block are looked for by ``who`` (e.g. "Dask worker
