@@ -4,6 +4,7 @@ groups once per prompt (or expanded), column names as CSV headers, failures.csv 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_dump_refuses_unknown_groups_formats_and_file_outputs(cache, tmp_path):
     with pytest.raises(AigvqaError, match="has no group.*nope.*frames, text"):
         dump(cache, tmp_path / "o", groups=["nope"])
     with pytest.raises(AigvqaError, match="unknown dump format"):
-        dump(cache, tmp_path / "o", format="parquet")
+        dump(cache, tmp_path / "o", format="xlsx")
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(AigvqaError, match="not a folder"):
@@ -275,3 +276,113 @@ def test_column_ranges_the_cache_records_name_the_csv_header_and_columns_txt(tmp
     assert (tmp_path / "npy" / "itm.columns.txt").read_text().split() == [
         n.split(".", 1)[1] for n in names
     ]
+
+
+# -- jsonl and parquet: the CSV's tables, read back by pandas (issue 23) -------------------
+TABLES = ["frames", "text", "video_prompt", "videos", "failures"]
+
+
+def read_table(path: Path):
+    import pandas as pd
+
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True)
+    return pd.read_parquet(path)
+
+
+def assert_same_values(got, want, name: str) -> None:
+    """Same columns in the same order and the same values: numbers compared in ``got``'s
+    dtype (the CSV's text is the shortest that reads back in the cache's), missing alike."""
+    import pandas as pd
+
+    assert list(got.columns) == list(want.columns), name
+    assert len(got) == len(want), name
+    for column in got.columns:
+        mine, theirs = got[column], want[column]
+        if pd.api.types.is_float_dtype(mine):
+            theirs = theirs.astype(mine.dtype)
+        else:
+            mine, theirs = mine.astype(object), theirs.astype(object)
+        pd.testing.assert_series_equal(mine, theirs, check_dtype=False, obj=f"{name}.{column}")
+
+
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_jsonl_and_parquet_dumps_hold_the_csv_tables(cache, tmp_path, pool):
+    for fmt in ("csv", "jsonl", "parquet"):
+        report = dump(cache, tmp_path / fmt, format=fmt, pool=pool, chunk_rows=2)
+        assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == sorted(
+            f"{t}.{fmt}" for t in TABLES
+        )
+        assert report.rows == {"frames": 3, "text": 2}
+    for table in TABLES:
+        want = read_table(tmp_path / "csv" / f"{table}.csv")
+        for fmt in ("jsonl", "parquet"):
+            assert_same_values(read_table(tmp_path / fmt / f"{table}.{fmt}"), want, table)
+    frames = read_table(tmp_path / "parquet" / "frames.parquet")
+    assert frames["video_id"].tolist() == ["a", "b", "c"]
+    if pool == "flatten":  # float32 features stay float32, exact, and empty past a's length
+        assert frames["frames.t0.3"].dtype == np.float32
+        assert frames.loc[1, "frames.t2.3"] == FRAMES["b"][2, 3]
+        assert np.isnan(frames.loc[0, "frames.t1.0"])
+    else:  # a mean is taken in float64
+        assert frames["frames.0"].dtype == np.float64
+    lines = (tmp_path / "jsonl" / "text.jsonl").read_text().splitlines()
+    assert list(json.loads(lines[0]))[:2] == [
+        "prompt_id",
+        "text.0" if pool == "mean" else "text.t0.0",
+    ]
+
+
+def test_parquet_dump_types_float16_as_float32_and_fields_as_theirs(tmp_path):
+    cache = _half_cache(tmp_path)
+    kept = np.load(dump(cache, tmp_path / "npy").files[0])
+    dump(cache, tmp_path / "p", format="parquet", pool="flatten")
+    frame = read_table(tmp_path / "p" / "stats.parquet")
+    assert frame["stats.t1.flicker"].dtype == np.float32  # float16 widened, exactly
+    assert frame.loc[0, "stats.t1.flicker"] == kept[0, 1, 2]
+    videos = read_table(tmp_path / "p" / "videos.parquet")
+    assert videos["source_order"].tolist() == [0, 1] and videos["label.mos"].dtype == np.float64
+    failures = read_table(tmp_path / "p" / "failures.parquet")
+    assert list(failures.columns) == ["id", "extractor", "error"] and len(failures) == 0
+
+
+def test_an_interrupted_parquet_dump_leaves_no_half_written_file(cache, tmp_path, monkeypatch):
+    from aigvqa.pipeline import dump as dump_module
+
+    out = tmp_path / "p"
+    dump(cache, out, format="parquet", groups=["frames"], chunk_rows=1)
+    before = (out / "frames.parquet").read_bytes()
+    real_read, calls = dump_module._Group.read, []
+
+    def read_then_die(group, ids):
+        calls.append(ids)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first row group was written
+        return real_read(group, ids)
+
+    monkeypatch.setattr(dump_module._Group, "read", read_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dump(cache, out, format="parquet", groups=["frames"], chunk_rows=1)
+    assert (out / "frames.parquet").read_bytes() == before  # the old file, whole
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_parquet_dump_without_pyarrow_says_how_to_install_it(cache, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` fails
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(AigvqaError, match="pip install pyarrow"):
+        dump(cache, tmp_path / "p", format="parquet")
+    assert not (tmp_path / "p").exists()  # refused before anything was written
+
+
+def test_cli_dump_jsonl(cache, tmp_path, capsys):
+    from aigvqa.pipeline.cli import main
+
+    out = tmp_path / "o"
+    assert main(["dump", str(cache), "--format", "jsonl", "--out", str(out)]) == 0
+    assert "frames (3 rows)" in capsys.readouterr().out
+    assert len(read_table(out / "videos.jsonl")) == 3 and (out / "failures.jsonl").exists()

@@ -32,25 +32,37 @@ are the extractor's (the cache's ``columns`` attribute), else the column ranges 
 provenance records (blip-itm: ``blip-itm.match.0``, ``blip-itm.image.0``, ...), else numbers;
 ``G.columns.txt`` of an npy dump lists the same names.
 
+``format="jsonl"`` and ``format="parquet"`` (needs pyarrow) write the same tables, with
+the same columns in the same order, as ``G.jsonl`` (one JSON object per row) or
+``G.parquet`` (one row group per ``chunk_rows`` rows; written to a hidden temporary file
+and renamed into place when complete, so an interrupted dump leaves no corrupt Parquet
+file); ``aigvqa.pipeline.tables`` says how values are written. Their number columns are
+numbers: in Parquet typed as the cache's dtype (a mean float64, float16 widened to
+float32, which holds it exactly), in JSONL as the CSV's text; a cell the CSV leaves empty
+is null.
+
 Every dump also writes ``videos.csv`` (video_id, path, prompt_id, prompt, one column per
 label and per grouping key, then any other per-video field such as source_order), so
 labels travel with the features, and ``failures.csv`` (id, extractor, error; only the
-header when nothing failed).
+header when nothing failed); a jsonl or parquet dump writes these (and
+``video_prompt.csv``) as ``.jsonl`` or ``.parquet`` files too.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from aigvqa.errors import AigvqaError, CacheError
+from aigvqa.pipeline.tables import TableWriter, import_pyarrow
 
-FORMATS = ("npy", "csv")
+TABLE_FORMATS = ("csv", "jsonl", "parquet")  # one table per group, the suffix the format
+FORMATS = ("npy", *TABLE_FORMATS)
 CSV_POOLS = ("mean", "flatten")
 DTYPES = ("cache", "float32", "float64")
 VIDEO_PROMPT_MAP = "video_prompt.csv"
@@ -98,6 +110,8 @@ def dump(
         raise DumpError(f"unknown csv pooling {pool!r}; use one of {', '.join(CSV_POOLS)}")
     if dtype not in DTYPES:
         raise DumpError(f"unknown dump dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if format == "parquet":  # before anything is read or written
+        import_pyarrow(Path(out), DumpError)
     reader = FeatureCache(cache)
     available = reader.groups()
     names = list(groups) if groups else available
@@ -113,6 +127,8 @@ def dump(
     out.mkdir(parents=True, exist_ok=True)
 
     report = DumpReport(out=out)
+    # the tables beside the features: in the dump's table format, CSV beside .npy files
+    tables = format if format in TABLE_FORMATS else "csv"
     videos = reader.videos()
     per_prompt = []
     for name in names:
@@ -123,18 +139,22 @@ def dump(
         if format == "npy":
             report.files += _dump_npy(group, out, chunk_rows)
         else:
-            report.files.append(_dump_csv(group, out, pool, chunk_rows))
+            report.files.append(_dump_table(group, out, format, pool, chunk_rows))
         report.rows[name] = len(group.ids)
         report.keyed_by[name] = "prompt" if group.by_prompt else "video"
     if per_prompt:
-        report.files.append(_write_video_prompt_map(videos, out / VIDEO_PROMPT_MAP))
-    report.files.append(_write_videos_csv(videos, out / "videos.csv"))
-    path = out / "failures.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "extractor", "error"])
-        writer.writerows((f.id, f.extractor, f.error) for f in reader.failures())
-    report.files.append(path)
+        path = out / Path(VIDEO_PROMPT_MAP).with_suffix(f".{tables}")
+        report.files.append(_write_video_prompt_map(videos, path, tables))
+    report.files.append(_write_videos_table(videos, out / f"videos.{tables}", tables))
+    failures = reader.failures()
+    report.files.append(
+        _write_rows(
+            out / f"failures.{tables}",
+            tables,
+            ["id", "extractor", "error"],
+            [[f.id, f.extractor, f.error] for f in failures],
+        )
+    )
     return report
 
 
@@ -251,87 +271,117 @@ def _dump_npy(group: _Group, out: Path, chunk_rows: int) -> list[Path]:
     return files
 
 
-def _dump_csv(group: _Group, out: Path, pool: str, chunk_rows: int) -> Path:
+def _dump_table(group: _Group, out: Path, fmt: str, pool: str, chunk_rows: int) -> Path:
+    """``G.csv`` / ``G.jsonl`` / ``G.parquet``: the id, the features pooled by ``pool``, the
+    per-row float extras; ``chunk_rows`` rows at a time."""
     name, info = group.name, group.info
-    t_max, dim = max(1, info.t_max), info.dim
+    t_max = max(1, info.t_max)
     if pool == "mean":
         header = [f"{name}.{c}" for c in group.columns]
     else:
         header = [f"{name}.t{t}.{c}" for t in range(t_max) for c in group.columns]
-    path = out / f"{name}.csv"
-    extra_columns = None
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    path = out / f"{name}.{fmt}"
+    writer = None
+    try:
         for part in _chunks(group.ids, chunk_rows):
             data = group.read(part)
-            if extra_columns is None:  # the extras' widths are known from the first rows
+            if writer is None:  # the extras' widths are known from the first rows
                 extra_columns = _extra_columns(name, data.extras)
                 extra_header = [c for cols in extra_columns.values() for c in cols]
-                writer.writerow([group.id_column, *header, *extra_header])
-            values, lengths = group.cast(data.arrays[name]), data.lengths[name]
-            extras = {key: group.cast(data.extras[key]) for key in extra_columns}
-            for i, row_id in enumerate(part):
-                valid = values[i, : lengths[i]]
-                if pool == "mean":
-                    # the mean of float16 values is taken in float64, then written in full
-                    cells = (
-                        [_fmt(x) for x in valid.astype(np.float64).mean(axis=0)]
-                        if len(valid)
-                        else [""] * dim
-                    )
-                else:
-                    cells = [_fmt(x) for x in valid.reshape(-1)]
-                    cells += [""] * (t_max * dim - len(cells))
-                for key in extras:
-                    cells += [_fmt(x) for x in np.ravel(extras[key][i])]
-                writer.writerow([row_id, *cells])
-        if extra_columns is None:  # a group without rows: the header alone
-            writer.writerow([group.id_column, *header])
+                writer = TableWriter(
+                    path, fmt, [group.id_column, *header, *extra_header], DumpError
+                )
+            blocks = [_feature_block(group, data, part, pool, t_max)]
+            blocks += [(_flat(group.cast(data.extras[key])), None) for key in extra_columns]
+            writer.write([(part, None), *_block_columns(blocks)])
+        if writer is None:  # a group without rows: the header alone
+            writer = TableWriter(path, fmt, [group.id_column, *header], DumpError)
+            dtype = np.float64 if pool == "mean" else group.dtype or np.dtype(info.dtype)
+            empty = np.zeros((0, len(header)), dtype=dtype)
+            writer.write([([], None), *_block_columns([(empty, None)])])
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    writer.close()
     return path
 
 
-def _fmt(x) -> str:
-    """The shortest text that reads back as the same number in its own dtype (float16,
-    float32 or float64 alike)."""
-    if isinstance(x, np.floating):
-        return (
-            np.format_float_positional(x, unique=True, trim="-")
-            if np.isfinite(x)
-            else str(float(x))
-        )
-    return repr(float(x))
+def _feature_block(group: _Group, data, part: list[str], pool: str, t_max: int):
+    """(values [k, C], present [k, C]) of a chunk's feature columns: ``mean``, the mean of
+    each row's valid steps in float64 (not present for a row without any); ``flatten``,
+    every step in the group's dtype (not present past the row's length)."""
+    name, dim = group.name, group.info.dim
+    values, lengths = group.cast(data.arrays[name]), data.lengths[name]
+    k = len(part)
+    if pool == "mean":
+        block = np.zeros((k, dim), dtype=np.float64)
+        present = np.zeros((k, dim), dtype=bool)
+    else:
+        block = np.zeros((k, t_max * dim), dtype=values.dtype)
+        present = np.zeros((k, t_max * dim), dtype=bool)
+    for i in range(k):
+        valid = values[i, : lengths[i]]
+        if pool == "mean":
+            if len(valid):
+                # the mean of float16 values is taken in float64, then written in full
+                block[i] = valid.astype(np.float64).mean(axis=0)
+                present[i] = True
+        else:
+            cells = valid.reshape(-1)
+            block[i, : len(cells)] = cells
+            present[i, : len(cells)] = True
+    return block, present
 
 
-def _write_video_prompt_map(videos: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["video_id", "prompt_id"])
-        for v in sorted(videos, key=lambda r: r["video_id"]):
-            if v["prompt_id"]:
-                writer.writerow([v["video_id"], v["prompt_id"]])
+def _flat(array: np.ndarray) -> np.ndarray:
+    """Per-row extras as [k, width]: a vector per row, or one value per row."""
+    return array.reshape(len(array), -1)
+
+
+def _block_columns(blocks) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(values, present) blocks [k, w] as their w columns each, what ``TableWriter`` takes."""
+    return [
+        (values[:, j], None if present is None else present[:, j])
+        for values, present in blocks
+        for j in range(values.shape[1])
+    ]
+
+
+def _write_rows(path: Path, fmt: str, header: list[str], rows: list[list[Any]]) -> Path:
+    """A small table (videos, failures, the prompt map) in one chunk; None: an empty cell."""
+    with TableWriter(path, fmt, header, DumpError) as writer:
+        writer.write([(list(column), None) for column in zip(*rows)] or [([], None)] * len(header))
     return path
+
+
+def _write_video_prompt_map(videos: list[dict], path: Path, fmt: str) -> Path:
+    rows = [
+        [v["video_id"], v["prompt_id"]]
+        for v in sorted(videos, key=lambda r: r["video_id"])
+        if v["prompt_id"]
+    ]
+    return _write_rows(path, fmt, ["video_id", "prompt_id"], rows)
 
 
 _VIDEO_KEYS = ("video_id", "path", "prompt", "prompt_id", "labels", "groups")
 
 
-def _write_videos_csv(videos: list[dict], path: Path) -> Path:
+def _write_videos_table(videos: list[dict], path: Path, fmt: str) -> Path:
     label_names = sorted({k for v in videos for k in v["labels"]})
     group_names = sorted({k for v in videos for k in v["groups"]})
     fields = sorted({k for v in videos for k in v} - set(_VIDEO_KEYS))
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["video_id", "path", "prompt_id", "prompt"]
-            + [f"label.{k}" for k in label_names]
-            + [f"group.{k}" for k in group_names]
-            + fields
-        )
-        for v in sorted(videos, key=lambda r: r["video_id"]):
-            writer.writerow(
-                [v["video_id"], v["path"], v["prompt_id"], v["prompt"]]
-                + ["" if v["labels"].get(k) is None else _fmt(v["labels"][k]) for k in label_names]
-                + [v["groups"].get(k, "") for k in group_names]
-                + ["" if v.get(k) is None else v[k] for k in fields]
-            )
-    return path
+    header = (
+        ["video_id", "path", "prompt_id", "prompt"]
+        + [f"label.{k}" for k in label_names]
+        + [f"group.{k}" for k in group_names]
+        + fields
+    )
+    rows = [
+        [v["video_id"], v["path"], v["prompt_id"], v["prompt"]]
+        + [None if v["labels"].get(k) is None else float(v["labels"][k]) for k in label_names]
+        + [v["groups"].get(k) for k in group_names]
+        + [v.get(k) for k in fields]
+        for v in sorted(videos, key=lambda r: r["video_id"])
+    ]
+    return _write_rows(path, fmt, header, rows)

@@ -2,7 +2,8 @@
 
 Input: a manifest (``score``), or bare video files and folders of videos with an optional
 prompt (``score_videos``; ids are the files' stems). For each batch of videos not yet in
-the output CSV:
+the output (a CSV, JSONL or Parquet file, by ``out``'s suffix; ``score_output`` says how
+each is written and resumed):
 
 1. features come from ``cache`` (``--cache``) for the videos it holds *for the same file*
    -- after checking that its groups were made by the extractors and weights the model was
@@ -10,21 +11,24 @@ the output CSV:
    ``<out>.features.h5``) with the extractor configs recorded in the bundle (``extract`` on
    Dask, itself resumable);
 2. the model predicts every video that has all its features, all of them finite;
-3. one row per video is appended to the CSV and flushed: ``video_id, path, status, <one
-   column per predicted label>, error``; ``status`` is ``ok`` (every score a finite
-   number) or ``failed`` (scores empty, the reason in ``error``: decode failure, an
-   extractor failure, features missing or not finite, a non-finite prediction).
+3. one row per video is appended to the output and flushed: ``video_id, path, status,
+   <one column per predicted label>, error`` (a Parquet output's rows go to its journal,
+   ``<out>.partial.jsonl``, and become the Parquet file when the run ends); ``status`` is
+   ``ok`` (every score a finite number) or ``failed`` (scores empty, the reason in
+   ``error``: decode failure, an extractor failure, features missing or not finite, a
+   non-finite prediction).
 
 A bad video never stops the run: it becomes a ``failed`` row and the others are scored.
 Errors that concern the whole run (a damaged bundle, a cache of other features, the output
-of another model, another run writing the same output) stop it before any row is written.
+of another model, another run writing the same output, an output suffix of no known
+format) stop it before any row is written.
 
 Content identity. A video's features are reused only for the same *content*, not just the
 same id. Its identity is (resolved path, size, mtime_ns): cheap to read for 39,000 videos,
 unlike a hash of their bytes. In the work cache, rows are stored under
 ``<video_id>@<16 hex digits of that identity>`` and prompt features under a hash of the
 prompt text, so a changed file, another file under a known id, or a changed prompt gets
-new features, and deleting the output CSV reuses only what still matches. A ``--cache``
+new features, and deleting the output reuses only what still matches. A ``--cache``
 records each video's path and, since ``extract`` records it, its ``file_identity`` (size
 and mtime_ns when it was decoded), so a video is taken from it only if the cache's path
 for its id is the same file, the file (when present here) has the recorded identity --
@@ -33,9 +37,9 @@ manifest's prompt, if it gives one, is the cache's; otherwise it is extracted af
 Rows of imported features have no path: their id is all the identity they have. A file
 modified twice within one mtime tick with the same size is not detected.
 
-Resuming: videos already in the output CSV are not extracted or predicted again, so an
-interrupted run continues where it stopped; ``retry_failed=True`` first drops the
-``failed`` rows so those videos are tried again.
+Resuming: videos already in the output (or a Parquet output's journal) are not extracted
+or predicted again, so an interrupted run continues where it stopped; ``retry_failed=True``
+first drops the ``failed`` rows so those videos are tried again.
 
 Concurrency: a run holds an exclusive ``flock`` on ``<out>.lock`` from reading the output
 to its last row. A second run on the same output fails at once with ``ScoreError`` naming
@@ -57,7 +61,7 @@ from typing import Any
 from aigvqa.errors import WeightsNotFoundError
 from aigvqa.pipeline.extract import extract
 
-# The pieces live in score_output (the CSV, its lock, the report), score_features (what the
+# The pieces live in score_output (the output, its lock, the report), score_features (what the
 # model needs, content identity, predicting) and score_inputs (manifests, bare videos); their
 # names stay importable from here, where the API has always had them.
 from aigvqa.pipeline.model.score_features import (  # noqa: F401  (re-exported)
@@ -92,7 +96,10 @@ from aigvqa.pipeline.model.score_output import (  # noqa: F401  (re-exported)
     _Appender,
     _row,
     drop_torn_tail,
+    finish_output,
+    open_appender,
     output_columns,
+    output_format,
     output_lock,
     read_rows,
     read_scored,
@@ -121,7 +128,7 @@ def score(
     encoding: str = "utf-8",
 ) -> ScoreReport:
     """Score every video of ``manifest`` with the bundle ``model`` (a folder, or a loaded
-    ``Bundle``) into the CSV ``out``.
+    ``Bundle``) into ``out``: a .csv, .jsonl or .parquet file (Parquet needs pyarrow).
 
     See the module docstring. ``weights``: the checkpoint(s) of the model's extractors when
     features must be extracted (a path, or {extractor: path}); by default the extractors'
@@ -141,8 +148,9 @@ def score(
     started = time.perf_counter()
     if batch_size < 1:
         raise ScoreError(f"batch_size must be at least 1, got {batch_size}")
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
     out = Path(out)
+    output_format(out)  # a bad suffix, or Parquet without pyarrow: refused before any work
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
     cache = Path(cache) if cache is not None else None
     work = Path(work_cache) if work_cache is not None else out.with_name(out.name + ".features.h5")
     records = _records(manifest, encoding)
@@ -173,6 +181,9 @@ def score(
                 client,
                 progress,
             )
+        # only a run that wrote every row gets here: an interrupted one leaves its rows in
+        # a Parquet output's journal, for the next run to continue from
+        finish_output(out, columns)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -198,7 +209,7 @@ def _score_pending(
     given = _GivenCache(cache, bundle.groups) if cache is not None and cache.exists() else None
     configs, impossible = _extractor_configs(bundle)
     weights = _weights_option(bundle, configs, weights) if configs and not impossible else None
-    appender = _Appender(out, columns)
+    appender = open_appender(out, columns)
     bar = tqdm(total=len(pending), desc="scoring", unit="video", disable=not progress)
     own_cluster = None
     try:

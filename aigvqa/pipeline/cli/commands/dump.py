@@ -1,4 +1,5 @@
-"""`aigvqa dump`: export cached features as .npy or .csv files for outside tools."""
+"""`aigvqa dump`: export cached features as .npy, .csv, .jsonl or .parquet files for outside
+tools."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from aigvqa.pipeline.dump import CSV_POOLS, DTYPES, FORMATS, VIDEO_PROMPT_MAP
 
-HELP = "export cached features as .npy (values, lengths, ids) or .csv files"
+HELP = "export cached features as .npy (values, lengths, ids) or .csv / .jsonl / .parquet tables"
 DESCRIPTION = (
     "Write the features of CACHE into --out, rows sorted by id. npy: per group "
     "G.values.npy [N, T, D] in the cache's dtype, G.lengths.npy, G.ids.npy (+ extras, "
@@ -15,11 +16,14 @@ DESCRIPTION = (
     "blip-itm's match.* and image.* ranges) where it has them, else numbered. A CSV of a "
     "sequence group (frames, clip-text's tokens) holds per row the mean over its valid "
     "steps (--pool flatten: every step), then its per-row extras (clip-text: pooled.0 .. "
-    "the pooled text embedding). A "
+    "the pooled text embedding). jsonl and parquet (parquet needs pyarrow: pip install "
+    "pyarrow) write the same tables as G.jsonl (one JSON object per row) or G.parquet "
+    "(typed columns). A "
     "prompt-keyed group (clip-text) has one row per prompt id, and "
     f"{VIDEO_PROMPT_MAP} maps video ids to prompt ids (--expand-prompts: one row per "
     "video). Every dump also writes videos.csv (labels, prompts, groups) and failures.csv "
-    "(only its header when nothing failed)."
+    "(only its header when nothing failed); a jsonl or parquet dump writes these as .jsonl "
+    "or .parquet files too."
 )
 
 
@@ -34,7 +38,7 @@ def add_arguments(parser) -> None:
         "--pool",
         choices=CSV_POOLS,
         default="mean",
-        help="csv only: mean over time steps (default) or flatten every step",
+        help="csv / jsonl / parquet: mean over time steps (default) or flatten every step",
     )
     parser.add_argument(
         "--dtype",

@@ -15,8 +15,11 @@ per video: video_id, path, status (ok / failed), one column per predicted label,
 
 INPUT is one manifest (.csv / .tsv / .jsonl / .json / T2VQA-DB info.txt), or video files and
 folders of videos (ids are the file names without suffix; --prompt gives their prompt).
-With --out the rows are appended to that CSV and a re-run skips videos already in it;
-without --out they are printed as CSV on stdout (the summary goes to stderr).
+With --out the rows are appended to that file and a re-run skips videos already in it;
+its suffix picks the format: .csv, .jsonl (one JSON object per line) or .parquet (needs
+pyarrow; the rows wait in OUT.partial.jsonl until the run ends, then the Parquet file is
+written in one go, so an interrupted run resumes from the journal). Without --out the rows
+are printed as CSV on stdout (the summary goes to stderr).
 
 A bad video never stops the run: it becomes a failed row with its reason.
 Exit status: 0 every video scored; 1 some video has a failed row in the output (this run's,
@@ -25,6 +28,7 @@ error (a damaged bundle, a cache of other features, another run writing --out, b
 
 examples:
   aigvqa score new_videos.csv --model model/ --out scores.csv
+  aigvqa score new_videos.csv --model model/ --out scores.parquet
   aigvqa score clip.mp4 --model model/
   aigvqa score generated/ --model model/ --prompt "a corgi surfing a wave" --out scores.csv"""
 
@@ -37,7 +41,9 @@ def add_arguments(parser):
         "--model", required=True, help="model bundle folder written by `aigvqa train`"
     )
     parser.add_argument(
-        "--out", help="output CSV (appended to; existing rows are kept). Default: print the rows"
+        "--out",
+        help="output file: .csv, .jsonl or .parquet (resumable; existing rows are kept). "
+        "Default: print the rows as CSV",
     )
     parser.add_argument("--prompt", help="the prompt of the videos given as files or folders")
     parser.add_argument(
