@@ -51,6 +51,7 @@ _LAZY = {
     "load_bundle": "aigvqa.pipeline.model.bundle",
     "score": "aigvqa.pipeline.model.score",
     "score_videos": "aigvqa.pipeline.model.score",
+    "write_report": "aigvqa.pipeline.html_report",
     "run_demo": "aigvqa.pipeline.demo",
 }
 

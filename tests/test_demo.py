@@ -125,6 +125,14 @@ def test_quick_demo_writes_report_tables_plots_and_scores(tmp_path, capsys):
         scores = list(csv.DictReader(fh))
     assert len(scores) == 12 and all(s["status"] == "ok" for s in scores)
     assert (tmp_path / "demo" / "model" / "bundle.json").is_file()
+    # the page to look at (aigvqa report): every video in the gallery (8 lowest + 4 highest)
+    # with its strip, one scatter point each, both tables, and the random-weights warning
+    assert result.html == tmp_path / "demo" / "report.html"
+    page = result.html.read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/jpeg;base64,') == 12
+    assert page.count('class="point"') == 12 and "RANDOM WEIGHTS" in page
+    assert 'id="agreement"' in page and 'id="cross-validated"' in page and "in-sample" in page
+    assert str(result.html) in out
 
 
 class _FakeResult:

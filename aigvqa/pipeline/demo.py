@@ -114,6 +114,7 @@ class DemoResult:
     results: list  # EvaluationResult per head
     best_head: str
     timings: dict[str, float]
+    html: Path | None = None  # out/report.html (aigvqa report)
 
 
 def run_demo(
@@ -235,18 +236,20 @@ def run_demo(
     timings["train+score"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"\n[5/5] writing the report to {out / 'report'}")
+    echo(f"\n[5/5] writing the report to {out / 'report'} and {out / 'report.html'}")
     report = write_demo_report(
         out / "report", results, data, settings, demo_videos, best, close, timings, cache
     )
+    html_report = write_demo_html(out, scores_csv, cache, results, best, progress)
     timings["report"] = time.perf_counter() - t
     echo(f"\n{results_table(results, data.label_names)}\n")
     echo(f"What the columns mean:\n{metric_legend(m for m, _ in SUMMARY_METRICS)}\n")
     echo(f"report: {report}  (plots and results.csv next to it)")
+    echo(f"page to look at (opens from disk, in any browser): {html_report.path}")
     echo("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     echo(RANDOM_WEIGHTS_BANNER)
     echo(f"\n{ALIGNMENT_NOTE}")
-    return DemoResult(out, report, results, best.head, timings)
+    return DemoResult(out, report, results, best.head, timings, html_report.path)
 
 
 SUMMARY_METRICS = (
@@ -329,6 +332,29 @@ def results_table(results, label_names) -> str:
             ]
             lines.append(f"| {r.head} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_demo_html(out: Path, scores_csv: Path, cache: Path, results, best, progress: bool):
+    """``out/report.html``: the trained head's scores against MOS, the heads' cross-validated
+    table and the lowest / highest scored videos with their frames (``aigvqa report``)."""
+    from aigvqa.pipeline.html_report import write_report
+
+    return write_report(
+        [scores_csv, cache],
+        out / "report.html",
+        title="aigvqa demo report",
+        results=results,
+        notes=[
+            "RANDOM WEIGHTS: the clip-frames and clip-text features of this demo come from "
+            "randomly initialised networks (nothing was downloaded); numbers made from them are "
+            "for plumbing only. The handcrafted features are real measurements.",
+            f"The scores are those of the {best.head} head trained on every demo video, scoring "
+            "the same videos (in-sample): the first table says how well it fits them, not how "
+            f"well it generalises. The cross-validated table ({DEMO_SPLIT}: no test prompt is "
+            "seen in training) is the evaluation.",
+        ],
+        progress=progress,
+    )
 
 
 def write_demo_report(
@@ -427,6 +453,8 @@ def write_demo_report(
         "  `aigvqa score ../manifest.csv --model ../model --out scores.csv --cache ../features.h5`",
         "- `../scores.csv`: that model's scores of the demo videos (in-sample: not an evaluation)",
         "- `results.csv`: the summary rows of every head and dimension",
+        "- `../report.html`: one page to look at: scores against MOS, the lowest and highest "
+        "scored videos with their frames (`aigvqa report ../scores.csv ../features.h5`)",
         "",
         "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
         "",

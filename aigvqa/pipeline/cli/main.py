@@ -25,6 +25,7 @@ VERBS = [
     "evaluate",
     "ablate",
     "score",
+    "report",
     "demo",
 ]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-HELP = "end-to-end demo on generated videos: extract, evaluate 3 heads, write a report"
+HELP = "end-to-end demo on generated videos: extract, evaluate 3 heads, write reports"
 DESCRIPTION = """Render a few dozen short synthetic videos with prompts, fake generators and
 controlled distortions (MOS derived from them by a documented formula), extract handcrafted
 and RANDOM-INIT backbone features, evaluate two classical heads and one deep head with
 prompt-disjoint splits, train the best, score the videos and write OUT/report/report.md with
-tables and PNG plots. Backbone weights are random: the numbers are for plumbing only.
+tables and PNG plots, and OUT/report.html, one page with the lowest and highest scored videos
+(`aigvqa report`). Backbone weights are random: the numbers are for plumbing only.
 
 example:
   aigvqa demo --out aigvqa-demo/"""
