@@ -399,9 +399,9 @@ def test_batch_merge_rewrites_the_cache_once(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     shards = [frames_shard(tmp_path / f"s{i}.h5", [f"v{i}"], ragged(rng, ["x"])) for i in range(6)]
     published = []
-    real = merge._publish
+    real = merge.publish
     monkeypatch.setattr(
-        merge, "_publish", lambda tmp, final: (published.append(final), real(tmp, final))
+        merge, "publish", lambda tmp, final: (published.append(final), real(tmp, final))
     )
     report = merge_shards(tmp_path / "c.h5", shards, remove_shards=True)
     assert published == [tmp_path / "c.h5"]

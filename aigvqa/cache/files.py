@@ -2,7 +2,7 @@
 
 HDF5 files are not crash-safe when modified in place, so the writers never modify a
 finished file: they write ``.<name>.<pid>-<rand>.partial`` beside the target (``_temp_path``),
-fsync it and ``os.replace`` it onto the final name (``_publish``). A stale ``.partial``
+fsync it and ``os.replace`` it onto the final name (``publish``). A stale ``.partial``
 left by a killed writer is found by ``_stale_temps`` and deleted by the next merge.
 
 Concurrency. Merges into one cache are serialised by an advisory ``flock`` on
@@ -49,7 +49,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path) -> None:
+    """Make the finished ``tmp`` durable and rename it onto ``final`` (atomic), then make the
+    rename durable: readers and crashes see the old file or the new one, never half of one."""
     _fsync(tmp)
     os.replace(tmp, final)
     _fsync_dir(final.parent)

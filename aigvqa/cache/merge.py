@@ -48,7 +48,7 @@ from aigvqa.cache.access import (
     read_videos,
     take_rows,
 )
-from aigvqa.cache.files import _publish, _stale_temps, _temp_path, _writer_lock
+from aigvqa.cache.files import _stale_temps, _temp_path, _writer_lock, publish
 from aigvqa.cache.layout import _create_group, _new_file, _write_failures, _write_videos
 from aigvqa.cache.schema import (
     ALL_EXTRACTORS,
@@ -467,7 +467,7 @@ def merge_shards(
                 if changed:
                     _build_merged(tmp, plans, videos, failures)
             if changed:  # every file is closed now: Windows cannot replace an open file
-                _publish(tmp, cache_path)
+                publish(tmp, cache_path)
                 report.rewritten = True
                 if old is not None and old_format < FORMAT_VERSION:
                     report.upgraded_from = old_format

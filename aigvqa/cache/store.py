@@ -30,7 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from aigvqa.cache.files import _publish, _temp_path
+from aigvqa.cache.files import _temp_path, publish
 from aigvqa.cache.layout import _create_group, _new_file, _write_failures, _write_videos
 from aigvqa.cache.merge import MergeReport, merge_shards
 from aigvqa.cache.reader import CacheData, FeatureCache, GroupInfo
@@ -259,7 +259,7 @@ def write_shard(
                 _write_group(f, p, compression)
             _write_videos(f, vids.values())
             _write_failures(f, fails.values())
-        _publish(tmp, path)
+        publish(tmp, path)
     except BaseException:  # KeyboardInterrupt included: never leave our temp behind
         tmp.unlink(missing_ok=True)
         raise

@@ -23,12 +23,13 @@ import contextlib
 import csv
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aigvqa.cache.files import publish
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -90,11 +91,6 @@ def json_value(value: Any) -> str:
 def json_line(row: dict[str, Any]) -> str:
     """One JSON object on one line, keys in ``row``'s order, newline included."""
     return "{" + ", ".join(f"{json.dumps(k)}: {json_value(v)}" for k, v in row.items()) + "}\n"
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 # -- writing a table chunk by chunk -------------------------------------------------------
@@ -174,8 +170,7 @@ class TableWriter:
         if self.parquet is None:  # no chunk: an empty table of text columns
             self._write_parquet([([], None)] * len(self.header))
         self.parquet.close()
-        fsync_file(self.tmp)
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         """Close after a failure: CSV and JSONL keep what was written, Parquet's temporary

@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aigvqa.cache.files import publish
 from aigvqa.errors import AigvqaError
 from aigvqa.pipeline.records import VideoRecord
 from aigvqa.pipeline.tables import (
     TABLE_SUFFIXES,
-    fsync_file,
     import_pyarrow,
     json_line,
     table_format,
@@ -388,8 +388,7 @@ def _write_parquet_atomically(out: Path, columns: list[str], rows: list[dict[str
     real = Path(os.path.realpath(out))
     tmp = real.with_name(f".{real.name}.tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=_parquet_schema(pa, columns)), tmp)
-    fsync_file(tmp)
-    os.replace(tmp, real)
+    publish(tmp, real)
 
 
 def finish_output(out: Path, columns: list[str]) -> None:
